@@ -1,0 +1,3 @@
+"""sllm: a serverless LLM serving cluster."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Backends: each is a local OpenAI-compatible server the worker launches per instance."""
