@@ -1,0 +1,9 @@
+-- Start deleting a model: no new requests are accepted from here on.
+-- KEYS[1] model hash
+-- ARGV[1] now
+-- Returns 1 when the model was active, 0 when it is unknown or already being deleted.
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'excommunicado', 'updated', ARGV[1])
+return 1

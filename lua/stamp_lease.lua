@@ -1,0 +1,23 @@
+-- Stamp the lease of a task a dispatcher has just moved (BLMOVE) into the processing list.
+-- KEYS[1] task hash, KEYS[2] leases zset, KEYS[3] processing list, KEYS[4] instance hash,
+-- KEYS[5] instance tasks set, KEYS[6] model queue
+-- ARGV[1] task id, ARGV[2] owner, ARGV[3] now, ARGV[4] lease deadline, ARGV[5] instance id
+-- Returns {status, attempt}: 'ok'; 'gone' (task expired or cancelled, dropped);
+-- 'instance' (the instance is no longer ready: the task goes back to the queue front).
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' then
+  redis.call('LREM', KEYS[3], 1, ARGV[1])
+  return {'gone', 0}
+end
+if redis.call('HGET', KEYS[4], 'state') ~= 'ready' then
+  redis.call('LREM', KEYS[3], 1, ARGV[1])
+  redis.call('LPUSH', KEYS[6], ARGV[1])
+  return {'instance', 0}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[2], 'instance', ARGV[5],
+  'lease', ARGV[4], 'claimed', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'outstanding', 1)
+redis.call('SADD', KEYS[5], ARGV[1])
+return {'ok', attempt}

@@ -1,0 +1,60 @@
+"""Every Redis key and channel name sllm uses, under one prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "sllm"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}:models"
+
+    def model(self, name: str) -> str:
+        return f"{self.prefix}:model:{name}"
+
+    def model_instances(self, name: str) -> str:
+        return f"{self.prefix}:model:{name}:instances"
+
+    def queue(self, model: str) -> str:
+        return f"{self.prefix}:queue:{model}"
+
+    def processing(self, model: str) -> str:
+        return f"{self.prefix}:processing:{model}"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:leases"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}:instance:{instance_id}"
+
+    def instance_tasks(self, instance_id: str) -> str:
+        return f"{self.prefix}:instance:{instance_id}:tasks"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def worker(self, node_id: str) -> str:
+        return f"{self.prefix}:worker:{node_id}"
+
+    @property
+    def worker_seq(self) -> str:
+        return f"{self.prefix}:worker_seq"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    def results(self, head_id: str) -> str:
+        return f"{self.prefix}:results:{head_id}"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}:control"

@@ -1,0 +1,128 @@
+"""Typed views of the Redis hashes; pure, so decisions can be tested on plain data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Which states an instance may move to, from which. 'draining' also needs the instance
+# idle, which instance_state.lua checks atomically.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "ready": ("starting",),
+    "draining": ("ready",),
+    "failed": ("starting", "ready", "draining"),
+    "stopped": ("starting", "ready", "draining", "failed"),
+}
+
+
+def _f(value: str | None, default: float = 0.0) -> float:
+    return float(value) if value not in (None, "") else default
+
+
+@dataclass
+class ModelRecord:
+    name: str
+    config: dict[str, Any]
+    state: str
+    created: float = 0.0
+    updated: float = 0.0
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> ModelRecord:
+        return cls(
+            name=h["name"],
+            config=json.loads(h.get("config") or "{}"),
+            state=h.get("state", "active"),
+            created=_f(h.get("created")),
+            updated=_f(h.get("updated")),
+        )
+
+
+@dataclass
+class InstanceRecord:
+    id: str
+    model: str
+    node_id: str
+    url: str
+    backend: str = "dummy"
+    state: str = "starting"
+    outstanding: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+    ready_at: float = 0.0
+    last_finished: float = 0.0
+    state_reason: str = ""
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> InstanceRecord:
+        return cls(
+            id=h["id"],
+            model=h.get("model", ""),
+            node_id=h.get("node_id", ""),
+            url=h.get("url", ""),
+            backend=h.get("backend", ""),
+            state=h.get("state", "starting"),
+            outstanding=int(h.get("outstanding") or 0),
+            created=_f(h.get("created")),
+            updated=_f(h.get("updated")),
+            ready_at=_f(h.get("ready_at")),
+            last_finished=_f(h.get("last_finished")),
+            state_reason=h.get("state_reason", ""),
+        )
+
+    def last_active(self) -> float:
+        """When the instance last did something: started serving or finished a request."""
+        return max(self.ready_at, self.last_finished, self.created)
+
+
+@dataclass
+class WorkerRecord:
+    node_id: str
+    url: str
+    last_heartbeat: float
+    registered: float = 0.0
+    resources: dict[str, Any] = field(default_factory=dict)
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> WorkerRecord:
+        return cls(
+            node_id=h["node_id"],
+            url=h.get("url", ""),
+            last_heartbeat=_f(h.get("last_heartbeat")),
+            registered=_f(h.get("registered")),
+            resources=json.loads(h.get("resources") or "{}"),
+            instances=json.loads(h.get("instances") or "[]"),
+            backends=json.loads(h.get("backends") or "[]"),
+        )
+
+
+@dataclass
+class TaskRecord:
+    id: str
+    model: str
+    state: str
+    attempt: int
+    max_attempts: int
+    instance: str = ""
+    owner: str = ""
+    lease: float = 0.0
+    deadline: float = 0.0
+    result: str | None = None
+
+    @classmethod
+    def from_hash(cls, task_id: str, h: dict[str, str]) -> TaskRecord:
+        return cls(
+            id=task_id,
+            model=h.get("model", ""),
+            state=h.get("state", ""),
+            attempt=int(h.get("attempt") or 0),
+            max_attempts=int(h.get("max_attempts") or 1),
+            instance=h.get("instance", ""),
+            owner=h.get("owner", ""),
+            lease=_f(h.get("lease")),
+            deadline=_f(h.get("deadline")),
+            result=h.get("result") or None,
+        )

@@ -1,0 +1,169 @@
+"""Models, instances and workers as Redis holds them, and the control channel."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis.asyncio as redis
+
+from sllm.kv.keys import Keys
+from sllm.kv.records import TRANSITIONS, InstanceRecord, ModelRecord, WorkerRecord
+from sllm.kv.scripts import Scripts
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Registry:
+    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts | None = None) -> None:
+        self._r = client
+        self._k = keys
+        self._s = scripts or Scripts(client)
+
+    # -- models -----------------------------------------------------------------------
+
+    async def save_model(self, name: str, config: dict[str, Any], *, create: bool) -> str:
+        """'ok', 'exists', 'missing' or 'excommunicado' (see register_model.lua)."""
+        return str(
+            await self._s.register_model(
+                keys=[self._k.model(name), self._k.models],
+                args=[name, _dumps(config), time.time(), "create" if create else "update"],
+            )
+        )
+
+    async def get_model(self, name: str) -> ModelRecord | None:
+        h = await self._r.hgetall(self._k.model(name))
+        return ModelRecord.from_hash(h) if h else None
+
+    async def list_models(self) -> list[ModelRecord]:
+        names = sorted(await self._r.smembers(self._k.models))
+        async with self._r.pipeline(transaction=False) as pipe:
+            for n in names:
+                pipe.hgetall(self._k.model(n))
+            hashes = await pipe.execute()
+        return [ModelRecord.from_hash(h) for h in hashes if h]
+
+    async def mark_deleting(self, name: str) -> bool:
+        return bool(await self._s.delete_model(keys=[self._k.model(name)], args=[time.time()]))
+
+    async def purge_model(self, name: str) -> bool:
+        k = self._k
+        return bool(
+            await self._s.purge_model(
+                keys=[k.model(name), k.models, k.model_instances(name), k.queue(name), k.processing(name)],
+                args=[name],
+            )
+        )
+
+    # -- instances --------------------------------------------------------------------
+
+    async def create_instance(self, inst: InstanceRecord) -> bool:
+        k = self._k
+        fields = ["model", inst.model, "node_id", inst.node_id, "url", inst.url, "backend", inst.backend]
+        return bool(
+            await self._s.create_instance(
+                keys=[k.instance(inst.id), k.model_instances(inst.model), k.model(inst.model)],
+                args=[inst.id, time.time(), *fields],
+            )
+        )
+
+    async def model_instances(self, model: str) -> list[InstanceRecord]:
+        ids = sorted(await self._r.smembers(self._k.model_instances(model)))
+        return await self._instances(ids)
+
+    async def all_instances(self, models: list[str]) -> dict[str, list[InstanceRecord]]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for m in models:
+                pipe.smembers(self._k.model_instances(m))
+            id_sets = await pipe.execute()
+        found = await self._instances([i for ids in id_sets for i in sorted(ids)])
+        by_model: dict[str, list[InstanceRecord]] = {m: [] for m in models}
+        for inst in found:
+            by_model.setdefault(inst.model, []).append(inst)
+        return by_model
+
+    async def _instances(self, ids: list[str]) -> list[InstanceRecord]:
+        if not ids:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(self._k.instance(i))
+            hashes = await pipe.execute()
+        return [InstanceRecord.from_hash(h) for h in hashes if h]
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        h = await self._r.hgetall(self._k.instance(instance_id))
+        return InstanceRecord.from_hash(h) if h else None
+
+    async def set_instance_state(self, instance_id: str, state: str, *, reason: str = "") -> bool:
+        """Move an instance to ``state`` if the move is allowed, and tell every head."""
+        allowed = TRANSITIONS.get(state)
+        if allowed is None:
+            raise ValueError(f"unknown instance state {state!r}")
+        changed = bool(
+            await self._s.instance_state(
+                keys=[self._k.instance(instance_id)],
+                args=[state, time.time(), reason, *allowed],
+            )
+        )
+        if changed:
+            await self.publish_control({"type": "instance", "instance": instance_id, "state": state})
+        return changed
+
+    async def instance_tasks(self, instance_id: str) -> list[str]:
+        ids: list[str] = sorted(await self._r.smembers(self._k.instance_tasks(instance_id)))
+        return ids
+
+    async def remove_instance(self, instance_id: str, model: str) -> list[str]:
+        """Forget the instance; returns tasks still running on it (then nothing is removed)."""
+        k = self._k
+        left = await self._s.remove_instance(
+            keys=[k.instance(instance_id), k.model_instances(model), k.instance_tasks(instance_id)],
+            args=[instance_id],
+        )
+        return [str(t) for t in left]
+
+    # -- workers ----------------------------------------------------------------------
+
+    async def next_node_id(self) -> str:
+        return f"worker-{await self._r.incr(self._k.worker_seq)}"
+
+    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> bool:
+        """Store a worker's heartbeat; True on its first one."""
+        fields: list[str] = []
+        for key, value in info.items():
+            fields += [key, value if isinstance(value, str) else _dumps(value)]
+        return bool(
+            await self._s.register_worker(
+                keys=[self._k.workers, self._k.worker(node_id)],
+                args=[node_id, time.time(), *fields],
+            )
+        )
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        ids = sorted(await self._r.smembers(self._k.workers))
+        async with self._r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(self._k.worker(i))
+            hashes = await pipe.execute()
+        return [WorkerRecord.from_hash(h) for h in hashes if h]
+
+    async def remove_worker(self, node_id: str) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.srem(self._k.workers, node_id)
+            pipe.delete(self._k.worker(node_id))
+            await pipe.execute()
+
+    # -- coordination -----------------------------------------------------------------
+
+    async def publish_control(self, event: dict[str, Any]) -> None:
+        await self._r.publish(self._k.control, _dumps(event))
+
+    async def hold_leader(self, name: str, owner: str, ttl: float) -> bool:
+        """Acquire or renew the leader lock ``name``; True while ``owner`` holds it."""
+        return bool(
+            await self._s.leader_lock(keys=[self._k.lock(name)], args=[owner, int(ttl * 1000)])
+        )

@@ -1,0 +1,33 @@
+"""A Redis client with the task store and registry bound to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+
+from sllm.kv.client import connect
+from sllm.kv.keys import Keys
+from sllm.kv.registry import Registry
+from sllm.kv.scripts import Scripts
+from sllm.kv.tasks import TaskStore
+
+
+@dataclass
+class Store:
+    client: redis.Redis
+    keys: Keys
+    tasks: TaskStore
+    registry: Registry
+
+    @classmethod
+    def connect(cls, url: str, keys: Keys, *, patient: bool) -> Store:
+        client = connect(url, patient=patient)
+        scripts = Scripts(client)
+        return cls(client, keys, TaskStore(client, keys, scripts), Registry(client, keys, scripts))
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,234 @@
+"""The task queue: enqueue, claim with a lease, renew, finish, requeue, cancel, recover."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+
+from sllm.kv.keys import Keys
+from sllm.kv.records import TaskRecord
+from sllm.kv.scripts import Scripts
+
+
+@dataclass(frozen=True)
+class NewTask:
+    id: str
+    model: str
+    endpoint: str
+    body: dict[str, Any]
+    reply_to: str
+    max_attempts: int
+    created: float
+    deadline: float
+    stream: bool = False
+    request_id: str = ""
+
+    def fields(self) -> list[str]:
+        pairs = {
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "body": json.dumps(self.body, separators=(",", ":")),
+            "reply_to": self.reply_to,
+            "attempt": "0",
+            "max_attempts": str(self.max_attempts),
+            "state": "queued",
+            "created": repr(self.created),
+            "deadline": repr(self.deadline),
+            "stream": "1" if self.stream else "0",
+            "request_id": self.request_id,
+        }
+        return [item for kv in pairs.items() for item in kv]
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    status: str  # 'ok', 'missing', or the model's state when it is not active
+    queue_length: int
+    instances: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A stamped claim: the dispatcher now holds this attempt's lease."""
+
+    task_id: str
+    attempt: int
+    endpoint: str
+    body: str
+    reply_to: str
+    deadline: float
+    stream: bool
+    request_id: str
+
+
+class TaskStore:
+    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts) -> None:
+        self._r = client
+        self._k = keys
+        self._s = scripts
+
+    async def enqueue(self, task: NewTask, ttl: int) -> Enqueued:
+        k = self._k
+        status, length, instances = await self._s.enqueue(
+            keys=[k.model(task.model), k.task(task.id), k.queue(task.model), k.model_instances(task.model)],
+            args=[task.id, ttl, *task.fields()],
+        )
+        return Enqueued(str(status), int(length), int(instances))
+
+    async def claim(self, model: str, timeout: float) -> str | None:
+        """Move the oldest queued task into the processing list (not yet leased)."""
+        task_id: str | None = await self._r.blmove(
+            self._k.queue(model), self._k.processing(model), timeout, "LEFT", "RIGHT"
+        )
+        return task_id
+
+    async def stamp(
+        self, task_id: str, model: str, instance_id: str, owner: str, now: float, lease_until: float
+    ) -> tuple[str, Claim | None]:
+        """Stamp the lease on a claimed task: ('ok', claim), ('gone', None) or ('instance', None)."""
+        k = self._k
+        status, attempt = await self._s.stamp_lease(
+            keys=[
+                k.task(task_id),
+                k.leases,
+                k.processing(model),
+                k.instance(instance_id),
+                k.instance_tasks(instance_id),
+                k.queue(model),
+            ],
+            args=[task_id, owner, now, lease_until, instance_id],
+        )
+        if status != "ok":
+            return str(status), None
+        endpoint, body, reply_to, deadline, stream, request_id = await self._r.hmget(
+            k.task(task_id), "endpoint", "body", "reply_to", "deadline", "stream", "request_id"
+        )
+        claim = Claim(
+            task_id=task_id,
+            attempt=int(attempt),
+            endpoint=endpoint or "",
+            body=body or "{}",
+            reply_to=reply_to or "",
+            deadline=float(deadline or 0),
+            stream=stream == "1",
+            request_id=request_id or "",
+        )
+        return "ok", claim
+
+    async def renew(self, task_id: str, owner: str, attempt: int, lease_until: float) -> bool:
+        return bool(
+            await self._s.renew_lease(
+                keys=[self._k.task(task_id), self._k.leases],
+                args=[task_id, owner, attempt, lease_until],
+            )
+        )
+
+    async def finish(
+        self,
+        task_id: str,
+        model: str,
+        instance_id: str,
+        attempt: int,
+        state: str,
+        message: str,
+        now: float,
+        ttl: int,
+    ) -> bool:
+        """Store and publish the terminal message of this attempt; False if it is stale."""
+        k = self._k
+        return bool(
+            await self._s.finish_task(
+                keys=[
+                    k.task(task_id),
+                    k.leases,
+                    k.processing(model),
+                    k.instance(instance_id),
+                    k.instance_tasks(instance_id),
+                ],
+                args=[task_id, attempt, state, message, now, ttl],
+            )
+        )
+
+    async def requeue(self, task_id: str, attempt: int | None, reason: str, now: float, ttl: int) -> str:
+        """Send a claimed task back to its queue (or fail it when attempts are spent).
+
+        ``attempt`` None means "whatever attempt holds it now" (the reaper's view).
+        """
+        record = await self.get(task_id)
+        if record is None:
+            await self._r.zrem(self._k.leases, task_id)
+            return "gone"
+        k = self._k
+        expected = record.attempt if attempt is None else attempt
+        return str(
+            await self._s.requeue_task(
+                keys=[
+                    k.task(task_id),
+                    k.leases,
+                    k.processing(record.model),
+                    k.queue(record.model),
+                    k.instance(record.instance),
+                    k.instance_tasks(record.instance),
+                    k.model(record.model),
+                ],
+                args=[task_id, expected, now, reason, ttl],
+            )
+        )
+
+    async def cancel(self, task_id: str, model: str, now: float, ttl: int) -> str | None:
+        state = await self._s.cancel_task(
+            keys=[self._k.task(task_id), self._k.queue(model)], args=[task_id, now, ttl]
+        )
+        return str(state) if state else None
+
+    async def fail_queued(
+        self, model: str, task_id: str, message: str, code: str, now: float, ttl: int
+    ) -> bool:
+        return bool(
+            await self._s.fail_queued(
+                keys=[self._k.queue(model), self._k.task(task_id)],
+                args=[task_id, message, code, now, ttl],
+            )
+        )
+
+    async def recover_claim(self, model: str, task_id: str) -> bool:
+        k = self._k
+        return bool(
+            await self._s.recover_claim(
+                keys=[k.task(task_id), k.processing(model), k.queue(model)], args=[task_id]
+            )
+        )
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        h = await self._r.hgetall(self._k.task(task_id))
+        return TaskRecord.from_hash(task_id, h) if h else None
+
+    async def state_and_result(self, task_id: str) -> tuple[str | None, str | None]:
+        state, result = await self._r.hmget(self._k.task(task_id), "state", "result")
+        return state, result
+
+    async def expired_leases(self, now: float, limit: int = 100) -> list[str]:
+        ids: list[str] = await self._r.zrangebyscore(self._k.leases, "-inf", now, start=0, num=limit)
+        return ids
+
+    async def queued(self, model: str) -> list[str]:
+        ids: list[str] = await self._r.lrange(self._k.queue(model), 0, -1)
+        return ids
+
+    async def processing(self, model: str) -> list[str]:
+        ids: list[str] = await self._r.lrange(self._k.processing(model), 0, -1)
+        return ids
+
+    async def queue_lengths(self, models: list[str]) -> dict[str, int]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for m in models:
+                pipe.llen(self._k.queue(m))
+            lengths = await pipe.execute()
+        return {m: int(n) for m, n in zip(models, lengths, strict=True)}
+
+    async def publish(self, channel: str, message: str) -> None:
+        """Send one result message to the gateway listening on ``channel``."""
+        await self._r.publish(channel, message)

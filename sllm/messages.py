@@ -1,0 +1,47 @@
+"""Result messages: what a worker (or a Lua script) sends a gateway about one task.
+
+Every message carries the task id, the attempt that produced it and a sequence number,
+so the gateway can drop a stale attempt's output and notice a gap. ``seq`` is -1 on
+terminal errors raised outside the worker (attempts spent, model deleted).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Kind = Literal["chunk", "done", "error"]
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    task: str
+    attempt: int
+    seq: int
+    kind: Kind
+    data: Any = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind != "chunk"
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> ResultMessage:
+        obj = json.loads(raw)
+        return cls(
+            task=str(obj["task"]),
+            attempt=int(obj["attempt"]),
+            seq=int(obj["seq"]),
+            kind=obj["kind"],
+            data=obj.get("data"),
+        )
+
+
+def encode_raw(task: str, attempt: int, seq: int, kind: Kind, raw_json: str) -> str:
+    """Encode a message whose data is already JSON text (a backend's chunk), unparsed."""
+    head = json.dumps({"task": task, "attempt": attempt, "seq": seq, "kind": kind})
+    return f'{head[:-1]}, "data": {raw_json}}}'

@@ -1,0 +1,185 @@
+"""The queue's Lua scripts against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sllm.kv.keys import Keys
+from sllm.kv.records import InstanceRecord
+from sllm.kv.store import Store
+from sllm.kv.tasks import NewTask
+from sllm.messages import ResultMessage
+
+MODEL = "m1"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store.connect(redis_url, Keys("t"), patient=False)
+    yield s
+    await s.close()
+
+
+def new_task(task_id: str, *, max_attempts: int = 2, reply_to: str = "t:results:h") -> NewTask:
+    now = time.time()
+    return NewTask(
+        id=task_id,
+        model=MODEL,
+        endpoint="/v1/completions",
+        body={"model": MODEL, "prompt": "hi"},
+        reply_to=reply_to,
+        max_attempts=max_attempts,
+        created=now,
+        deadline=now + 60,
+    )
+
+
+async def deploy_with_ready_instance(store: Store, instance_id: str = "i1") -> None:
+    assert await store.registry.save_model(MODEL, {"model": MODEL}, create=True) == "ok"
+    inst = InstanceRecord(id=instance_id, model=MODEL, node_id="w1", url="http://w1")
+    assert await store.registry.create_instance(inst)
+    assert await store.registry.set_instance_state(instance_id, "ready")
+
+
+async def claim_and_stamp(store: Store, instance_id: str = "i1", lease: float = 30.0):
+    task_id = await store.tasks.claim(MODEL, 0.5)
+    assert task_id is not None
+    now = time.time()
+    return await store.tasks.stamp(task_id, MODEL, instance_id, "head-a", now, now + lease)
+
+
+async def test_enqueue_refuses_unknown_and_deleted_models(store: Store) -> None:
+    assert (await store.tasks.enqueue(new_task("a"), 60)).status == "missing"
+    await store.registry.save_model(MODEL, {}, create=True)
+    assert await store.registry.save_model(MODEL, {}, create=True) == "exists"
+    assert (await store.tasks.enqueue(new_task("a"), 60)).status == "ok"
+    assert await store.registry.mark_deleting(MODEL)
+    assert (await store.tasks.enqueue(new_task("b"), 60)).status == "excommunicado"
+
+
+async def test_claim_lease_finish_publishes_and_stores(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    enq = await store.tasks.enqueue(new_task("a"), 60)
+    assert (enq.status, enq.queue_length, enq.instances) == ("ok", 1, 1)
+
+    pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("t:results:h")
+    status, claim = await claim_and_stamp(store)
+    assert status == "ok" and claim is not None and claim.attempt == 1
+    assert (await store.registry.get_instance("i1")).outstanding == 1  # type: ignore[union-attr]
+    assert await store.tasks.renew("a", "head-a", 1, time.time() + 30)
+    assert not await store.tasks.renew("a", "head-b", 1, time.time() + 30)
+
+    done = ResultMessage("a", 1, 0, "done", {"ok": True}).encode()
+    assert await store.tasks.finish("a", MODEL, "i1", 1, "done", done, time.time(), 60)
+    # A second finish of the same attempt changes nothing.
+    assert not await store.tasks.finish("a", MODEL, "i1", 1, "done", done, time.time(), 60)
+    msg = None
+    for _ in range(20):  # the first reads return the subscription's confirmation as None
+        msg = await pubsub.get_message(timeout=0.1)
+        if msg is not None:
+            break
+    assert msg is not None and ResultMessage.decode(msg["data"]).data == {"ok": True}
+    await pubsub.aclose()
+
+    state, result = await store.tasks.state_and_result("a")
+    assert state == "done" and result == done
+    inst = await store.registry.get_instance("i1")
+    assert inst is not None and inst.outstanding == 0 and inst.last_finished > 0
+    assert await store.tasks.expired_leases(time.time() + 100) == []
+
+
+async def test_expired_lease_requeues_then_fails_after_max_attempts(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    await store.tasks.enqueue(new_task("a", max_attempts=2), 60)
+    _, first = await claim_and_stamp(store, lease=-1)
+    assert first is not None
+    assert await store.tasks.expired_leases(time.time()) == ["a"]
+    assert await store.tasks.requeue("a", None, "lease expired", time.time(), 60) == "requeued"
+    assert await store.tasks.queued(MODEL) == ["a"]
+    # The first attempt's late finish is stale and is ignored.
+    late = ResultMessage("a", 1, 0, "done", {}).encode()
+    assert not await store.tasks.finish("a", MODEL, "i1", 1, "done", late, time.time(), 60)
+
+    _, second = await claim_and_stamp(store, lease=-1)
+    assert second is not None and second.attempt == 2
+    assert await store.tasks.requeue("a", 2, "worker died", time.time(), 60) == "failed"
+    state, result = await store.tasks.state_and_result("a")
+    assert state == "failed" and result is not None
+    err = ResultMessage.decode(result)
+    assert err.kind == "error" and err.data["error"]["code"] == "attempts_exhausted"
+    assert await store.tasks.queued(MODEL) == [] and await store.tasks.processing(MODEL) == []
+    assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
+
+
+async def test_stamp_on_an_instance_that_is_not_ready_requeues(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    await store.tasks.enqueue(new_task("a"), 60)
+    assert await store.registry.set_instance_state("i1", "draining")
+    status, claim = await claim_and_stamp(store)
+    assert (status, claim) == ("instance", None)
+    assert await store.tasks.queued(MODEL) == ["a"]
+
+
+async def test_draining_refuses_a_busy_instance(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    await store.tasks.enqueue(new_task("a"), 60)
+    await claim_and_stamp(store)
+    assert not await store.registry.set_instance_state("i1", "draining")
+
+
+async def test_unstamped_claim_is_recovered(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    await store.tasks.enqueue(new_task("a"), 60)
+    assert await store.tasks.claim(MODEL, 0.5) == "a"
+    assert await store.tasks.processing(MODEL) == ["a"]
+    assert await store.tasks.recover_claim(MODEL, "a")
+    assert await store.tasks.queued(MODEL) == ["a"]
+
+
+async def test_cancel_and_fail_queued(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    await store.tasks.enqueue(new_task("a"), 60)
+    await store.tasks.enqueue(new_task("b"), 60)
+    assert await store.tasks.cancel("a", MODEL, time.time(), 60) == "queued"
+    assert await store.tasks.queued(MODEL) == ["b"]
+    assert await store.tasks.fail_queued(MODEL, "b", "gone", "model_deleted", time.time(), 60)
+    state, result = await store.tasks.state_and_result("b")
+    assert state == "failed" and result is not None
+    assert ResultMessage.decode(result).data["error"]["code"] == "model_deleted"
+    assert await store.tasks.cancel("missing", MODEL, time.time(), 60) is None
+
+
+async def test_cancelled_running_task_is_released_by_its_expiry(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    await store.tasks.enqueue(new_task("a"), 60)
+    await claim_and_stamp(store, lease=-1)
+    assert await store.tasks.cancel("a", MODEL, time.time(), 60) == "running"
+    assert await store.tasks.requeue("a", None, "lease expired", time.time(), 60) == "cancelled"
+    assert await store.tasks.expired_leases(time.time()) == []
+    assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
+
+
+async def test_model_delete_purge_and_leader_lock(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    assert await store.registry.mark_deleting(MODEL)
+    assert not await store.registry.purge_model(MODEL)  # an instance remains
+    assert await store.registry.remove_instance("i1", MODEL) == []
+    assert await store.registry.purge_model(MODEL)
+    assert await store.registry.list_models() == []
+
+    assert await store.registry.hold_leader("scaler", "a", 0.5)
+    assert not await store.registry.hold_leader("scaler", "b", 0.5)
+    assert await store.registry.hold_leader("scaler", "a", 0.5)
+    await asyncio.sleep(0.6)
+    assert await store.registry.hold_leader("scaler", "b", 0.5)
+
+
+async def test_scripts_survive_script_flush(store: Store) -> None:
+    await store.registry.save_model(MODEL, {}, create=True)
+    await store.client.script_flush()
+    assert (await store.tasks.enqueue(new_task("a"), 60)).status == "ok"
