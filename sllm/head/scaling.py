@@ -68,7 +68,9 @@ def decide(
         (
             i
             for i in live
-            if i.state == "ready" and i.outstanding == 0 and now - i.last_active >= policy.keep_alive
+            if i.state == "ready"
+            and i.outstanding == 0
+            and now - i.last_active >= policy.keep_alive
         ),
         key=lambda i: (i.last_active, i.id),
     )

@@ -53,7 +53,13 @@ class Registry:
         k = self._k
         return bool(
             await self._s.purge_model(
-                keys=[k.model(name), k.models, k.model_instances(name), k.queue(name), k.processing(name)],
+                keys=[
+                    k.model(name),
+                    k.models,
+                    k.model_instances(name),
+                    k.queue(name),
+                    k.processing(name),
+                ],
                 args=[name],
             )
         )
@@ -62,7 +68,16 @@ class Registry:
 
     async def create_instance(self, inst: InstanceRecord) -> bool:
         k = self._k
-        fields = ["model", inst.model, "node_id", inst.node_id, "url", inst.url, "backend", inst.backend]
+        fields = [
+            "model",
+            inst.model,
+            "node_id",
+            inst.node_id,
+            "url",
+            inst.url,
+            "backend",
+            inst.backend,
+        ]
         return bool(
             await self._s.create_instance(
                 keys=[k.instance(inst.id), k.model_instances(inst.model), k.model(inst.model)],
@@ -110,7 +125,9 @@ class Registry:
             )
         )
         if changed:
-            await self.publish_control({"type": "instance", "instance": instance_id, "state": state})
+            await self.publish_control(
+                {"type": "instance", "instance": instance_id, "state": state}
+            )
         return changed
 
     async def instance_tasks(self, instance_id: str) -> list[str]:

@@ -73,7 +73,12 @@ class TaskStore:
     async def enqueue(self, task: NewTask, ttl: int) -> Enqueued:
         k = self._k
         status, length, instances = await self._s.enqueue(
-            keys=[k.model(task.model), k.task(task.id), k.queue(task.model), k.model_instances(task.model)],
+            keys=[
+                k.model(task.model),
+                k.task(task.id),
+                k.queue(task.model),
+                k.model_instances(task.model),
+            ],
             args=[task.id, ttl, *task.fields()],
         )
         return Enqueued(str(status), int(length), int(instances))
@@ -88,7 +93,7 @@ class TaskStore:
     async def stamp(
         self, task_id: str, model: str, instance_id: str, owner: str, now: float, lease_until: float
     ) -> tuple[str, Claim | None]:
-        """Stamp the lease on a claimed task: ('ok', claim), ('gone', None) or ('instance', None)."""
+        """Stamp the lease on a claimed task: ('ok', claim), or ('gone' | 'instance', None)."""
         k = self._k
         status, attempt = await self._s.stamp_lease(
             keys=[
@@ -152,7 +157,9 @@ class TaskStore:
             )
         )
 
-    async def requeue(self, task_id: str, attempt: int | None, reason: str, now: float, ttl: int) -> str:
+    async def requeue(
+        self, task_id: str, attempt: int | None, reason: str, now: float, ttl: int
+    ) -> str:
         """Send a claimed task back to its queue (or fail it when attempts are spent).
 
         ``attempt`` None means "whatever attempt holds it now" (the reaper's view).
@@ -211,7 +218,9 @@ class TaskStore:
         return state, result
 
     async def expired_leases(self, now: float, limit: int = 100) -> list[str]:
-        ids: list[str] = await self._r.zrangebyscore(self._k.leases, "-inf", now, start=0, num=limit)
+        ids: list[str] = await self._r.zrangebyscore(
+            self._k.leases, "-inf", now, start=0, num=limit
+        )
         return ids
 
     async def queued(self, model: str) -> list[str]:
@@ -232,3 +241,10 @@ class TaskStore:
     async def publish(self, channel: str, message: str) -> None:
         """Send one result message to the gateway listening on ``channel``."""
         await self._r.publish(channel, message)
+
+    async def states(self, task_ids: list[str]) -> list[str | None]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for t in task_ids:
+                pipe.hget(self._k.task(t), "state")
+            found: list[str | None] = await pipe.execute()
+        return found

@@ -1,0 +1,3 @@
+from sllm.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""The scaling loop: read the cluster, decide per model, apply. Leader-only.
+
+Only the head holding the leader lock acts, so two heads never both act on one decision.
+A request for a model with no instance wakes the loop at once through the control
+channel; otherwise it runs every ``autoscale_interval`` seconds. Each pass also prunes
+silent workers and reaps expired leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sllm.config import DeployConfig, HeadSettings
+from sllm.head.placement import Requirement, WorkerCapacity, place
+from sllm.head.reaper import Reaper
+from sllm.head.scaling import InstanceLoad, ScalingPolicy, decide
+from sllm.head.worker_manager import WorkerManager
+from sllm.kv import RedisError
+from sllm.kv.records import InstanceRecord, ModelRecord, WorkerRecord
+from sllm.kv.store import Store
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK = "autoscaler"
+# A starting instance whose worker never reported it ready or failed is given up on
+# this long after its own startup timeout.
+STARTUP_GRACE = 30.0
+
+
+def capacities(
+    workers: list[WorkerRecord],
+    instances: list[InstanceRecord],
+    gpus_per_instance: dict[str, int],
+) -> list[WorkerCapacity]:
+    """What each live worker has left, from its last heartbeat and the instances on it."""
+    out = []
+    for w in workers:
+        mine = [i for i in instances if i.node_id == w.node_id]
+        gpus_used = sum(gpus_per_instance.get(i.model, 0) for i in mine)
+        out.append(
+            WorkerCapacity(
+                node_id=w.node_id,
+                backends=tuple(w.backends),
+                free_memory=int(w.resources.get("memory_available", 0)),
+                free_gpus=len(w.resources.get("gpus", [])) - gpus_used,
+                instances=len(mine),
+            )
+        )
+    return out
+
+
+class Autoscaler:
+    def __init__(
+        self, store: Store, settings: HeadSettings, head_id: str, workers: WorkerManager
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.head_id = head_id
+        self.workers = workers
+        self.reaper = Reaper(store, settings)
+        self._wake = asyncio.Event()
+        self.unschedulable: dict[str, str] = {}
+
+    async def on_control(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "wake" or (
+            event.get("type") == "instance" and event.get("state") in ("failed", "stopped")
+        ):
+            self._wake.set()
+
+    async def run(self) -> None:
+        lock_ttl = max(5.0, 3 * self.settings.autoscale_interval)
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.autoscale_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                if await self.store.registry.hold_leader(LEADER_LOCK, self.head_id, lock_ttl):
+                    await self.tick(time.time())
+            except RedisError as exc:
+                log.warning("autoscaler pass skipped: %s", exc)
+            except Exception:
+                log.exception("autoscaler pass failed")
+
+    async def tick(self, now: float) -> None:
+        registry = self.store.registry
+        models = await registry.list_models()
+        names = [m.name for m in models]
+        by_model = await registry.all_instances(names)
+        queued = await self.store.tasks.queue_lengths(names)
+        live_workers, silent = self.workers.alive(await registry.list_workers(), now)
+        for node_id in silent:
+            await self.workers.prune(node_id)
+        live_nodes = {w.node_id for w in live_workers}
+        configs = {m.name: DeployConfig.model_validate(m.config) for m in models}
+
+        for model in models:
+            kept = []
+            for inst in by_model.get(model.name, []):
+                reason = self._lost(inst, configs[model.name], live_nodes, now)
+                if reason:
+                    await self.workers.retire(inst, reason)
+                else:
+                    kept.append(inst)
+            by_model[model.name] = kept
+
+        all_instances = [i for insts in by_model.values() for i in insts]
+        gpus = {name: c.num_gpus for name, c in configs.items()}
+        for model in models:
+            await self._scale(
+                model,
+                configs[model.name],
+                by_model[model.name],
+                queued,
+                now,
+                capacities(live_workers, all_instances, gpus),
+                live_workers,
+            )
+        await self.reaper.reap(names, now)
+
+    @staticmethod
+    def _lost(inst: InstanceRecord, config: DeployConfig, live_nodes: set[str], now: float) -> str:
+        if inst.state in ("failed", "stopped"):
+            return inst.state_reason or f"instance {inst.state}"
+        if inst.node_id not in live_nodes:
+            return f"worker {inst.node_id} is gone"
+        if inst.state == "starting" and now - inst.created > config.startup_timeout + STARTUP_GRACE:
+            return "start-up never finished"
+        return ""
+
+    async def _scale(
+        self,
+        model: ModelRecord,
+        config: DeployConfig,
+        instances: list[InstanceRecord],
+        queued: dict[str, int],
+        now: float,
+        room: list[WorkerCapacity],
+        live_workers: list[WorkerRecord],
+    ) -> None:
+        asc = config.auto_scaling_config
+        policy = ScalingPolicy(
+            asc.min_instances, asc.max_instances, asc.queue_per_instance_threshold, asc.keep_alive
+        )
+        loads = [InstanceLoad(i.id, i.state, i.outstanding, i.last_active()) for i in instances]
+        deleting = model.state == "excommunicado"
+        decision = decide(policy, queued.get(model.name, 0), loads, now, deleting=deleting)
+        if decision.start:
+            need = Requirement(backend=config.backend, gpus=config.num_gpus)
+            nodes = place(room, need, decision.start)
+            if len(nodes) < decision.start:
+                self.unschedulable[model.name] = (
+                    f"no live worker can run backend {config.backend!r}"
+                    f" with {config.num_gpus} GPU(s)"
+                )
+                log.warning("%s: %s", model.name, self.unschedulable[model.name])
+            else:
+                self.unschedulable.pop(model.name, None)
+            by_node = {w.node_id: w for w in live_workers}
+            await asyncio.gather(
+                *(self.workers.start_instance(by_node[n], model.name, config) for n in nodes)
+            )
+        by_id = {i.id: i for i in instances}
+        for inst_id in decision.stop:
+            await self.workers.stop_instance(by_id[inst_id])
+        if deleting and not instances:
+            if await self.store.registry.purge_model(model.name):
+                log.info("model %s deleted", model.name)

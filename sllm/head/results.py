@@ -1,0 +1,107 @@
+"""Reading one task's results in order, whatever happens to pub/sub on the way.
+
+The gateway listens on its result channel before it enqueues; this reader drops
+messages of an older attempt, checks sequence numbers, and reads the outcome stored in
+the task hash whenever the channel goes quiet, reconnects or skips a message, so a lost
+message never hangs a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sllm.errors import DeadlineExceeded, FatalError, error_from_body
+from sllm.kv.bus import RESYNC, Delivery
+from sllm.kv.tasks import TaskStore
+from sllm.messages import ResultMessage
+
+# How long a quiet task waits before its stored outcome is read.
+POLL_INTERVAL = 2.0
+
+
+class AttemptRestarted(FatalError):
+    """A newer attempt began after this one had already sent output to the client."""
+
+    code = "stream_interrupted"
+
+
+@dataclass
+class TaskResults:
+    task_id: str
+    queue: asyncio.Queue[Delivery]
+    tasks: TaskStore
+    deadline: float
+    poll_interval: float = POLL_INTERVAL
+    attempt: int = 0
+    next_seq: int = 0
+    stale_dropped: int = 0
+    _pending_terminal: ResultMessage | None = field(default=None, repr=False)
+
+    async def messages(self) -> AsyncIterator[ResultMessage]:
+        """Chunks of the current attempt in order, then its terminal message.
+
+        Raises the client-facing error for an error outcome, DeadlineExceeded when the
+        deadline passes, and AttemptRestarted when a new attempt begins after chunks of an
+        older one were already yielded.
+        """
+        while True:
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                raise DeadlineExceeded("the request did not finish before its deadline")
+            try:
+                item = await asyncio.wait_for(self.queue.get(), min(remaining, self.poll_interval))
+            except TimeoutError:
+                item = RESYNC
+            if item == RESYNC:
+                message = await self._stored_terminal()
+                if message is None:
+                    continue
+            else:
+                assert isinstance(item, ResultMessage)
+                message = item
+            if message.attempt < self.attempt:
+                self.stale_dropped += 1
+                continue
+            if message.attempt > self.attempt:
+                if self.next_seq > 0:
+                    raise AttemptRestarted(
+                        "the instance serving this stream failed after output was sent"
+                    )
+                self.attempt = message.attempt
+            if message.kind == "chunk":
+                if message.seq < self.next_seq:
+                    continue  # a duplicate delivered after a resync
+                if message.seq > self.next_seq:
+                    raise FatalError("the result stream lost a message", code="stream_interrupted")
+                self.next_seq += 1
+                yield message
+                continue
+            if message.kind == "error":
+                raise error_from_body(message.data or {})
+            if message.seq not in (-1, self.next_seq):
+                # Chunks still in flight may follow a terminal read from the hash; give
+                # them one more quiet period before calling the stream broken.
+                if self._pending_terminal is None:
+                    self._pending_terminal = message
+                    continue
+                raise FatalError("the result stream lost a message", code="stream_interrupted")
+            yield message
+            return
+
+    async def _stored_terminal(self) -> ResultMessage | None:
+        if self._pending_terminal is not None:
+            message, self._pending_terminal = self._pending_terminal, None
+            if message.seq != self.next_seq:
+                raise FatalError("the result stream lost a message", code="stream_interrupted")
+            return message
+        state, result = await self.tasks.state_and_result(self.task_id)
+        if result:
+            return ResultMessage.decode(result)
+        if state is None:
+            raise FatalError("the task was lost", code="task_lost")
+        if state == "cancelled":
+            raise FatalError("the task was cancelled", code="cancelled")
+        return None

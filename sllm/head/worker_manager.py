@@ -1,0 +1,186 @@
+"""Workers: registration from heartbeats, confirmation, pruning, and instance start/stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from sllm.config import DeployConfig, HeadSettings
+from sllm.kv import RedisError
+from sllm.kv.records import InstanceRecord, WorkerRecord
+from sllm.kv.store import Store
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+# An instance the worker does not report is only presumed gone after this long, so a
+# heartbeat racing a /start_instance call does not kill a fresh instance.
+REPORT_GRACE = 30.0
+
+
+class HeartbeatBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    node_id: str | None = Field(default=None, max_length=128)
+    url: str = Field(min_length=1, max_length=512)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    backends: list[str] = Field(default_factory=list)
+    instances: list[dict[str, Any]] = Field(default_factory=list)
+    storage_path: str = ""
+
+
+class WorkerManager:
+    def __init__(self, store: Store, settings: HeadSettings, http: aiohttp.ClientSession) -> None:
+        self.store = store
+        self.settings = settings
+        self.http = http
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def redis_url_for_workers(self) -> str:
+        return self.settings.worker_redis_url or self.settings.redis_url
+
+    async def heartbeat(self, hb: HeartbeatBody) -> dict[str, str]:
+        node_id = hb.node_id or await self.store.registry.next_node_id()
+        info = {
+            "url": hb.url.rstrip("/"),
+            "resources": hb.resources,
+            "backends": hb.backends,
+            "instances": hb.instances,
+            "storage_path": hb.storage_path,
+        }
+        new = await self.store.registry.heartbeat(node_id, info)
+        if new:
+            log.info("worker %s registered at %s", node_id, hb.url)
+            self._detach(self._confirm(node_id, info["url"]))
+        reported = {str(i.get("instance_id")) for i in hb.instances}
+        await self._reconcile(node_id, reported)
+        return {"node_id": node_id, "redis_url": self.redis_url_for_workers}
+
+    async def _confirm(self, node_id: str, url: str) -> None:
+        body = {"node_id": node_id, "redis_url": self.redis_url_for_workers}
+        try:
+            async with self.http.post(f"{url}/confirmation", json=body, timeout=CALL_TIMEOUT) as r:
+                if r.status != 200:
+                    log.warning("worker %s refused confirmation: %s", node_id, r.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The heartbeat's answer carries the same confirmation.
+            log.warning("could not confirm worker %s at %s: %s", node_id, url, exc)
+
+    async def _reconcile(self, node_id: str, reported: set[str]) -> None:
+        models = [m.name for m in await self.store.registry.list_models()]
+        now = time.time()
+        for instances in (await self.store.registry.all_instances(models)).values():
+            for inst in instances:
+                if (
+                    inst.node_id == node_id
+                    and inst.id not in reported
+                    and inst.state in ("starting", "ready")
+                    and now - inst.created > REPORT_GRACE
+                ):
+                    await self.store.registry.set_instance_state(
+                        inst.id, "failed", reason="the worker no longer runs it"
+                    )
+
+    def alive(
+        self, workers: list[WorkerRecord], now: float
+    ) -> tuple[list[WorkerRecord], list[str]]:
+        """Workers heard from within the timeout, and the node ids of the silent ones."""
+        fresh = [w for w in workers if now - w.last_heartbeat <= self.settings.heartbeat_timeout]
+        silent = [w.node_id for w in workers if w not in fresh]
+        return fresh, silent
+
+    async def prune(self, node_id: str) -> None:
+        log.warning(
+            "worker %s silent for over %.0fs: pruned", node_id, self.settings.heartbeat_timeout
+        )
+        await self.store.registry.remove_worker(node_id)
+
+    async def start_instance(self, worker: WorkerRecord, model: str, config: DeployConfig) -> None:
+        inst = InstanceRecord(
+            id=f"{model.replace('/', '-')}-{uuid.uuid4().hex[:8]}",
+            model=model,
+            node_id=worker.node_id,
+            url=worker.url,
+            backend=config.backend,
+        )
+        if not await self.store.registry.create_instance(inst):
+            return
+        body = {
+            "instance_id": inst.id,
+            "model": model,
+            "backend": config.backend,
+            "backend_config": config.backend_config,
+            "num_gpus": config.num_gpus,
+            "lora_adapters": config.lora_adapters,
+            "startup_timeout": config.startup_timeout,
+        }
+        log.info("starting instance %s of %s on %s", inst.id, model, worker.node_id)
+        try:
+            async with self.http.post(
+                f"{worker.url}/start_instance", json=body, timeout=CALL_TIMEOUT
+            ) as resp:
+                if resp.status >= 300:
+                    reason = f"worker refused: {resp.status} {(await resp.text())[:300]}"
+                    await self.store.registry.set_instance_state(inst.id, "failed", reason=reason)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.store.registry.set_instance_state(
+                inst.id, "failed", reason=f"worker unreachable: {exc}"
+            )
+
+    async def stop_instance(self, inst: InstanceRecord) -> None:
+        """Drain an idle instance: refused (False from Redis) if it took a request."""
+        if not await self.store.registry.set_instance_state(inst.id, "draining", reason="idle"):
+            return
+        log.info("stopping idle instance %s of %s", inst.id, inst.model)
+        await self._stop_on_worker(inst)
+        await self.store.registry.remove_instance(inst.id, inst.model)
+
+    async def retire(self, inst: InstanceRecord, reason: str) -> None:
+        """Forget a failed or lost instance; the tasks it held go back to the queue."""
+        await self.store.registry.set_instance_state(inst.id, "failed", reason=reason)
+        for task_id in await self.store.registry.instance_tasks(inst.id):
+            result = await self.store.tasks.requeue(
+                task_id, None, reason, time.time(), int(self.settings.result_ttl)
+            )
+            log.info("task %s of lost instance %s: %s", task_id, inst.id, result)
+        left = await self.store.registry.remove_instance(inst.id, inst.model)
+        if left:
+            log.warning("instance %s still lists tasks %s; retrying later", inst.id, left)
+            return
+        log.warning("instance %s of %s retired: %s", inst.id, inst.model, reason)
+        self._detach(self._stop_on_worker(inst))
+
+    async def _stop_on_worker(self, inst: InstanceRecord) -> None:
+        try:
+            async with self.http.post(
+                f"{inst.url}/stop_instance",
+                json={"instance_id": inst.id},
+                timeout=aiohttp.ClientTimeout(total=30.0),
+            ):
+                pass
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("could not reach %s to stop %s: %s", inst.node_id, inst.id, exc)
+
+    def _detach(self, coro: Any) -> None:
+        job = asyncio.create_task(self._guard(coro))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _guard(coro: Any) -> None:
+        try:
+            await coro
+        except RedisError as exc:
+            log.warning("background call failed: %s", exc)
+
+    async def close(self) -> None:
+        for job in self._background:
+            job.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)

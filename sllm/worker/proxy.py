@@ -1,0 +1,196 @@
+"""``/invoke``: run one task attempt on a local backend and publish what it produces.
+
+Every backend speaks the same local OpenAI-compatible HTTP, so this one proxy serves
+them all. Chunks go to the task's reply channel as they come; the terminal outcome is
+stored and published in one step (finish_task.lua). The HTTP answer to the dispatcher
+is an NDJSON stream: a line every ``ALIVE_INTERVAL`` seconds while the attempt runs (so
+a frozen worker is told from a slow one), then the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sllm.errors import error_body
+from sllm.kv import RedisError
+from sllm.kv.store import Store
+from sllm.messages import ResultMessage, encode_raw
+from sllm.worker.instance_manager import InstanceManager
+
+log = logging.getLogger(__name__)
+
+ALIVE_INTERVAL = 1.0
+
+
+class InvokeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str
+    attempt: int
+    model: str
+    instance_id: str
+    endpoint: str
+    body: str
+    stream: bool = False
+    reply_to: str
+    request_id: str = ""
+    deadline: float
+
+
+class Proxy:
+    def __init__(self, store: Store, instances: InstanceManager, result_ttl: float = 300.0) -> None:
+        self.store = store
+        self.instances = instances
+        self.result_ttl = int(result_ttl)
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        )
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.http.close()
+
+    def invoke(self, raw: dict[str, Any]) -> StreamingResponse:
+        try:
+            call = InvokeBody.model_validate(raw)
+        except ValidationError as exc:
+            return _ndjson_once({"outcome": "failed", "error": f"bad /invoke body: {exc}"}, 400)
+        port = self.instances.port(call.instance_id)
+        if port is None:
+            return _ndjson_once(
+                {"outcome": "retry", "error": f"instance {call.instance_id} is not on this worker"}
+            )
+        return StreamingResponse(self._run(call, port), media_type="application/x-ndjson")
+
+    async def _run(self, call: InvokeBody, port: int) -> AsyncIterator[bytes]:
+        job = asyncio.ensure_future(self._forward(call, port))
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
+                if done:
+                    break
+                yield b'{"alive":true}\n'
+            outcome, error = job.result()
+            yield json.dumps({"outcome": outcome, "error": error}).encode() + b"\n"
+        finally:
+            if not job.done():
+                # The dispatcher hung up: its client is gone or the head died. Stop the
+                # backend's work; a cancelled task is released here, a live one is left
+                # to its lease so another head can retry it.
+                job.cancel()
+                self._detach(self._release_if_cancelled(call))
+
+    async def _forward(self, call: InvokeBody, port: int) -> tuple[str, str]:
+        url = f"http://127.0.0.1:{port}{call.endpoint}"
+        headers = {"content-type": "application/json", "x-request-id": call.request_id}
+        remaining = call.deadline - time.time()
+        if remaining <= 0:
+            await self._fail(call, "the request's deadline passed", "deadline_exceeded")
+            return "failed", "deadline passed"
+        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=2.0)
+        seq = 0
+        try:
+            async with self.http.post(
+                url, data=call.body, headers=headers, timeout=timeout
+            ) as resp:
+                if resp.status != 200:
+                    await self._fail_with_backend_error(call, resp.status, await resp.text())
+                    return "failed", f"backend answered {resp.status}"
+                if not call.stream:
+                    message = encode_raw(call.task_id, call.attempt, 0, "done", await resp.text())
+                    await self._finish(call, "done", message)
+                    return "done", ""
+                async for line in resp.content:
+                    data = _sse_data(line)
+                    if data is None:
+                        continue
+                    if data == "[DONE]":
+                        break
+                    if data.startswith('{"error"'):
+                        await self._fail_with_backend_error(call, 500, data)
+                        return "failed", "backend error mid-stream"
+                    await self.store.tasks.publish(
+                        call.reply_to, encode_raw(call.task_id, call.attempt, seq, "chunk", data)
+                    )
+                    seq += 1
+            done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
+            await self._finish(call, "done", done)
+            return "done", ""
+        except TimeoutError:
+            await self._fail(call, "the request's deadline passed", "deadline_exceeded")
+            return "failed", "deadline passed"
+        except aiohttp.ClientError as exc:
+            # The backend died or refused: another instance may serve it (the gateway
+            # decides what to do with output it already relayed).
+            return "retry", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
+        except RedisError as exc:
+            return "retry", f"worker lost Redis: {exc}"
+
+    async def _finish(self, call: InvokeBody, state: str, message: str) -> None:
+        await self.store.tasks.finish(
+            call.task_id,
+            call.model,
+            call.instance_id,
+            call.attempt,
+            state,
+            message,
+            time.time(),
+            self.result_ttl,
+        )
+
+    async def _fail(self, call: InvokeBody, text: str, code: str) -> None:
+        body = json.dumps(error_body(text, code))
+        await self._finish(
+            call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", body)
+        )
+
+    async def _fail_with_backend_error(self, call: InvokeBody, status: int, text: str) -> None:
+        try:
+            parsed = json.loads(text)
+            ok = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            code = "invalid_request" if 400 <= status < 500 else "backend_error"
+            text = json.dumps(error_body(f"backend answered {status}: {text[:500]}", code))
+        await self._finish(
+            call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", text)
+        )
+
+    async def _release_if_cancelled(self, call: InvokeBody) -> None:
+        try:
+            record = await self.store.tasks.get(call.task_id)
+            if record is None or record.state != "cancelled" or record.attempt != call.attempt:
+                return
+            await self._fail(call, "the client cancelled the request", "cancelled")
+        except RedisError as exc:  # the lease's expiry releases it instead
+            log.warning("could not release cancelled task %s: %s", call.task_id, exc)
+
+    def _detach(self, coro: Any) -> None:
+        job = asyncio.create_task(coro)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+
+def _sse_data(line: bytes) -> str | None:
+    """The payload of an SSE ``data:`` line, None for other lines."""
+    if not line.startswith(b"data:"):
+        return None
+    return line[5:].strip().decode()
+
+
+def _ndjson_once(obj: dict[str, Any], status: int = 200) -> StreamingResponse:
+    async def one() -> AsyncIterator[bytes]:
+        yield json.dumps(obj).encode() + b"\n"
+
+    return StreamingResponse(one(), media_type="application/x-ndjson", status_code=status)

@@ -1,0 +1,166 @@
+"""Real ``sllm head`` and ``sllm worker`` processes on free ports, around a real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+
+
+# Short timers so the tests see leases, heartbeats and scaling happen in seconds.
+HEAD_ENV = {
+    "SLLM_LEASE_SECONDS": "3",
+    "SLLM_HEARTBEAT_TIMEOUT": "6",
+    "SLLM_AUTOSCALE_INTERVAL": "0.2",
+    "SLLM_REQUEST_TIMEOUT": "60",
+}
+WORKER_ENV = {"SLLM_HEARTBEAT_INTERVAL": "0.5"}
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the process may not be up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last_error!r})")
+
+
+@dataclass
+class Cluster:
+    redis_url: str
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+    head: Proc | None = None
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], url: str) -> Proc:
+        log = self.workdir / f"{name}.log"
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "sllm", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log, url)
+        self.procs.append(proc)
+        wait_until(
+            lambda: popen.poll() is None and httpx.get(f"{url}/health", timeout=1).status_code == 200,
+            20,
+            f"{name} /health\n{proc.log_tail()}",
+        )
+        return proc
+
+    def start_head(self, **env: str) -> Proc:
+        port = free_port()
+        self.head = self._spawn(
+            f"head-{port}",
+            ["head", "--host", "127.0.0.1", "--port", str(port), "--redis-url", self.redis_url],
+            {**HEAD_ENV, **env},
+            f"http://127.0.0.1:{port}",
+        )
+        return self.head
+
+    def start_worker(self, head: Proc | None = None, **env: str) -> Proc:
+        head = head or self.head
+        assert head is not None
+        port = free_port()
+        worker = self._spawn(
+            f"worker-{port}",
+            [
+                "worker", "--host", "127.0.0.1", "--port", str(port), "--head-url", head.url,
+                "--log-dir", str(self.workdir / f"instances-{port}"),
+                "--storage-path", str(self.workdir / "models"),
+            ],
+            {**WORKER_ENV, **env},
+            f"http://127.0.0.1:{port}",
+        )
+        wait_until(lambda: self.worker_known(worker.url), 10, "the worker's registration")
+        return worker
+
+    def worker_known(self, url: str) -> bool:
+        return any(w["url"] == url for w in self.status()["workers"])
+
+    def status(self) -> dict[str, Any]:
+        assert self.head is not None
+        data: dict[str, Any] = httpx.get(f"{self.head.url}/status", timeout=5).json()
+        return data
+
+    def model_status(self, name: str) -> dict[str, Any] | None:
+        return next((m for m in self.status()["models"] if m["model"] == name), None)
+
+    def deploy(self, model: str, **overrides: Any) -> dict[str, Any]:
+        assert self.head is not None
+        config: dict[str, Any] = {
+            "model": model,
+            "backend": "dummy",
+            "auto_scaling_config": {"min_instances": 0, "max_instances": 1, "keep_alive": 30},
+            "backend_config": {},
+        }
+        config.update(overrides)
+        resp = httpx.post(f"{self.head.url}/register", json=config, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return config
+
+    def client(self, head: Proc | None = None, **kwargs: Any) -> openai.OpenAI:
+        head = head or self.head
+        assert head is not None
+        return openai.OpenAI(base_url=f"{head.url}/v1", api_key="unused", max_retries=0, **kwargs)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.procs)
+
+
+@pytest.fixture
+def cluster(redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(redis_url, tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()

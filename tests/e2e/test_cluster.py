@@ -1,0 +1,220 @@
+"""The whole request path through real head and worker processes, with the openai SDK."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def one_worker(cluster: Cluster) -> Cluster:
+    cluster.start_head()
+    cluster.start_worker()
+    return cluster
+
+
+def test_chat_completions_embeddings_and_models(one_worker: Cluster) -> None:
+    one_worker.deploy("m")
+    client = one_worker.client()
+
+    chat = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hello there"}],
+        max_tokens=8,
+        temperature=0.5,
+        top_p=0.9,
+        seed=3,
+        user="u1",
+        stop=["never-said"],
+    )
+    text = chat.choices[0].message.content
+    assert text and chat.choices[0].finish_reason in ("length", "stop")
+    assert chat.usage is not None and chat.usage.completion_tokens > 0
+    assert chat.system_fingerprint  # names the instance that served it
+
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hello there"}],
+        max_tokens=8,
+        temperature=0.5,
+        top_p=0.9,
+        seed=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts, usage = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(parts) == text
+    assert usage is not None and usage.total_tokens == chat.usage.total_tokens
+
+    completion = client.completions.create(model="m", prompt="once upon a time", max_tokens=5)
+    assert completion.choices[0].text and completion.usage.completion_tokens <= 5
+
+    two = client.completions.create(model="m", prompt="once upon a time", max_tokens=4, n=2)
+    assert sorted(c.index for c in two.choices) == [0, 1]
+
+    emb = client.embeddings.create(model="m", input=["a", "b"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) > 0
+    assert emb.usage.prompt_tokens > 0
+
+    assert [m.id for m in client.models.list().data] == ["m"]
+
+
+def test_errors_are_openai_shaped(one_worker: Cluster) -> None:
+    one_worker.deploy("m")
+    client = one_worker.client()
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.code == "model_not_found"
+
+    assert one_worker.head is not None
+    bad = httpx.post(
+        f"{one_worker.head.url}/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1},
+    )
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "max_tokens" and "max_tokens" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+    not_json = httpx.post(
+        f"{one_worker.head.url}/v1/completions",
+        content=b"{nope",
+        headers={"content-type": "application/json"},
+    )
+    assert not_json.status_code == 400
+
+    unknown_field = httpx.post(
+        f"{one_worker.head.url}/register", json={"model": "x", "backend": "dummy", "colour": 1}
+    )
+    assert unknown_field.status_code == 400 and "colour" in unknown_field.json()["error"]["message"]
+
+
+def test_scale_from_zero_and_back_to_zero(one_worker: Cluster) -> None:
+    one_worker.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 0, "max_instances": 1, "keep_alive": 1},
+        backend_config={"startup_delay": 0.5},
+    )
+    assert one_worker.model_status("m")["instances"] == []  # type: ignore[index]
+    started = time.monotonic()
+    reply = one_worker.client().completions.create(model="m", prompt="wake up", max_tokens=3)
+    cold = time.monotonic() - started
+    assert reply.choices[0].text
+    assert cold < 10, f"cold start took {cold:.1f}s"
+    status = one_worker.model_status("m")
+    assert status is not None and len(status["instances"]) == 1
+
+    wait_until(
+        lambda: one_worker.model_status("m")["instances"] == [],  # type: ignore[index]
+        10,
+        "scale back to zero after keep_alive",
+    )
+
+
+def test_a_burst_from_zero_starts_one_instance(one_worker: Cluster) -> None:
+    one_worker.deploy(
+        "m",
+        auto_scaling_config={
+            "min_instances": 0,
+            "max_instances": 4,
+            "queue_per_instance_threshold": 100,
+            "keep_alive": 30,
+        },
+        backend_config={"startup_delay": 1.0},
+    )
+    client = one_worker.client()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        replies = list(
+            pool.map(
+                lambda i: client.completions.create(model="m", prompt=f"p{i}", max_tokens=2),
+                range(16),
+            )
+        )
+    assert all(r.choices[0].text for r in replies)
+    assert len(one_worker.model_status("m")["instances"]) == 1  # type: ignore[index]
+
+
+def test_two_workers_share_the_load(cluster: Cluster) -> None:
+    cluster.start_head()
+    cluster.start_worker()
+    cluster.start_worker()
+    cluster.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 2, "max_instances": 2, "keep_alive": 30},
+        backend_config={"ttft": 0.2},
+    )
+    wait_until(
+        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready", "ready"],  # type: ignore[index]
+        15,
+        "two ready instances",
+    )
+    nodes = {i["node_id"] for i in cluster.model_status("m")["instances"]}  # type: ignore[index]
+    assert len(nodes) == 2, "placement should spread the instances over both workers"
+    client = cluster.client()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(
+            pool.map(
+                lambda i: client.completions.create(model="m", prompt=f"p{i}", max_tokens=2),
+                range(16),
+            )
+        )
+    assert len({r.system_fingerprint for r in replies}) == 2
+
+
+def test_deleting_a_model_fails_its_queued_requests(one_worker: Cluster) -> None:
+    one_worker.deploy("m", backend_config={"startup_delay": 30})
+    client = one_worker.client()
+    assert one_worker.head is not None
+
+    def ask(i: int) -> Exception | None:
+        try:
+            client.completions.create(model="m", prompt=f"p{i}", max_tokens=2, timeout=20)
+        except Exception as exc:
+            return exc
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(ask, i) for i in range(4)]
+        wait_until(
+            lambda: one_worker.model_status("m")["queue_length"] == 4,  # type: ignore[index]
+            10,
+            "four queued requests",
+        )
+        resp = httpx.post(f"{one_worker.head.url}/delete", json={"model": "m"}, timeout=10)
+        assert resp.status_code == 200 and resp.json()["queued_requests_failed"] == 4
+        errors = [f.result(timeout=15) for f in futures]
+    for err in errors:
+        assert isinstance(err, openai.APIStatusError), err
+        assert err.status_code == 410 and "deleted" in str(err)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="m", prompt="late", max_tokens=2)
+    wait_until(lambda: one_worker.model_status("m") is None, 15, "the model to be removed")
+
+
+def test_a_request_that_crashes_its_backend_fails_after_max_attempts(one_worker: Cluster) -> None:
+    one_worker.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 0, "max_instances": 1, "keep_alive": 30},
+        backend_config={"crash_on_prompt": "poison"},
+    )
+    client = one_worker.client()
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.completions.create(model="m", prompt="poison pill", max_tokens=2, timeout=40)
+    assert failed.value.status_code == 502
+    assert "2 attempt" in str(failed.value)
+    # The crashed instance is replaced and normal requests are served.
+    ok = client.completions.create(model="m", prompt="fine", max_tokens=2, timeout=40)
+    assert ok.choices[0].text

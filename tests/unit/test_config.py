@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sllm.config import DeployConfig
+
+
+def test_defaults() -> None:
+    cfg = DeployConfig(model="m")
+    assert cfg.backend == "dummy" and cfg.auto_scaling_config.min_instances == 0
+
+
+def test_unknown_fields_are_named() -> None:
+    with pytest.raises(ValidationError) as err:
+        DeployConfig.model_validate({"model": "m", "auto_scaling_config": {"max_instance": 2}})
+    assert "max_instance" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["", "../etc", "a b", "-x", "x" * 200])
+def test_bad_model_names(name: str) -> None:
+    with pytest.raises(ValidationError):
+        DeployConfig(model=name)
+
+
+def test_min_above_max_is_refused() -> None:
+    with pytest.raises(ValidationError, match="min_instances"):
+        DeployConfig.model_validate(
+            {"model": "m", "auto_scaling_config": {"min_instances": 3, "max_instances": 1}}
+        )

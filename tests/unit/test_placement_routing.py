@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from sllm.head.placement import Requirement, WorkerCapacity, place
+from sllm.head.routing import pick_instance
+from sllm.head.scaling import InstanceLoad
+
+GB = 1 << 30
+
+
+def worker(node: str, instances: int = 0, mem: int = 8 * GB, gpus: int = 0) -> WorkerCapacity:
+    return WorkerCapacity(node, ("dummy", "transformers"), mem, gpus, instances)
+
+
+def test_place_prefers_fewest_instances_then_most_memory() -> None:
+    workers = [worker("a", 2), worker("b", 0, 4 * GB), worker("c", 0, 16 * GB)]
+    assert place(workers, Requirement("dummy")) == ["c"]
+
+
+def test_place_spreads_several_instances() -> None:
+    assert sorted(place([worker("a"), worker("b")], Requirement("dummy"), 2)) == ["a", "b"]
+
+
+def test_place_respects_memory_gpus_and_backend() -> None:
+    workers = [worker("small", mem=1 * GB), worker("gpu", gpus=1), worker("big", mem=32 * GB)]
+    assert place(workers, Requirement("dummy", memory=2 * GB)) == ["big"]
+    assert place(workers, Requirement("dummy", gpus=1)) == ["gpu"]
+    assert place(workers, Requirement("dummy", gpus=1), 2) == ["gpu"]
+    assert place(workers, Requirement("vllm")) == []
+
+
+def test_routing_picks_least_outstanding_ready_with_room() -> None:
+    insts = [
+        InstanceLoad("a", "ready", 3, 0),
+        InstanceLoad("b", "ready", 1, 0),
+        InstanceLoad("c", "starting", 0, 0),
+        InstanceLoad("d", "draining", 0, 0),
+    ]
+    picked = pick_instance(insts, max_concurrency=4)
+    assert picked is not None and picked.id == "b"
+    assert pick_instance([InstanceLoad("a", "ready", 4, 0)], max_concurrency=4) is None
+    assert pick_instance([], 4) is None

@@ -1,0 +1,85 @@
+"""The gateway's per-task reader: attempts, sequence numbers, polling. No IO."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import pytest
+
+from sllm.errors import DeadlineExceeded, FatalError, SllmError
+from sllm.head.results import AttemptRestarted, TaskResults
+from sllm.kv.bus import RESYNC, Delivery
+from sllm.kv.tasks import TaskStore
+from sllm.messages import ResultMessage
+
+
+class StoredOutcome:
+    def __init__(self, state: str | None = "running", result: str | None = None) -> None:
+        self.state, self.result = state, result
+
+    async def state_and_result(self, task_id: str) -> tuple[str | None, str | None]:
+        return self.state, self.result
+
+
+def reader(items: list[Any], stored: StoredOutcome | None = None, **kw: Any) -> TaskResults:
+    queue: asyncio.Queue[Delivery] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    store = cast(TaskStore, stored or StoredOutcome())
+    return TaskResults("t", queue, store, kw.pop("deadline", time.time() + 5), **kw)
+
+
+async def drain(r: TaskResults) -> list[ResultMessage]:
+    return [m async for m in r.messages()]
+
+
+def chunk(attempt: int, seq: int) -> ResultMessage:
+    return ResultMessage("t", attempt, seq, "chunk", {"n": seq})
+
+
+async def test_stale_attempt_is_dropped_and_counted() -> None:
+    r = reader([chunk(2, 0), chunk(1, 5), chunk(2, 1), ResultMessage("t", 2, 2, "done")])
+    got = await drain(r)
+    assert [m.seq for m in got] == [0, 1, 2] and r.stale_dropped == 1
+
+
+async def test_a_new_attempt_before_any_output_is_followed() -> None:
+    r = reader([ResultMessage("t", 2, 0, "done", {"ok": 1})])
+    assert (await drain(r))[0].data == {"ok": 1}
+
+
+async def test_a_new_attempt_after_output_is_an_error() -> None:
+    r = reader([chunk(1, 0), chunk(2, 0)])
+    with pytest.raises(AttemptRestarted):
+        await drain(r)
+
+
+async def test_a_gap_is_detected() -> None:
+    with pytest.raises(FatalError, match="lost a message"):
+        await drain(reader([chunk(1, 0), chunk(1, 2)]))
+
+
+async def test_silence_reads_the_stored_outcome() -> None:
+    stored = StoredOutcome("done", ResultMessage("t", 1, 0, "done", {"x": 1}).encode())
+    r = reader([], stored, poll_interval=0.01)
+    assert (await drain(r))[0].data == {"x": 1}
+
+
+async def test_resync_reads_the_stored_error() -> None:
+    err = {"error": {"message": "boom", "type": None, "param": None, "code": "attempts_exhausted"}}
+    stored = StoredOutcome("failed", ResultMessage("t", 2, -1, "error", err).encode())
+    with pytest.raises(SllmError) as exc:
+        await drain(reader([RESYNC], stored))
+    assert exc.value.status == 502 and exc.value.message == "boom"
+
+
+async def test_a_vanished_task_fails_instead_of_hanging() -> None:
+    with pytest.raises(FatalError, match="lost"):
+        await drain(reader([], StoredOutcome(state=None), poll_interval=0.01))
+
+
+async def test_deadline() -> None:
+    with pytest.raises(DeadlineExceeded):
+        await drain(reader([], deadline=time.time() + 0.05, poll_interval=0.01))
