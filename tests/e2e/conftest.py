@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,8 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port
-
+from sllm.launcher import Child, free_port, start_head, start_worker
 
 # Short timers so the tests see leases, heartbeats and scaling happen in seconds.
 HEAD_ENV = {
@@ -27,29 +22,6 @@ HEAD_ENV = {
     "SLLM_REQUEST_TIMEOUT": "60",
 }
 WORKER_ENV = {"SLLM_HEARTBEAT_INTERVAL": "0.5"}
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    url: str
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -70,53 +42,23 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 class Cluster:
     redis_url: str
     workdir: Path
-    procs: list[Proc] = field(default_factory=list)
-    head: Proc | None = None
+    procs: list[Child] = field(default_factory=list)
+    head: Child | None = None
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str], url: str) -> Proc:
-        log = self.workdir / f"{name}.log"
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "sllm", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log, url)
-        self.procs.append(proc)
-        wait_until(
-            lambda: popen.poll() is None and httpx.get(f"{url}/health", timeout=1).status_code == 200,
-            20,
-            f"{name} /health\n{proc.log_tail()}",
-        )
-        return proc
-
-    def start_head(self, **env: str) -> Proc:
+    def start_head(self, **env: str) -> Child:
         port = free_port()
-        self.head = self._spawn(
-            f"head-{port}",
-            ["head", "--host", "127.0.0.1", "--port", str(port), "--redis-url", self.redis_url],
-            {**HEAD_ENV, **env},
-            f"http://127.0.0.1:{port}",
+        head = start_head(
+            port, self.redis_url, self.workdir / f"head-{port}.log", {**HEAD_ENV, **env}
         )
-        return self.head
+        self.procs.append(head)
+        self.head = head
+        return head
 
-    def start_worker(self, head: Proc | None = None, **env: str) -> Proc:
+    def start_worker(self, head: Child | None = None, **env: str) -> Child:
         head = head or self.head
         assert head is not None
-        port = free_port()
-        worker = self._spawn(
-            f"worker-{port}",
-            [
-                "worker", "--host", "127.0.0.1", "--port", str(port), "--head-url", head.url,
-                "--log-dir", str(self.workdir / f"instances-{port}"),
-                "--storage-path", str(self.workdir / "models"),
-            ],
-            {**WORKER_ENV, **env},
-            f"http://127.0.0.1:{port}",
-        )
+        worker = start_worker(free_port(), head.url, self.workdir, {**WORKER_ENV, **env})
+        self.procs.append(worker)
         wait_until(lambda: self.worker_known(worker.url), 10, "the worker's registration")
         return worker
 
@@ -144,7 +86,7 @@ class Cluster:
         assert resp.status_code == 200, resp.text
         return config
 
-    def client(self, head: Proc | None = None, **kwargs: Any) -> openai.OpenAI:
+    def client(self, head: Child | None = None, **kwargs: Any) -> openai.OpenAI:
         head = head or self.head
         assert head is not None
         return openai.OpenAI(base_url=f"{head.url}/v1", api_key="unused", max_retries=0, **kwargs)

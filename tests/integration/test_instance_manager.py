@@ -1,0 +1,229 @@
+"""InstanceManager with real backend processes: readiness, stop, crash, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec, get_backend
+from sllm.worker import instance_manager
+from sllm.worker.instance_manager import InstanceExists, InstanceManager
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 20.0
+
+
+class Recorder:
+    """on_state's calls, in order, with a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, instance_id: str, state: str, reason: str) -> None:
+        async with self._changed:
+            self.calls.append((instance_id, state, reason))
+            self._changed.notify_all()
+
+    def states(self, instance_id: str) -> list[str]:
+        return [s for i, s, _ in self.calls if i == instance_id]
+
+    async def wait_for(self, instance_id: str, state: str) -> str:
+        """The reason given with ``state``."""
+
+        def found() -> bool:
+            return state in self.states(instance_id)
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(found), WAIT)
+        return next(r for i, s, r in self.calls if i == instance_id and s == state)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def manager(tmp_path: Path, recorder: Recorder) -> AsyncIterator[InstanceManager]:
+    mgr = InstanceManager(tmp_path / "logs", recorder)
+    yield mgr
+    await mgr.stop_all(grace=1.0)
+
+
+@dataclass(frozen=True)
+class StubbornChildDummy(Backend):
+    """The dummy, started by a shell that first leaves a child ignoring SIGTERM.
+
+    The child shares the backend's process group, so only a SIGKILL to the whole
+    group ends it.
+    """
+
+    def command(self, spec: LaunchSpec) -> list[str]:
+        script = "(trap '' TERM; exec sleep 300) & exec \"$@\""
+        return ["/bin/sh", "-c", script, "sh", *super().command(spec)]
+
+
+@dataclass(frozen=True)
+class CrashingBackend(Backend):
+    def command(self, spec: LaunchSpec) -> list[str]:
+        return [sys.executable, "-c", "import sys; print('boom: no model here'); sys.exit(3)"]
+
+
+def use_backend(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
+    monkeypatch.setattr(instance_manager, "get_backend", lambda name: backend)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies waiting for init do not count)."""
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+async def wait_gone(pgid: int) -> None:
+    # Orphans are reaped by init, a moment after they die.
+    for _ in range(100):
+        if not psutil.pid_exists(pgid) and not group_members(pgid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"group {pgid} still has {group_members(pgid)}")
+
+
+async def start_dummy(
+    mgr: InstanceManager, instance_id: str, *, startup_delay: float = 0.3, timeout: float = WAIT
+) -> None:
+    await mgr.start(
+        instance_id,
+        model="m",
+        backend="dummy",
+        backend_config={"startup_delay": startup_delay},
+        num_gpus=0,
+        lora_adapters={},
+        startup_timeout=timeout,
+    )
+
+
+async def test_ready_then_stop_kills_the_process_group(
+    manager: InstanceManager, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_backend(monkeypatch, StubbornChildDummy(**vars(get_backend("dummy"))))
+    await start_dummy(manager, "i-1")
+    info = manager.get("i-1")
+    assert info is not None and info.state == "starting" and info.backend == "dummy"
+    assert info.log_path.exists()
+
+    assert await recorder.wait_for("i-1", "ready") == ""
+    info = manager.get("i-1")
+    assert info is not None and info.state == "ready"
+    assert manager.port("i-1") == info.port
+    assert [i.instance_id for i in manager.list()] == ["i-1"]
+    async with httpx.AsyncClient(trust_env=False) as client:
+        health = await client.get(f"http://127.0.0.1:{info.port}/health", timeout=5)
+    assert health.status_code == 200
+    assert len(group_members(info.pid)) == 2  # the backend and its stubborn child
+
+    assert await manager.stop("i-1", grace=1.0) is True
+    await wait_gone(info.pid)
+    assert recorder.states("i-1") == ["ready", "stopped"]
+    assert manager.get("i-1") is None and manager.port("i-1") is None
+    assert await manager.stop("i-1") is False
+
+
+async def test_duplicate_id_is_refused(manager: InstanceManager, recorder: Recorder) -> None:
+    await start_dummy(manager, "i-dup")
+    with pytest.raises(InstanceExists):
+        await start_dummy(manager, "i-dup")
+    await recorder.wait_for("i-dup", "ready")
+
+
+async def test_killed_from_outside_reports_failed(
+    manager: InstanceManager, recorder: Recorder
+) -> None:
+    await start_dummy(manager, "i-2")
+    await recorder.wait_for("i-2", "ready")
+    info = manager.get("i-2")
+    assert info is not None
+    os.kill(info.pid, signal.SIGKILL)
+
+    reason = await recorder.wait_for("i-2", "failed")
+    assert reason.startswith(f"backend exited with code {-signal.SIGKILL}")
+    assert recorder.states("i-2") == ["ready", "failed"]
+    assert manager.get("i-2") is None
+    await wait_gone(info.pid)
+
+
+async def test_startup_timeout_fails_and_kills(
+    manager: InstanceManager, recorder: Recorder
+) -> None:
+    await start_dummy(manager, "i-3", startup_delay=10.0, timeout=0.3)
+    info = manager.get("i-3")
+    assert info is not None
+
+    reason = await recorder.wait_for("i-3", "failed")
+    assert "not ready within 0.3 s" in reason
+    assert recorder.states("i-3") == ["failed"]
+    assert manager.get("i-3") is None
+    await wait_gone(info.pid)
+
+
+async def test_exit_during_startup_fails_with_the_log(
+    manager: InstanceManager, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_backend(monkeypatch, CrashingBackend(name="dummy", module="unused"))
+    await start_dummy(manager, "i-4")
+
+    reason = await recorder.wait_for("i-4", "failed")
+    assert "exited with code 3 during start-up" in reason
+    assert "boom: no model here" in reason
+    assert manager.list() == []
+
+
+async def test_stop_during_startup(manager: InstanceManager, recorder: Recorder) -> None:
+    await start_dummy(manager, "i-5", startup_delay=10.0)
+    info = manager.get("i-5")
+    assert info is not None
+    assert await manager.stop("i-5", grace=1.0) is True
+    await wait_gone(info.pid)
+    assert recorder.states("i-5") == ["stopped"]
+
+
+async def test_unavailable_backend_raises(manager: InstanceManager) -> None:
+    with pytest.raises(BackendUnavailable, match="vLLM"):
+        await manager.start(
+            "i-6",
+            model="m",
+            backend="vllm",
+            backend_config={},
+            num_gpus=1,
+            lora_adapters={},
+            startup_timeout=5,
+        )
+    assert manager.list() == []
+
+
+async def test_stop_all_refuses_later_starts(manager: InstanceManager, recorder: Recorder) -> None:
+    await start_dummy(manager, "i-7")
+    await start_dummy(manager, "i-8")
+    await recorder.wait_for("i-7", "ready")
+    await manager.stop_all(grace=1.0)
+    assert manager.list() == []
+    assert recorder.states("i-7") == ["ready", "stopped"]
+    assert recorder.states("i-8")[-1] == "stopped"
+    with pytest.raises(RuntimeError):
+        await start_dummy(manager, "i-9")
