@@ -11,12 +11,11 @@ from contextlib import asynccontextmanager
 import aiohttp
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sllm.api_errors import install_error_handlers
 from sllm.config import HeadSettings
-from sllm.errors import ServiceUnavailable, SllmError
+from sllm.errors import ServiceUnavailable
 from sllm.head import gateway, management
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.dispatcher import Dispatcher
@@ -86,37 +85,13 @@ async def _wait_for_redis(store: Store, url: str, timeout: float = 30.0) -> None
         raise SystemExit(f"sllm head: cannot reach Redis at {url}: {exc}") from None
 
 
-def _error(
-    status: int, message: str, type_: str, code: str, param: str | None = None
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
-        if param:
-            message = f"{param}: {message}"
-        return _error(400, message, "invalid_request_error", "invalid_request", param)
-
-    @app.exception_handler(SllmError)
-    async def sllm_error(_: Request, exc: SllmError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
+    install_error_handlers(app)
 
     @app.exception_handler(RedisError)
     async def redis_down(_: Request, exc: RedisError) -> JSONResponse:
         err = ServiceUnavailable(f"the cluster's state store is unavailable: {exc}")
         return JSONResponse(err.to_body(), status_code=err.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else "http_error"
-        return _error(exc.status_code, str(exc.detail), "invalid_request_error", code)
 
 
 def run(settings: HeadSettings) -> None:
