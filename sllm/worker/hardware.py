@@ -1,0 +1,89 @@
+"""What this machine has: CPUs, memory and GPUs, for the worker's heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import ModuleType
+from typing import Any
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+# NVML is initialised once per process: nvmlInit costs tens of milliseconds and the
+# heartbeat asks every few seconds. None means "not tried yet", False "not usable here".
+_nvml: ModuleType | bool | None = None
+_nvml_lock = threading.Lock()
+
+
+def _nvml_module() -> ModuleType | None:
+    """pynvml, initialised, or None when there is no library or no driver."""
+    global _nvml
+    with _nvml_lock:
+        if _nvml is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                _nvml = pynvml
+            except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, ...
+                log.info("no NVIDIA GPUs visible (%s)", exc)
+                _nvml = False
+        return _nvml if isinstance(_nvml, ModuleType) else None
+
+
+def _gpus() -> list[dict[str, Any]]:
+    nvml = _nvml_module()
+    if nvml is None:
+        return []
+    try:
+        gpus = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            name = nvml.nvmlDeviceGetName(handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                {
+                    "index": index,
+                    # Older pynvml releases return bytes.
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_total": int(memory.total),
+                    "memory_free": int(memory.free),
+                    "memory_used": int(memory.used),
+                    "utilization": int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                }
+            )
+        return gpus
+    except Exception as exc:
+        # A GPU that fell off the bus must not stop the heartbeat.
+        log.warning("reading GPUs failed: %s", exc)
+        return []
+
+
+def snapshot() -> dict[str, Any]:
+    """CPU, memory (bytes) and GPU figures; never raises for a missing GPU stack.
+
+    Calls into NVML, so async callers should run it in a thread.
+    """
+    memory = psutil.virtual_memory()
+    return {
+        "cpu_count": psutil.cpu_count() or 1,
+        # interval=None compares with the previous call instead of sleeping.
+        "cpu_percent": float(psutil.cpu_percent(interval=None)),
+        "memory_total": int(memory.total),
+        "memory_available": int(memory.available),
+        "gpus": _gpus(),
+    }
+
+
+def gpu_count() -> int:
+    """Number of NVIDIA GPUs NVML sees (0 without a driver)."""
+    nvml = _nvml_module()
+    if nvml is None:
+        return 0
+    try:
+        return int(nvml.nvmlDeviceGetCount())
+    except Exception as exc:
+        log.warning("counting GPUs failed: %s", exc)
+        return 0

@@ -1,0 +1,129 @@
+"""The worker's heartbeat: tells the head what this machine has and runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from sllm.backends.base import available_backends
+from sllm.config import WorkerSettings
+from sllm.worker import hardware
+from sllm.worker.instance_manager import InstanceManager
+
+log = logging.getLogger(__name__)
+
+OnConfirm = Callable[[str, str | None], Awaitable[None]]
+
+_HTTP_TIMEOUT = 5.0
+_FIRST_RETRY = 0.5
+
+
+def advertise_url(settings: WorkerSettings) -> str:
+    """The URL the head calls this worker on."""
+    if settings.advertise_url:
+        return settings.advertise_url.rstrip("/")
+    host = settings.host
+    if host in ("", "0.0.0.0"):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"http://{host}:{settings.port}"
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        instances: InstanceManager,
+        on_confirm: OnConfirm,
+    ) -> None:
+        self._settings = settings
+        self._instances = instances
+        self._on_confirm = on_confirm
+        self._node_id = settings.node_id
+        self._url = advertise_url(settings)
+        self._wake = asyncio.Event()
+
+    @property
+    def node_id(self) -> str | None:
+        return self._node_id
+
+    @node_id.setter
+    def node_id(self, value: str) -> None:
+        self._node_id = value
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def beat_now(self) -> None:
+        """Send the next heartbeat at once (an instance changed state)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Beat until cancelled; failures back off from 0.5 s up to the interval."""
+        interval = self._settings.heartbeat_interval
+        failures = 0
+        # trust_env=False: a proxy variable meant for the internet must not catch the head.
+        async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT, trust_env=False) as client:
+            while True:
+                # Cleared before the beat, so a change during it triggers one more.
+                self._wake.clear()
+                if await self.beat(client):
+                    failures = 0
+                    delay = interval
+                else:
+                    failures += 1
+                    delay = min(interval, _FIRST_RETRY * 2 ** min(failures - 1, 16))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def beat(self, client: httpx.AsyncClient) -> bool:
+        """One heartbeat and its confirmation; False (logged) on any failure."""
+        head = self._settings.head_url.rstrip("/")
+        try:
+            payload = await self._payload()
+            resp = await client.post(f"{head}/heartbeat", json=payload)
+            resp.raise_for_status()
+            answer = resp.json()
+            node_id = str(answer["node_id"])
+            redis_url = answer.get("redis_url")
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("heartbeat to %s failed: %s", head, exc or type(exc).__name__)
+            return False
+        if node_id != self._node_id:
+            log.info("head %s knows this worker as %s", head, node_id)
+        self._node_id = node_id
+        try:
+            await self._on_confirm(node_id, redis_url)
+        except Exception:
+            log.exception("handling the head's confirmation failed")
+            return False
+        return True
+
+    async def _payload(self) -> dict[str, Any]:
+        return {
+            "node_id": self._node_id,
+            "url": self._url,
+            # NVML calls can take a while on a busy machine; keep them off the loop.
+            "resources": await asyncio.to_thread(hardware.snapshot),
+            "backends": available_backends(),
+            "instances": [
+                {
+                    "instance_id": i.instance_id,
+                    "model": i.model,
+                    "backend": i.backend,
+                    "state": i.state,
+                    "port": i.port,
+                }
+                for i in self._instances.list()
+            ],
+            "storage_path": str(self._settings.storage_path),
+        }

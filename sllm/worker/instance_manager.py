@@ -1,0 +1,322 @@
+"""Backend subprocesses: launch, readiness, reaping and killing.
+
+Each backend runs in its own process group (``start_new_session``) so that a stop
+reaches whatever the backend forked, and with ``PR_SET_PDEATHSIG`` so that it dies
+with the worker even when the worker is SIGKILLed and never runs its shutdown.
+
+One supervisor task per instance reports every state change, so the states reach
+``on_state`` in order: "ready" before "failed", and nothing after "stopped".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import httpx
+
+from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec, get_backend
+
+log = logging.getLogger(__name__)
+
+OnState = Callable[[str, str, str], Awaitable[None]]
+T = TypeVar("T")
+
+_POLL_INTERVAL = 0.05
+_POLL_TIMEOUT = 1.0
+# After SIGKILL a process is gone within milliseconds unless stuck in the kernel; we
+# stop waiting then, and asyncio's child watcher still reaps it whenever it exits.
+_KILL_WAIT = 5.0
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 8192
+
+_PR_SET_PDEATHSIG = 1
+# Loaded in the parent: the child between fork and exec should do as little as possible.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+class InstanceExists(ValueError):
+    """An instance with this id runs here already."""
+
+
+@dataclasses.dataclass
+class LocalInstance:
+    instance_id: str
+    model: str
+    backend: str
+    port: int
+    pid: int
+    state: str  # "starting" | "ready"
+    started_at: float
+    log_path: Path
+
+
+@dataclasses.dataclass
+class _Entry:
+    info: LocalInstance
+    proc: asyncio.subprocess.Process
+    health_url: str
+    # proc.wait() as a task, created once, so that several waiters never cancel it.
+    exited: asyncio.Task[int]
+    supervisor: asyncio.Task[None] | None = None
+    # The task that ends the instance (a stop, or the supervisor on failure); set once,
+    # and whoever comes second waits for it.
+    ender: asyncio.Task[Any] | None = None
+
+
+def _free_port() -> int:
+    # The port may be taken again before the backend binds it; a backend that fails
+    # to bind exits, and the start is reported failed.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+            text = f.read().decode(errors="replace")
+    except OSError as exc:
+        return f"(log unreadable: {exc})"
+    lines = text.splitlines()[-_LOG_TAIL_LINES:]
+    return "\n".join(lines) if lines else "(log empty)"
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    libc = _LIBC
+    if libc is None:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The worker may have died before prctl took effect; then nobody would kill us.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class InstanceManager:
+    def __init__(self, log_dir: Path, on_state: OnState, *, storage_path: Path = Path(".")) -> None:
+        self._log_dir = log_dir
+        self._on_state = on_state
+        self._storage_path = storage_path
+        self._entries: dict[str, _Entry] = {}
+        # Ids between the existence check and registration (spawning awaits).
+        self._reserved: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- queries ----------------------------------------------------------------------
+
+    def port(self, instance_id: str) -> int | None:
+        entry = self._entries.get(instance_id)
+        return entry.info.port if entry else None
+
+    def get(self, instance_id: str) -> LocalInstance | None:
+        entry = self._entries.get(instance_id)
+        return dataclasses.replace(entry.info) if entry else None
+
+    def list(self) -> list[LocalInstance]:
+        return [dataclasses.replace(e.info) for e in self._entries.values()]
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        instance_id: str,
+        model: str,
+        backend: str,
+        backend_config: dict[str, Any],
+        num_gpus: int,
+        lora_adapters: dict[str, str],
+        startup_timeout: float,
+    ) -> None:
+        """Spawn the backend and return; readiness is reported through on_state.
+
+        Raises InstanceExists (a ValueError) for a known id, BackendUnavailable when
+        this machine cannot run ``backend``, RuntimeError while shutting down.
+        """
+        if self._closing:
+            raise RuntimeError("the worker is shutting down")
+        if instance_id in self._entries or instance_id in self._reserved:
+            raise InstanceExists(f"instance {instance_id!r} exists already on this worker")
+        impl = get_backend(backend)
+        reason = impl.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(reason)
+        self._reserved.add(instance_id)
+        try:
+            entry = await self._spawn(
+                impl,
+                LaunchSpec(
+                    instance_id=instance_id,
+                    model=model,
+                    port=_free_port(),
+                    backend_config=backend_config,
+                    num_gpus=num_gpus,
+                    lora_adapters=lora_adapters,
+                    storage_path=self._storage_path,
+                ),
+            )
+            self._entries[instance_id] = entry
+        finally:
+            self._reserved.discard(instance_id)
+        entry.supervisor = self._spawn_task(self._supervise(entry, startup_timeout))
+        if self._closing:
+            # stop_all() took its list while we were spawning.
+            await self.stop(instance_id, grace=0)
+            raise RuntimeError("the worker is shutting down")
+
+    async def _spawn(self, impl: Backend, spec: LaunchSpec) -> _Entry:
+        # Instance ids come from the network: keep them out of path syntax.
+        log_path = self._log_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec.instance_id)}.log"
+        argv = impl.command(spec)
+        log_file = await asyncio.to_thread(_open_log, log_path)
+        try:
+            log.info("starting %s: %s (log %s)", spec.instance_id, " ".join(argv), log_path)
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+        finally:
+            # The child holds its own descriptor.
+            log_file.close()
+        return _Entry(
+            info=LocalInstance(
+                instance_id=spec.instance_id,
+                model=spec.model,
+                backend=impl.name,
+                port=spec.port,
+                pid=proc.pid,
+                state="starting",
+                started_at=time.time(),
+                log_path=log_path,
+            ),
+            proc=proc,
+            health_url=f"http://127.0.0.1:{spec.port}{impl.health_path}",
+            exited=self._spawn_task(proc.wait()),
+        )
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        # The loop holds tasks weakly; keep them until they finish.
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- supervision ------------------------------------------------------------------
+
+    async def _supervise(self, entry: _Entry, startup_timeout: float) -> None:
+        why = await self._wait_ready(entry, startup_timeout)
+        if entry.ender is not None:
+            return
+        if why is None:
+            entry.info.state = "ready"
+            await self._report(entry.info.instance_id, "ready", "")
+            await asyncio.wait({entry.exited})
+            if entry.ender is not None:
+                return
+            why = f"backend exited with code {entry.proc.returncode}"
+        entry.ender = asyncio.current_task()
+        # Kills a backend that hung in start-up, and whatever an exited one left behind.
+        await self._kill(entry, grace=0)
+        self._entries.pop(entry.info.instance_id, None)
+        tail = await asyncio.to_thread(_log_tail, entry.info.log_path)
+        log.warning("instance %s failed: %s", entry.info.instance_id, why)
+        await self._report(entry.info.instance_id, "failed", f"{why}; last log lines:\n{tail}")
+
+    async def _wait_ready(self, entry: _Entry, timeout: float) -> str | None:
+        """None once the health check answers 200, else why not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # trust_env=False: an HTTP(S)_PROXY in the environment must not catch loopback calls.
+        async with httpx.AsyncClient(trust_env=False) as client:
+            while entry.ender is None:
+                if entry.exited.done():
+                    return f"backend exited with code {entry.proc.returncode} during start-up"
+                left = deadline - loop.time()
+                if left <= 0:
+                    return f"backend not ready within {timeout:g} s"
+                try:
+                    resp = await client.get(entry.health_url, timeout=min(_POLL_TIMEOUT, left))
+                    if resp.status_code == 200:
+                        return None
+                except httpx.HTTPError:
+                    pass  # not listening yet
+                await asyncio.wait({entry.exited}, timeout=min(_POLL_INTERVAL, left))
+        return "stopped during start-up"
+
+    async def _kill(self, entry: _Entry, grace: float) -> None:
+        """SIGTERM the group and wait up to ``grace``, then SIGKILL the group."""
+        pid = entry.proc.pid
+        if grace > 0 and not entry.exited.done():
+            _signal_group(pid, signal.SIGTERM)
+            await asyncio.wait({entry.exited}, timeout=grace)
+        # Even when the leader is gone: its children share the group and must go too.
+        _signal_group(pid, signal.SIGKILL)
+        await asyncio.wait({entry.exited}, timeout=_KILL_WAIT)
+        if not entry.exited.done():
+            log.error("backend %s (pid %d) survived SIGKILL", entry.info.instance_id, pid)
+
+    async def _report(self, instance_id: str, state: str, reason: str) -> None:
+        try:
+            await self._on_state(instance_id, state, reason)
+        except Exception:
+            # A lost report is repaired by the heartbeat; the supervisor must go on.
+            log.exception("reporting %s %s failed", instance_id, state)
+
+    # -- stop -------------------------------------------------------------------------
+
+    async def stop(self, instance_id: str, grace: float = 5.0) -> bool:
+        """Stop an instance; False when it is unknown here."""
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            return False
+        if entry.ender is None:
+            entry.ender = self._spawn_task(self._stop(entry, grace))
+        # Shielded: a cancelled caller must not leave the instance half stopped.
+        await asyncio.shield(entry.ender)
+        return True
+
+    async def _stop(self, entry: _Entry, grace: float) -> None:
+        await self._kill(entry, grace)
+        if entry.supervisor is not None:
+            # Lets a "ready" report in flight land before "stopped".
+            await asyncio.wait({entry.supervisor}, timeout=_KILL_WAIT)
+        self._entries.pop(entry.info.instance_id, None)
+        log.info("instance %s stopped", entry.info.instance_id)
+        await self._report(entry.info.instance_id, "stopped", "")
+
+    async def stop_all(self, grace: float = 5.0) -> None:
+        """Stop every instance at once; later starts are refused."""
+        self._closing = True
+        await asyncio.gather(*(self.stop(i, grace) for i in list(self._entries)))
