@@ -1,0 +1,50 @@
+"""What a backend's model side offers the shared OpenAI server (``server.py``).
+
+An engine turns a prompt into text pieces, one per generated token, and texts into
+embeddings. Everything about the wire (validation, ``n`` choices, stop strings,
+``finish_reason``, usage, SSE) lives in the server, once for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from sllm.protocol import ChatMessage
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # Which of the request's ``n`` choices this is: choices of one request must differ.
+    index: int = 0
+
+
+class Engine(Protocol):
+    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+        """The prompt a chat renders to (the model's chat template)."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def default_max_tokens(self, prompt_tokens: int) -> int:
+        """The limit when a request names none."""
+        ...
+
+    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
+        """One text piece per generated token (possibly empty while a character is
+        incomplete), at most ``params.max_tokens``; ends early at end of sequence.
+        Closing the iterator stops the work."""
+        ...
+
+    async def embed(
+        self, texts: list[str], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        """One vector per text, and the number of prompt tokens read."""
+        ...

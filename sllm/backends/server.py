@@ -1,0 +1,365 @@
+"""The local OpenAI-compatible server every backend process runs around its engine.
+
+The worker's proxy speaks this protocol to every backend, so a backend is only an
+engine (``engine.py``) plus a ``main`` that builds it: ``n`` choices, stop strings,
+``finish_reason``, usage and SSE are done here, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import struct
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from fastapi.sse import EventSourceResponse, format_sse_event
+
+from sllm.api_errors import install_error_handlers
+from sllm.backends.engine import Engine, SamplingParams
+from sllm.backends.stops import StopScanner
+from sllm.errors import ModelNotFound, SllmError, error_body
+from sllm.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Choice:
+    index: int
+    prompt: str
+    params: SamplingParams
+    stops: list[str]
+    echo: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+
+
+async def _pieces(engine: Engine, choice: _Choice) -> AsyncIterator[str]:
+    """The choice's text as it may be shown: stop strings cut, nothing after them."""
+    scanner = StopScanner(choice.stops)
+    generated = engine.generate(choice.prompt, choice.params)
+    try:
+        async for piece in generated:
+            choice.tokens += 1
+            text = scanner.feed(piece)
+            if text:
+                yield text
+            if scanner.stopped:
+                choice.finish_reason = "stop"
+                return
+        tail = scanner.flush()
+        if tail:
+            yield tail
+        choice.finish_reason = "length" if choice.tokens >= choice.params.max_tokens else "stop"
+    finally:
+        aclose = getattr(generated, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _merged(engine: Engine, choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, str]]:
+    """(choice, text) from all choices as they come; ("" marks a choice's end)."""
+    queue: asyncio.Queue[tuple[_Choice, str | BaseException]] = asyncio.Queue()
+
+    async def pump(choice: _Choice) -> None:
+        try:
+            async for text in _pieces(engine, choice):
+                await queue.put((choice, text))
+            await queue.put((choice, ""))
+        except Exception as exc:
+            await queue.put((choice, exc))
+
+    tasks = [asyncio.create_task(pump(c)) for c in choices]
+    try:
+        for _ in range(len(choices)):
+            while True:
+                choice, item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield choice, item
+                if item == "":
+                    break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _usage(prompt_tokens: int, choices: list[_Choice]) -> dict[str, int]:
+    completion = sum(c.tokens for c in choices)
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
+    ).model_dump()
+
+
+class OpenAIServer:
+    def __init__(self, engine: Engine, model: str, instance_id: str) -> None:
+        self.engine = engine
+        self.model = model
+        self.instance_id = instance_id
+
+    def _check_model(self, name: str) -> None:
+        if name != self.model:
+            raise ModelNotFound(f"this backend serves '{self.model}', not '{name}'", param="model")
+
+    def _params(self, req: ChatCompletionRequest | CompletionRequest, prompt: str, index: int):
+        limit = req.token_limit() or self.engine.default_max_tokens(
+            self.engine.count_tokens(prompt)
+        )
+        return SamplingParams(
+            max_tokens=limit,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            index=index,
+        )
+
+    def _choices(
+        self, req: ChatCompletionRequest | CompletionRequest, prompts: list[str], echo: bool
+    ) -> list[_Choice]:
+        stops = req.stop_list()
+        return [
+            _Choice(
+                index=p * req.n + j,
+                prompt=prompt,
+                params=self._params(req, prompt, j),
+                stops=stops,
+                echo=prompt if echo else "",
+            )
+            for p, prompt in enumerate(prompts)
+            for j in range(req.n)
+        ]
+
+    def _envelope(self, prefix: str, obj: str) -> dict[str, Any]:
+        return {
+            "id": f"{prefix}-{uuid.uuid4().hex}",
+            "object": obj,
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": self.instance_id,
+        }
+
+    async def chat(self, req: ChatCompletionRequest) -> Response:
+        self._check_model(req.model)
+        prompt = self.engine.chat_prompt(req.messages)
+        choices = self._choices(req, [prompt], echo=False)
+        prompt_tokens = self.engine.count_tokens(prompt)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _sse(self._chat_events(choices, prompt_tokens, include_usage))
+        texts = await self._complete_all(choices)
+        body = self._envelope("chatcmpl", "chat.completion")
+        body["choices"] = [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+            for c, text in zip(choices, texts, strict=True)
+        ]
+        body["usage"] = _usage(prompt_tokens, choices)
+        return JSONResponse(body)
+
+    async def completions(self, req: CompletionRequest) -> Response:
+        self._check_model(req.model)
+        prompts = req.prompts()
+        choices = self._choices(req, prompts, echo=req.echo)
+        prompt_tokens = sum(self.engine.count_tokens(p) for p in prompts)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _sse(self._completion_events(choices, prompt_tokens, include_usage))
+        texts = await self._complete_all(choices)
+        body = self._envelope("cmpl", "text_completion")
+        body["choices"] = [
+            {
+                "index": c.index,
+                "text": c.echo + text,
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+            for c, text in zip(choices, texts, strict=True)
+        ]
+        body["usage"] = _usage(prompt_tokens, choices)
+        return JSONResponse(body)
+
+    async def embeddings(self, req: EmbeddingRequest) -> Response:
+        self._check_model(req.model)
+        vectors, tokens = await self.engine.embed(req.inputs(), req.dimensions)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": self.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def _complete_all(self, choices: list[_Choice]) -> list[str]:
+        async def one(choice: _Choice) -> str:
+            return "".join([t async for t in _pieces(self.engine, choice)])
+
+        # Concurrently, so that a batching engine sees all choices at once.
+        return list(await asyncio.gather(*(one(c) for c in choices)))
+
+    async def _chat_events(
+        self, choices: list[_Choice], prompt_tokens: int, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        envelope = self._envelope("chatcmpl", "chat.completion.chunk")
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            body = {
+                **envelope,
+                "choices": [
+                    {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                body["usage"] = None
+            return body
+
+        for c in choices:
+            yield chunk(c.index, {"role": "assistant", "content": ""}, None)
+        async for c, text in _merged(self.engine, choices):
+            if text:
+                yield chunk(c.index, {"content": text}, None)
+            else:
+                yield chunk(c.index, {}, c.finish_reason)
+        if include_usage:
+            yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
+
+    async def _completion_events(
+        self, choices: list[_Choice], prompt_tokens: int, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        envelope = self._envelope("cmpl", "text_completion")
+
+        def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
+            body = {
+                **envelope,
+                "choices": [
+                    {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                body["usage"] = None
+            return body
+
+        for c in choices:
+            if c.echo:
+                yield chunk(c.index, c.echo, None)
+        async for c, text in _merged(self.engine, choices):
+            yield chunk(c.index, text, None if text else c.finish_reason)
+        if include_usage:
+            yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def _sse(events: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
+    async def encoded() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield format_sse_event(data_str=json.dumps(event))
+        except SllmError as exc:
+            yield format_sse_event(data_str=json.dumps(exc.to_body()))
+        except Exception as exc:
+            # Headers are sent: the error can only travel as an event.
+            log.exception("generation failed mid-stream")
+            body = error_body(f"the backend failed mid-stream: {exc}", "backend_error")
+            yield format_sse_event(data_str=json.dumps(body))
+        yield format_sse_event(data_str="[DONE]")
+
+    return EventSourceResponse(encoded())
+
+
+def create_app(engine: Engine, model: str, instance_id: str) -> FastAPI:
+    server = OpenAIServer(engine, model, instance_id)
+    app = FastAPI(title=f"sllm backend {instance_id}")
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": model, "instance_id": instance_id}
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=model)])
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest) -> Response:
+        return await server.chat(req)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> Response:
+        return await server.completions(req)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> Response:
+        return await server.embeddings(req)
+
+    return app
+
+
+EngineFactory = Callable[[str, str, dict[str, Any]], Engine]
+
+
+def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None:
+    """Parse the launch flags of ``sllm.backends.base.Backend.command``, build the
+    engine (loading the model), then serve; /health answers only once it is loaded."""
+    parser = argparse.ArgumentParser(prog=f"python -m sllm.backends.{name}")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--instance-id", required=True)
+    parser.add_argument("--config", default="{}", help="backend_config as JSON")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = json.loads(args.config)
+        if not isinstance(config, dict):
+            raise ValueError("--config must be a JSON object")
+        engine = build(args.model, args.instance_id, config)
+    except ValueError as exc:
+        # The worker reports the log's last lines: make this one say it all.
+        print(f"sllm {name} backend: invalid backend_config: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    uvicorn.run(
+        create_app(engine, args.model, args.instance_id),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+    )
