@@ -5,5 +5,5 @@
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', 'excommunicado', 'updated', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'deleting', 'updated', ARGV[1])
 return 1

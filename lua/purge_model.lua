@@ -3,7 +3,7 @@
 -- KEYS[5] processing list
 -- ARGV[1] name
 -- Returns 1 when removed, 0 when instances remain or the model is not being deleted.
-if redis.call('HGET', KEYS[1], 'state') ~= 'excommunicado' then
+if redis.call('HGET', KEYS[1], 'state') ~= 'deleting' then
   return 0
 end
 if redis.call('SCARD', KEYS[3]) > 0 then

@@ -2,10 +2,10 @@
 -- KEYS[1] model hash, KEYS[2] models set
 -- ARGV[1] name, ARGV[2] config (JSON), ARGV[3] now, ARGV[4] 'create' or 'update'
 -- Returns 'ok', 'exists' (create of a deployed model), 'missing' (update of an unknown one)
--- or 'excommunicado' (the model is being deleted).
+-- or 'deleting' (the model is being deleted).
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'excommunicado' then
-  return 'excommunicado'
+if state == 'deleting' then
+  return 'deleting'
 end
 if ARGV[4] == 'create' then
   if state then

@@ -147,7 +147,7 @@ class Autoscaler:
             asc.min_instances, asc.max_instances, asc.queue_per_instance_threshold, asc.keep_alive
         )
         loads = [InstanceLoad(i.id, i.state, i.outstanding, i.last_active()) for i in instances]
-        deleting = model.state == "excommunicado"
+        deleting = model.state == "deleting"
         decision = decide(policy, queued.get(model.name, 0), loads, now, deleting=deleting)
         if decision.start:
             need = Requirement(backend=config.backend, gpus=config.num_gpus)

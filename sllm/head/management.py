@@ -41,7 +41,7 @@ async def update(config: DeployConfig, request: Request) -> dict[str, Any]:
 @router.post("/delete")
 async def delete(body: DeleteBody, request: Request) -> dict[str, Any]:
     failed = await _models(request).delete(body.model)
-    return {"model": body.model, "state": "excommunicado", "queued_requests_failed": failed}
+    return {"model": body.model, "state": "deleting", "queued_requests_failed": failed}
 
 
 @router.get("/status")

@@ -25,7 +25,7 @@ class ModelManager:
             raise Conflict(
                 f"model '{config.model}' is already deployed; use /update", param="model"
             )
-        if status == "excommunicado":
+        if status == "deleting":
             raise Conflict(f"model '{config.model}' is still being deleted", param="model")
 
     async def update(self, config: DeployConfig) -> None:
@@ -35,7 +35,7 @@ class ModelManager:
         )
         if status == "missing":
             raise ModelNotFound(f"model '{config.model}' is not deployed", param="model")
-        if status == "excommunicado":
+        if status == "deleting":
             raise Conflict(f"model '{config.model}' is being deleted", param="model")
 
     async def delete(self, name: str) -> int:

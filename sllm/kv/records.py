@@ -10,7 +10,8 @@ from typing import Any
 # idle, which instance_state.lua checks atomically.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "ready": ("starting",),
-    "draining": ("ready",),
+    # A starting instance drains only when its model is deleted: it is never idle.
+    "draining": ("starting", "ready"),
     "failed": ("starting", "ready", "draining"),
     "stopped": ("starting", "ready", "draining", "failed"),
 }

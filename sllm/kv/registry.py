@@ -26,7 +26,7 @@ class Registry:
     # -- models -----------------------------------------------------------------------
 
     async def save_model(self, name: str, config: dict[str, Any], *, create: bool) -> str:
-        """'ok', 'exists', 'missing' or 'excommunicado' (see register_model.lua)."""
+        """'ok', 'exists', 'missing' or 'deleting' (see register_model.lua)."""
         return str(
             await self._s.register_model(
                 keys=[self._k.model(name), self._k.models],
