@@ -44,6 +44,7 @@ class Cluster:
     workdir: Path
     procs: list[Child] = field(default_factory=list)
     head: Child | None = None
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def start_head(self, **env: str) -> Child:
         port = free_port()
@@ -89,9 +90,15 @@ class Cluster:
     def client(self, head: Child | None = None, **kwargs: Any) -> openai.OpenAI:
         head = head or self.head
         assert head is not None
-        return openai.OpenAI(base_url=f"{head.url}/v1", api_key="unused", max_retries=0, **kwargs)
+        client = openai.OpenAI(
+            base_url=f"{head.url}/v1", api_key="unused", max_retries=0, **kwargs
+        )
+        self.clients.append(client)
+        return client
 
     def close(self) -> None:
+        for client in self.clients:
+            client.close()
         for proc in reversed(self.procs):
             proc.stop()
 

@@ -112,7 +112,8 @@ def test_scale_from_zero_and_back_to_zero(one_worker: Cluster) -> None:
     started = time.monotonic()
     reply = one_worker.client().completions.create(model="m", prompt="wake up", max_tokens=3)
     cold = time.monotonic() - started
-    assert reply.choices[0].text
+    # The dummy may end at once (its end word is drawn like any other): check it answered.
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage is not None
     assert cold < 10, f"cold start took {cold:.1f}s"
     status = one_worker.model_status("m")
     assert status is not None and len(status["instances"]) == 1
@@ -143,7 +144,7 @@ def test_a_burst_from_zero_starts_one_instance(one_worker: Cluster) -> None:
                 range(16),
             )
         )
-    assert all(r.choices[0].text for r in replies)
+    assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
     assert len(one_worker.model_status("m")["instances"]) == 1  # type: ignore[index]
 
 
