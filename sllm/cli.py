@@ -1,180 +1,262 @@
-"""The ``sllm`` command: run a head or a worker, and manage models on a running head."""
+"""The ``sllm`` command: run a head, a worker or a whole local cluster, and manage models.
+
+Every flag of ``head``, ``worker`` and ``up`` falls back to an ``SLLM_*`` environment
+variable and then to the default of its settings class; the help text of each flag is
+built from that class, so the documented default is the one that applies.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
-import httpx
 import typer
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+from rich.console import Console
 
 from sllm.config import DeployConfig, HeadSettings, WorkerSettings
+from sllm.head_client import HeadClient, HeadError
+from sllm.status_view import status_tables
+from sllm.up import UpSettings
+from sllm.up import up as run_up
 
 app = typer.Typer(
     name="sllm",
     help="Serverless LLM serving: a head, workers and one Redis.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 
-HeadUrl = Annotated[str, typer.Option(envvar="SLLM_HEAD_URL", help="URL of the head to manage.")]
+DEFAULT_HEAD_URL = "http://127.0.0.1:8343"
 
 
-def _settings_kwargs(**flags: Any) -> dict[str, Any]:
-    # Unset flags fall through to SLLM_* environment variables, then to the defaults.
-    return {k: v for k, v in flags.items() if v is not None}
+def _doc(settings: type[BaseSettings], name: str) -> str:
+    """A flag's help: the setting's description, its variable and its default."""
+    info = settings.model_fields[name]
+    if info.default_factory is not None:
+        default: Any = info.default_factory()  # type: ignore[call-arg]
+    else:
+        default = info.default
+    shown = (
+        "none"
+        if default is None
+        else str(default).lower()
+        if isinstance(default, bool)
+        else default
+    )
+    # Parentheses, not brackets: rich would read brackets as markup.
+    return f"{info.description} (env SLLM_{name.upper()}; default {shown})"
+
+
+def _opt(settings: type[BaseSettings], name: str, *flags: str) -> Any:
+    return typer.Option(*flags, help=_doc(settings, name), show_default=False)
+
+
+def _settings(cls: type[BaseSettings], **flags: Any) -> Any:
+    """Flags given on the command line win; unset ones fall through to SLLM_* and defaults."""
+    try:
+        return cls(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        _fail(_validation_lines("invalid settings", exc), code=2)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _validation_lines(what: str, exc: ValidationError) -> str:
+    lines = [f"  {'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()]
+    return f"{what}:\n" + "\n".join(lines)
+
+
+# -- processes --------------------------------------------------------------------------
+
+H, W, U = HeadSettings, WorkerSettings, UpSettings
 
 
 @app.command()
 def head(
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on [env SLLM_HOST; default 0.0.0.0].")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env SLLM_PORT; default 8343].")] = None,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Redis URL [env SLLM_REDIS_URL; default redis://127.0.0.1:6379/0]."),
-    ] = None,
-    lease_seconds: Annotated[
-        float | None, typer.Option(help="Task lease length [env SLLM_LEASE_SECONDS; default 15].")
-    ] = None,
-    max_attempts: Annotated[
-        int | None, typer.Option(help="Tries per request [env SLLM_MAX_ATTEMPTS; default 2].")
-    ] = None,
-    heartbeat_timeout: Annotated[
-        float | None,
-        typer.Option(help="Silence that prunes a worker [env SLLM_HEARTBEAT_TIMEOUT; default 60]."),
-    ] = None,
-    log_level: Annotated[
-        str | None, typer.Option(help="Log level [env SLLM_LOG_LEVEL; default info].")
-    ] = None,
+    host: Annotated[str | None, _opt(H, "host")] = None,
+    port: Annotated[int | None, _opt(H, "port")] = None,
+    redis_url: Annotated[str | None, _opt(H, "redis_url")] = None,
+    worker_redis_url: Annotated[str | None, _opt(H, "worker_redis_url")] = None,
+    key_prefix: Annotated[str | None, _opt(H, "key_prefix")] = None,
+    lease_seconds: Annotated[float | None, _opt(H, "lease_seconds")] = None,
+    max_attempts: Annotated[int | None, _opt(H, "max_attempts")] = None,
+    request_timeout: Annotated[float | None, _opt(H, "request_timeout")] = None,
+    heartbeat_timeout: Annotated[float | None, _opt(H, "heartbeat_timeout")] = None,
+    autoscale_interval: Annotated[float | None, _opt(H, "autoscale_interval")] = None,
+    result_ttl: Annotated[float | None, _opt(H, "result_ttl")] = None,
+    log_level: Annotated[str | None, _opt(H, "log_level")] = None,
 ) -> None:
     """Run the head: OpenAI API, dispatcher, autoscaler, worker and model managers."""
+    settings = _settings(HeadSettings, **locals())
     from sllm.head.app import run
 
-    settings = HeadSettings(
-        **_settings_kwargs(
-            host=host,
-            port=port,
-            redis_url=redis_url,
-            lease_seconds=lease_seconds,
-            max_attempts=max_attempts,
-            heartbeat_timeout=heartbeat_timeout,
-            log_level=log_level,
-        )
-    )
     run(settings)
 
 
 @app.command()
 def worker(
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on [env SLLM_HOST; default 0.0.0.0].")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env SLLM_PORT; default 8001].")] = None,
-    head_url: Annotated[
-        str | None,
-        typer.Option(help="URL of the head [env SLLM_HEAD_URL; default http://127.0.0.1:8343]."),
-    ] = None,
-    node_id: Annotated[
-        str | None,
-        typer.Option(help="Fixed node id [env SLLM_NODE_ID; default assigned by the head]."),
-    ] = None,
-    advertise_url: Annotated[
-        str | None, typer.Option(help="URL the head calls this worker on [env SLLM_ADVERTISE_URL].")
-    ] = None,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Redis URL [env SLLM_REDIS_URL; default: the one the head confirms]."),
-    ] = None,
-    heartbeat_interval: Annotated[
-        float | None,
-        typer.Option(help="Seconds between heartbeats [env SLLM_HEARTBEAT_INTERVAL; default 15]."),
-    ] = None,
-    storage_path: Annotated[
-        Path | None, typer.Option(help="Local model cache [env SLLM_STORAGE_PATH].")
-    ] = None,
-    log_dir: Annotated[Path | None, typer.Option(help="Instance logs [env SLLM_LOG_DIR].")] = None,
-    log_level: Annotated[
-        str | None, typer.Option(help="Log level [env SLLM_LOG_LEVEL; default info].")
-    ] = None,
+    host: Annotated[str | None, _opt(W, "host")] = None,
+    port: Annotated[int | None, _opt(W, "port")] = None,
+    head_url: Annotated[str | None, _opt(W, "head_url")] = None,
+    node_id: Annotated[str | None, _opt(W, "node_id")] = None,
+    advertise_url: Annotated[str | None, _opt(W, "advertise_url")] = None,
+    redis_url: Annotated[str | None, _opt(W, "redis_url")] = None,
+    key_prefix: Annotated[str | None, _opt(W, "key_prefix")] = None,
+    heartbeat_interval: Annotated[float | None, _opt(W, "heartbeat_interval")] = None,
+    storage_path: Annotated[Path | None, _opt(W, "storage_path")] = None,
+    log_dir: Annotated[Path | None, _opt(W, "log_dir")] = None,
+    log_level: Annotated[str | None, _opt(W, "log_level")] = None,
 ) -> None:
     """Run a worker: heartbeats the head and runs backend instances."""
+    settings = _settings(WorkerSettings, **locals())
     from sllm.worker.app import run
 
-    settings = WorkerSettings(
-        **_settings_kwargs(
-            host=host,
-            port=port,
-            head_url=head_url,
-            node_id=node_id,
-            advertise_url=advertise_url,
-            redis_url=redis_url,
-            heartbeat_interval=heartbeat_interval,
-            storage_path=storage_path,
-            log_dir=log_dir,
-            log_level=log_level,
-        )
-    )
     run(settings)
 
 
-def _call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+@app.command()
+def up(
+    host: Annotated[str | None, _opt(U, "host")] = None,
+    port: Annotated[int | None, _opt(U, "port")] = None,
+    worker_port: Annotated[int | None, _opt(U, "worker_port")] = None,
+    redis_url: Annotated[str | None, _opt(U, "redis_url")] = None,
+    redis_port: Annotated[int | None, _opt(U, "redis_port")] = None,
+    data_dir: Annotated[Path | None, _opt(U, "data_dir")] = None,
+    demo: Annotated[bool | None, _opt(U, "demo", "--demo/--no-demo")] = None,
+    ready_timeout: Annotated[float | None, _opt(U, "ready_timeout")] = None,
+    log_level: Annotated[str | None, _opt(U, "log_level")] = None,
+) -> None:
+    """Start a whole cluster here: embedded Redis, a head, a worker and the demo model.
+
+    Stops everything on Ctrl-C or SIGTERM.
+    """
+    settings = _settings(UpSettings, **locals())
     try:
-        resp = httpx.request(method, url, json=body, timeout=30.0)
-    except httpx.HTTPError as exc:
-        raise typer.BadParameter(f"cannot reach the head at {url}: {exc}") from None
-    try:
-        data: dict[str, Any] = resp.json()
-    except ValueError:
-        data = {"error": {"message": resp.text}}
-    if resp.status_code >= 400:
-        message = data.get("error", {}).get("message", resp.text)
-        typer.echo(f"error: {message} (HTTP {resp.status_code})", err=True)
-        raise typer.Exit(1)
-    return data
+        code = run_up(settings)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: children die with us
+        code = 130
+    raise typer.Exit(code)
+
+
+# -- management -------------------------------------------------------------------------
+
+HeadUrl = Annotated[
+    str,
+    typer.Option(envvar="SLLM_HEAD_URL", help="URL of the head to manage (env SLLM_HEAD_URL)."),
+]
 
 
 def _load_config(path: Path) -> DeployConfig:
     try:
-        return DeployConfig.model_validate_json(path.read_text())
+        raw = json.loads(path.read_text())
     except OSError as exc:
-        typer.echo(f"error: cannot read {path}: {exc.strerror}", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"cannot read {path}: {exc.strerror}", code=2)
+    except ValueError as exc:
+        _fail(f"{path} is not valid JSON: {exc}", code=2)
+    return _validated(raw, str(path))
+
+
+def _validated(raw: Any, source: str) -> DeployConfig:
+    try:
+        return DeployConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()]
-        typer.echo(f"error: invalid deploy config {path}:\n" + "\n".join(lines), err=True)
-        raise typer.Exit(2) from None
+        _fail(_validation_lines(f"invalid deploy config {source}", exc), code=2)
+
+
+def _managing(action: Any) -> Any:
+    """Run one call on the head; a refusal or an unreachable head is one line, exit 1."""
+    try:
+        return action()
+    except HeadError as exc:
+        _fail(str(exc))
 
 
 @app.command()
 def deploy(
-    config: Annotated[Path, typer.Argument(help="Deploy config (JSON).")],
-    head_url: HeadUrl = "http://127.0.0.1:8343",
+    config: Annotated[
+        Path | None, typer.Argument(help="Deploy config (JSON); see README for every field.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Deploy this model with defaults, without a file.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="Backend for --model: dummy, transformers or vllm.")
+    ] = "dummy",
+    head_url: HeadUrl = DEFAULT_HEAD_URL,
 ) -> None:
-    """Deploy a model from a JSON config."""
+    """Deploy a model from a JSON config, or a quick one with --model/--backend."""
+    if (config is None) == (model is None):
+        _fail("give either a CONFIG file or --model NAME", code=2)
+    cfg = (
+        _load_config(config)
+        if config is not None
+        else _validated({"model": model, "backend": backend}, "from --model/--backend")
+    )
+    with HeadClient(head_url) as client:
+        _managing(lambda: client.deploy(cfg))
+    typer.echo(f"deployed {cfg.model} ({cfg.backend})")
+
+
+@app.command()
+def update(
+    config: Annotated[Path, typer.Argument(help="Deploy config (JSON) of a deployed model.")],
+    head_url: HeadUrl = DEFAULT_HEAD_URL,
+) -> None:
+    """Change a deployed model's config; running instances keep serving."""
     cfg = _load_config(config)
-    _call("POST", f"{head_url}/register", cfg.model_dump(mode="json"))
-    typer.echo(f"deployed {cfg.model}")
+    with HeadClient(head_url) as client:
+        _managing(lambda: client.update(cfg))
+    typer.echo(f"updated {cfg.model}")
 
 
 @app.command()
 def delete(
     model: Annotated[str, typer.Argument(help="Model name.")],
-    head_url: HeadUrl = "http://127.0.0.1:8343",
+    head_url: HeadUrl = DEFAULT_HEAD_URL,
 ) -> None:
-    """Delete a model: queued requests fail, in-flight ones finish."""
-    _call("POST", f"{head_url}/delete", {"model": model})
-    typer.echo(f"deleting {model}")
+    """Delete a model: queued requests fail, in-flight ones finish, then it is removed."""
+    with HeadClient(head_url) as client:
+        result = _managing(lambda: client.delete(model))
+    failed = result.get("queued_requests_failed", 0)
+    typer.echo(f"deleting {model} ({failed} queued request(s) failed)")
 
 
 @app.command()
-def status(head_url: HeadUrl = "http://127.0.0.1:8343") -> None:
-    """Print the cluster's models, instances and workers as JSON."""
-    typer.echo(json.dumps(_call("GET", f"{head_url}/status"), indent=2))
+def status(
+    head_url: HeadUrl = DEFAULT_HEAD_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print /status as JSON.")] = False,
+) -> None:
+    """Models, instances, workers and queues."""
+    with HeadClient(head_url) as client:
+        data = _managing(client.status)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console(width=max(Console().width, 120))
+    for table in status_tables(data, time.time()):
+        console.print(table)
+
+
+@app.command()
+def models(head_url: HeadUrl = DEFAULT_HEAD_URL) -> None:
+    """Names of the models clients can call."""
+    with HeadClient(head_url) as client:
+        names = _managing(client.models)
+    for name in names:
+        typer.echo(name)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # `sllm status | head`
+        sys.exit(0)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from sllm.procs import die_with_parent, signal_group
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,10 +64,7 @@ class Child:
                 return
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(self.popen.pid, signal.SIGKILL)
         self.popen.wait(5)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -78,6 +77,8 @@ class Child:
 def spawn(
     name: str, argv: list[str], log: Path, url: str, env: dict[str, str] | None = None
 ) -> Child:
+    """Start ``argv`` in its own session, logging to ``log``; it dies with this process
+    (Linux), so not even a SIGKILLed owner leaves it behind."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         popen = subprocess.Popen(
@@ -87,6 +88,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()),
         )
     return Child(name, popen, log, url)
 
@@ -135,12 +137,23 @@ def start_redis(port: int, data_dir: Path, *, log: Path | None = None) -> Child:
     raise TimeoutError(f"redis-server did not answer on port {port}")
 
 
+def _local_url(host: str, port: int) -> str:
+    # A wildcard bind is reached on loopback from this machine.
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+
+
 def start_head(
-    port: int, redis_url: str, log: Path, env: dict[str, str] | None = None, timeout: float = 30
+    port: int,
+    redis_url: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    *,
+    host: str = "127.0.0.1",
 ) -> Child:
-    argv = [sys.executable, "-m", "sllm", "head", "--host", "127.0.0.1", "--port", str(port),
+    argv = [sys.executable, "-m", "sllm", "head", "--host", host, "--port", str(port),
             "--redis-url", redis_url]  # fmt: skip
-    child = spawn(f"head:{port}", argv, log, f"http://127.0.0.1:{port}", env)
+    child = spawn(f"head:{port}", argv, log, _local_url(host, port), env)
     wait_healthy(child, timeout)
     return child
 
@@ -151,15 +164,21 @@ def start_worker(
     workdir: Path,
     env: dict[str, str] | None = None,
     timeout: float = 30,
+    *,
+    host: str = "127.0.0.1",
+    node_id: str | None = None,
 ) -> Child:
+    """A worker keeping its instance logs and model cache under ``workdir``."""
     argv = [
-        sys.executable, "-m", "sllm", "worker", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "sllm", "worker", "--host", host, "--port", str(port),
         "--head-url", head_url,
         "--log-dir", str(workdir / f"instances-{port}"),
         "--storage-path", str(workdir / "models"),
     ]  # fmt: skip
+    if node_id:
+        argv += ["--node-id", node_id]
     child = spawn(
-        f"worker:{port}", argv, workdir / f"worker-{port}.log", f"http://127.0.0.1:{port}", env
+        f"worker:{port}", argv, workdir / f"worker-{port}.log", _local_url(host, port), env
     )
     wait_healthy(child, timeout)
     return child

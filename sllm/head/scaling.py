@@ -57,8 +57,7 @@ def decide(
     """
     live = [i for i in instances if i.state in LIVE_STATES]
     if deleting:
-        idle = [i.id for i in live if i.outstanding == 0]
-        return ScalingDecision(desired=0, stop=idle)
+        return ScalingDecision(desired=0, stop=[i.id for i in live if i.outstanding == 0])
     in_flight = sum(i.outstanding for i in instances)
     desired = desired_instances(queued, in_flight, policy)
     if desired > len(live):

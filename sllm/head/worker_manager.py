@@ -48,8 +48,9 @@ class WorkerManager:
 
     async def heartbeat(self, hb: HeartbeatBody) -> dict[str, str]:
         node_id = hb.node_id or await self.store.registry.next_node_id()
+        url = hb.url.rstrip("/")
         info = {
-            "url": hb.url.rstrip("/"),
+            "url": url,
             "resources": hb.resources,
             "backends": hb.backends,
             "instances": hb.instances,
@@ -58,7 +59,7 @@ class WorkerManager:
         new = await self.store.registry.heartbeat(node_id, info)
         if new:
             log.info("worker %s registered at %s", node_id, hb.url)
-            self._detach(self._confirm(node_id, info["url"]))
+            self._detach(self._confirm(node_id, url))
         reported = {str(i.get("instance_id")) for i in hb.instances}
         await self._reconcile(node_id, reported)
         return {"node_id": node_id, "redis_url": self.redis_url_for_workers}

@@ -11,15 +11,12 @@ One supervisor task per instance reports every state change, so the states reach
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
 import re
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec, get_backend
+from sllm.procs import die_with_parent, signal_group
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +39,6 @@ _POLL_TIMEOUT = 1.0
 _KILL_WAIT = 5.0
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 8192
-
-_PR_SET_PDEATHSIG = 1
-# Loaded in the parent: the child between fork and exec should do as little as possible.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
 
 class InstanceExists(ValueError):
     """An instance with this id runs here already."""
@@ -99,25 +92,6 @@ def _log_tail(path: Path) -> str:
         return f"(log unreadable: {exc})"
     lines = text.splitlines()[-_LOG_TAIL_LINES:]
     return "\n".join(lines) if lines else "(log empty)"
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    libc = _LIBC
-    if libc is None:
-        return None
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        # The worker may have died before prctl took effect; then nobody would kill us.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 class InstanceManager:
@@ -205,7 +179,7 @@ class InstanceManager:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         finally:
             # The child holds its own descriptor.
@@ -279,10 +253,10 @@ class InstanceManager:
         """SIGTERM the group and wait up to ``grace``, then SIGKILL the group."""
         pid = entry.proc.pid
         if grace > 0 and not entry.exited.done():
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
             await asyncio.wait({entry.exited}, timeout=grace)
         # Even when the leader is gone: its children share the group and must go too.
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
         await asyncio.wait({entry.exited}, timeout=_KILL_WAIT)
         if not entry.exited.done():
             log.error("backend %s (pid %d) survived SIGKILL", entry.info.instance_id, pid)

@@ -1,0 +1,37 @@
+"""Process-group helpers shared by every owner of child processes (the worker's
+instance manager and the local launcher behind ``sllm up``)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+_PR_SET_PDEATHSIG = 1
+# Loaded in the parent: the child between fork and exec should do as little as possible.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when its parent dies,
+    even a parent that is SIGKILLed and never runs its shutdown (Linux only)."""
+    libc = _LIBC
+    if libc is None:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The parent may have died before prctl took effect; then nobody would kill us.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group led by ``pid``; a group already gone is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
