@@ -90,9 +90,7 @@ class Cluster:
     def client(self, head: Child | None = None, **kwargs: Any) -> openai.OpenAI:
         head = head or self.head
         assert head is not None
-        client = openai.OpenAI(
-            base_url=f"{head.url}/v1", api_key="unused", max_retries=0, **kwargs
-        )
+        client = openai.OpenAI(base_url=f"{head.url}/v1", api_key="unused", max_retries=0, **kwargs)
         self.clients.append(client)
         return client
 

@@ -1,0 +1,141 @@
+"""`sllm up` as a newcomer runs it: one process that owns a whole cluster."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from sllm.launcher import free_port
+
+pytestmark = pytest.mark.e2e
+
+SLLM = [sys.executable, "-m", "sllm"]
+
+
+class Up:
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [*SLLM, "up", "--port", str(self.port), "--data-dir", str(tmp_path), *args]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"`sllm up` never printed {text!r}:\n" + "\n".join(self.lines))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SLLM, *args, "--head-url", self.url], capture_output=True, text=True, timeout=60
+        )
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(60)
+
+
+@pytest.fixture
+def up_no_demo(tmp_path: Path) -> Iterator[Up]:
+    up = Up(tmp_path, "--no-demo")
+    try:
+        yield up
+    finally:
+        up.close()
+
+
+def test_up_deploy_answer_status_and_a_clean_stop(up_no_demo: Up) -> None:
+    up = up_no_demo
+    up.wait_for("Ready in", 60)
+    assert any(f"OpenAI base URL: {up.url}/v1" in line for line in up.lines)
+
+    deployed = up.cli("deploy", "--model", "m", "--backend", "dummy")
+    assert deployed.returncode == 0, deployed.stderr
+    with openai.OpenAI(base_url=f"{up.url}/v1", api_key="unused", max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hello"}], max_tokens=4
+        )
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.system_fingerprint
+
+    shown = up.cli("status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert [m["model"] for m in status["models"]] == ["m"]
+    assert [w["node_id"] for w in status["workers"]] == ["local"]
+    assert up.cli("models").stdout.split() == ["m"]
+
+    children = up.descendants()
+    commands = [" ".join(p.cmdline()) for p in children]
+    # Redis, head, worker and the backend the request started: the stop must reach all.
+    for part in ("redis-server", "sllm head", "sllm worker", "sllm.backends.dummy"):
+        assert any(part in c for c in commands), (part, commands)
+
+    assert up.interrupt() == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
+
+
+def test_up_serves_the_demo_model_and_stops_on_sigterm(tmp_path: Path) -> None:
+    up = Up(tmp_path)
+    try:
+        up.wait_for("Ready in", 60)
+        assert any("dummy backend" in line for line in up.lines), "up must say what serves it"
+        with openai.OpenAI(base_url=f"{up.url}/v1", api_key="unused", max_retries=0) as client:
+            stream = client.chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "Hello!"}], stream=True
+            )
+            assert [c for c in stream if c.choices and c.choices[0].finish_reason]
+        children = up.descendants()
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(60) == 0
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+    finally:
+        up.close()
+
+
+def test_up_refuses_a_taken_port(tmp_path: Path, up_no_demo: Up) -> None:
+    up_no_demo.wait_for("Ready in", 60)
+    second = subprocess.run(
+        [*SLLM, "up", "--port", str(up_no_demo.port), "--data-dir", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert f"port {up_no_demo.port}" in second.stderr and "--port" in second.stderr

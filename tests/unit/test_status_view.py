@@ -1,0 +1,79 @@
+"""`sllm status` tables read /status's JSON as the head writes it."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from sllm.status_view import status_tables
+
+STATUS = {
+    "models": [
+        {
+            "model": "chat",
+            "backend": "dummy",
+            "state": "active",
+            "queue_length": 3,
+            "in_flight": 2,
+            "instances": [
+                {
+                    "instance_id": "chat-1",
+                    "node_id": "n1",
+                    "state": "ready",
+                    "outstanding": 2,
+                    "ready_at": 990.0,
+                    "last_finished": None,
+                    "reason": None,
+                },
+                {
+                    "instance_id": "chat-2",
+                    "node_id": "n2",
+                    "state": "starting",
+                    "outstanding": 0,
+                    "ready_at": None,
+                    "last_finished": None,
+                    "reason": None,
+                },
+            ],
+            "unschedulable": None,
+            "config": {"auto_scaling_config": {"min_instances": 0, "max_instances": 4}},
+        }
+    ],
+    "workers": [
+        {
+            "node_id": "n1",
+            "url": "http://10.0.0.5:8001",
+            "healthy": True,
+            "seconds_since_heartbeat": 4.2,
+            "instances": [{"instance_id": "chat-1"}],
+            "resources": {
+                "cpu_count": 8,
+                "memory_total": 32 * 2**30,
+                "memory_available": 20 * 2**30,
+                "gpus": [{"name": "H100", "memory_free": 70 * 2**30}],
+            },
+        }
+    ],
+}
+
+
+def render(status: dict[str, object]) -> str:
+    console = Console(record=True, width=200)
+    for table in status_tables(status, now=1000.0):
+        console.print(table)
+    return console.export_text()
+
+
+def test_models_instances_and_workers_are_shown() -> None:
+    text = render(STATUS)
+    chat_row = next(line for line in text.splitlines() if "│ chat " in line and "dummy" in line)
+    for cell in ("active", "1/2", "0..4", "3", "2"):
+        assert f" {cell} " in chat_row
+    assert "chat-1" in text and "chat-2" in text and "starting" in text
+    assert "10s ago" in text  # chat-1 ready at 990, now 1000
+    worker_row = next(line for line in text.splitlines() if "10.0.0.5" in line)
+    assert "yes" in worker_row and "20.0/32.0" in worker_row and "H100 70.0 GiB free" in worker_row
+
+
+def test_an_empty_cluster_says_what_to_do() -> None:
+    text = render({"models": [], "workers": []})
+    assert "sllm deploy CONFIG.json" in text and "sllm worker --head-url" in text
