@@ -120,6 +120,15 @@ def test_up_serves_the_demo_model_and_stops_on_sigterm(tmp_path: Path) -> None:
                 model="demo", messages=[{"role": "user", "content": "Hello!"}], stream=True
             )
             assert [c for c in stream if c.choices and c.choices[0].finish_reason]
+        example = Path(__file__).resolve().parents[2] / "examples" / "openai_client.py"
+        ran = subprocess.run(
+            [sys.executable, str(example), "--base-url", f"{up.url}/v1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert "embeddings: 2 vectors" in ran.stdout
         children = up.descendants()
         up.proc.send_signal(signal.SIGTERM)
         assert up.proc.wait(60) == 0
