@@ -22,12 +22,14 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sllm.backends.base import BackendUnavailable, get_backend
+from sllm.backends.base import get_backend
+from sllm.backends.model_source import ModelSourceError, packaged
 from sllm.config import AutoScalingConfig, DeployConfig
 from sllm.head_client import HeadClient, HeadError
 from sllm.launcher import Child, free_port, start_head, start_redis, start_worker
 
 DEMO_MODEL = "demo"
+DEMO_SOURCE = "smollm2-135m"
 LOCAL_NODE = "local"
 
 
@@ -67,14 +69,27 @@ class Stop(Exception):
 
 
 def demo_config() -> tuple[DeployConfig, str]:
-    """The demo deployment, and a line saying what serves it."""
+    """The demo deployment, and a line saying what serves it: SmolLM2-135M-Instruct on
+    the transformers backend where this machine can run it, else the dummy backend."""
     scaling = AutoScalingConfig(min_instances=0, max_instances=1, keep_alive=300)
-    try:
-        get_backend("transformers")
-    except BackendUnavailable as exc:
-        note = f"dummy backend ({exc}; its answers are deterministic words, not a model)"
-        return DeployConfig(model=DEMO_MODEL, backend="dummy", auto_scaling_config=scaling), note
-    raise UpError("the transformers backend exists but sllm up does not deploy it yet")
+    why_not = get_backend("transformers").unavailable_reason()
+    if why_not is None:
+        try:
+            packaged(DEMO_SOURCE)
+        except ModelSourceError as exc:
+            why_not = str(exc)
+    if why_not is None:
+        config = DeployConfig(
+            model=DEMO_MODEL,
+            backend="transformers",
+            auto_scaling_config=scaling,
+            backend_config={"pretrained_model_name_or_path": DEMO_SOURCE},
+            # The first start dequantizes the GGUF file into the cache.
+            startup_timeout=600,
+        )
+        return config, "transformers backend (SmolLM2-135M-Instruct)"
+    note = f"dummy backend, not a language model ({why_not})"
+    return DeployConfig(model=DEMO_MODEL, backend="dummy", auto_scaling_config=scaling), note
 
 
 @dataclass

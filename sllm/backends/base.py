@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
@@ -49,19 +50,36 @@ class Backend:
             spec.instance_id,
             "--config",
             json.dumps(spec.backend_config),
+            "--storage-path",
+            str(spec.storage_path),
         ]
+
+    # Python packages the backend imports; a worker without them cannot run it.
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
 
     def unavailable_reason(self) -> str | None:
         """None when this machine can run the backend, else why not."""
+        missing = [p for p in self.requires if importlib.util.find_spec(p) is None]
+        if missing:
+            return (
+                f"the {self.name} backend needs {', '.join(missing)}, not installed on this "
+                f"worker: {self.install_hint}"
+            )
         return None
 
 
 _BUILT: dict[str, Backend] = {
     "dummy": Backend(name="dummy", module="sllm.backends.dummy"),
+    "transformers": Backend(
+        name="transformers",
+        module="sllm.backends.transformers_backend",
+        requires=("torch", "transformers"),
+        install_hint="pip install 'sllm[transformers]'",
+    ),
 }
 
 _PLANNED = {
-    "transformers": "the transformers backend is not built yet in this version of sllm",
     "vllm": "the vLLM backend is not built yet in this version of sllm",
 }
 

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -101,6 +102,9 @@ class DummyEngine:
     def default_max_tokens(self, prompt_tokens: int) -> int:
         return self.knobs.default_max_tokens
 
+    def check(self, prompt_tokens: int, params: SamplingParams) -> None:
+        """The dummy accepts every sampling option (and ignores all but seed)."""
+
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
         knobs = self.knobs
         if knobs.crash_on_prompt is not None and knobs.crash_on_prompt in prompt:
@@ -126,6 +130,9 @@ class DummyEngine:
             # Always yield to the loop, so that other requests interleave.
             await asyncio.sleep(gap)
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     async def embed(
         self, texts: list[str], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
@@ -133,7 +140,7 @@ class DummyEngine:
         return [embedding(t, dim) for t in texts], sum(self.count_tokens(t) for t in texts)
 
 
-def build(model: str, instance_id: str, config: dict[str, Any]) -> DummyEngine:
+def build(model: str, instance_id: str, config: dict[str, Any], cache: Path) -> DummyEngine:
     try:
         knobs = DummyKnobs.model_validate(config)
     except ValidationError as exc:

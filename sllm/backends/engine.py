@@ -37,10 +37,18 @@ class Engine(Protocol):
         """The limit when a request names none."""
         ...
 
+    def check(self, prompt_tokens: int, params: SamplingParams) -> None:
+        """Raise RequestError for what this engine cannot do, before any output."""
+        ...
+
     def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
         """One text piece per generated token (possibly empty while a character is
         incomplete), at most ``params.max_tokens``; ends early at end of sequence.
         Closing the iterator stops the work."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's resources (background threads) at shutdown."""
         ...
 
     async def embed(

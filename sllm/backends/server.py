@@ -17,7 +17,9 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -122,11 +124,12 @@ class OpenAIServer:
         if name != self.model:
             raise ModelNotFound(f"this backend serves '{self.model}', not '{name}'", param="model")
 
-    def _params(self, req: ChatCompletionRequest | CompletionRequest, prompt: str, index: int):
-        limit = req.token_limit() or self.engine.default_max_tokens(
-            self.engine.count_tokens(prompt)
-        )
-        return SamplingParams(
+    def _params(
+        self, req: ChatCompletionRequest | CompletionRequest, prompt: str, index: int
+    ) -> SamplingParams:
+        prompt_tokens = self.engine.count_tokens(prompt)
+        limit = req.token_limit() or self.engine.default_max_tokens(prompt_tokens)
+        params = SamplingParams(
             max_tokens=limit,
             temperature=req.temperature,
             top_p=req.top_p,
@@ -135,6 +138,8 @@ class OpenAIServer:
             frequency_penalty=req.frequency_penalty,
             index=index,
         )
+        self.engine.check(prompt_tokens, params)
+        return params
 
     def _choices(
         self, req: ChatCompletionRequest | CompletionRequest, prompts: list[str], echo: bool
@@ -304,7 +309,15 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
 
 def create_app(engine: Engine, model: str, instance_id: str) -> FastAPI:
     server = OpenAIServer(engine, model, instance_id)
-    app = FastAPI(title=f"sllm backend {instance_id}")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engine.close()
+
+    app = FastAPI(title=f"sllm backend {instance_id}", lifespan=lifespan)
     install_error_handlers(app)
 
     @app.get("/health")
@@ -330,7 +343,8 @@ def create_app(engine: Engine, model: str, instance_id: str) -> FastAPI:
     return app
 
 
-EngineFactory = Callable[[str, str, dict[str, Any]], Engine]
+# (model name, instance id, backend_config, model cache directory) -> a loaded engine
+EngineFactory = Callable[[str, str, dict[str, Any], Path], Engine]
 
 
 def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None:
@@ -342,6 +356,7 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
     parser.add_argument("--model", required=True)
     parser.add_argument("--instance-id", required=True)
     parser.add_argument("--config", default="{}", help="backend_config as JSON")
+    parser.add_argument("--storage-path", type=Path, default=Path("."), help="model cache")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -351,7 +366,7 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
         config = json.loads(args.config)
         if not isinstance(config, dict):
             raise ValueError("--config must be a JSON object")
-        engine = build(args.model, args.instance_id, config)
+        engine = build(args.model, args.instance_id, config, args.storage_path)
     except ValueError as exc:
         # The worker reports the log's last lines: make this one say it all.
         print(f"sllm {name} backend: invalid backend_config: {exc}", file=sys.stderr)

@@ -1,0 +1,317 @@
+"""The transformers backend's model side: loading, chat templates, continuous-batching
+generation and sentence embeddings. The HTTP layer is ``server.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sllm.backends.detokenize import IncrementalDecoder
+from sllm.backends.engine import SamplingParams
+from sllm.backends.model_source import ModelFiles, dequantized_dir, resolve
+from sllm.errors import RequestError
+from sllm.protocol import ChatMessage
+
+log = logging.getLogger(__name__)
+
+# Per-request temperature divides the logits: 0 (greedy in OpenAI's API) becomes this.
+_GREEDY_TEMPERATURE = 1e-5
+
+
+class TransformersKnobs(BaseModel):
+    """``backend_config`` of a transformers model; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pretrained_model_name_or_path: str = Field(min_length=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    task: Literal["auto", "generate", "embed"] = "auto"
+    default_max_tokens: int = Field(256, ge=1)
+    max_batch_tokens: int | None = Field(None, ge=16)
+    trust_remote_code: bool = False
+
+
+def _device(knobs: TransformersKnobs) -> str:
+    import torch
+
+    if knobs.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if knobs.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
+    return knobs.device
+
+
+def _dtype(knobs: TransformersKnobs, device: str) -> Any:
+    import torch
+
+    if knobs.dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, knobs.dtype)
+
+
+def _load_dir(files: ModelFiles, cache: Path) -> Path:
+    """A directory of safetensors: a GGUF file is dequantized once into the cache."""
+    if files.gguf_file is None:
+        return files.path
+    target = dequantized_dir(files, cache)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    log.info("dequantizing %s into %s (once)", files.gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(files.path, gguf_file=files.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(files.path, gguf_file=files.gguf_file)
+    partial = target.with_name(target.name + ".partial")
+    # The weights are dequantized floats by now; the GGUF marker would refuse the save
+    # and make later loads look for a GGUF file.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # atomic: a crash mid-save leaves no half-written model
+    log.info("dequantized in %.1f s", time.monotonic() - started)
+    return target
+
+
+def _is_generative(path: Path, knobs: TransformersKnobs) -> bool:
+    if knobs.task != "auto":
+        return knobs.task == "generate"
+    config = json.loads((path / "config.json").read_text())
+    return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
+class TransformersEngine:
+    """One model in this process: generation through transformers' continuous batching,
+    or embeddings for an encoder."""
+
+    def __init__(self, knobs: TransformersKnobs, cache: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.knobs = knobs
+        files = resolve(knobs.pretrained_model_name_or_path, cache)
+        self.path = _load_dir(files, cache)
+        self.device = _device(knobs)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.path, trust_remote_code=knobs.trust_remote_code
+        )
+        self.generative = _is_generative(self.path, knobs)
+        self._ids = itertools.count()
+        if self.generative:
+            self._load_generator()
+        else:
+            self._load_encoder()
+
+    # -- loading ----------------------------------------------------------------------
+
+    def _load_generator(self) -> None:
+        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        model = AutoModelForCausalLM.from_pretrained(
+            self.path,
+            dtype=_dtype(self.knobs, self.device),
+            trust_remote_code=self.knobs.trust_remote_code,
+        ).to(self.device)
+        model.eval()
+        self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        eos = model.generation_config.eos_token_id or self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        # Non-default temperature and top_p make transformers build the processors
+        # that each request then sets for itself.
+        generation = GenerationConfig(
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.95,
+            max_new_tokens=self.knobs.default_max_tokens,
+            eos_token_id=list(self.eos_ids) or None,
+            pad_token_id=self.tokenizer.pad_token_id or next(iter(self.eos_ids), 0),
+        )
+        cb = ContinuousBatchingConfig(per_request_processors=True)
+        if self.knobs.max_batch_tokens:
+            cb.max_batch_tokens = self.knobs.max_batch_tokens
+        self.model = model
+        self.manager = model.init_continuous_batching(
+            generation_config=generation, continuous_batching_config=cb
+        )
+        self.manager.start()
+
+    def _load_encoder(self) -> None:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(
+            self.path,
+            dtype=_dtype(self.knobs, self.device),
+            trust_remote_code=self.knobs.trust_remote_code,
+        ).to(self.device)
+        model.eval()
+        self.model = model
+        self.pooling, self.normalize = _sentence_transformers_pooling(self.path)
+        # Tokenizers without a limit report a huge model_max_length; the positions bound it.
+        self.context_length = min(
+            int(getattr(self.tokenizer, "model_max_length", 512) or 512),
+            int(getattr(model.config, "max_position_embeddings", 512) or 512),
+        )
+
+    def close(self) -> None:
+        if self.generative:
+            self.manager.stop(block=True, timeout=10)
+
+    # -- Engine -----------------------------------------------------------------------
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+        self._need(generative=True)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise RequestError(
+                "this model has no chat template: use /v1/completions", param="messages"
+            )
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.text()} for m in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return str(rendered)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def default_max_tokens(self, prompt_tokens: int) -> int:
+        return max(1, min(self.knobs.default_max_tokens, self.context_length - prompt_tokens))
+
+    def check(self, prompt_tokens: int, params: SamplingParams) -> None:
+        self._need(generative=True)
+        if prompt_tokens + params.max_tokens > self.context_length:
+            raise RequestError(
+                f"prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceeds "
+                f"the model's context of {self.context_length} tokens",
+                param="max_tokens",
+            )
+        if params.seed is not None and (params.temperature is None or params.temperature > 0):
+            raise RequestError(
+                "seed is not supported with sampling on the transformers backend: continuous "
+                "batching draws every request from one generator; use temperature 0",
+                param="seed",
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(params, name):
+                raise RequestError(
+                    f"{name} is not supported by the transformers backend", param=name
+                )
+
+    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
+        ids = self._encode(prompt)
+        request_id = f"r{next(self._ids)}"
+        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        self.manager.register_result_handler(request_id, outputs.put_nowait)
+        temperature = 1.0 if params.temperature is None else params.temperature
+        self.manager.add_request(
+            ids,
+            request_id=request_id,
+            max_new_tokens=params.max_tokens,
+            streaming=True,
+            temperature=max(temperature, _GREEDY_TEMPERATURE),
+            top_p=1.0 if params.top_p is None else params.top_p,
+        )
+        decoder = IncrementalDecoder(self.tokenizer)
+        seen = 0
+        finished = False
+        try:
+            while not finished:
+                out = await outputs.get()
+                if out.error:
+                    raise RuntimeError(f"generation failed: {out.error}")
+                finished = out.is_finished()
+                for token in out.generated_tokens[seen:]:
+                    if token in self.eos_ids:
+                        finished = True
+                        break
+                    yield decoder.push(int(token))
+                seen = len(out.generated_tokens)
+            # A character left incomplete by the last token would only decode to U+FFFD.
+        finally:
+            if not finished:
+                # The client went away or a stop string matched: free the sequence.
+                self.manager.cancel_request(request_id)
+
+    async def embed(
+        self, texts: list[str], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        self._need(generative=False)
+        return await asyncio.to_thread(self._embed_sync, texts, dimensions)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        # Chat templates already carry the special tokens the model expects.
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _need(self, *, generative: bool) -> None:
+        if generative and not self.generative:
+            raise RequestError("this is an embedding model: use /v1/embeddings", param="model")
+        if not generative and self.generative:
+            raise RequestError(
+                "this model generates text; deploy an embedding model for /v1/embeddings",
+                param="model",
+            )
+
+    def _embed_sync(
+        self, texts: list[str], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        import torch
+
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, float("-inf")).max(dim=1).values
+        else:
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if dimensions is not None:
+            if dimensions > pooled.shape[-1]:
+                raise RequestError(
+                    f"dimensions must be at most {pooled.shape[-1]} for this model",
+                    param="dimensions",
+                )
+            pooled = pooled[:, :dimensions]
+        if self.normalize or dimensions is not None:
+            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+        tokens = int(batch["attention_mask"].sum().item())
+        return pooled.float().cpu().tolist(), tokens
+
+
+def _sentence_transformers_pooling(path: Path) -> tuple[str, bool]:
+    """(pooling mode, normalize) as the model's sentence-transformers config names them;
+    mean pooling without normalization when it has none."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return "mean", False
+    modules = json.loads(modules_file.read_text())
+    normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
+    pooling = "mean"
+    for module in modules:
+        if module.get("type", "").endswith(".Pooling"):
+            config = json.loads((path / module["path"] / "config.json").read_text())
+            if config.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif config.get("pooling_mode_max_tokens"):
+                pooling = "max"
+    return pooling, normalize

@@ -1,0 +1,29 @@
+"""The transformers backend process: ``python -m sllm.backends.transformers_backend``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
+from sllm.backends.model_source import ModelSourceError
+from sllm.backends.server import main as serve
+
+
+def build(model: str, instance_id: str, config: dict[str, Any], cache: Path) -> TransformersEngine:
+    try:
+        knobs = TransformersKnobs.model_validate(config)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        return TransformersEngine(knobs, cache)
+    except ModelSourceError:
+        raise
+    except OSError as exc:  # missing or unreadable model files
+        raise ValueError(f"cannot load {knobs.pretrained_model_name_or_path}: {exc}") from None
+
+
+if __name__ == "__main__":
+    serve("transformers", build)
