@@ -15,7 +15,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default="http://127.0.0.1:8343/v1")
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--embedding-model", default=None, help="default: --model")
+    parser.add_argument(
+        "--embedding-model",
+        default=None,
+        help="a deployed embedding model, e.g. all-minilm-l6-v2 (examples/minilm-embeddings.json)",
+    )
     args = parser.parse_args()
 
     # This version of sllm checks no API key, but the SDK insists on one.
@@ -44,8 +48,11 @@ def main() -> None:
             elif chunk.usage is not None:
                 print(f"\n  ({chunk.usage.completion_tokens} tokens)")
 
+        if args.embedding_model is None:
+            print("embeddings: skipped (pass --embedding-model)")
+            return
         vectors = client.embeddings.create(
-            model=args.embedding_model or args.model, input=["a first text", "a second one"]
+            model=args.embedding_model, input=["a first text", "a second one"]
         )
         print("embeddings:", len(vectors.data), "vectors of", len(vectors.data[0].embedding))
 

@@ -17,7 +17,7 @@ class ModelManager:
         self.settings = settings
 
     async def register(self, config: DeployConfig) -> None:
-        _check_backend(config.backend)
+        _check_deployable(config)
         status = await self.store.registry.save_model(
             config.model, config.model_dump(mode="json"), create=True
         )
@@ -29,7 +29,7 @@ class ModelManager:
             raise Conflict(f"model '{config.model}' is still being deleted", param="model")
 
     async def update(self, config: DeployConfig) -> None:
-        _check_backend(config.backend)
+        _check_deployable(config)
         status = await self.store.registry.save_model(
             config.model, config.model_dump(mode="json"), create=False
         )
@@ -112,8 +112,12 @@ class ModelManager:
         }
 
 
-def _check_backend(name: str) -> None:
+def _check_deployable(config: DeployConfig) -> None:
     try:
-        get_backend(name)
+        get_backend(config.backend)
     except BackendUnavailable as exc:
         raise RequestError(str(exc), param="backend") from None
+    if config.lora_adapters:
+        raise RequestError(
+            "LoRA adapters are not built yet in this version of sllm", param="lora_adapters"
+        )

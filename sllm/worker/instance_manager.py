@@ -40,6 +40,7 @@ _KILL_WAIT = 5.0
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 8192
 
+
 class InstanceExists(ValueError):
     """An instance with this id runs here already."""
 

@@ -1,0 +1,161 @@
+"""The transformers backend as the worker runs it, on a tiny random model built here."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from sllm.backends.base import LaunchSpec, get_backend
+from sllm.launcher import Child, free_port, spawn, wait_healthy
+from tests.tiny_models import build_tiny_causal_lm, build_tiny_encoder
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def start(tmp_path: Path, model_dir: Path, **knobs: Any) -> Child:
+    port = free_port()
+    spec = LaunchSpec(
+        instance_id="tf-1",
+        model="tiny",
+        port=port,
+        backend_config={"pretrained_model_name_or_path": str(model_dir), **knobs},
+        storage_path=tmp_path / "cache",
+    )
+    argv = get_backend("transformers").command(spec)
+    child = spawn(
+        "transformers", argv, tmp_path / f"backend-{port}.log", f"http://127.0.0.1:{port}"
+    )
+    wait_healthy(child, 120)
+    return child
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Child]:
+    tmp = tmp_path_factory.mktemp("tf")
+    child = start(tmp, build_tiny_causal_lm(tmp / "lm"), default_max_tokens=12)
+    yield child
+    child.stop()
+
+
+@pytest.fixture
+def sdk(lm: Child) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{lm.url}/v1", api_key="none", max_retries=0) as client:
+        yield client
+
+
+def tokenizer(path: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+MESSAGES: Any = [{"role": "user", "content": "hello world"}]
+
+
+def test_greedy_chat_streams_what_it_answers(sdk: openai.OpenAI) -> None:
+    chat = sdk.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=10, temperature=0
+    )
+    text = chat.choices[0].message.content or ""
+    assert chat.system_fingerprint == "tf-1"
+    assert chat.usage is not None and 0 < chat.usage.completion_tokens <= 10
+    finish = chat.choices[0].finish_reason
+    assert finish == ("length" if chat.usage.completion_tokens == 10 else "stop")
+    stream = sdk.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == chat.usage.total_tokens
+
+
+def test_usage_is_counted_with_the_tokenizer(sdk: openai.OpenAI, lm: Child) -> None:
+    prompt = "the quick brown fox"
+    reply = sdk.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0)
+    assert reply.usage is not None
+    path = Path(lm.popen.args[lm.popen.args.index("--config") + 1].split('"')[3])
+    expected = len(tokenizer(path).encode(prompt, add_special_tokens=False))
+    assert reply.usage.prompt_tokens == expected
+    assert reply.usage.completion_tokens == 5 and reply.choices[0].finish_reason == "length"
+
+
+def test_stop_strings_are_cut_exactly(sdk: openai.OpenAI) -> None:
+    full = sdk.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0)
+    text = full.choices[0].text
+    assert len(text) > 4, text
+    stop = text[2:4]
+    cut = sdk.completions.create(
+        model="tiny", prompt="hello", max_tokens=12, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_requests_and_n_choices_all_finish(sdk: openai.OpenAI) -> None:
+    def ask(i: int) -> int:
+        reply = sdk.completions.create(
+            model="tiny", prompt=f"hello {i}", max_tokens=8, n=2, temperature=0.8, top_p=0.9
+        )
+        assert sorted(c.index for c in reply.choices) == [0, 1]
+        assert reply.usage is not None
+        return reply.usage.completion_tokens
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(ask, range(8)))
+    assert all(0 < t <= 16 for t in tokens)
+
+
+def test_what_the_backend_cannot_do_is_a_clear_400(lm: Child) -> None:
+    base = {"model": "tiny", "messages": MESSAGES}
+    for extra, param in (
+        ({"seed": 1, "temperature": 0.7}, "seed"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"max_tokens": 100000}, "max_tokens"),
+    ):
+        resp = httpx.post(f"{lm.url}/v1/chat/completions", json={**base, **extra}, timeout=30)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == param
+    emb = httpx.post(f"{lm.url}/v1/embeddings", json={"model": "tiny", "input": "x"}, timeout=30)
+    assert emb.status_code == 400 and "embedding" in emb.json()["error"]["message"]
+
+
+def test_a_missing_model_fails_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="no model at"):
+        start(tmp_path, tmp_path / "nowhere.gguf")
+
+
+def test_encoder_embeddings_match_a_direct_computation(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModel
+
+    path = build_tiny_encoder(tmp_path / "enc")
+    child = start(tmp_path, path)
+    texts = ["hello world", "the quick brown fox jumps"]
+    try:
+        with openai.OpenAI(base_url=f"{child.url}/v1", api_key="x", max_retries=0) as client:
+            got = client.embeddings.create(model="tiny", input=texts)
+    finally:
+        child.stop()
+    tok = tokenizer(path)
+    model = AutoModel.from_pretrained(path).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    for row, data in zip(expected, got.data, strict=True):
+        vector = torch.tensor(data.embedding)
+        assert torch.nn.functional.cosine_similarity(row, vector, dim=0) > 1 - 1e-5
+    assert got.usage.prompt_tokens == int(batch["attention_mask"].sum())
