@@ -106,7 +106,8 @@ def cluster_run(work: Path, levels: list[int], max_tokens: int) -> dict[int, dic
         }
         httpx.post(f"{head.url}/register", json=config, timeout=30).raise_for_status()
         url = f"{head.url}/v1/chat/completions"
-        asyncio.run(through_cluster(url, 1, 4))  # waits for the cold start, warms up
+        # Waits for the cold start; then the same request shape once, as in-process.
+        asyncio.run(through_cluster(url, 1, max_tokens))
         return {n: asyncio.run(through_cluster(url, n, max_tokens)) for n in levels}
     finally:
         for child in (worker, head, redis):
@@ -119,7 +120,7 @@ def engine_run(cache: Path, levels: list[int], max_tokens: int) -> dict[int, dic
     try:
 
         async def all_levels() -> dict[int, dict]:
-            await in_process(engine, 1, 4)  # warm-up, as for the cluster
+            await in_process(engine, 1, max_tokens)  # warm-up, as for the cluster
             return {n: await in_process(engine, n, max_tokens) for n in levels}
 
         return asyncio.run(all_levels())

@@ -8,17 +8,14 @@ only what the newest tokens added, holding back text that ends in a partial char
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
 _REPLACEMENT = "\ufffd"
 
 
-class Decodes(Protocol):
-    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
-
-
 class IncrementalDecoder:
-    def __init__(self, tokenizer: Decodes) -> None:
+    def __init__(self, tokenizer: Any) -> None:
+        # Any transformers tokenizer: only decode(ids, skip_special_tokens=...) is used.
         self._tok = tokenizer
         self.ids: list[int] = []
         self._prefix = 0  # start of the window decoded for context

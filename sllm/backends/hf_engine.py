@@ -74,7 +74,7 @@ def _load_dir(files: ModelFiles, cache: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     # The weights are dequantized floats by now; the GGUF marker would refuse the save
     # and make later loads look for a GGUF file.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(partial)
@@ -122,7 +122,8 @@ class TransformersEngine:
             self.path,
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
-        ).to(self.device)
+        )
+        model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
         self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
         eos = model.generation_config.eos_token_id or self.tokenizer.eos_token_id
@@ -145,6 +146,22 @@ class TransformersEngine:
             generation_config=generation, continuous_batching_config=cb
         )
         self.manager.start()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One short generation before /health answers: the first request through the
+        batching manager pays several seconds of one-time set-up (5.6 s for SmolLM2 on
+        this CPU), which belongs to the cold start, not to a user's first token."""
+        started = time.monotonic()
+        request_id = self.manager.add_request(
+            self._encode("Hello"), max_new_tokens=2, temperature=1.0, top_p=1.0
+        )
+        if request_id is None:
+            raise RuntimeError("the continuous-batching manager refused the warm-up request")
+        for out in self.manager.request_id_iter(request_id):
+            if out.error:
+                raise RuntimeError(f"warm-up generation failed: {out.error}")
+        log.info("warmed up in %.1f s", time.monotonic() - started)
 
     def _load_encoder(self) -> None:
         from transformers import AutoModel

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
@@ -39,6 +38,7 @@ from sllm.protocol import (
     ModelList,
     Usage,
 )
+from sllm.serving import serve, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -359,9 +359,7 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
     parser.add_argument("--storage-path", type=Path, default=Path("."), help="model cache")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.log_level)
     try:
         config = json.loads(args.config)
         if not isinstance(config, dict):
@@ -371,10 +369,10 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
         # The worker reports the log's last lines: make this one say it all.
         print(f"sllm {name} backend: invalid backend_config: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(
+    serve(
         create_app(engine, args.model, args.instance_id),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
+        args.host,
+        args.port,
+        args.log_level,
         access_log=False,
     )

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -26,6 +25,7 @@ from sllm.kv import RedisError
 from sllm.kv.bus import ResultBus
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
+from sllm.serving import serve, setup_logging
 
 log = logging.getLogger("sllm.head")
 
@@ -95,13 +95,5 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def run(settings: HeadSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    setup_logging(settings.log_level)
+    serve(create_app(settings), settings.host, settings.port, settings.log_level)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +19,7 @@ from sllm.backends.base import BackendUnavailable
 from sllm.config import WorkerSettings
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
+from sllm.serving import serve, setup_logging
 from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 from sllm.worker.proxy import Proxy
@@ -196,14 +196,5 @@ def create_app(settings: WorkerSettings) -> FastAPI:
 
 def run(settings: WorkerSettings) -> None:
     """Serve the worker until SIGINT/SIGTERM; the lifespan stops every backend."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    setup_logging(settings.log_level)
+    serve(create_app(settings), settings.host, settings.port, settings.log_level)
