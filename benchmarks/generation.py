@@ -2,6 +2,7 @@
 model driven in-process by the same transformers engine, in one run on this machine.
 
     python benchmarks/generation.py [--concurrency 1 4 16] [--max-tokens 64]
+                                    [--batching auto|continuous|static]
 
 For each concurrency: aggregate completion tokens/s over all streams, and the median
 time to first token. The ratio cluster/in-process is what the serving path costs.
@@ -90,7 +91,7 @@ def _figures(results: list[tuple[float, int]], wall: float) -> dict[str, float]:
     }
 
 
-def cluster_run(work: Path, levels: list[int], max_tokens: int) -> dict[int, dict]:
+def cluster_run(work: Path, levels: list[int], max_tokens: int, batching: str) -> dict[int, dict]:
     redis = start_redis(free_port(), work / "redis")
     head = worker = None
     try:
@@ -100,7 +101,7 @@ def cluster_run(work: Path, levels: list[int], max_tokens: int) -> dict[int, dic
         config = {
             "model": "bench",
             "backend": "transformers",
-            "backend_config": {"pretrained_model_name_or_path": SOURCE},
+            "backend_config": {"pretrained_model_name_or_path": SOURCE, "batching": batching},
             "auto_scaling_config": {"min_instances": 1, "max_instances": 1, "max_concurrency": 64},
             "startup_timeout": 600,
         }
@@ -115,8 +116,9 @@ def cluster_run(work: Path, levels: list[int], max_tokens: int) -> dict[int, dic
                 child.stop()
 
 
-def engine_run(cache: Path, levels: list[int], max_tokens: int) -> dict[int, dict]:
-    engine = TransformersEngine(TransformersKnobs(pretrained_model_name_or_path=SOURCE), cache)
+def engine_run(cache: Path, levels: list[int], max_tokens: int, batching: str) -> dict[int, dict]:
+    knobs = TransformersKnobs(pretrained_model_name_or_path=SOURCE, batching=batching)
+    engine = TransformersEngine(knobs, cache)
     try:
 
         async def all_levels() -> dict[int, dict]:
@@ -132,12 +134,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--batching", choices=["auto", "continuous", "static"], default="auto")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = work / "models"  # the worker's --storage-path under start_worker
-        cluster = cluster_run(work, args.concurrency, args.max_tokens)
-        direct = engine_run(cache, args.concurrency, args.max_tokens)
+        cluster = cluster_run(work, args.concurrency, args.max_tokens, args.batching)
+        direct = engine_run(cache, args.concurrency, args.max_tokens, args.batching)
     print(f"{'streams':>8}{'cluster tok/s':>15}{'in-process tok/s':>18}{'ratio':>8}"
           f"{'cluster TTFT s':>16}{'in-process TTFT s':>19}")  # fmt: skip
     for n in args.concurrency:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$")
+# Clients call an adapter as MODEL:ADAPTER, so adapter names are plain words.
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 
 BackendName = Literal["dummy", "transformers", "vllm"]
 
@@ -65,6 +67,19 @@ class DeployConfig(BaseModel):
                 "model names are 1-128 characters of letters, digits, '.', '_', '-' and '/'"
                 ", starting with a letter or digit"
             )
+        return value
+
+    @field_validator("lora_adapters")
+    @classmethod
+    def _valid_adapters(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, source in value.items():
+            if not ADAPTER_NAME.match(name):
+                raise ValueError(
+                    f"adapter name {name!r}: 1-64 letters, digits, '.', '_' and '-', "
+                    "starting with a letter or digit"
+                )
+            if not source.strip():
+                raise ValueError(f"adapter {name!r} has an empty path")
         return value
 
 

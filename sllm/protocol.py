@@ -12,7 +12,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sllm.errors import RequestError
+
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+
+
+# ``BASE:ADAPTER`` names a LoRA adapter of a deployed model (model names have no ':').
+ADAPTER_SEPARATOR = ":"
+
+
+def adapter_model_name(model: str, adapter: str) -> str:
+    return f"{model}{ADAPTER_SEPARATOR}{adapter}"
 
 
 class _Request(BaseModel):
@@ -20,6 +30,22 @@ class _Request(BaseModel):
 
     model: str = Field(min_length=1, max_length=256)
     user: str | None = None
+    # ServerlessLLM's way to pick a LoRA adapter; ``model="BASE:ADAPTER"`` is the other.
+    lora_adapter_name: str | None = Field(default=None, max_length=128)
+
+    def target(self) -> tuple[str, str | None]:
+        """(deployed model, LoRA adapter or None) this request asks for."""
+        base, sep, adapter = self.model.partition(ADAPTER_SEPARATOR)
+        named = adapter if sep else None
+        if sep and not (base and adapter):
+            raise RequestError(f"'{self.model}' is not BASE:ADAPTER", param="model")
+        field = self.lora_adapter_name or None
+        if named and field and named != field:
+            raise RequestError(
+                f"lora_adapter_name '{field}' contradicts the model name '{self.model}'",
+                param="lora_adapter_name",
+            )
+        return base, named or field
 
 
 class StreamOptions(BaseModel):

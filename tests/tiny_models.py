@@ -91,3 +91,22 @@ def build_tiny_encoder(path: Path, seed: int = 0) -> Path:
     ]
     (path / "modules.json").write_text(json.dumps(modules))
     return path
+
+
+def build_tiny_lora(base: Path, path: Path, seed: int) -> Path:
+    """A LoRA adapter of the tiny causal LM with random (not zero) weights, so that
+    its output differs from the base model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    get_peft_model(model, config).save_pretrained(path)
+    return path

@@ -34,6 +34,8 @@ class Backend:
     name: str
     module: str
     health_path: str = "/health"
+    # Whether it serves ``lora_adapters`` (as MODEL:ADAPTER).
+    lora: bool = False
 
     def command(self, spec: LaunchSpec) -> list[str]:
         return [
@@ -52,6 +54,8 @@ class Backend:
             json.dumps(spec.backend_config),
             "--storage-path",
             str(spec.storage_path),
+            "--lora-adapters",
+            json.dumps(spec.lora_adapters),
         ]
 
     # Python packages the backend imports; a worker without them cannot run it.
@@ -70,10 +74,11 @@ class Backend:
 
 
 _BUILT: dict[str, Backend] = {
-    "dummy": Backend(name="dummy", module="sllm.backends.dummy"),
+    "dummy": Backend(name="dummy", module="sllm.backends.dummy", lora=True),
     "transformers": Backend(
         name="transformers",
         module="sllm.backends.transformers_backend",
+        lora=True,
         requires=("torch", "transformers"),
         install_hint="pip install 'sllm[transformers]'",
     ),

@@ -55,19 +55,23 @@ class DummyKnobs(BaseModel):
     embedding_dim: int = Field(16, ge=1, le=4096)
 
 
-def next_word(context: list[str], index: int, seed: int | None) -> str:
-    """The word that follows ``context``; depends only on its last few words."""
+def next_word(context: list[str], index: int, seed: int | None, adapter: str | None = None) -> str:
+    """The word that follows ``context``; depends only on its last few words (and on
+    the LoRA adapter, so each adapter "speaks" differently)."""
     tail = " ".join(context[-_CONTEXT_WORDS:])
-    digest = hashlib.sha256(f"{tail}|{index}|{seed}".encode()).digest()
+    salt = "" if adapter is None else f"|{adapter}"
+    digest = hashlib.sha256(f"{tail}|{index}|{seed}{salt}".encode()).digest()
     return _DRAW[int.from_bytes(digest[:8], "big") % len(_DRAW)]
 
 
-def words(prompt: str, index: int, seed: int | None, limit: int) -> list[str]:
+def words(
+    prompt: str, index: int, seed: int | None, limit: int, adapter: str | None = None
+) -> list[str]:
     """The whole generation, as ``generate`` would stream it."""
     context = prompt.split()
     out: list[str] = []
     while len(out) < limit:
-        word = next_word(context, index, seed)
+        word = next_word(context, index, seed, adapter)
         if word == END:
             break
         out.append(word)
@@ -89,8 +93,10 @@ def embedding(text: str, dim: int) -> list[float]:
 
 
 class DummyEngine:
-    def __init__(self, knobs: DummyKnobs) -> None:
+    def __init__(self, knobs: DummyKnobs, adapters: frozenset[str] = frozenset()) -> None:
         self.knobs = knobs
+        # Adapter names only: nothing is loaded, but routing to them can be tested.
+        self.adapters = adapters
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         lines = [f"{m.role}: {m.text()}" for m in messages]
@@ -121,7 +127,7 @@ class DummyEngine:
                 # Let what was yielded reach the socket, so the crash is mid-stream.
                 await asyncio.sleep(0.05)
                 os._exit(1)
-            word = next_word(context, params.index, params.seed)
+            word = next_word(context, params.index, params.seed, params.adapter)
             if word == END:
                 return
             context.append(word)
@@ -140,14 +146,20 @@ class DummyEngine:
         return [embedding(t, dim) for t in texts], sum(self.count_tokens(t) for t in texts)
 
 
-def build(model: str, instance_id: str, config: dict[str, Any], cache: Path) -> DummyEngine:
+def build(
+    model: str,
+    instance_id: str,
+    config: dict[str, Any],
+    cache: Path,
+    lora_adapters: dict[str, str],
+) -> DummyEngine:
     try:
         knobs = DummyKnobs.model_validate(config)
     except ValidationError as exc:
         raise ValueError(str(exc)) from None
     if knobs.startup_delay:
         time.sleep(knobs.startup_delay)  # before the server starts: nothing else runs yet
-    return DummyEngine(knobs)
+    return DummyEngine(knobs, frozenset(lora_adapters))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,14 @@ class SamplingParams:
     frequency_penalty: float | None = None
     # Which of the request's ``n`` choices this is: choices of one request must differ.
     index: int = 0
+    # The LoRA adapter to generate with; None is the base model.
+    adapter: str | None = None
 
 
 class Engine(Protocol):
+    # Names of the LoRA adapters a request may pick (empty without adapters).
+    adapters: frozenset[str]
+
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         """The prompt a chat renders to (the model's chat template)."""
         ...

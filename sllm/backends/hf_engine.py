@@ -8,7 +8,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import SamplingParams
-from sllm.backends.model_source import ModelFiles, dequantized_dir, resolve
+from sllm.backends.model_source import ModelFiles, adapter_dir, dequantized_dir, resolve
+from sllm.backends.static_batching import StaticBatcher
 from sllm.errors import RequestError
 from sllm.protocol import ChatMessage
 
@@ -37,6 +38,11 @@ class TransformersKnobs(BaseModel):
     task: Literal["auto", "generate", "embed"] = "auto"
     default_max_tokens: int = Field(256, ge=1)
     max_batch_tokens: int | None = Field(None, ge=16)
+    # continuous: transformers' continuous batching; static: batches of model.generate
+    # (LoRA adapters, per-request seed, penalties); auto: continuous unless the model has
+    # LoRA adapters or continuous batching fails to start on this device.
+    batching: Literal["auto", "continuous", "static"] = "auto"
+    max_batch_size: int = Field(16, ge=1, le=256)
     trust_remote_code: bool = False
 
 
@@ -48,6 +54,12 @@ def _device(knobs: TransformersKnobs) -> str:
     if knobs.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
     return knobs.device
+
+
+def _gpu_count(device: str) -> int:
+    import torch
+
+    return torch.cuda.device_count() if device == "cuda" else 0
 
 
 def _dtype(knobs: TransformersKnobs, device: str) -> Any:
@@ -95,10 +107,15 @@ class TransformersEngine:
     """One model in this process: generation through transformers' continuous batching,
     or embeddings for an encoder."""
 
-    def __init__(self, knobs: TransformersKnobs, cache: Path) -> None:
+    def __init__(
+        self, knobs: TransformersKnobs, cache: Path, lora_adapters: dict[str, str] | None = None
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.knobs = knobs
+        self.lora_adapters = dict(lora_adapters or {})
+        self.adapters = frozenset(self.lora_adapters)
+        self.cache = cache
         files = resolve(knobs.pretrained_model_name_or_path, cache)
         self.path = _load_dir(files, cache)
         self.device = _device(knobs)
@@ -106,7 +123,16 @@ class TransformersEngine:
             self.path, trust_remote_code=knobs.trust_remote_code
         )
         self.generative = _is_generative(self.path, knobs)
+        if self.adapters and not self.generative:
+            raise ValueError("LoRA adapters are served for generative models only")
+        if self.adapters and knobs.batching == "continuous":
+            raise ValueError(
+                "LoRA adapters need batching 'static' (or 'auto'): continuous batching "
+                "cannot mix adapters in one batch"
+            )
         self._ids = itertools.count()
+        self.manager: Any = None
+        self.batcher: StaticBatcher | None = None
         if self.generative:
             self._load_generator()
         else:
@@ -115,19 +141,68 @@ class TransformersEngine:
     # -- loading ----------------------------------------------------------------------
 
     def _load_generator(self) -> None:
-        from transformers import AutoModelForCausalLM, GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+        from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
             self.path,
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
+            # Several GPUs (num_gpus > 1, all the worker let us see): layers spread over them.
+            device_map="auto" if _gpu_count(self.device) > 1 else None,
         )
-        model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
+        if _gpu_count(self.device) <= 1:
+            model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
         self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
         eos = model.generation_config.eos_token_id or self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.pad_id = int(self.tokenizer.pad_token_id or next(iter(self.eos_ids), 0))
+        self.model = self._with_adapters(model) if self.adapters else model
+        static = self.knobs.batching == "static" or bool(self.adapters)
+        if not static:
+            try:
+                self._start_continuous()
+            except Exception as exc:
+                if self.knobs.batching == "continuous":
+                    raise
+                log.warning("continuous batching failed to start (%s): using static batching", exc)
+                self._stop_continuous()
+                static = True
+        if static:
+            self.batcher = StaticBatcher(
+                self.model,
+                self.device,
+                self.pad_id,
+                self.eos_ids,
+                self.knobs.max_batch_size,
+                adapters=bool(self.adapters),
+            )
+            self.batcher.start()
+            self._warm_up_static()
+
+    def _with_adapters(self, model: Any) -> Any:
+        """The model wrapped by peft with every adapter loaded, once, for all requests."""
+        from peft import PeftModel
+
+        started = time.monotonic()
+        (first, source), *rest = self.lora_adapters.items()
+        peft_model = PeftModel.from_pretrained(
+            model, str(adapter_dir(source, self.cache)), adapter_name=first
+        )
+        for name, source in rest:
+            peft_model.load_adapter(str(adapter_dir(source, self.cache)), adapter_name=name)
+        peft_model.eval()
+        log.info(
+            "loaded LoRA adapters %s in %.1f s",
+            ", ".join(self.lora_adapters),
+            time.monotonic() - started,
+        )
+        return peft_model
+
+    def _start_continuous(self) -> None:
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
         # Non-default temperature and top_p make transformers build the processors
         # that each request then sets for itself.
         generation = GenerationConfig(
@@ -136,17 +211,21 @@ class TransformersEngine:
             top_p=0.95,
             max_new_tokens=self.knobs.default_max_tokens,
             eos_token_id=list(self.eos_ids) or None,
-            pad_token_id=self.tokenizer.pad_token_id or next(iter(self.eos_ids), 0),
+            pad_token_id=self.pad_id,
         )
         cb = ContinuousBatchingConfig(per_request_processors=True)
         if self.knobs.max_batch_tokens:
             cb.max_batch_tokens = self.knobs.max_batch_tokens
-        self.model = model
-        self.manager = model.init_continuous_batching(
+        self.manager = self.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=cb
         )
         self.manager.start()
         self._warm_up()
+
+    def _stop_continuous(self) -> None:
+        if self.manager is not None:
+            self.manager.stop(block=True, timeout=10)
+            self.manager = None
 
     def _warm_up(self) -> None:
         """One short generation before /health answers: the first request through the
@@ -161,6 +240,25 @@ class TransformersEngine:
         for out in self.manager.request_id_iter(request_id):
             if out.error:
                 raise RuntimeError(f"warm-up generation failed: {out.error}")
+        log.info("warmed up in %.1f s", time.monotonic() - started)
+
+    def _warm_up_static(self) -> None:
+        """A first batch before /health answers, for the same reason as ``_warm_up``;
+        with adapters it runs a mixed batch, so a broken adapter fails the start."""
+        assert self.batcher is not None
+        batcher = self.batcher
+        started = time.monotonic()
+        names: list[str | None] = [None, *sorted(self.adapters)]
+
+        async def one(adapter: str | None) -> None:
+            params = SamplingParams(max_tokens=2, temperature=0, adapter=adapter)
+            async for _ in batcher.tokens(self._encode("Hello"), params):
+                pass
+
+        async def all_of_them() -> None:
+            await asyncio.wait_for(asyncio.gather(*(one(a) for a in names)), timeout=600)
+
+        asyncio.run(all_of_them())
         log.info("warmed up in %.1f s", time.monotonic() - started)
 
     def _load_encoder(self) -> None:
@@ -181,8 +279,9 @@ class TransformersEngine:
         )
 
     def close(self) -> None:
-        if self.generative:
-            self.manager.stop(block=True, timeout=10)
+        self._stop_continuous()
+        if self.batcher is not None:
+            self.batcher.stop(timeout=10)
 
     # -- Engine -----------------------------------------------------------------------
 
@@ -213,20 +312,41 @@ class TransformersEngine:
                 f"the model's context of {self.context_length} tokens",
                 param="max_tokens",
             )
+        if self.batcher is not None:
+            return  # static batching samples each row on its own: everything goes
+        hint = "; deploy with backend_config batching 'static' for it"
         if params.seed is not None and (params.temperature is None or params.temperature > 0):
             raise RequestError(
-                "seed is not supported with sampling on the transformers backend: continuous "
-                "batching draws every request from one generator; use temperature 0",
+                "seed with sampling is not supported under continuous batching, which draws "
+                "every request from one generator; use temperature 0" + hint,
                 param="seed",
             )
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(params, name):
                 raise RequestError(
-                    f"{name} is not supported by the transformers backend", param=name
+                    f"{name} is not supported under continuous batching" + hint, param=name
                 )
 
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
         ids = self._encode(prompt)
+        tokens: AsyncGenerator[int, None] = (
+            self.batcher.tokens(ids, params)
+            if self.batcher is not None
+            else self._continuous_tokens(ids, params)
+        )
+        decoder = IncrementalDecoder(self.tokenizer)
+        try:
+            async for token in tokens:
+                if token in self.eos_ids:
+                    return
+                yield decoder.push(token)
+            # A character left incomplete by the last token would only decode to U+FFFD.
+        finally:
+            await tokens.aclose()
+
+    async def _continuous_tokens(
+        self, ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[int, None]:
         request_id = f"r{next(self._ids)}"
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         self.manager.register_result_handler(request_id, outputs.put_nowait)
@@ -239,7 +359,6 @@ class TransformersEngine:
             temperature=max(temperature, _GREEDY_TEMPERATURE),
             top_p=1.0 if params.top_p is None else params.top_p,
         )
-        decoder = IncrementalDecoder(self.tokenizer)
         seen = 0
         finished = False
         try:
@@ -249,12 +368,8 @@ class TransformersEngine:
                     raise RuntimeError(f"generation failed: {out.error}")
                 finished = out.is_finished()
                 for token in out.generated_tokens[seen:]:
-                    if token in self.eos_ids:
-                        finished = True
-                        break
-                    yield decoder.push(int(token))
+                    yield int(token)
                 seen = len(out.generated_tokens)
-            # A character left incomplete by the last token would only decode to U+FFFD.
         finally:
             if not finished:
                 # The client went away or a stop string matched: free the sequence.

@@ -81,6 +81,36 @@ def resolve(source: str, cache: Path) -> ModelFiles:
     )
 
 
+def adapter_dir(source: str, cache: Path) -> Path:
+    """The directory of a LoRA adapter: a local directory or a hub id."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file():
+            raise ModelSourceError(f"{path} has no adapter_config.json: not a peft adapter")
+        return path
+    if _HUB_ID.match(source) and not source.startswith(("/", ".", "~")):
+        return _download(source, cache)
+    raise ModelSourceError(f"LoRA adapter '{source}' is not a local directory or a hub id")
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def local_weights_bytes(source: str) -> int | None:
+    """Bytes of the weight files of a model on this disk, or None when they are not
+    here yet (a hub id not downloaded, a packaged model not installed)."""
+    path: Path | None
+    if source in PACKAGED:
+        path = _package_dir(PACKAGED[source][0])
+    else:
+        path = Path(source).expanduser()
+    if path is None or not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in _WEIGHT_SUFFIXES) or None
+
+
 def _download(repo_id: str, cache: Path) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

@@ -29,7 +29,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from sllm.api_errors import install_error_handlers
 from sllm.backends.engine import Engine, SamplingParams
 from sllm.backends.stops import StopScanner
-from sllm.errors import ModelNotFound, SllmError, error_body
+from sllm.errors import ModelNotFound, RequestError, SllmError, error_body
 from sllm.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,6 +37,7 @@ from sllm.protocol import (
     ModelCard,
     ModelList,
     Usage,
+    adapter_model_name,
 )
 from sllm.serving import serve, setup_logging
 
@@ -120,12 +121,29 @@ class OpenAIServer:
         self.model = model
         self.instance_id = instance_id
 
-    def _check_model(self, name: str) -> None:
-        if name != self.model:
-            raise ModelNotFound(f"this backend serves '{self.model}', not '{name}'", param="model")
+    def _adapter(
+        self, req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+    ) -> str | None:
+        """The LoRA adapter the request picks (None: the base model)."""
+        base, adapter = req.target()
+        if base != self.model:
+            raise ModelNotFound(
+                f"this backend serves '{self.model}', not '{req.model}'", param="model"
+            )
+        if adapter is not None and adapter not in self.engine.adapters:
+            known = ", ".join(sorted(self.engine.adapters)) or "none"
+            raise ModelNotFound(
+                f"model '{self.model}' has no LoRA adapter '{adapter}' (it has: {known})",
+                param="model",
+            )
+        return adapter
 
     def _params(
-        self, req: ChatCompletionRequest | CompletionRequest, prompt: str, index: int
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        prompt: str,
+        index: int,
+        adapter: str | None,
     ) -> SamplingParams:
         prompt_tokens = self.engine.count_tokens(prompt)
         limit = req.token_limit() or self.engine.default_max_tokens(prompt_tokens)
@@ -137,19 +155,24 @@ class OpenAIServer:
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
             index=index,
+            adapter=adapter,
         )
         self.engine.check(prompt_tokens, params)
         return params
 
     def _choices(
-        self, req: ChatCompletionRequest | CompletionRequest, prompts: list[str], echo: bool
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        prompts: list[str],
+        echo: bool,
+        adapter: str | None,
     ) -> list[_Choice]:
         stops = req.stop_list()
         return [
             _Choice(
                 index=p * req.n + j,
                 prompt=prompt,
-                params=self._params(req, prompt, j),
+                params=self._params(req, prompt, j, adapter),
                 stops=stops,
                 echo=prompt if echo else "",
             )
@@ -157,25 +180,26 @@ class OpenAIServer:
             for j in range(req.n)
         ]
 
-    def _envelope(self, prefix: str, obj: str) -> dict[str, Any]:
+    def _envelope(self, prefix: str, obj: str, adapter: str | None) -> dict[str, Any]:
         return {
             "id": f"{prefix}-{uuid.uuid4().hex}",
             "object": obj,
             "created": int(time.time()),
-            "model": self.model,
+            "model": adapter_model_name(self.model, adapter) if adapter else self.model,
             "system_fingerprint": self.instance_id,
         }
 
     async def chat(self, req: ChatCompletionRequest) -> Response:
-        self._check_model(req.model)
+        adapter = self._adapter(req)
         prompt = self.engine.chat_prompt(req.messages)
-        choices = self._choices(req, [prompt], echo=False)
+        choices = self._choices(req, [prompt], echo=False, adapter=adapter)
         prompt_tokens = self.engine.count_tokens(prompt)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(self._chat_events(choices, prompt_tokens, include_usage))
+            envelope = self._envelope("chatcmpl", "chat.completion.chunk", adapter)
+            return _sse(self._chat_events(envelope, choices, prompt_tokens, include_usage))
         texts = await self._complete_all(choices)
-        body = self._envelope("chatcmpl", "chat.completion")
+        body = self._envelope("chatcmpl", "chat.completion", adapter)
         body["choices"] = [
             {
                 "index": c.index,
@@ -189,15 +213,16 @@ class OpenAIServer:
         return JSONResponse(body)
 
     async def completions(self, req: CompletionRequest) -> Response:
-        self._check_model(req.model)
+        adapter = self._adapter(req)
         prompts = req.prompts()
-        choices = self._choices(req, prompts, echo=req.echo)
+        choices = self._choices(req, prompts, echo=req.echo, adapter=adapter)
         prompt_tokens = sum(self.engine.count_tokens(p) for p in prompts)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(self._completion_events(choices, prompt_tokens, include_usage))
+            envelope = self._envelope("cmpl", "text_completion", adapter)
+            return _sse(self._completion_events(envelope, choices, prompt_tokens, include_usage))
         texts = await self._complete_all(choices)
-        body = self._envelope("cmpl", "text_completion")
+        body = self._envelope("cmpl", "text_completion", adapter)
         body["choices"] = [
             {
                 "index": c.index,
@@ -211,7 +236,8 @@ class OpenAIServer:
         return JSONResponse(body)
 
     async def embeddings(self, req: EmbeddingRequest) -> Response:
-        self._check_model(req.model)
+        if self._adapter(req) is not None:
+            raise RequestError("LoRA adapters apply to generation, not embeddings", param="model")
         vectors, tokens = await self.engine.embed(req.inputs(), req.dimensions)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
@@ -234,10 +260,12 @@ class OpenAIServer:
         return list(await asyncio.gather(*(one(c) for c in choices)))
 
     async def _chat_events(
-        self, choices: list[_Choice], prompt_tokens: int, include_usage: bool
+        self,
+        envelope: dict[str, Any],
+        choices: list[_Choice],
+        prompt_tokens: int,
+        include_usage: bool,
     ) -> AsyncIterator[dict[str, Any]]:
-        envelope = self._envelope("chatcmpl", "chat.completion.chunk")
-
         def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             body = {
                 **envelope,
@@ -260,10 +288,12 @@ class OpenAIServer:
             yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
 
     async def _completion_events(
-        self, choices: list[_Choice], prompt_tokens: int, include_usage: bool
+        self,
+        envelope: dict[str, Any],
+        choices: list[_Choice],
+        prompt_tokens: int,
+        include_usage: bool,
     ) -> AsyncIterator[dict[str, Any]]:
-        envelope = self._envelope("cmpl", "text_completion")
-
         def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
             body = {
                 **envelope,
@@ -326,7 +356,8 @@ def create_app(engine: Engine, model: str, instance_id: str) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=model)])
+        names = [model, *(adapter_model_name(model, a) for a in sorted(engine.adapters))]
+        return ModelList(data=[ModelCard(id=n) for n in names])
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest) -> Response:
@@ -343,8 +374,9 @@ def create_app(engine: Engine, model: str, instance_id: str) -> FastAPI:
     return app
 
 
-# (model name, instance id, backend_config, model cache directory) -> a loaded engine
-EngineFactory = Callable[[str, str, dict[str, Any], Path], Engine]
+# (model name, instance id, backend_config, model cache directory, LoRA adapters by
+# name) -> a loaded engine
+EngineFactory = Callable[[str, str, dict[str, Any], Path, dict[str, str]], Engine]
 
 
 def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None:
@@ -357,17 +389,19 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
     parser.add_argument("--instance-id", required=True)
     parser.add_argument("--config", default="{}", help="backend_config as JSON")
     parser.add_argument("--storage-path", type=Path, default=Path("."), help="model cache")
+    parser.add_argument("--lora-adapters", default="{}", help="adapter name -> path, as JSON")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
         config = json.loads(args.config)
-        if not isinstance(config, dict):
-            raise ValueError("--config must be a JSON object")
-        engine = build(args.model, args.instance_id, config, args.storage_path)
+        adapters = json.loads(args.lora_adapters)
+        if not isinstance(config, dict) or not isinstance(adapters, dict):
+            raise ValueError("--config and --lora-adapters must be JSON objects")
+        engine = build(args.model, args.instance_id, config, args.storage_path, adapters)
     except ValueError as exc:
         # The worker reports the log's last lines: make this one say it all.
-        print(f"sllm {name} backend: invalid backend_config: {exc}", file=sys.stderr)
+        print(f"sllm {name} backend: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     serve(
         create_app(engine, args.model, args.instance_id),

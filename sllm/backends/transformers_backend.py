@@ -12,13 +12,19 @@ from sllm.backends.model_source import ModelSourceError
 from sllm.backends.server import main as serve
 
 
-def build(model: str, instance_id: str, config: dict[str, Any], cache: Path) -> TransformersEngine:
+def build(
+    model: str,
+    instance_id: str,
+    config: dict[str, Any],
+    cache: Path,
+    lora_adapters: dict[str, str],
+) -> TransformersEngine:
     try:
         knobs = TransformersKnobs.model_validate(config)
     except ValidationError as exc:
         raise ValueError(str(exc)) from None
     try:
-        return TransformersEngine(knobs, cache)
+        return TransformersEngine(knobs, cache, lora_adapters)
     except ModelSourceError:
         raise
     except OSError as exc:  # missing or unreadable model files

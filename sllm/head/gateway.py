@@ -27,6 +27,7 @@ from sllm.protocol import (
     EmbeddingRequest,
     ModelCard,
     ModelList,
+    adapter_model_name,
 )
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,14 @@ class Gateway:
         self.settings = settings
         self._background: set[asyncio.Task[None]] = set()
 
-    async def submit(self, endpoint: str, body: dict[str, Any], request_id: str) -> Pending:
+    async def submit(
+        self, endpoint: str, model: str, body: dict[str, Any], request_id: str
+    ) -> Pending:
+        """Queue ``body`` for ``model`` (the deployed model: a LoRA adapter's base)."""
         now = time.time()
         task = NewTask(
             id=uuid.uuid4().hex,
-            model=body["model"],
+            model=model,
             endpoint=endpoint,
             body=body,
             reply_to=self.bus.channel,
@@ -141,10 +145,30 @@ class Gateway:
         except Exception as exc:  # the deadline and TTLs still bound the task
             log.warning("could not cancel task %s: %s", task.id, exc)
 
-    async def handle(self, endpoint: str, body: dict[str, Any], request: Request) -> Response:
+    async def _check_adapter(self, model: str, adapter: str) -> None:
+        record = await self.store.registry.get_model(model)
+        if record is None:
+            return  # the enqueue answers 404 for the model itself
+        adapters = record.config.get("lora_adapters") or {}
+        if adapter not in adapters:
+            known = ", ".join(sorted(adapters)) or "none"
+            raise ModelNotFound(
+                f"The model '{model}' has no LoRA adapter '{adapter}' (it has: {known})",
+                param="model",
+            )
+
+    async def handle(
+        self,
+        endpoint: str,
+        req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        request: Request,
+    ) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         headers = {"x-request-id": request_id}
-        pending = await self.submit(endpoint, body, request_id)
+        model, adapter = req.target()
+        if adapter is not None:
+            await self._check_adapter(model, adapter)
+        pending = await self.submit(endpoint, model, _body(req), request_id)
         if not pending.task.stream:
             return JSONResponse(await self.collect(pending, request), headers=headers)
         return EventSourceResponse(
@@ -170,24 +194,31 @@ def _body(req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
-    return await _gateway(request).handle("/v1/chat/completions", _body(req), request)
+    return await _gateway(request).handle("/v1/chat/completions", req, request)
 
 
 @router.post("/v1/completions")
 async def completions(req: CompletionRequest, request: Request) -> Response:
-    return await _gateway(request).handle("/v1/completions", _body(req), request)
+    return await _gateway(request).handle("/v1/completions", req, request)
 
 
 @router.post("/v1/embeddings")
 async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
     if req.model_extra and req.model_extra.get("stream"):
         raise RequestError("embeddings cannot be streamed", param="stream")
-    return await _gateway(request).handle("/v1/embeddings", _body(req), request)
+    return await _gateway(request).handle("/v1/embeddings", req, request)
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     models = await _gateway(request).store.registry.list_models()
-    return ModelList(
-        data=[ModelCard(id=m.name, created=int(m.created)) for m in models if m.state == "active"]
-    )
+    cards = []
+    for m in models:
+        if m.state != "active":
+            continue
+        cards.append(ModelCard(id=m.name, created=int(m.created)))
+        cards.extend(
+            ModelCard(id=adapter_model_name(m.name, a), created=int(m.created))
+            for a in sorted(m.config.get("lora_adapters") or {})
+        )
+    return ModelList(data=cards)

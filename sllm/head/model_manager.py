@@ -114,10 +114,10 @@ class ModelManager:
 
 def _check_deployable(config: DeployConfig) -> None:
     try:
-        get_backend(config.backend)
+        backend = get_backend(config.backend)
     except BackendUnavailable as exc:
         raise RequestError(str(exc), param="backend") from None
-    if config.lora_adapters:
+    if config.lora_adapters and not backend.lora:
         raise RequestError(
-            "LoRA adapters are not built yet in this version of sllm", param="lora_adapters"
+            f"the {backend.name} backend does not serve LoRA adapters", param="lora_adapters"
         )

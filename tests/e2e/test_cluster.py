@@ -219,3 +219,30 @@ def test_a_request_that_crashes_its_backend_fails_after_max_attempts(one_worker:
     # The crashed instance is replaced and normal requests are served.
     ok = client.completions.create(model="m", prompt="fine", max_tokens=2, timeout=40)
     assert ok.choices[0].text
+
+
+def test_lora_adapters_are_called_as_base_colon_adapter(one_worker: Cluster) -> None:
+    head = one_worker.head
+    assert head is not None
+    bad = {"model": "m", "lora_adapters": {"a:b": "/x"}}
+    refused = httpx.post(f"{head.url}/register", json=bad, timeout=10)
+    assert refused.status_code == 400 and "adapter name" in refused.text
+    one_worker.deploy("m", lora_adapters={"a1": "/adapters/a1", "a2": "/adapters/a2"})
+    client = one_worker.client()
+
+    def ask(model: str, adapter_field: str | None = None) -> str:
+        extra = {"lora_adapter_name": adapter_field} if adapter_field else None
+        reply = client.completions.create(
+            model=model, prompt="one two three", max_tokens=6, seed=1, extra_body=extra
+        )
+        assert reply.model == (f"m:{adapter_field}" if adapter_field else model)
+        return reply.choices[0].text
+
+    base, a1, a2 = ask("m"), ask("m:a1"), ask("m:a2")
+    assert len({base, a1, a2}) == 3  # one instance, three ways of speaking
+    assert ask("m", adapter_field="a1") == a1
+    assert [m.id for m in client.models.list().data] == ["m", "m:a1", "m:a2"]
+    with pytest.raises(openai.NotFoundError, match=r"no LoRA adapter 'zz'.*a1, a2"):
+        ask("m:zz")
+    with pytest.raises(openai.BadRequestError, match="contradicts"):
+        ask("m:a1", adapter_field="a2")

@@ -49,6 +49,6 @@ def test_embeddings_are_unit_vectors_of_the_asked_size() -> None:
 
 def test_unknown_or_bad_knobs_are_refused_with_the_field_named() -> None:
     with pytest.raises(ValueError, match="colour"):
-        build("m", "i", {"colour": "red"}, Path("."))
+        build("m", "i", {"colour": "red"}, Path("."), {})
     with pytest.raises(ValueError, match="ttft"):
-        build("m", "i", {"ttft": -1}, Path("."))
+        build("m", "i", {"ttft": -1}, Path("."), {})

@@ -1,0 +1,226 @@
+"""Batched generation with ``model.generate``: the path for what continuous batching
+cannot do. Requests waiting when a batch starts run together, each row with its own
+sampling (temperature, top_p, seed, presence/frequency penalties), its own token limit
+and, on a peft model, its own LoRA adapter; requests arriving meanwhile wait for the
+next batch.
+
+Each row samples inside a logits processor with its own ``torch.Generator`` and leaves
+only its choice unmasked, so ``generate`` runs greedy and a seed reproduces a row's
+output whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sllm.backends.engine import SamplingParams
+
+log = logging.getLogger(__name__)
+
+# peft's name for "no adapter" in a mixed batch.
+BASE_ADAPTER = "__base__"
+_END = object()
+
+
+@dataclass(eq=False)
+class _Row:
+    ids: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Any]
+    generator: torch.Generator
+    generated: int = 0
+    done: bool = False
+    # Set from the event loop when the client goes away; read by the generating thread.
+    cancelled: bool = False
+
+    def send(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+def sample_row(
+    logits: torch.Tensor, generated: torch.Tensor, params: SamplingParams, gen: torch.Generator
+) -> int:
+    """One token for one row: OpenAI's penalties, then temperature (0 is greedy), top_p."""
+    logits = logits.float()
+    if (params.presence_penalty or params.frequency_penalty) and generated.numel():
+        counts = torch.bincount(generated, minlength=logits.shape[-1])[: logits.shape[-1]]
+        counts = counts.to(logits.dtype)
+        logits = logits - (params.frequency_penalty or 0.0) * counts
+        logits = logits - (params.presence_penalty or 0.0) * (counts > 0).to(logits.dtype)
+    temperature = 1.0 if params.temperature is None else params.temperature
+    if temperature == 0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    top_p = 1.0 if params.top_p is None else params.top_p
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always the first token).
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    # The generator lives on the CPU, so the draw does too (one row, one vector).
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
+
+
+class _RowSampler:
+    """A logits processor that samples each live row and masks all but its choice."""
+
+    def __init__(self, rows: list[_Row], prompt_width: int) -> None:
+        self.rows = rows
+        self.width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        chosen = torch.full_like(scores, float("-inf"))
+        for i, row in enumerate(self.rows):
+            # A finished row still gets a token from generate; any token will do.
+            token = (
+                0
+                if row.done
+                else sample_row(scores[i], input_ids[i, self.width :], row.params, row.generator)
+            )
+            chosen[i, token] = 0.0
+        return chosen
+
+
+class _RowEmitter:
+    """A stopping criterion that hands each row its new token and ends rows that hit
+    end of sequence, their token limit or a cancel. generate calls it once per step,
+    after the step's token is appended."""
+
+    def __init__(self, rows: list[_Row], eos_ids: set[int]) -> None:
+        self.rows = rows
+        self.eos_ids = eos_ids
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        last = input_ids[:, -1].tolist()
+        for row, token in zip(self.rows, last, strict=True):
+            if row.done:
+                continue
+            if row.cancelled or token in self.eos_ids:
+                row.done = True
+                continue
+            row.send(token)
+            row.generated += 1
+            row.done = row.generated >= row.params.max_tokens
+        return torch.tensor([r.done for r in self.rows], device=input_ids.device)
+
+
+class StaticBatcher:
+    """Runs batches of waiting requests through ``model.generate`` on one thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        pad_id: int,
+        eos_ids: set[int],
+        max_batch_size: int,
+        adapters: bool,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.pad_id = pad_id
+        self.eos_ids = eos_ids
+        self.max_batch_size = max_batch_size
+        self.adapters = adapters
+        self._pending: list[_Row] = []
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sllm-batches", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        with self._wake:
+            self._stopping = True
+            for row in self._pending:
+                row.cancelled = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    async def tokens(self, ids: list[int], params: SamplingParams) -> AsyncGenerator[int, None]:
+        """Token ids as the batch generates them; closing the iterator ends the row."""
+        row = _Row(ids, params, asyncio.get_running_loop(), asyncio.Queue(), _generator(params))
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("the backend is shutting down")
+            self._pending.append(row)
+            self._wake.notify()
+        try:
+            while (item := await row.out.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"generation failed: {item}") from item
+                yield item
+        finally:
+            row.cancelled = True
+            with self._wake:
+                if row in self._pending:
+                    self._pending.remove(row)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    rows, self._pending = self._pending, []
+                    for row in rows:
+                        row.send(RuntimeError("the backend is shutting down"))
+                    return
+                batch = self._pending[: self.max_batch_size]
+                del self._pending[: self.max_batch_size]
+            try:
+                self._generate(batch)
+            except Exception as exc:
+                log.exception("batch of %d failed", len(batch))
+                for row in batch:
+                    row.send(exc)
+            for row in batch:
+                row.send(_END)
+
+    def _generate(self, rows: list[_Row]) -> None:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        width = max(len(r.ids) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            # Left padding: every row's next token goes in the same column.
+            input_ids[i, width - len(row.ids) :] = torch.tensor(row.ids)
+            mask[i, width - len(row.ids) :] = 1
+        kwargs: dict[str, Any] = {}
+        if self.adapters:
+            kwargs["adapter_names"] = [r.params.adapter or BASE_ADAPTER for r in rows]
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max(r.params.max_tokens for r in rows),
+            eos_token_id=sorted(self.eos_ids) or None,
+            pad_token_id=self.pad_id,
+        )
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([_RowSampler(rows, width)]),
+                stopping_criteria=StoppingCriteriaList([_RowEmitter(rows, self.eos_ids)]),
+                **kwargs,
+            )
+
+
+def _generator(params: SamplingParams) -> torch.Generator:
+    gen = torch.Generator()
+    # The choice index keeps a seeded request's n choices apart.
+    seed = secrets.randbits(62) if params.seed is None else params.seed + params.index
+    gen.manual_seed(seed % (1 << 63))
+    return gen
