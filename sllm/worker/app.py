@@ -20,6 +20,7 @@ from sllm.config import WorkerSettings
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
 from sllm.serving import serve, setup_logging
+from sllm.worker.gpu_assignment import GpuDoesNotFit
 from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 from sllm.worker.proxy import Proxy
@@ -156,6 +157,8 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             return error_response(409, str(exc), "instance_exists", param="instance_id")
         except BackendUnavailable as exc:
             return error_response(400, str(exc), "backend_unavailable", param="backend")
+        except GpuDoesNotFit as exc:
+            return error_response(409, str(exc), "gpu_does_not_fit", param="num_gpus")
         except RuntimeError as exc:
             return error_response(503, str(exc), "worker_shutting_down", type_="server_error")
         return {"instance_id": body.instance_id, "state": "starting"}

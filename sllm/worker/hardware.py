@@ -9,6 +9,8 @@ from typing import Any
 
 import psutil
 
+from sllm.worker.gpu_assignment import GpuMemory
+
 log = logging.getLogger(__name__)
 
 # NVML is initialised once per process: nvmlInit costs tens of milliseconds and the
@@ -87,3 +89,11 @@ def gpu_count() -> int:
     except Exception as exc:
         log.warning("counting GPUs failed: %s", exc)
         return 0
+
+
+def gpu_memory() -> list[GpuMemory]:
+    """Free memory of each GPU, as NVML reads it now (none without a driver).
+
+    Calls into NVML, so async callers should run it in a thread.
+    """
+    return [GpuMemory(index=g["index"], free=g["memory_free"]) for g in _gpus()]

@@ -25,7 +25,10 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec, get_backend
+from sllm.backends.model_source import local_weights_bytes
 from sllm.procs import die_with_parent, signal_group
+from sllm.worker import hardware
+from sllm.worker.gpu_assignment import choose_gpus, needed_per_gpu
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class _Entry:
     # The task that ends the instance (a stop, or the supervisor on failure); set once,
     # and whoever comes second waits for it.
     ender: asyncio.Task[Any] | None = None
+    gpus: tuple[int, ...] = ()
 
 
 def _free_port() -> int:
@@ -101,8 +105,10 @@ class InstanceManager:
         self._on_state = on_state
         self._storage_path = storage_path
         self._entries: dict[str, _Entry] = {}
-        # Ids between the existence check and registration (spawning awaits).
+        # Ids between the existence check and registration (spawning awaits), and the
+        # GPUs they will hold.
         self._reserved: set[str] = set()
+        self._reserved_gpus: dict[str, tuple[int, ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -134,7 +140,8 @@ class InstanceManager:
         """Spawn the backend and return; readiness is reported through on_state.
 
         Raises InstanceExists (a ValueError) for a known id, BackendUnavailable when
-        this machine cannot run ``backend``, RuntimeError while shutting down.
+        this machine cannot run ``backend``, GpuDoesNotFit when its GPUs are missing or
+        lack free memory, RuntimeError while shutting down.
         """
         if self._closing:
             raise RuntimeError("the worker is shutting down")
@@ -144,7 +151,9 @@ class InstanceManager:
         reason = impl.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)
+        gpus = await self._assign_gpus(instance_id, backend_config, num_gpus)
         self._reserved.add(instance_id)
+        self._reserved_gpus[instance_id] = gpus
         try:
             entry = await self._spawn(
                 impl,
@@ -157,17 +166,39 @@ class InstanceManager:
                     lora_adapters=lora_adapters,
                     storage_path=self._storage_path,
                 ),
+                gpus,
             )
             self._entries[instance_id] = entry
         finally:
             self._reserved.discard(instance_id)
+            self._reserved_gpus.pop(instance_id, None)
         entry.supervisor = self._spawn_task(self._supervise(entry, startup_timeout))
         if self._closing:
             # stop_all() took its list while we were spawning.
             await self.stop(instance_id, grace=0)
             raise RuntimeError("the worker is shutting down")
 
-    async def _spawn(self, impl: Backend, spec: LaunchSpec) -> _Entry:
+    async def _assign_gpus(
+        self, instance_id: str, backend_config: dict[str, Any], num_gpus: int
+    ) -> tuple[int, ...]:
+        """The GPUs the instance gets: checked against NVML's free memory now."""
+        if num_gpus == 0:
+            return ()
+        source = backend_config.get("pretrained_model_name_or_path")
+        weights = (
+            await asyncio.to_thread(local_weights_bytes, source)
+            if isinstance(source, str)
+            else None
+        )
+        readings = await asyncio.to_thread(hardware.gpu_memory)
+        # No await from here to the reservation: concurrent starts see each other's GPUs.
+        taken = {g for e in self._entries.values() for g in e.gpus}
+        taken.update(g for gs in self._reserved_gpus.values() for g in gs)
+        chosen = choose_gpus(readings, taken, num_gpus, needed_per_gpu(weights, num_gpus))
+        log.info("instance %s gets GPU(s) %s", instance_id, chosen)
+        return tuple(chosen)
+
+    async def _spawn(self, impl: Backend, spec: LaunchSpec, gpus: tuple[int, ...]) -> _Entry:
         # Instance ids come from the network: keep them out of path syntax.
         log_path = self._log_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec.instance_id)}.log"
         argv = impl.command(spec)
@@ -181,6 +212,8 @@ class InstanceManager:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=die_with_parent(os.getpid()),
+                # Only the GPUs assigned: none for a CPU instance on a GPU machine.
+                env={**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))},
             )
         finally:
             # The child holds its own descriptor.
@@ -199,6 +232,7 @@ class InstanceManager:
             proc=proc,
             health_url=f"http://127.0.0.1:{spec.port}{impl.health_path}",
             exited=self._spawn_task(proc.wait()),
+            gpus=gpus,
         )
 
     def _spawn_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

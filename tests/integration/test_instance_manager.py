@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec, get_backend
-from sllm.worker import instance_manager
+from sllm.worker import hardware, instance_manager
+from sllm.worker.gpu_assignment import GpuDoesNotFit, GpuMemory
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,6 +79,14 @@ class StubbornChildDummy(Backend):
 class CrashingBackend(Backend):
     def command(self, spec: LaunchSpec) -> list[str]:
         return [sys.executable, "-c", "import sys; print('boom: no model here'); sys.exit(3)"]
+
+
+@dataclass(frozen=True)
+class ModelPathDummy(Backend):
+    """The dummy, launched without the backend_config that names the model's weights."""
+
+    def command(self, spec: LaunchSpec) -> list[str]:
+        return super().command(replace(spec, backend_config={}))
 
 
 def use_backend(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
@@ -227,3 +236,43 @@ async def test_stop_all_refuses_later_starts(manager: InstanceManager, recorder:
     assert recorder.states("i-8")[-1] == "stopped"
     with pytest.raises(RuntimeError):
         await start_dummy(manager, "i-9")
+
+
+async def test_gpus_are_assigned_and_a_start_that_does_not_fit_is_refused(
+    manager: InstanceManager, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gib = 1 << 30
+    monkeypatch.setattr(
+        hardware, "gpu_memory", lambda: [GpuMemory(0, 8 * gib), GpuMemory(1, 40 * gib)]
+    )
+    use_backend(monkeypatch, ModelPathDummy(**vars(get_backend("dummy"))))
+    weights = tmp_path / "model"
+    weights.mkdir()
+    # A sparse 20 GiB weight file: fits GPU 1 only.
+    with (weights / "model.safetensors").open("wb") as f:
+        f.truncate(20 * gib)
+
+    async def start(instance_id: str, num_gpus: int) -> None:
+        await manager.start(
+            instance_id,
+            model="m",
+            backend="dummy",
+            backend_config={"pretrained_model_name_or_path": str(weights)},
+            num_gpus=num_gpus,
+            lora_adapters={},
+            startup_timeout=WAIT,
+        )
+
+    with pytest.raises(GpuDoesNotFit, match="needs 3 GPU"):
+        await start("too-many", 3)
+    await start("big", 1)
+    info = manager.get("big")
+    assert info is not None
+    assert psutil.Process(info.pid).environ()["CUDA_VISIBLE_DEVICES"] == "1"
+    with pytest.raises(GpuDoesNotFit, match=r"GPU 0 has 8\.0 GiB free"):
+        await start("second", 1)
+    await manager.stop("big")
+    await start_dummy(manager, "cpu")
+    info = manager.get("cpu")
+    assert info is not None
+    assert psutil.Process(info.pid).environ()["CUDA_VISIBLE_DEVICES"] == ""
