@@ -9,6 +9,12 @@ local t = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'reply_to')
 if t[2] ~= ARGV[2] or (t[1] ~= 'running' and t[1] ~= 'cancelled') then
   return 0
 end
+-- 'cancelled' is live only while the claim holds its lease (cancelled while running). A task
+-- requeued and then cancelled in the queue keeps that attempt number, and its late finish
+-- must not overwrite the ended task or publish into it.
+if t[1] == 'cancelled' and not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  return 0
+end
 release(ARGV[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[5])
 local final = ARGV[3]
 if t[1] == 'cancelled' then

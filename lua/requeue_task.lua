@@ -9,6 +9,11 @@ if t[2] ~= ARGV[2] then
   return 'stale'
 end
 if t[1] == 'cancelled' then
+  -- Without a lease the task already ended (cancelled in the queue, or released by an
+  -- earlier requeue): a late caller of that attempt is stale, with nothing to release.
+  if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+    return 'stale'
+  end
   release(ARGV[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   return 'cancelled'

@@ -2,11 +2,18 @@
 -- KEYS[1] task hash, KEYS[2] leases zset, KEYS[3] processing list, KEYS[4] instance hash,
 -- KEYS[5] instance tasks set, KEYS[6] model queue
 -- ARGV[1] task id, ARGV[2] owner, ARGV[3] now, ARGV[4] lease deadline, ARGV[5] instance id
--- Returns {status, attempt}: 'ok'; 'gone' (task expired or cancelled, dropped);
+-- Returns {status, attempt}: 'ok'; 'gone' (task expired, cancelled or taken back by the
+-- reaper: dropped);
 -- 'instance' (the instance is no longer ready: the task goes back to the queue front).
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' then
   redis.call('LREM', KEYS[3], 1, ARGV[1])
+  return {'gone', 0}
+end
+-- The reaper sends a claim left unstamped for a lease back to the queue (recover_claim): a
+-- dispatcher that stalled that long no longer holds it, and stamping (or pushing it back)
+-- would leave the task in the queue twice, or running while still queued.
+if not redis.call('LPOS', KEYS[3], ARGV[1]) then
   return {'gone', 0}
 end
 if redis.call('HGET', KEYS[4], 'state') ~= 'ready' then

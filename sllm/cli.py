@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -93,9 +93,19 @@ def head(
     heartbeat_timeout: Annotated[float | None, _opt(H, "heartbeat_timeout")] = None,
     autoscale_interval: Annotated[float | None, _opt(H, "autoscale_interval")] = None,
     result_ttl: Annotated[float | None, _opt(H, "result_ttl")] = None,
+    api_keys_file: Annotated[Path | None, _opt(H, "api_keys_file")] = None,
+    rate_limit_rpm: Annotated[int | None, _opt(H, "rate_limit_rpm")] = None,
+    rate_limit_tpm: Annotated[int | None, _opt(H, "rate_limit_tpm")] = None,
+    max_request_timeout: Annotated[float | None, _opt(H, "max_request_timeout")] = None,
+    stream_keepalive: Annotated[float | None, _opt(H, "stream_keepalive")] = None,
     log_level: Annotated[str | None, _opt(H, "log_level")] = None,
+    log_format: Annotated[str | None, _opt(H, "log_format")] = None,
 ) -> None:
-    """Run the head: OpenAI API, dispatcher, autoscaler, worker and model managers."""
+    """Run the head: OpenAI API, dispatcher, autoscaler, worker and model managers.
+
+    The secrets (SLLM_API_KEYS, SLLM_ADMIN_KEY, SLLM_CLUSTER_TOKEN) are read from the
+    environment only: a command line is visible to every user of the machine.
+    """
     settings = _settings(HeadSettings, **locals())
     from sllm.head.app import run
 
@@ -115,8 +125,13 @@ def worker(
     storage_path: Annotated[Path | None, _opt(W, "storage_path")] = None,
     log_dir: Annotated[Path | None, _opt(W, "log_dir")] = None,
     log_level: Annotated[str | None, _opt(W, "log_level")] = None,
+    log_format: Annotated[str | None, _opt(W, "log_format")] = None,
 ) -> None:
-    """Run a worker: heartbeats the head and runs backend instances."""
+    """Run a worker: heartbeats the head and runs backend instances.
+
+    SLLM_CLUSTER_TOKEN, the head's and workers' shared secret, is read from the
+    environment only.
+    """
     settings = _settings(WorkerSettings, **locals())
     from sllm.worker.app import run
 
@@ -152,6 +167,16 @@ def up(
 HeadUrl = Annotated[
     str,
     typer.Option(envvar="SLLM_HEAD_URL", help="URL of the head to manage (env SLLM_HEAD_URL)."),
+]
+# show_default=False: the help must never print a key taken from the environment.
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SLLM_ADMIN_KEY",
+        show_default=False,
+        show_envvar=False,
+        help="The head's admin key, when it has one (env SLLM_ADMIN_KEY).",
+    ),
 ]
 
 
@@ -192,6 +217,7 @@ def deploy(
         str, typer.Option(help="Backend for --model: dummy, transformers or vllm.")
     ] = "dummy",
     head_url: HeadUrl = DEFAULT_HEAD_URL,
+    admin_key: AdminKey = None,
 ) -> None:
     """Deploy a model from a JSON config, or a quick one with --model/--backend."""
     if (config is None) == (model is None):
@@ -201,7 +227,7 @@ def deploy(
         if config is not None
         else _validated({"model": model, "backend": backend}, "from --model/--backend")
     )
-    with HeadClient(head_url) as client:
+    with HeadClient(head_url, admin_key=admin_key) as client:
         _managing(lambda: client.deploy(cfg))
     typer.echo(f"deployed {cfg.model} ({cfg.backend})")
 
@@ -210,10 +236,11 @@ def deploy(
 def update(
     config: Annotated[Path, typer.Argument(help="Deploy config (JSON) of a deployed model.")],
     head_url: HeadUrl = DEFAULT_HEAD_URL,
+    admin_key: AdminKey = None,
 ) -> None:
     """Change a deployed model's config; running instances keep serving."""
     cfg = _load_config(config)
-    with HeadClient(head_url) as client:
+    with HeadClient(head_url, admin_key=admin_key) as client:
         _managing(lambda: client.update(cfg))
     typer.echo(f"updated {cfg.model}")
 
@@ -222,9 +249,10 @@ def update(
 def delete(
     model: Annotated[str, typer.Argument(help="Model name.")],
     head_url: HeadUrl = DEFAULT_HEAD_URL,
+    admin_key: AdminKey = None,
 ) -> None:
     """Delete a model: queued requests fail, in-flight ones finish, then it is removed."""
-    with HeadClient(head_url) as client:
+    with HeadClient(head_url, admin_key=admin_key) as client:
         result = _managing(lambda: client.delete(model))
     failed = result.get("queued_requests_failed", 0)
     typer.echo(f"deleting {model} ({failed} queued request(s) failed)")
@@ -234,9 +262,10 @@ def delete(
 def status(
     head_url: HeadUrl = DEFAULT_HEAD_URL,
     as_json: Annotated[bool, typer.Option("--json", help="Print /status as JSON.")] = False,
+    admin_key: AdminKey = None,
 ) -> None:
     """Models, instances, workers and queues."""
-    with HeadClient(head_url) as client:
+    with HeadClient(head_url, admin_key=admin_key) as client:
         data = _managing(client.status)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -247,12 +276,74 @@ def status(
 
 
 @app.command()
-def models(head_url: HeadUrl = DEFAULT_HEAD_URL) -> None:
-    """Names of the models clients can call."""
-    with HeadClient(head_url) as client:
+def models(head_url: HeadUrl = DEFAULT_HEAD_URL, admin_key: AdminKey = None) -> None:
+    """Names of the models clients can call (the head takes its admin key on /v1 too)."""
+    with HeadClient(head_url, admin_key=admin_key) as client:
         names = _managing(client.models)
     for name in names:
         typer.echo(name)
+
+
+# -- the store: models in sllm's fast-loading checkpoint format --------------------------
+
+store_app = typer.Typer(
+    help="Models in sllm's checkpoint format, kept under the worker's storage path.",
+    no_args_is_help=True,
+)
+app.add_typer(store_app, name="store")
+
+StoreTask = Annotated[
+    Literal["auto", "generate", "embed"],
+    typer.Option(help="How the backend loads it: generate (*ForCausalLM, by default) or embed."),
+]
+
+
+def _store_call(action: Any) -> Any:
+    """Run a store action; a model that cannot be found or stored is one line, exit 1."""
+    from sllm.backends.model_source import ModelSourceError
+    from sllm.store.catalog import StoreError
+
+    try:
+        return action()
+    except (ModelSourceError, StoreError, OSError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@store_app.command("save")
+def store_save(
+    source: Annotated[
+        str, typer.Argument(help="A model directory, a .gguf file, a hub id or a packaged name.")
+    ],
+    storage_path: Annotated[Path | None, _opt(W, "storage_path")] = None,
+    task: StoreTask = "auto",
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Run the model's own code (passed to from_pretrained).")
+    ] = False,
+) -> None:
+    """Store a model now (the transformers backend otherwise does it at its first start)."""
+    settings = _settings(WorkerSettings, storage_path=storage_path)
+    from sllm.store.catalog import save
+
+    directory, index = _store_call(
+        lambda: save(source, settings.storage_path, task, trust_remote_code)
+    )
+    typer.echo(f"stored {source}: {index.nbytes / 1e9:.2f} GB in {directory}")
+
+
+@store_app.command("verify")
+def store_verify(
+    source: Annotated[str, typer.Argument(help="The model, named as for save.")],
+    storage_path: Annotated[Path | None, _opt(W, "storage_path")] = None,
+    task: StoreTask = "auto",
+) -> None:
+    """Hash every file of a model's stored copy; exit 1 when any does not match."""
+    settings = _settings(WorkerSettings, storage_path=storage_path)
+    from sllm.store.catalog import verify
+
+    directory, problems = _store_call(lambda: verify(source, settings.storage_path, task))
+    if problems:
+        _fail(f"{directory}: " + "; ".join(problems))
+    typer.echo(f"{directory}: every file matches its checksum")
 
 
 def main() -> None:

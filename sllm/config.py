@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$")
-# Clients call an adapter as MODEL:ADAPTER, so adapter names are plain words.
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+from sllm import names
 
 BackendName = Literal["dummy", "transformers", "vllm"]
+LogFormat = Literal["text", "json"]
 
 
 class AutoScalingConfig(BaseModel):
@@ -43,7 +41,11 @@ class DeployConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Name clients call the model by.")
+    model: str = Field(
+        description="Name clients call the model by.",
+        # Documented for clients and fuzzers; the validator below says what is wrong.
+        json_schema_extra={"pattern": names.MODEL_PATTERN, "maxLength": names.MODEL_MAX},
+    )
     backend: BackendName = Field("dummy", description="Which backend serves it.")
     num_gpus: int = Field(0, ge=0, le=64, description="GPUs one instance needs.")
     auto_scaling_config: AutoScalingConfig = Field(
@@ -53,37 +55,58 @@ class DeployConfig(BaseModel):
         default_factory=dict, description="Options passed to the backend as they are."
     )
     lora_adapters: dict[str, str] = Field(
-        default_factory=dict, description="Adapter name -> local path or hub id."
+        default_factory=dict,
+        description="Adapter name -> local path or hub id.",
+        json_schema_extra={
+            "propertyNames": {"pattern": names.ADAPTER_PATTERN, "maxLength": names.ADAPTER_MAX}
+        },
     )
     startup_timeout: float = Field(
         300.0, gt=0, description="Seconds an instance may take to become ready."
+    )
+    max_queue_length: int = Field(
+        1000, ge=1, description="Requests waiting for the model; past it, 429 with Retry-After."
     )
 
     @field_validator("model")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not MODEL_NAME.match(value) or ".." in value:
-            raise ValueError(
-                "model names are 1-128 characters of letters, digits, '.', '_', '-' and '/'"
-                ", starting with a letter or digit"
-            )
+        if not names.is_model_name(value):
+            raise ValueError(names.MODEL_RULE)
         return value
 
     @field_validator("lora_adapters")
     @classmethod
     def _valid_adapters(cls, value: dict[str, str]) -> dict[str, str]:
         for name, source in value.items():
-            if not ADAPTER_NAME.match(name):
-                raise ValueError(
-                    f"adapter name {name!r}: 1-64 letters, digits, '.', '_' and '-', "
-                    "starting with a letter or digit"
-                )
+            if not names.is_adapter_name(name):
+                raise ValueError(f"adapter name {name!r}: {names.ADAPTER_RULE}")
             if not source.strip():
                 raise ValueError(f"adapter {name!r} has an empty path")
         return value
 
 
-class HeadSettings(BaseSettings):
+class KeySettings(BaseSettings):
+    """Keys of a cluster (README, "Keys and limits"). The secrets are read from the
+    environment or a file, never from flags: a command line is visible to every user."""
+
+    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore")
+
+    api_keys: SecretStr | None = Field(
+        None, description="Comma-separated API keys guarding /v1 (unset: /v1 is open)."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one per line, each with optional rpm=N tpm=N."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Key guarding the management API (unset: it is open)."
+    )
+    cluster_token: SecretStr | None = Field(
+        None, description="Shared secret of every head <-> worker call (unset: none)."
+    )
+
+
+class HeadSettings(KeySettings):
     model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore")
 
     host: str = Field("0.0.0.0", description="Address the head listens on.")
@@ -93,13 +116,29 @@ class HeadSettings(BaseSettings):
     lease_seconds: float = Field(15.0, gt=0, description="Length of a task claim's lease.")
     max_attempts: int = Field(2, ge=1, description="Tries of one request before it fails.")
     request_timeout: float = Field(600.0, gt=0, description="Default deadline of a request.")
+    max_request_timeout: float = Field(
+        3600.0, gt=0, description="Longest deadline a request may ask for (X-Request-Timeout)."
+    )
+    stream_keepalive: float = Field(
+        15.0, gt=0, description="Seconds of silence before a stream gets an SSE comment."
+    )
     heartbeat_timeout: float = Field(60.0, gt=0, description="Silence that prunes a worker.")
     autoscale_interval: float = Field(1.0, gt=0, description="Seconds between scaling passes.")
     result_ttl: float = Field(300.0, gt=0, description="Seconds a finished task is kept.")
     worker_redis_url: str | None = Field(
         None, description="Redis URL handed to workers, when it differs from redis_url."
     )
+    rate_limit_rpm: int = Field(
+        0, ge=0, description="Requests per minute per API key, or per client address (0: none)."
+    )
+    rate_limit_tpm: int = Field(
+        0, ge=0, description="Tokens per minute per API key, or per client address (0: none)."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get a 413."
+    )
     log_level: str = Field("info", description="Log level.")
+    log_format: LogFormat = Field("text", description="Log lines as text or JSON.")
 
 
 class WorkerSettings(BaseSettings):
@@ -123,4 +162,13 @@ class WorkerSettings(BaseSettings):
     log_dir: Path = Field(
         Path.home() / ".cache" / "sllm" / "logs", description="Where instance logs go."
     )
+    cluster_token: SecretStr | None = Field(
+        None, description="Shared secret of every head <-> worker call (unset: none)."
+    )
+    # Above the head's limit: /invoke carries a client's body JSON-escaped twice (up to
+    # about 4x its size for text that is all escapes or astral characters).
+    worker_max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get a 413."
+    )
     log_level: str = Field("info", description="Log level.")
+    log_format: LogFormat = Field("text", description="Log lines as text or JSON.")

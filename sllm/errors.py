@@ -18,6 +18,8 @@ class SllmError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str = "internal_error"
+    # Response headers the error carries (WWW-Authenticate, Retry-After).
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -53,6 +55,15 @@ class Conflict(RequestError):
     code = "conflict"
 
 
+class AuthenticationError(RequestError):
+    """No key, or a key that is not configured (OpenAI's 401). The message never
+    repeats the key presented."""
+
+    status = 401
+    code = "invalid_api_key"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
 class RetryableError(SllmError):
     status = 503
     type = "server_error"
@@ -68,6 +79,26 @@ class FatalError(SllmError):
 class DeadlineExceeded(FatalError):
     status = 504
     code = "deadline_exceeded"
+
+
+class TooManyRequests(SllmError):
+    """Over a limit (a full queue, a rate limit); ``retry_after`` seconds, rounded up,
+    go out as the ``Retry-After`` header."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = max(1, retry_after)
 
 
 class ServiceUnavailable(SllmError):
@@ -86,6 +117,7 @@ class ErrorKind:
 # back to what the client sees. Codes not listed here are server errors.
 CODES: dict[str, ErrorKind] = {
     "invalid_request": ErrorKind(400, "invalid_request_error"),
+    "invalid_api_key": ErrorKind(401, "invalid_request_error"),
     "model_not_found": ErrorKind(404, "invalid_request_error"),
     "model_deleted": ErrorKind(410, "invalid_request_error"),
     "attempts_exhausted": ErrorKind(502, "server_error"),
@@ -93,6 +125,7 @@ CODES: dict[str, ErrorKind] = {
     "deadline_exceeded": ErrorKind(504, "server_error"),
     "cancelled": ErrorKind(499, "invalid_request_error"),
     "stream_interrupted": ErrorKind(502, "server_error"),
+    "model_unschedulable": ErrorKind(503, "server_error"),
 }
 
 

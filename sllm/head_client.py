@@ -18,10 +18,12 @@ class HeadError(Exception):
 
 
 class HeadClient:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, *, admin_key: str | None = None) -> None:
         self.url = url.rstrip("/")
+        # The admin key guards the management API; the head takes it on /v1/models too.
+        headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         # trust_env=False: an HTTP(S)_PROXY meant for the internet must not catch the head.
-        self._http = httpx.Client(timeout=timeout, trust_env=False)
+        self._http = httpx.Client(timeout=timeout, trust_env=False, headers=headers)
 
     def __enter__(self) -> HeadClient:
         return self

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sllm import names
 from sllm.errors import RequestError
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
@@ -28,10 +29,37 @@ def adapter_model_name(model: str, adapter: str) -> str:
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(
+        min_length=1,
+        max_length=names.TARGET_MAX,
+        # Documented for clients and fuzzers; the validator below says what is wrong.
+        json_schema_extra={"pattern": names.TARGET_PATTERN},
+    )
     user: str | None = None
     # ServerlessLLM's way to pick a LoRA adapter; ``model="BASE:ADAPTER"`` is the other.
-    lora_adapter_name: str | None = Field(default=None, max_length=128)
+    lora_adapter_name: str | None = Field(
+        default=None,
+        max_length=names.ADAPTER_MAX,
+        json_schema_extra={"pattern": f"^$|{names.ADAPTER_PATTERN}"},
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _plain_model(cls, value: str) -> str:
+        # Refused here, before the name reaches a Redis key, a header or a log line.
+        base, sep, adapter = value.partition(ADAPTER_SEPARATOR)
+        if not names.is_model_name(base):
+            raise ValueError(names.MODEL_RULE)
+        if sep and not names.is_adapter_name(adapter):
+            raise ValueError(f"'{value}' is not MODEL:ADAPTER; {names.ADAPTER_RULE}")
+        return value
+
+    @field_validator("lora_adapter_name")
+    @classmethod
+    def _plain_adapter(cls, value: str | None) -> str | None:
+        if value and not names.is_adapter_name(value):
+            raise ValueError(names.ADAPTER_RULE)
+        return value
 
     def target(self) -> tuple[str, str | None]:
         """(deployed model, LoRA adapter or None) this request asks for."""
@@ -61,10 +89,14 @@ class _Sampling(_Request):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    # int64, as OpenAI and torch's generators take it.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # Text this request's one choice has already produced: the backend goes on after it
+    # as if it had generated it itself (the gateway's stream resume sets it).
+    sllm_continue_from: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -72,6 +104,12 @@ class _Sampling(_Request):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
+
+    @model_validator(mode="after")
+    def _continuable(self) -> _Sampling:
+        if self.sllm_continue_from is not None and self.n != 1:
+            raise ValueError("sllm_continue_from needs n = 1")
+        return self
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -107,6 +145,12 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(min_length=1)
     echo: bool = False
 
+    @model_validator(mode="after")
+    def _continuable_prompt(self) -> CompletionRequest:
+        if self.sllm_continue_from is not None and (self.echo or not isinstance(self.prompt, str)):
+            raise ValueError("sllm_continue_from needs one prompt string and no echo")
+        return self
+
     def token_limit(self) -> int | None:
         return self.max_tokens
 
@@ -117,7 +161,8 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(_Request):
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    # Bounded: a backend builds a vector this long for every input.
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
 
     def inputs(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -139,6 +184,86 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- responses: what the backends send and the gateway relays. Declared for clients and
+# schema checkers (tests/faults/test_schemas.py); the backends build them as dicts.
+# Unknown fields are allowed, as OpenAI adds fields over time.
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+
+
+class ChatChoice(BaseModel):
+    index: int = Field(ge=0)
+    message: AssistantMessage
+    finish_reason: FinishReason | None
+
+
+class _Generated(BaseModel):
+    id: str
+    created: int
+    model: str
+    # The instance that served the request.
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+
+
+class ChatCompletion(_Generated):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = Field(ge=0)
+    delta: ChatDelta
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(_Generated):
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChatChunkChoice]
+
+
+class CompletionChoice(BaseModel):
+    index: int = Field(ge=0)
+    text: str
+    finish_reason: FinishReason | None
+
+
+class Completion(_Generated):
+    """A completion, and (as in OpenAI's API) each chunk of a streamed one."""
+
+    object: Literal["text_completion"]
+    choices: list[CompletionChoice]
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int = Field(ge=0)
+    # A list of floats, or base64 of little-endian float32 with encoding_format "base64".
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ErrorBody(BaseModel):

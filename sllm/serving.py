@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import datetime, timezone
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from sllm.config import LogFormat
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+def log_fields(**fields: Any) -> dict[str, Any]:
+    """``extra=`` of a structured log line: the fields go out as JSON keys, or as
+    ``key=value`` after the message in text."""
+    return {"fields": fields}
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields: dict[str, Any] | None = getattr(record, "fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return line
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str, fmt: LogFormat = "text") -> None:
+    """One format for every logger of the process, uvicorn's included (``serve`` hands
+    it no config of its own)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def serve(app: FastAPI, host: str, port: int, log_level: str, *, access_log: bool = True) -> None:
@@ -24,4 +62,6 @@ def serve(app: FastAPI, host: str, port: int, log_level: str, *, access_log: boo
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=10,
+        # The format setup_logging chose applies to uvicorn's loggers too.
+        log_config=None,
     )

@@ -8,6 +8,7 @@ in order (the worker first, so it stops its backends), and so does any child's d
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -20,11 +21,12 @@ from types import FrameType
 
 import httpx
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from sllm.backends.base import get_backend
+from sllm.auth import KeyConfigError, load_keys
 from sllm.backends.model_source import ModelSourceError, packaged
-from sllm.config import AutoScalingConfig, DeployConfig
+from sllm.backends.registry import get_backend
+from sllm.config import AutoScalingConfig, DeployConfig, KeySettings
 from sllm.head_client import HeadClient, HeadError
 from sllm.launcher import Child, free_port, start_head, start_redis, start_worker
 
@@ -38,7 +40,8 @@ def default_data_dir() -> Path:
     return Path(cache) / "sllm"
 
 
-class UpSettings(BaseSettings):
+class UpSettings(KeySettings):
+    # The keys (KeySettings) reach the head and worker through the environment they inherit.
     model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="Address the head and worker listen on.")
@@ -121,10 +124,10 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
             ) from None
 
 
-def snippet(base_url: str, model: str) -> str:
+def snippet(base_url: str, model: str, api_key: str = "unused") -> str:
     return f"""    from openai import OpenAI
 
-    client = OpenAI(base_url="{base_url}", api_key="unused")
+    client = OpenAI(base_url="{base_url}", api_key="{api_key}")
     stream = client.chat.completions.create(
         model="{model}",
         messages=[{{"role": "user", "content": "Hello!"}}],
@@ -147,6 +150,9 @@ class LocalCluster:
         data = s.data_dir.expanduser().resolve()
         logs = data / "logs"
         env = {"SLLM_LOG_LEVEL": s.log_level}
+        # Head and worker always talk with a token: a random one unless one is set.
+        token = s.cluster_token.get_secret_value() if s.cluster_token else ""
+        env["SLLM_CLUSTER_TOKEN"] = token.strip() or secrets.token_urlsafe(32)
         _check_port_free(s.host, s.port, "--port")
         worker_port = s.worker_port or free_port()
         if s.worker_port:
@@ -202,7 +208,7 @@ class LocalCluster:
 
     def _wait_registered(self) -> None:
         deadline = time.monotonic() + self.settings.ready_timeout
-        with HeadClient(self.head_url, timeout=5) as head:
+        with HeadClient(self.head_url, timeout=5, admin_key=self.admin_key) as head:
             while time.monotonic() < deadline:
                 self.check_children()
                 workers = head.status().get("workers", [])
@@ -216,7 +222,7 @@ class LocalCluster:
     def deploy_demo(self) -> None:
         config, note = demo_config()
         with self.timings.part("model"):
-            with HeadClient(self.head_url) as head:
+            with HeadClient(self.head_url, admin_key=self.admin_key) as head:
                 head.deploy(config, replace=True)
             self.say(f"  model   '{config.model}' on the {note}")
             self._first_answer(config.model)
@@ -228,10 +234,14 @@ class LocalCluster:
             "max_tokens": 8,
         }
         deadline = time.monotonic() + self.settings.ready_timeout
+        key = self.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         with httpx.Client(timeout=self.settings.ready_timeout, trust_env=False) as client:
             while True:
                 self.check_children()
-                resp = client.post(f"{self.head_url}/v1/chat/completions", json=body)
+                resp = client.post(
+                    f"{self.head_url}/v1/chat/completions", json=body, headers=headers
+                )
                 if resp.status_code == 200:
                     return
                 if time.monotonic() > deadline or resp.status_code < 500:
@@ -239,6 +249,25 @@ class LocalCluster:
                         f"the demo model did not answer: HTTP {resp.status_code} {resp.text[:300]}"
                     )
                 time.sleep(0.5)
+
+    @property
+    def admin_key(self) -> str | None:
+        key = self.settings.admin_key
+        return (key.get_secret_value().strip() or None) if key is not None else None
+
+    @property
+    def api_key(self) -> str | None:
+        """A key the demo's first request may use: the admin key, else the first API key."""
+        if self.admin_key:
+            return self.admin_key
+        api_keys = self.settings.api_keys
+        try:
+            keys = load_keys(
+                api_keys.get_secret_value() if api_keys else None, self.settings.api_keys_file
+            )
+        except KeyConfigError as exc:
+            raise UpError(str(exc)) from None
+        return keys[0].secret if keys else None
 
     def check_children(self) -> None:
         for child in self.children:
@@ -281,7 +310,9 @@ def up(settings: UpSettings, say: Callable[[str], None] = print) -> int:
             say(f"\nReady in {cluster.timings.total:.2f} s ({parts}).")
             say(f"OpenAI base URL: {cluster.head_url}/v1\n")
             if settings.demo:
-                say(snippet(f"{cluster.head_url}/v1", DEMO_MODEL) + "\n")
+                # Never the key itself: this goes to the terminal and maybe a log.
+                key = "YOUR_API_KEY" if cluster.api_key else "unused"
+                say(snippet(f"{cluster.head_url}/v1", DEMO_MODEL, key) + "\n")
             say("Deploy more with `sllm deploy CONFIG.json`; Ctrl-C stops everything.")
             while True:
                 cluster.check_children()

@@ -1,4 +1,4 @@
-"""How the worker launches an instance of each backend, and which backends exist."""
+"""How the worker launches and readies an instance of a backend."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,14 @@ class Backend:
     health_path: str = "/health"
     # Whether it serves ``lora_adapters`` (as MODEL:ADAPTER).
     lora: bool = False
+    # Whether adapters load into a running instance (set_adapters) rather than from
+    # the launch command.
+    runtime_adapters: bool = False
+    # Whether it serves sllm's OpenAI server (server.py), which continues a resumed
+    # stream from ``sllm_continue_from``.
+    continues: bool = True
+    # The schema of its backend_config, checked when a model is deployed.
+    knobs: type[BaseModel] | None = None
 
     def command(self, spec: LaunchSpec) -> list[str]:
         return [
@@ -62,6 +73,40 @@ class Backend:
     requires: tuple[str, ...] = ()
     install_hint: str = ""
 
+    def env(self, spec: LaunchSpec) -> dict[str, str]:
+        """Environment the process needs beyond the worker's own."""
+        return {}
+
+    async def ready(self, client: httpx.AsyncClient, base_url: str, spec: LaunchSpec) -> bool:
+        """Whether the instance serves now; polled during start-up (errors: not yet)."""
+        resp = await client.get(f"{base_url}{self.health_path}")
+        return resp.status_code == 200
+
+    async def load_timing(
+        self, client: httpx.AsyncClient, base_url: str
+    ) -> tuple[float, float] | None:
+        """(epoch when loading the weights began, seconds it took), as sllm's backend
+        server reports them on /health; None when the backend does not say."""
+        try:
+            body = (await client.get(f"{base_url}{self.health_path}")).json()
+            return float(body["load_started"]), float(body["load_seconds"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+
+    async def set_adapters(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        spec: LaunchSpec,
+        old: dict[str, str],
+        new: dict[str, str],
+    ) -> None:
+        """Load ``new`` and unload what only ``old`` has, in a running instance."""
+        raise BackendUnavailable(
+            f"the {self.name} backend loads LoRA adapters at start only: new instances "
+            "get the new adapters"
+        )
+
     def unavailable_reason(self) -> str | None:
         """None when this machine can run the backend, else why not."""
         missing = [p for p in self.requires if importlib.util.find_spec(p) is None]
@@ -71,33 +116,3 @@ class Backend:
                 f"worker: {self.install_hint}"
             )
         return None
-
-
-_BUILT: dict[str, Backend] = {
-    "dummy": Backend(name="dummy", module="sllm.backends.dummy", lora=True),
-    "transformers": Backend(
-        name="transformers",
-        module="sllm.backends.transformers_backend",
-        lora=True,
-        requires=("torch", "transformers"),
-        install_hint="pip install 'sllm[transformers]'",
-    ),
-}
-
-_PLANNED = {
-    "vllm": "the vLLM backend is not built yet in this version of sllm",
-}
-
-
-def get_backend(name: str) -> Backend:
-    """The backend called ``name``; BackendUnavailable names what is missing."""
-    if name in _BUILT:
-        return _BUILT[name]
-    if name in _PLANNED:
-        raise BackendUnavailable(_PLANNED[name])
-    raise BackendUnavailable(f"unknown backend {name!r}; known: {', '.join(sorted(_BUILT))}")
-
-
-def available_backends() -> list[str]:
-    """Backends this machine can run, for the worker's heartbeat."""
-    return sorted(n for n, b in _BUILT.items() if b.unavailable_reason() is None)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sllm.backends.engine import SamplingParams
 from sllm.backends.server import main as serve
+from sllm.errors import RequestError
 from sllm.protocol import ChatMessage
 
 VOCAB = (
@@ -52,6 +53,11 @@ class DummyKnobs(BaseModel):
     )
     hang: bool = Field(False, description="Never answer a generation (health stays up).")
     default_max_tokens: int = Field(16, ge=1, description="Limit when a request names none.")
+    # Like a model's context: without it a huge max_tokens could run for as long as the
+    # request's deadline, since some word chains never draw END.
+    context_length: int = Field(
+        8192, ge=1, description="Words of prompt plus output a request may hold; past it, 400."
+    )
     embedding_dim: int = Field(16, ge=1, le=4096)
 
 
@@ -102,14 +108,26 @@ class DummyEngine:
         lines = [f"{m.role}: {m.text()}" for m in messages]
         return "\n".join([*lines, "assistant:"])
 
+    def continuation_prompt(self, prompt: str, produced: str) -> str:
+        # Words are split on whitespace, so this gives the same context as generating.
+        return f"{prompt} {produced}"
+
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
-        return self.knobs.default_max_tokens
+        room = self.knobs.context_length - prompt_tokens
+        return max(1, min(self.knobs.default_max_tokens, room))
 
     def check(self, prompt_tokens: int, params: SamplingParams) -> None:
-        """The dummy accepts every sampling option (and ignores all but seed)."""
+        """The dummy accepts every sampling option (and ignores all but seed), within
+        its context, as the transformers engine does."""
+        if prompt_tokens + params.max_tokens > self.knobs.context_length:
+            raise RequestError(
+                f"prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceeds "
+                f"the model's context of {self.knobs.context_length} tokens",
+                param="max_tokens",
+            )
 
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
         knobs = self.knobs
@@ -131,7 +149,7 @@ class DummyEngine:
             if word == END:
                 return
             context.append(word)
-            yield word if emitted == 0 else f" {word}"
+            yield word if emitted == 0 and not params.continuing else f" {word}"
             emitted += 1
             # Always yield to the loop, so that other requests interleave.
             await asyncio.sleep(gap)

@@ -26,6 +26,8 @@ class SamplingParams:
     index: int = 0
     # The LoRA adapter to generate with; None is the base model.
     adapter: str | None = None
+    # The output goes on after text the choice already produced (a resumed stream).
+    continuing: bool = False
 
 
 class Engine(Protocol):
@@ -34,6 +36,11 @@ class Engine(Protocol):
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         """The prompt a chat renders to (the model's chat template)."""
+        ...
+
+    def continuation_prompt(self, prompt: str, produced: str) -> str:
+        """The prompt that makes the model go on after ``produced`` as its own output
+        (transformers' ``continue_final_message``: the partial answer is appended)."""
         ...
 
     def count_tokens(self, text: str) -> int: ...

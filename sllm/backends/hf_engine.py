@@ -10,40 +10,21 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import SamplingParams
 from sllm.backends.model_source import ModelFiles, adapter_dir, dequantized_dir, resolve
 from sllm.backends.static_batching import StaticBatcher
+from sllm.backends.transformers_knobs import TransformersKnobs
 from sllm.errors import RequestError
 from sllm.protocol import ChatMessage
+from sllm.store.catalog import load_pretrained
 
 log = logging.getLogger(__name__)
 
 # Per-request temperature divides the logits: 0 (greedy in OpenAI's API) becomes this.
 _GREEDY_TEMPERATURE = 1e-5
-
-
-class TransformersKnobs(BaseModel):
-    """``backend_config`` of a transformers model; unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pretrained_model_name_or_path: str = Field(min_length=1)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    task: Literal["auto", "generate", "embed"] = "auto"
-    default_max_tokens: int = Field(256, ge=1)
-    max_batch_tokens: int | None = Field(None, ge=16)
-    # continuous: transformers' continuous batching; static: batches of model.generate
-    # (LoRA adapters, per-request seed, penalties); auto: continuous unless the model has
-    # LoRA adapters or continuous batching fails to start on this device.
-    batching: Literal["auto", "continuous", "static"] = "auto"
-    max_batch_size: int = Field(16, ge=1, le=256)
-    trust_remote_code: bool = False
 
 
 def _device(knobs: TransformersKnobs) -> str:
@@ -143,8 +124,12 @@ class TransformersEngine:
     def _load_generator(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
+        # from_pretrained through sllm's store: stored once, then loaded from that copy.
+        model = load_pretrained(
+            AutoModelForCausalLM,
             self.path,
+            self.cache,
+            self.device,
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
             # Several GPUs (num_gpus > 1, all the worker let us see): layers spread over them.
@@ -264,8 +249,11 @@ class TransformersEngine:
     def _load_encoder(self) -> None:
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(
+        model = load_pretrained(
+            AutoModel,
             self.path,
+            self.cache,
+            self.device,
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
         ).to(self.device)
@@ -297,6 +285,11 @@ class TransformersEngine:
             add_generation_prompt=True,
         )
         return str(rendered)
+
+    def continuation_prompt(self, prompt: str, produced: str) -> str:
+        # The chat template already opened the assistant's turn: the partial answer
+        # goes straight after it, as continue_final_message would render it.
+        return prompt + produced
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))

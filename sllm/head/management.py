@@ -4,21 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict
 
+from sllm import names
 from sllm.config import DeployConfig
+from sllm.errors import RequestError
+from sllm.guards import require_admin_key, require_cluster_token
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.model_manager import ModelManager
 from sllm.head.worker_manager import HeartbeatBody, WorkerManager
+from sllm.names import ModelName
 
 router = APIRouter()
+# The admin key guards every management route; /health stays open, and /heartbeat
+# takes the cluster token, which workers hold instead.
+ADMIN = [Depends(require_admin_key)]
 
 
 class DeleteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName
 
 
 def _models(request: Request) -> ModelManager:
@@ -26,25 +33,29 @@ def _models(request: Request) -> ModelManager:
     return manager
 
 
-@router.post("/register")
+@router.post("/register", dependencies=ADMIN)
 async def register(config: DeployConfig, request: Request) -> dict[str, Any]:
     await _models(request).register(config)
     return {"model": config.model, "state": "active"}
 
 
-@router.post("/update")
+@router.post("/update", dependencies=ADMIN)
 async def update(config: DeployConfig, request: Request) -> dict[str, Any]:
-    await _models(request).update(config)
-    return {"model": config.model, "state": "active"}
+    before = await _models(request).update(config)
+    answer: dict[str, Any] = {"model": config.model, "state": "active"}
+    if before.get("lora_adapters", {}) != config.lora_adapters:
+        workers: WorkerManager = request.app.state.workers
+        answer["adapters"] = await workers.update_adapters(config)
+    return answer
 
 
-@router.post("/delete")
+@router.post("/delete", dependencies=ADMIN)
 async def delete(body: DeleteBody, request: Request) -> dict[str, Any]:
     failed = await _models(request).delete(body.model)
     return {"model": body.model, "state": "deleting", "queued_requests_failed": failed}
 
 
-@router.get("/status")
+@router.get("/status", dependencies=ADMIN)
 async def status(request: Request) -> dict[str, Any]:
     autoscaler: Autoscaler = request.app.state.autoscaler
     return await _models(request).status(autoscaler.unschedulable)
@@ -56,7 +67,12 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "head_id": request.app.state.head_id}
 
 
-@router.post("/heartbeat")
+@router.post("/heartbeat", dependencies=[Depends(require_cluster_token)])
 async def heartbeat(body: HeartbeatBody, request: Request) -> dict[str, str]:
+    # The node id becomes a Redis key and the URL is called by the head: plain only.
+    if body.node_id is not None and not names.is_node_id(body.node_id):
+        raise RequestError(f"node_id: {names.ID_RULE}", param="node_id")
+    if not body.url.startswith(("http://", "https://")):
+        raise RequestError("url: the worker's URL must be http:// or https://", param="url")
     workers: WorkerManager = request.app.state.workers
     return await workers.heartbeat(body)

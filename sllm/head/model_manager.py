@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sllm.backends.base import BackendUnavailable, get_backend
+from pydantic import ValidationError
+
+from sllm.backends.base import BackendUnavailable
+from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
 from sllm.errors import Conflict, ModelNotFound, RequestError
 from sllm.kv.store import Store
@@ -28,8 +31,10 @@ class ModelManager:
         if status == "deleting":
             raise Conflict(f"model '{config.model}' is still being deleted", param="model")
 
-    async def update(self, config: DeployConfig) -> None:
+    async def update(self, config: DeployConfig) -> dict[str, Any]:
+        """Replace the model's config; returns the one it replaces."""
         _check_deployable(config)
+        before = await self.store.registry.get_model(config.model)
         status = await self.store.registry.save_model(
             config.model, config.model_dump(mode="json"), create=False
         )
@@ -37,6 +42,7 @@ class ModelManager:
             raise ModelNotFound(f"model '{config.model}' is not deployed", param="model")
         if status == "deleting":
             raise Conflict(f"model '{config.model}' is being deleted", param="model")
+        return before.config if before is not None else {}
 
     async def delete(self, name: str) -> int:
         """Stop taking requests for ``name`` and fail those still queued; in-flight ones
@@ -89,7 +95,7 @@ class ModelManager:
                         }
                         for i in by_model.get(m.name, [])
                     ],
-                    "unschedulable": unschedulable.get(m.name),
+                    "unschedulable": m.unschedulable or unschedulable.get(m.name),
                     "config": m.config,
                     "created": m.created,
                     "updated": m.updated,
@@ -121,3 +127,13 @@ def _check_deployable(config: DeployConfig) -> None:
         raise RequestError(
             f"the {backend.name} backend does not serve LoRA adapters", param="lora_adapters"
         )
+    if backend.knobs is not None:
+        # Checked here, so a bad config is a 400 at deploy, not a failed instance later.
+        try:
+            backend.knobs.model_validate(config.backend_config)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(root)"
+            raise RequestError(
+                f"backend_config.{where}: {first['msg']}", param="backend_config"
+            ) from None

@@ -12,6 +12,7 @@ class WorkerCapacity:
     free_memory: int
     free_gpus: int
     instances: int
+    total_gpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,22 @@ def place(workers: list[WorkerCapacity], need: Requirement, count: int = 1) -> l
             instances=best.instances + 1,
         )
     return chosen
+
+
+def unservable(workers: list[WorkerCapacity], need: Requirement) -> str | None:
+    """Why no live worker could ever run an instance of ``need`` (whatever runs on them
+    now), or None when one could."""
+    able = [w for w in workers if need.backend in w.backends]
+    if not able:
+        advertised = sorted({b for w in workers for b in w.backends})
+        return (
+            f"no live worker can run backend {need.backend!r} "
+            f"(live workers run: {', '.join(advertised) or 'none; no worker is registered'})"
+        )
+    if not any(w.total_gpus >= need.gpus for w in able):
+        most = max(w.total_gpus for w in able)
+        return (
+            f"no live worker with backend {need.backend!r} has {need.gpus} GPU(s) "
+            f"(the most is {most})"
+        )
+    return None

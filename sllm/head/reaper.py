@@ -6,14 +6,18 @@ import logging
 
 from sllm.config import HeadSettings
 from sllm.kv.store import Store
+from sllm.metrics import HeadMetrics
 
 log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, store: Store, settings: HeadSettings) -> None:
+    def __init__(
+        self, store: Store, settings: HeadSettings, metrics: HeadMetrics | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.metrics = metrics or HeadMetrics()
         # Task ids seen in a processing list while still 'queued', with when first seen:
         # a dispatcher may be between its BLMOVE and its stamp, so wait a lease.
         self._unstamped: dict[str, float] = {}
@@ -25,6 +29,7 @@ class Reaper:
                 task_id, None, "its lease expired", now, int(self.settings.result_ttl)
             )
             log.warning("task %s: lease expired, %s", task_id, result)
+            self.metrics.lease_expiries.inc()
         seen: dict[str, float] = {}
         for model in models:
             ids = await tasks.processing(model)

@@ -9,14 +9,18 @@ message never hangs a request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sllm.errors import DeadlineExceeded, FatalError, error_from_body
+from sllm.errors import DeadlineExceeded, FatalError, ServiceUnavailable, error_from_body
+from sllm.kv import RedisError
 from sllm.kv.bus import RESYNC, Delivery
 from sllm.kv.tasks import TaskStore
 from sllm.messages import ResultMessage
+
+log = logging.getLogger(__name__)
 
 # How long a quiet task waits before its stored outcome is read.
 POLL_INTERVAL = 2.0
@@ -39,6 +43,8 @@ class TaskResults:
     next_seq: int = 0
     stale_dropped: int = 0
     _pending_terminal: ResultMessage | None = field(default=None, repr=False)
+    # The newest attempt Redis has shown this reader (read when a new attempt speaks).
+    _current: int = field(default=0, repr=False)
 
     async def messages(self) -> AsyncIterator[ResultMessage]:
         """Chunks of the current attempt in order, then its terminal message.
@@ -62,8 +68,8 @@ class TaskResults:
             else:
                 assert isinstance(item, ResultMessage)
                 message = item
-            if message.attempt < self.attempt:
-                self.stale_dropped += 1
+            if message.attempt < self.attempt or await self._superseded(message):
+                self._drop_stale(message)
                 continue
             if message.attempt > self.attempt:
                 if self.next_seq > 0:
@@ -91,13 +97,47 @@ class TaskResults:
             yield message
             return
 
+    async def _superseded(self, message: ResultMessage) -> bool:
+        """Whether a newer attempt has begun than the one ``message`` comes from.
+
+        A chunk of an attempt this reader has not heard from yet may come from a worker
+        that froze past its lease and woke after the task was given to another instance,
+        before that instance said anything; only the task hash knows. Read once per new
+        attempt (terminal messages are stored only for the current attempt).
+        """
+        if message.attempt <= self.attempt or message.kind != "chunk":
+            return False
+        if message.attempt < self._current:
+            return True
+        try:
+            current = await self.tasks.attempt(self.task_id)
+        except RedisError as exc:
+            raise _store_down(exc) from exc
+        self._current = current if current is not None else message.attempt
+        return message.attempt < self._current
+
+    def _drop_stale(self, message: ResultMessage) -> None:
+        self.stale_dropped += 1
+        # One line per dropped message: fault tests count them in the head's log.
+        log.info(
+            "task %s: dropped a stale message of attempt %d (%s seq %d); now on attempt %d",
+            self.task_id,
+            message.attempt,
+            message.kind,
+            message.seq,
+            max(self.attempt, self._current),
+        )
+
     async def _stored_terminal(self) -> ResultMessage | None:
         if self._pending_terminal is not None:
             message, self._pending_terminal = self._pending_terminal, None
             if message.seq != self.next_seq:
                 raise FatalError("the result stream lost a message", code="stream_interrupted")
             return message
-        state, result = await self.tasks.state_and_result(self.task_id)
+        try:
+            state, result = await self.tasks.state_and_result(self.task_id)
+        except RedisError as exc:
+            raise _store_down(exc) from exc
         if result:
             return ResultMessage.decode(result)
         if state is None:
@@ -105,3 +145,9 @@ class TaskResults:
         if state == "cancelled":
             raise FatalError("the task was cancelled", code="cancelled")
         return None
+
+
+def _store_down(exc: RedisError) -> ServiceUnavailable:
+    # A client-facing error, so that a stream ends with an error event, not a cut
+    # connection, when Redis goes away under it.
+    return ServiceUnavailable(f"the cluster's state store is unavailable: {exc}")

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
+from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
 from sllm.kv import RedisError
 from sllm.kv.records import InstanceRecord, WorkerRecord
@@ -33,11 +34,27 @@ class HeartbeatBody(BaseModel):
     backends: list[str] = Field(default_factory=list)
     instances: list[dict[str, Any]] = Field(default_factory=list)
     storage_path: str = ""
+    # Set from the worker's SIGTERM on: it finishes its calls in flight and takes no more.
+    draining: bool = False
 
 
 class WorkerManager:
-    def __init__(self, store: Store, settings: HeadSettings, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: HeadSettings,
+        http: aiohttp.ClientSession,
+        beats: Store | None = None,
+    ) -> None:
         self.store = store
+        # Heartbeats are handled on a fail-fast client: while Redis is down the worker is
+        # answered at once and beats again on its own schedule, so its first beat after
+        # a restart lands within one interval (not after this head's patient backoff).
+        self._beats = beats or store
+        # When alive() last ran, and since when this head has watched heartbeats without
+        # a break (see alive()).
+        self._looked = 0.0
+        self._watching_since = 0.0
         self.settings = settings
         self.http = http
         self._background: set[asyncio.Task[None]] = set()
@@ -47,7 +64,7 @@ class WorkerManager:
         return self.settings.worker_redis_url or self.settings.redis_url
 
     async def heartbeat(self, hb: HeartbeatBody) -> dict[str, str]:
-        node_id = hb.node_id or await self.store.registry.next_node_id()
+        node_id = hb.node_id or await self._beats.registry.next_node_id()
         url = hb.url.rstrip("/")
         info = {
             "url": url,
@@ -56,11 +73,13 @@ class WorkerManager:
             "instances": hb.instances,
             "storage_path": hb.storage_path,
         }
-        new = await self.store.registry.heartbeat(node_id, info)
+        new = await self._beats.registry.heartbeat(node_id, info)
         if new:
             log.info("worker %s registered at %s", node_id, hb.url)
             self._detach(self._confirm(node_id, url))
         reported = {str(i.get("instance_id")) for i in hb.instances}
+        if hb.draining:
+            await self._drain(node_id, reported)
         await self._reconcile(node_id, reported)
         return {"node_id": node_id, "redis_url": self.redis_url_for_workers}
 
@@ -75,9 +94,9 @@ class WorkerManager:
             log.warning("could not confirm worker %s at %s: %s", node_id, url, exc)
 
     async def _reconcile(self, node_id: str, reported: set[str]) -> None:
-        models = [m.name for m in await self.store.registry.list_models()]
+        models = [m.name for m in await self._beats.registry.list_models()]
         now = time.time()
-        for instances in (await self.store.registry.all_instances(models)).values():
+        for instances in (await self._beats.registry.all_instances(models)).values():
             for inst in instances:
                 if (
                     inst.node_id == node_id
@@ -85,15 +104,33 @@ class WorkerManager:
                     and inst.state in ("starting", "ready")
                     and now - inst.created > REPORT_GRACE
                 ):
-                    await self.store.registry.set_instance_state(
+                    await self._beats.registry.set_instance_state(
                         inst.id, "failed", reason="the worker no longer runs it"
                     )
+
+    async def _drain(self, node_id: str, instances: set[str]) -> None:
+        """A worker shutting down: its instances take no new task from any head. They
+        are retired once the tasks they run end (see retire)."""
+        for instance_id in instances:
+            if await self._beats.registry.set_instance_state(
+                instance_id, "failed", reason=f"its worker {node_id} is shutting down"
+            ):
+                log.info("instance %s: worker %s is draining", instance_id, node_id)
 
     def alive(
         self, workers: list[WorkerRecord], now: float
     ) -> tuple[list[WorkerRecord], list[str]]:
-        """Workers heard from within the timeout, and the node ids of the silent ones."""
-        fresh = [w for w in workers if now - w.last_heartbeat <= self.settings.heartbeat_timeout]
+        """Workers heard from within the timeout, and the node ids of the silent ones.
+
+        Silence counts only from when this head began watching without a break: after
+        Redis was down (no heartbeat could be stored) or when it has just become leader,
+        a worker gets a whole timeout to be heard before it is pruned.
+        """
+        timeout = self.settings.heartbeat_timeout
+        if now - self._looked > timeout / 2:
+            self._watching_since = now
+        self._looked = now
+        fresh = [w for w in workers if now - max(w.last_heartbeat, self._watching_since) <= timeout]
         silent = [w.node_id for w in workers if w not in fresh]
         return fresh, silent
 
@@ -103,7 +140,8 @@ class WorkerManager:
         )
         await self.store.registry.remove_worker(node_id)
 
-    async def start_instance(self, worker: WorkerRecord, model: str, config: DeployConfig) -> None:
+    async def start_instance(self, worker: WorkerRecord, model: str, config: DeployConfig) -> bool:
+        """Whether the worker accepted to start a new instance of ``model``."""
         inst = InstanceRecord(
             id=f"{model.replace('/', '-')}-{uuid.uuid4().hex[:8]}",
             model=model,
@@ -112,7 +150,7 @@ class WorkerManager:
             backend=config.backend,
         )
         if not await self.store.registry.create_instance(inst):
-            return
+            return False
         body = {
             "instance_id": inst.id,
             "model": model,
@@ -130,10 +168,37 @@ class WorkerManager:
                 if resp.status >= 300:
                     reason = f"worker refused: {resp.status} {(await resp.text())[:300]}"
                     await self.store.registry.set_instance_state(inst.id, "failed", reason=reason)
+                    return False
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self.store.registry.set_instance_state(
                 inst.id, "failed", reason=f"worker unreachable: {exc}"
             )
+            return False
+        return True
+
+    async def update_adapters(self, config: DeployConfig) -> dict[str, str]:
+        """Give the running instances of ``config.model`` its new LoRA adapters, where
+        the backend loads them at run time; what happened, by instance."""
+        if not get_backend(config.backend).runtime_adapters:
+            return {"*": "new adapters apply to instances started from now on"}
+        outcome: dict[str, str] = {}
+        body: dict[str, Any] = {"lora_adapters": config.lora_adapters}
+        for inst in await self.store.registry.model_instances(config.model):
+            if inst.state != "ready":
+                outcome[inst.id] = f"{inst.state}: gets the adapters when it starts"
+                continue
+            try:
+                async with self.http.post(
+                    f"{inst.url}/update_adapters",
+                    json={**body, "instance_id": inst.id},
+                    timeout=aiohttp.ClientTimeout(total=150.0),
+                ) as resp:
+                    text = (await resp.text())[:300]
+                    outcome[inst.id] = "updated" if resp.status < 300 else f"{resp.status} {text}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                outcome[inst.id] = f"worker unreachable: {exc}"
+        log.info("adapters of %s updated: %s", config.model, outcome)
+        return outcome
 
     async def stop_instance(self, inst: InstanceRecord) -> None:
         """Drain an idle instance: refused (False from Redis) if it took a request."""
@@ -144,13 +209,28 @@ class WorkerManager:
         await self.store.registry.remove_instance(inst.id, inst.model)
 
     async def retire(self, inst: InstanceRecord, reason: str) -> None:
-        """Forget a failed or lost instance; the tasks it held go back to the queue."""
+        """Forget a failed or lost instance; the tasks it held go back to the queue.
+
+        A task whose lease is still being renewed is left to finish: its dispatcher
+        holds a live call to the worker (a worker draining on SIGTERM completes it; a
+        dead one drops the call and that dispatcher requeues it; a dead head's lease
+        lapses). The instance is removed on a later pass, once it runs nothing.
+        """
         await self.store.registry.set_instance_state(inst.id, "failed", reason=reason)
+        running = 0
         for task_id in await self.store.registry.instance_tasks(inst.id):
+            now = time.time()
+            record = await self.store.tasks.get(task_id)
+            if record is not None and record.state == "running" and record.lease > now:
+                running += 1
+                continue
             result = await self.store.tasks.requeue(
-                task_id, None, reason, time.time(), int(self.settings.result_ttl)
+                task_id, None, reason, now, int(self.settings.result_ttl)
             )
             log.info("task %s of lost instance %s: %s", task_id, inst.id, result)
+        if running:
+            log.debug("instance %s: %d task(s) still running; retired later", inst.id, running)
+            return
         left = await self.store.registry.remove_instance(inst.id, inst.model)
         if left:
             log.warning("instance %s still lists tasks %s; retrying later", inst.id, left)

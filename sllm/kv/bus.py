@@ -34,7 +34,6 @@ class ResultBus:
         self._control: list[ControlHandler] = []
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
-        self.stale_dropped = 0
 
     def listen(self, task_id: str) -> asyncio.Queue[Delivery]:
         """Start collecting a task's messages; call before the task is enqueued."""

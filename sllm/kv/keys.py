@@ -52,6 +52,10 @@ class Keys:
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"
 
+    def rate_limit(self, client: str) -> str:
+        """Token buckets of one API key (by fingerprint) or client address."""
+        return f"{self.prefix}:ratelimit:{client}"
+
     def results(self, head_id: str) -> str:
         return f"{self.prefix}:results:{head_id}"
 

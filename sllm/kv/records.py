@@ -28,6 +28,8 @@ class ModelRecord:
     state: str
     created: float = 0.0
     updated: float = 0.0
+    # Why no live worker can serve it ("" while one can); set by the autoscaler.
+    unschedulable: str = ""
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> ModelRecord:
@@ -37,6 +39,7 @@ class ModelRecord:
             state=h.get("state", "active"),
             created=_f(h.get("created")),
             updated=_f(h.get("updated")),
+            unschedulable=h.get("unschedulable", ""),
         )
 
 

@@ -46,6 +46,10 @@ class Registry:
             hashes = await pipe.execute()
         return [ModelRecord.from_hash(h) for h in hashes if h]
 
+    async def set_unschedulable(self, name: str, reason: str) -> None:
+        """Note why no worker can serve the model ("" clears it)."""
+        await self._s.note_unschedulable(keys=[self._k.model(name)], args=[reason])
+
     async def mark_deleting(self, name: str) -> bool:
         return bool(await self._s.delete_model(keys=[self._k.model(name)], args=[time.time()]))
 

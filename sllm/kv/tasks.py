@@ -45,9 +45,10 @@ class NewTask:
 
 @dataclass(frozen=True)
 class Enqueued:
-    status: str  # 'ok', 'missing', or the model's state when it is not active
+    status: str  # 'ok', 'missing', 'full', 'unschedulable' or the model's inactive state
     queue_length: int
     instances: int
+    reason: str = ""  # why it is unschedulable
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TaskStore:
 
     async def enqueue(self, task: NewTask, ttl: int) -> Enqueued:
         k = self._k
-        status, length, instances = await self._s.enqueue(
+        status, length, instances, reason = await self._s.enqueue(
             keys=[
                 k.model(task.model),
                 k.task(task.id),
@@ -81,7 +82,7 @@ class TaskStore:
             ],
             args=[task.id, ttl, *task.fields()],
         )
-        return Enqueued(str(status), int(length), int(instances))
+        return Enqueued(str(status), int(length), int(instances), str(reason))
 
     async def claim(self, model: str, timeout: float) -> str | None:
         """Move the oldest queued task into the processing list (not yet leased)."""
@@ -186,8 +187,9 @@ class TaskStore:
         )
 
     async def cancel(self, task_id: str, model: str, now: float, ttl: int) -> str | None:
+        k = self._k
         state = await self._s.cancel_task(
-            keys=[self._k.task(task_id), self._k.queue(model)], args=[task_id, now, ttl]
+            keys=[k.task(task_id), k.queue(model), k.processing(model)], args=[task_id, now, ttl]
         )
         return str(state) if state else None
 
@@ -208,6 +210,11 @@ class TaskStore:
                 keys=[k.task(task_id), k.processing(model), k.queue(model)], args=[task_id]
             )
         )
+
+    async def attempt(self, task_id: str) -> int | None:
+        """The task's current attempt (one field, on the hot path); None: no such task."""
+        value = await self._r.hget(self._k.task(task_id), "attempt")
+        return int(value) if value is not None else None
 
     async def get(self, task_id: str) -> TaskRecord | None:
         h = await self._r.hgetall(self._k.task(task_id))
@@ -237,6 +244,20 @@ class TaskStore:
                 pipe.llen(self._k.queue(m))
             lengths = await pipe.execute()
         return {m: int(n) for m, n in zip(models, lengths, strict=True)}
+
+    async def oldest_queued(self, models: list[str]) -> dict[str, float]:
+        """When the oldest waiting task of each model was created (models with an
+        empty queue are left out)."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            for m in models:
+                pipe.lindex(self._k.queue(m), 0)
+            heads: list[str | None] = await pipe.execute()
+        waiting = [(m, t) for m, t in zip(models, heads, strict=True) if t]
+        async with self._r.pipeline(transaction=False) as pipe:
+            for _, task_id in waiting:
+                pipe.hget(self._k.task(task_id), "created")
+            created: list[str | None] = await pipe.execute()
+        return {m: float(c) for (m, _), c in zip(waiting, created, strict=True) if c}
 
     async def publish(self, channel: str, message: str) -> None:
         """Send one result message to the gateway listening on ``channel``."""

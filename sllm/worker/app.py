@@ -5,25 +5,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import State
 
-from sllm.api_errors import error_response, install_error_handlers
+from sllm.api_errors import ERROR_RESPONSES, error_response, install_error_handlers
 from sllm.backends.base import BackendUnavailable
+from sllm.body_limit import BodyLimit
 from sllm.config import WorkerSettings
+from sllm.guards import Guard, require_cluster_token
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
+from sllm.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, exposition
+from sllm.names import AdapterName, InstanceId, ModelName, NodeId
 from sllm.serving import serve, setup_logging
 from sllm.worker.gpu_assignment import GpuDoesNotFit
 from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
-from sllm.worker.proxy import Proxy
+from sllm.worker.proxy import InvokeBody, Proxy
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +42,37 @@ class _Body(BaseModel):
 
 
 class ConfirmationBody(_Body):
-    node_id: str = Field(min_length=1)
-    redis_url: str | None = None
+    node_id: NodeId
+    # A URL redis-py can open; anything else would fail only at the first command.
+    redis_url: str | None = Field(None, max_length=2048, pattern=r"^(redis|rediss|unix)://")
 
 
 class StartInstanceBody(_Body):
-    instance_id: str = Field(min_length=1, max_length=256)
-    model: str = Field(min_length=1)
+    # Both become process arguments and file names: plain names only.
+    instance_id: InstanceId
+    model: ModelName
     # A plain string: an unknown backend is answered by BackendUnavailable's message.
     backend: str
     backend_config: dict[str, Any] = Field(default_factory=dict)
     num_gpus: int = Field(0, ge=0)
-    lora_adapters: dict[str, str] = Field(default_factory=dict)
+    lora_adapters: dict[AdapterName, str] = Field(default_factory=dict)
     startup_timeout: float = Field(300.0, gt=0)
 
 
 class StopInstanceBody(_Body):
-    instance_id: str = Field(min_length=1)
+    instance_id: InstanceId
+
+
+class UpdateAdaptersBody(_Body):
+    instance_id: InstanceId
+    lora_adapters: dict[AdapterName, str]
+
+
+# /invoke answers NDJSON: {"alive": true} lines while the attempt runs, then its outcome.
+INVOKE_STREAM: dict[str, Any] = {
+    "description": 'NDJSON: {"alive": true} each second, then {"outcome", "error"}.',
+    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+}
 
 
 class Worker:
@@ -58,10 +81,14 @@ class Worker:
     def __init__(self, settings: WorkerSettings, state: State) -> None:
         self.settings = settings
         self._state = state
+        self.metrics = WorkerMetrics()
         self.instances = InstanceManager(
-            settings.log_dir, self.on_state, storage_path=settings.storage_path
+            settings.log_dir,
+            self.on_state,
+            storage_path=settings.storage_path,
+            metrics=self.metrics,
         )
-        self.heartbeat = Heartbeat(settings, self.instances, self.confirm)
+        self.heartbeat = Heartbeat(settings, self.instances, self.confirm, self.metrics)
         self.store: Store | None = None
         self.proxy: Proxy | None = None
         self._connecting = asyncio.Lock()
@@ -114,16 +141,23 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         app.state.worker = worker
         beating = asyncio.create_task(worker.heartbeat.run())
         try:
-            yield
+            with _drain_on_exit_signals(worker.heartbeat):
+                yield
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
             await worker.close()
 
-    app = FastAPI(title="sllm worker", lifespan=lifespan)
+    app = FastAPI(title="sllm worker", lifespan=lifespan, responses=ERROR_RESPONSES)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.worker_max_body_bytes, setting="SLLM_WORKER_MAX_BODY_BYTES"
+    )
 
     install_error_handlers(app)
+    # Everything but /health is called by the head, and carries the cluster token.
+    app.state.guard = Guard.for_worker(settings)
+    from_head = [Depends(require_cluster_token)]
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
@@ -134,12 +168,21 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             "instances": len(worker.instances.list()),
         }
 
-    @app.post("/confirmation")
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        worker = _worker(request)
+        gauge = worker.metrics.instances
+        gauge.clear()
+        for state, count in Counter(i.state for i in worker.instances.list()).items():
+            gauge.labels(state).set(count)
+        return Response(exposition(worker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/confirmation", dependencies=from_head)
     async def confirmation(body: ConfirmationBody, request: Request) -> dict[str, Any]:
         await _worker(request).confirm(body.node_id, body.redis_url)
         return {"node_id": body.node_id}
 
-    @app.post("/start_instance", status_code=202, response_model=None)
+    @app.post("/start_instance", status_code=202, response_model=None, dependencies=from_head)
     async def start_instance(
         body: StartInstanceBody, request: Request
     ) -> dict[str, Any] | JSONResponse:
@@ -159,11 +202,13 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             return error_response(400, str(exc), "backend_unavailable", param="backend")
         except GpuDoesNotFit as exc:
             return error_response(409, str(exc), "gpu_does_not_fit", param="num_gpus")
+        except ValueError as exc:  # a backend_config its launcher cannot map
+            return error_response(400, str(exc), "invalid_request", param="backend_config")
         except RuntimeError as exc:
             return error_response(503, str(exc), "worker_shutting_down", type_="server_error")
         return {"instance_id": body.instance_id, "state": "starting"}
 
-    @app.post("/stop_instance", response_model=None)
+    @app.post("/stop_instance", response_model=None, dependencies=from_head)
     async def stop_instance(
         body: StopInstanceBody, request: Request
     ) -> dict[str, Any] | JSONResponse:
@@ -176,8 +221,31 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             )
         return {"stopped": True}
 
-    @app.post("/invoke", response_model=None)
-    async def invoke(request: Request) -> Response:
+    @app.post("/update_adapters", response_model=None, dependencies=from_head)
+    async def update_adapters(
+        body: UpdateAdaptersBody, request: Request
+    ) -> dict[str, Any] | JSONResponse:
+        try:
+            await _worker(request).instances.set_adapters(body.instance_id, body.lora_adapters)
+        except KeyError:
+            return error_response(
+                404, f"no instance {body.instance_id!r} here", "instance_not_found"
+            )
+        except BackendUnavailable as exc:
+            return error_response(409, str(exc), "adapters_need_restart")
+        except (httpx.HTTPError, RuntimeError) as exc:
+            return error_response(502, str(exc), "backend_error", type_="server_error")
+        return {"instance_id": body.instance_id, "lora_adapters": sorted(body.lora_adapters)}
+
+    @app.post(
+        "/invoke",
+        response_model=None,
+        response_class=StreamingResponse,
+        dependencies=from_head,
+        responses={200: INVOKE_STREAM},
+    )
+    async def invoke(body: InvokeBody, request: Request) -> Response:
+        # Validated here, so a bad body is a 400 in OpenAI's shape like on every route.
         proxy: Proxy | None = request.app.state.proxy
         if proxy is None:
             return error_response(
@@ -186,18 +254,47 @@ def create_app(settings: WorkerSettings) -> FastAPI:
                 "worker_not_ready",
                 type_="server_error",
             )
-        try:
-            body = await request.json()
-        except ValueError:
-            return error_response(400, "the body is not JSON", "invalid_request")
-        if not isinstance(body, dict):
-            return error_response(400, "the body must be a JSON object", "invalid_request")
-        return proxy.invoke(body)
+        return proxy.invoke(body.model_dump())
 
     return app
 
 
+@contextlib.contextmanager
+def _drain_on_exit_signals(heartbeat: Heartbeat) -> Iterator[None]:
+    """Have SIGTERM/SIGINT tell the head first, then shut down as uvicorn does.
+
+    uvicorn's handlers (installed before the lifespan starts) stop accepting calls and
+    let those in flight finish; the head must hear at once that this worker is leaving,
+    or it keeps sending new tasks to a closed port.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    loop = asyncio.get_running_loop()
+    wrapped: dict[signal.Signals, Callable[[int, FrameType | None], Any]] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if not callable(handler):
+            continue  # the default action: no uvicorn here to shut down gracefully
+
+        def on_signal(
+            signum: int,
+            frame: FrameType | None,
+            handler: Callable[[int, FrameType | None], Any] = handler,
+        ) -> None:
+            loop.call_soon_threadsafe(heartbeat.drain)
+            handler(signum, frame)
+
+        wrapped[sig] = handler
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in wrapped.items():
+            signal.signal(sig, handler)
+
+
 def run(settings: WorkerSettings) -> None:
     """Serve the worker until SIGINT/SIGTERM; the lifespan stops every backend."""
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     serve(create_app(settings), settings.host, settings.port, settings.log_level)

@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 
-from sllm.backends.base import available_backends
+from sllm.backends.registry import available_backends
 from sllm.config import WorkerSettings
+from sllm.metrics import WorkerMetrics
 from sllm.worker import hardware
 from sllm.worker.instance_manager import InstanceManager
 
@@ -43,13 +44,16 @@ class Heartbeat:
         settings: WorkerSettings,
         instances: InstanceManager,
         on_confirm: OnConfirm,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._instances = instances
         self._on_confirm = on_confirm
+        self._metrics = metrics
         self._node_id = settings.node_id
         self._url = advertise_url(settings)
         self._wake = asyncio.Event()
+        self._draining = False
 
     @property
     def node_id(self) -> str | None:
@@ -67,12 +71,21 @@ class Heartbeat:
         """Send the next heartbeat at once (an instance changed state)."""
         self._wake.set()
 
+    def drain(self) -> None:
+        """The worker is shutting down: tell the head at once, so that it routes nothing
+        more to this worker's instances and places no new one here (it advertises no
+        backend from now on), while the calls in flight finish."""
+        self._draining = True
+        self.beat_now()
+
     async def run(self) -> None:
         """Beat until cancelled; failures back off from 0.5 s up to the interval."""
         interval = self._settings.heartbeat_interval
         failures = 0
         # trust_env=False: a proxy variable meant for the internet must not catch the head.
-        async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=_HTTP_TIMEOUT, trust_env=False, headers=self._auth_headers()
+        ) as client:
             while True:
                 # Cleared before the beat, so a change during it triggers one more.
                 self._wake.clear()
@@ -108,13 +121,23 @@ class Heartbeat:
             return False
         return True
 
+    def _auth_headers(self) -> dict[str, str]:
+        """The cluster token, which the head's /heartbeat checks."""
+        token = self._settings.cluster_token
+        secret = token.get_secret_value().strip() if token is not None else ""
+        return {"Authorization": f"Bearer {secret}"} if secret else {}
+
     async def _payload(self) -> dict[str, Any]:
+        # NVML calls can take a while on a busy machine; keep them off the loop.
+        resources = await asyncio.to_thread(hardware.snapshot)
+        if self._metrics is not None:
+            self._metrics.resources(resources)
         return {
             "node_id": self._node_id,
             "url": self._url,
-            # NVML calls can take a while on a busy machine; keep them off the loop.
-            "resources": await asyncio.to_thread(hardware.snapshot),
-            "backends": available_backends(),
+            "resources": resources,
+            "backends": [] if self._draining else available_backends(),
+            "draining": self._draining,
             "instances": [
                 {
                     "instance_id": i.instance_id,

@@ -18,14 +18,16 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
 
-from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec, get_backend
+from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec
 from sllm.backends.model_source import local_weights_bytes
+from sllm.backends.registry import get_backend
+from sllm.metrics import WorkerMetrics
 from sllm.procs import die_with_parent, signal_group
 from sllm.worker import hardware
 from sllm.worker.gpu_assignment import choose_gpus, needed_per_gpu
@@ -40,6 +42,8 @@ _POLL_TIMEOUT = 1.0
 # After SIGKILL a process is gone within milliseconds unless stuck in the kernel; we
 # stop waiting then, and asyncio's child watcher still reaps it whenever it exits.
 _KILL_WAIT = 5.0
+# Loading an adapter reads its weights; vLLM does it in seconds.
+_ADAPTER_TIMEOUT = 120.0
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 8192
 
@@ -58,13 +62,15 @@ class LocalInstance:
     state: str  # "starting" | "ready"
     started_at: float
     log_path: Path
+    ready_at: float | None = None
 
 
 @dataclasses.dataclass
 class _Entry:
     info: LocalInstance
     proc: asyncio.subprocess.Process
-    health_url: str
+    backend: Backend
+    spec: LaunchSpec
     # proc.wait() as a task, created once, so that several waiters never cancel it.
     exited: asyncio.Task[int]
     supervisor: asyncio.Task[None] | None = None
@@ -72,6 +78,7 @@ class _Entry:
     # and whoever comes second waits for it.
     ender: asyncio.Task[Any] | None = None
     gpus: tuple[int, ...] = ()
+    first_output_seen: bool = False
 
 
 def _free_port() -> int:
@@ -80,6 +87,14 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Backends run model code (trust_remote_code, vLLM plugins): they get no cluster secret.
+_SECRETS = ("SLLM_CLUSTER_TOKEN", "SLLM_API_KEYS", "SLLM_API_KEYS_FILE", "SLLM_ADMIN_KEY")
+
+
+def _without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in _SECRETS}
 
 
 def _open_log(path: Path) -> IO[bytes]:
@@ -100,10 +115,18 @@ def _log_tail(path: Path) -> str:
 
 
 class InstanceManager:
-    def __init__(self, log_dir: Path, on_state: OnState, *, storage_path: Path = Path(".")) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        on_state: OnState,
+        *,
+        storage_path: Path = Path("."),
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._log_dir = log_dir
         self._on_state = on_state
         self._storage_path = storage_path
+        self._metrics = metrics or WorkerMetrics()
         self._entries: dict[str, _Entry] = {}
         # Ids between the existence check and registration (spawning awaits), and the
         # GPUs they will hold.
@@ -213,7 +236,11 @@ class InstanceManager:
                 start_new_session=True,
                 preexec_fn=die_with_parent(os.getpid()),
                 # Only the GPUs assigned: none for a CPU instance on a GPU machine.
-                env={**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))},
+                env={
+                    **_without_secrets(os.environ),
+                    **impl.env(spec),
+                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+                },
             )
         finally:
             # The child holds its own descriptor.
@@ -230,7 +257,8 @@ class InstanceManager:
                 log_path=log_path,
             ),
             proc=proc,
-            health_url=f"http://127.0.0.1:{spec.port}{impl.health_path}",
+            backend=impl,
+            spec=spec,
             exited=self._spawn_task(proc.wait()),
             gpus=gpus,
         )
@@ -250,6 +278,8 @@ class InstanceManager:
             return
         if why is None:
             entry.info.state = "ready"
+            entry.info.ready_at = time.time()
+            await self._observe_start(entry, entry.info.ready_at)
             await self._report(entry.info.instance_id, "ready", "")
             await asyncio.wait({entry.exited})
             if entry.ender is not None:
@@ -264,9 +294,10 @@ class InstanceManager:
         await self._report(entry.info.instance_id, "failed", f"{why}; last log lines:\n{tail}")
 
     async def _wait_ready(self, entry: _Entry, timeout: float) -> str | None:
-        """None once the health check answers 200, else why not."""
+        """None once the backend says it serves (and has its adapters), else why not."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        base_url = f"http://127.0.0.1:{entry.spec.port}"
         # trust_env=False: an HTTP(S)_PROXY in the environment must not catch loopback calls.
         async with httpx.AsyncClient(trust_env=False) as client:
             while entry.ender is None:
@@ -275,14 +306,66 @@ class InstanceManager:
                 left = deadline - loop.time()
                 if left <= 0:
                     return f"backend not ready within {timeout:g} s"
+                client.timeout = httpx.Timeout(min(_POLL_TIMEOUT, left))
                 try:
-                    resp = await client.get(entry.health_url, timeout=min(_POLL_TIMEOUT, left))
-                    if resp.status_code == 200:
-                        return None
-                except httpx.HTTPError:
-                    pass  # not listening yet
+                    if await entry.backend.ready(client, base_url, entry.spec):
+                        return await self._load_adapters(entry, client, base_url)
+                except (httpx.HTTPError, ValueError):
+                    pass  # not listening yet, or not answering sense yet
                 await asyncio.wait({entry.exited}, timeout=min(_POLL_INTERVAL, left))
         return "stopped during start-up"
+
+    async def _observe_start(self, entry: _Entry, ready_at: float) -> None:
+        """Cold-start phases: spawn until the weights began loading, the loading, and
+        (backends that do not tell) spawn until ready as the process start."""
+        info = entry.info
+        async with httpx.AsyncClient(trust_env=False, timeout=_POLL_TIMEOUT) as client:
+            timing = await entry.backend.load_timing(client, f"http://127.0.0.1:{entry.spec.port}")
+        phases = self._metrics.cold_start
+        if timing is None:
+            phases.labels(info.model, "process_start").observe(ready_at - info.started_at)
+            return
+        load_started, load_seconds = timing
+        phases.labels(info.model, "process_start").observe(max(0.0, load_started - info.started_at))
+        phases.labels(info.model, "weight_load").observe(load_seconds)
+
+    def first_output(self, instance_id: str) -> None:
+        """The instance produced output: its first one ends its cold start."""
+        entry = self._entries.get(instance_id)
+        if entry is None or entry.info.ready_at is None or entry.first_output_seen:
+            return
+        entry.first_output_seen = True
+        self._metrics.cold_start.labels(entry.info.model, "first_token").observe(
+            time.time() - entry.info.ready_at
+        )
+
+    async def _load_adapters(
+        self, entry: _Entry, client: httpx.AsyncClient, base_url: str
+    ) -> str | None:
+        if not (entry.backend.runtime_adapters and entry.spec.lora_adapters):
+            return None
+        client.timeout = httpx.Timeout(_ADAPTER_TIMEOUT)
+        try:
+            await entry.backend.set_adapters(
+                client, base_url, entry.spec, {}, entry.spec.lora_adapters
+            )
+        except (httpx.HTTPError, RuntimeError) as exc:
+            return f"loading LoRA adapters failed: {exc}"
+        return None
+
+    async def set_adapters(self, instance_id: str, adapters: dict[str, str]) -> None:
+        """Swap a running instance's LoRA adapters (backends that load them at run
+        time); BackendUnavailable for the others, KeyError for an unknown id."""
+        entry = self._entries[instance_id]
+        async with httpx.AsyncClient(trust_env=False, timeout=_ADAPTER_TIMEOUT) as client:
+            await entry.backend.set_adapters(
+                client,
+                f"http://127.0.0.1:{entry.spec.port}",
+                entry.spec,
+                entry.spec.lora_adapters,
+                adapters,
+            )
+        entry.spec = dataclasses.replace(entry.spec, lora_adapters=dict(adapters))
 
     async def _kill(self, entry: _Entry, grace: float) -> None:
         """SIGTERM the group and wait up to ``grace``, then SIGKILL the group."""

@@ -20,6 +20,7 @@ import aiohttp
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from sllm.backends.registry import get_backend
 from sllm.errors import error_body
 from sllm.kv import RedisError
 from sllm.kv.store import Store
@@ -29,6 +30,8 @@ from sllm.worker.instance_manager import InstanceManager
 log = logging.getLogger(__name__)
 
 ALIVE_INTERVAL = 1.0
+# The body field of a resumed stream (sllm.head.stream_resume.CONTINUE_FIELD).
+CONTINUE_FIELD = "sllm_continue_from"
 
 
 class InvokeBody(BaseModel):
@@ -91,6 +94,13 @@ class Proxy:
                 self._detach(self._release_if_cancelled(call))
 
     async def _forward(self, call: InvokeBody, port: int) -> tuple[str, str]:
+        if not self._can_continue(call):
+            await self._fail(
+                call,
+                "this backend cannot continue a stream from where another instance stopped",
+                "invalid_request",
+            )
+            return "failed", "resume not supported by the backend"
         url = f"http://127.0.0.1:{port}{call.endpoint}"
         headers = {"content-type": "application/json", "x-request-id": call.request_id}
         remaining = call.deadline - time.time()
@@ -108,6 +118,7 @@ class Proxy:
                     return "failed", f"backend answered {resp.status}"
                 if not call.stream:
                     message = encode_raw(call.task_id, call.attempt, 0, "done", await resp.text())
+                    self.instances.first_output(call.instance_id)
                     await self._finish(call, "done", message)
                     return "done", ""
                 async for line in resp.content:
@@ -122,6 +133,8 @@ class Proxy:
                     await self.store.tasks.publish(
                         call.reply_to, encode_raw(call.task_id, call.attempt, seq, "chunk", data)
                     )
+                    if seq == 0:
+                        self.instances.first_output(call.instance_id)
                     seq += 1
             done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
             await self._finish(call, "done", done)
@@ -131,10 +144,21 @@ class Proxy:
             return "failed", "deadline passed"
         except aiohttp.ClientError as exc:
             # The backend died or refused: another instance may serve it (the gateway
-            # decides what to do with output it already relayed).
-            return "retry", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
+            # decides what to do with output it already relayed). "crashed", not "retry":
+            # this request may be what killed it, so the head retries it alone.
+            return "crashed", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
         except RedisError as exc:
             return "retry", f"worker lost Redis: {exc}"
+
+    def _can_continue(self, call: InvokeBody) -> bool:
+        """False for a resumed stream (``sllm_continue_from``) sent to a backend that
+        would ignore the field and start over, repeating what the client has."""
+        if CONTINUE_FIELD not in call.body:  # cheap: most bodies are not resumes
+            return True
+        instance = self.instances.get(call.instance_id)
+        if instance is None or get_backend(instance.backend).continues:
+            return True
+        return CONTINUE_FIELD not in json.loads(call.body)
 
     async def _finish(self, call: InvokeBody, state: str, message: str) -> None:
         await self.store.tasks.finish(

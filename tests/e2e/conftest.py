@@ -45,6 +45,11 @@ class Cluster:
     procs: list[Child] = field(default_factory=list)
     head: Child | None = None
     clients: list[openai.OpenAI] = field(default_factory=list)
+    # Sent on management calls (/status, /register) when the head has SLLM_ADMIN_KEY.
+    admin_key: str | None = None
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
 
     def start_head(self, **env: str) -> Child:
         port = free_port()
@@ -68,7 +73,9 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         assert self.head is not None
-        data: dict[str, Any] = httpx.get(f"{self.head.url}/status", timeout=5).json()
+        data: dict[str, Any] = httpx.get(
+            f"{self.head.url}/status", headers=self.admin_headers(), timeout=5
+        ).json()
         return data
 
     def model_status(self, name: str) -> dict[str, Any] | None:
@@ -83,14 +90,18 @@ class Cluster:
             "backend_config": {},
         }
         config.update(overrides)
-        resp = httpx.post(f"{self.head.url}/register", json=config, timeout=10)
+        resp = httpx.post(
+            f"{self.head.url}/register", json=config, headers=self.admin_headers(), timeout=10
+        )
         assert resp.status_code == 200, resp.text
         return config
 
-    def client(self, head: Child | None = None, **kwargs: Any) -> openai.OpenAI:
+    def client(
+        self, head: Child | None = None, *, api_key: str = "unused", **kwargs: Any
+    ) -> openai.OpenAI:
         head = head or self.head
         assert head is not None
-        client = openai.OpenAI(base_url=f"{head.url}/v1", api_key="unused", max_retries=0, **kwargs)
+        client = openai.OpenAI(base_url=f"{head.url}/v1", api_key=api_key, max_retries=0, **kwargs)
         self.clients.append(client)
         return client
 

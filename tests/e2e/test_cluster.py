@@ -100,6 +100,17 @@ def test_errors_are_openai_shaped(one_worker: Cluster) -> None:
         f"{one_worker.head.url}/register", json={"model": "x", "backend": "dummy", "colour": 1}
     )
     assert unknown_field.status_code == 400 and "colour" in unknown_field.json()["error"]["message"]
+    # A backend's own knobs are checked at deploy too, not when an instance starts.
+    bad_knob = httpx.post(
+        f"{one_worker.head.url}/register",
+        json={
+            "model": "x",
+            "backend": "transformers",
+            "backend_config": {"pretrained_model_name_or_path": "m", "dtype": "int3"},
+        },
+    )
+    assert bad_knob.status_code == 400
+    assert "backend_config.dtype" in bad_knob.json()["error"]["message"]
 
 
 def test_scale_from_zero_and_back_to_zero(one_worker: Cluster) -> None:

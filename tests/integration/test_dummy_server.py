@@ -11,8 +11,9 @@ import httpx
 import openai
 import pytest
 
-from sllm.backends.base import LaunchSpec, get_backend
+from sllm.backends.base import LaunchSpec
 from sllm.backends.dummy import words
+from sllm.backends.registry import get_backend
 from sllm.launcher import Child, free_port, spawn, wait_healthy
 
 
@@ -125,3 +126,29 @@ def test_crash_after_tokens_cuts_a_stream(tmp_path: Path) -> None:
 def test_an_unknown_knob_stops_the_backend_with_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="colour"):
         start(tmp_path, {"colour": "red"})
+
+
+@pytest.mark.parametrize("cut", [0, 1, 4, 12])
+def test_a_continuation_goes_on_exactly_where_the_produced_text_stops(
+    sdk: openai.OpenAI, cut: int
+) -> None:
+    prompt = "one two three four five"
+    whole = sdk.completions.create(model="m", prompt=prompt, max_tokens=12, seed=2)
+    text = whole.choices[0].text
+    produced = " ".join(text.split()[:cut])
+    rest = sdk.completions.create(
+        model="m",
+        prompt=prompt,
+        max_tokens=12,
+        seed=2,
+        extra_body={"sllm_continue_from": produced},
+    )
+    assert produced + rest.choices[0].text == text
+    assert rest.usage == whole.usage  # the produced part counts, once
+    assert rest.choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_continuations_of_several_choices_are_refused(backend: Child) -> None:
+    body = {"model": "m", "prompt": "x", "n": 2, "sllm_continue_from": "y"}
+    resp = httpx.post(f"{backend.url}/v1/completions", json=body, timeout=10)
+    assert resp.status_code == 400 and "n = 1" in resp.text

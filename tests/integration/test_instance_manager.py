@@ -14,7 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec, get_backend
+from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec
+from sllm.backends.registry import get_backend
 from sllm.worker import hardware, instance_manager
 from sllm.worker.gpu_assignment import GpuDoesNotFit, GpuMemory
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
@@ -213,7 +214,7 @@ async def test_stop_during_startup(manager: InstanceManager, recorder: Recorder)
 
 
 async def test_unavailable_backend_raises(manager: InstanceManager) -> None:
-    with pytest.raises(BackendUnavailable, match="vLLM"):
+    with pytest.raises(BackendUnavailable, match="needs vllm"):
         await manager.start(
             "i-6",
             model="m",
@@ -272,7 +273,10 @@ async def test_gpus_are_assigned_and_a_start_that_does_not_fit_is_refused(
     with pytest.raises(GpuDoesNotFit, match=r"GPU 0 has 8\.0 GiB free"):
         await start("second", 1)
     await manager.stop("big")
+    monkeypatch.setenv("SLLM_CLUSTER_TOKEN", "secret-token")
     await start_dummy(manager, "cpu")
     info = manager.get("cpu")
     assert info is not None
-    assert psutil.Process(info.pid).environ()["CUDA_VISIBLE_DEVICES"] == ""
+    env = psutil.Process(info.pid).environ()
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert "SLLM_CLUSTER_TOKEN" not in env  # backends get no cluster secret

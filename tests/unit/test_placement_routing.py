@@ -39,3 +39,16 @@ def test_routing_picks_least_outstanding_ready_with_room() -> None:
     assert picked is not None and picked.id == "b"
     assert pick_instance([InstanceLoad("a", "ready", 4, 0)], max_concurrency=4) is None
     assert pick_instance([], 4) is None
+
+
+def test_unservable_names_the_missing_backend_or_gpus() -> None:
+    from sllm.head.placement import unservable
+
+    cpu = WorkerCapacity("a", ("dummy",), free_memory=1, free_gpus=0, instances=3)
+    gpu = WorkerCapacity("b", ("vllm",), free_memory=1, free_gpus=0, instances=1, total_gpus=2)
+    assert unservable([cpu], Requirement("dummy")) is None
+    assert "'vllm'" in (unservable([cpu], Requirement("vllm", gpus=1)) or "")
+    assert "no worker is registered" in (unservable([], Requirement("dummy")) or "")
+    # Busy GPUs are a wait, not a refusal: only the total counts.
+    assert unservable([cpu, gpu], Requirement("vllm", gpus=2)) is None
+    assert "4 GPU(s) (the most is 2)" in (unservable([gpu], Requirement("vllm", gpus=4)) or "")

@@ -16,11 +16,17 @@ from sllm.messages import ResultMessage
 
 
 class StoredOutcome:
-    def __init__(self, state: str | None = "running", result: str | None = None) -> None:
-        self.state, self.result = state, result
+    def __init__(
+        self, state: str | None = "running", result: str | None = None, attempt: int = 0
+    ) -> None:
+        self.state, self.result, self.current = state, result, attempt
 
     async def state_and_result(self, task_id: str) -> tuple[str | None, str | None]:
         return self.state, self.result
+
+    async def attempt(self, task_id: str) -> int | None:
+        """The task's current attempt; None: not recorded."""
+        return self.current or None
 
 
 def reader(items: list[Any], stored: StoredOutcome | None = None, **kw: Any) -> TaskResults:
@@ -43,6 +49,14 @@ async def test_stale_attempt_is_dropped_and_counted() -> None:
     r = reader([chunk(2, 0), chunk(1, 5), chunk(2, 1), ResultMessage("t", 2, 2, "done")])
     got = await drain(r)
     assert [m.seq for m in got] == [0, 1, 2] and r.stale_dropped == 1
+
+
+async def test_a_frozen_attempt_heard_first_is_dropped() -> None:
+    # A worker woke after its task moved on to attempt 2, before attempt 2 said anything.
+    r = reader([chunk(1, 0), chunk(1, 1), chunk(2, 0)], StoredOutcome(attempt=2))
+    r.queue.put_nowait(ResultMessage("t", 2, 1, "done"))
+    assert [(m.attempt, m.seq) for m in await drain(r)] == [(2, 0), (2, 1)]
+    assert r.stale_dropped == 2
 
 
 async def test_a_new_attempt_before_any_output_is_followed() -> None:

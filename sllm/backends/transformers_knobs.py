@@ -1,0 +1,27 @@
+"""``backend_config`` of a transformers model. Pure (no torch), so the head checks a
+config when it is deployed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TransformersKnobs(BaseModel):
+    """``backend_config`` of a transformers model; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pretrained_model_name_or_path: str = Field(min_length=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    task: Literal["auto", "generate", "embed"] = "auto"
+    default_max_tokens: int = Field(256, ge=1)
+    max_batch_tokens: int | None = Field(None, ge=16)
+    # continuous: transformers' continuous batching; static: batches of model.generate
+    # (LoRA adapters, per-request seed, penalties); auto: continuous unless the model has
+    # LoRA adapters or continuous batching fails to start on this device.
+    batching: Literal["auto", "continuous", "static"] = "auto"
+    max_batch_size: int = Field(16, ge=1, le=256)
+    trust_remote_code: bool = False

@@ -1,0 +1,88 @@
+"""``backend_config`` of a vLLM model, and the command line of vLLM's OpenAI server it
+maps to. Pure: no vLLM import, so the head validates configs and tests run anywhere."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The flags sllm itself sets: passing them in extra_args would contradict the launch.
+_OWNED_FLAGS = ("--host", "--port", "--model", "--served-model-name", "--tensor-parallel-size")
+
+
+class VllmKnobs(BaseModel):
+    """Unknown keys are refused; ``extra_args`` carries anything else, verbatim."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pretrained_model_name_or_path: str = Field(min_length=1, description="Hub id or local path.")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    enforce_eager: bool = False
+    enable_prefix_caching: bool | None = None
+    quantization: str | None = Field(None, min_length=1)
+    task: Literal["auto", "generate", "embed"] = "auto"
+    max_lora_rank: int | None = Field(None, ge=1)
+    max_loras: int | None = Field(None, ge=1)
+    trust_remote_code: bool = False
+    extra_args: list[str] = Field(default_factory=list, description="Passed through verbatim.")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _not_owned(cls, value: list[str]) -> list[str]:
+        owned = [a for a in value if a.split("=", 1)[0] in _OWNED_FLAGS]
+        if owned:
+            raise ValueError(f"extra_args may not set {', '.join(owned)}: sllm sets them")
+        return value
+
+
+def vllm_args(
+    knobs: VllmKnobs, served_name: str, port: int, num_gpus: int, lora: bool
+) -> list[str]:
+    """The arguments after ``python -m vllm.entrypoints.openai.api_server``."""
+    args = [
+        "--model",
+        knobs.pretrained_model_name_or_path,
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        knobs.dtype,
+        "--tensor-parallel-size",
+        str(max(1, num_gpus)),
+    ]
+    optional: list[tuple[str, object]] = [
+        ("--gpu-memory-utilization", knobs.gpu_memory_utilization),
+        ("--max-model-len", knobs.max_model_len),
+        ("--max-num-seqs", knobs.max_num_seqs),
+        ("--quantization", knobs.quantization),
+    ]
+    for flag, value in optional:
+        if value is not None:
+            args += [flag, str(value)]
+    if knobs.enforce_eager:
+        args.append("--enforce-eager")
+    if knobs.enable_prefix_caching is not None:
+        args.append(
+            "--enable-prefix-caching"
+            if knobs.enable_prefix_caching
+            else "--no-enable-prefix-caching"
+        )
+    if knobs.task == "embed":
+        # vLLM >= 0.10 names pooling models' runner this way.
+        args += ["--runner", "pooling"]
+    if knobs.trust_remote_code:
+        args.append("--trust-remote-code")
+    if lora:
+        args.append("--enable-lora")
+        if knobs.max_lora_rank is not None:
+            args += ["--max-lora-rank", str(knobs.max_lora_rank)]
+        if knobs.max_loras is not None:
+            args += ["--max-loras", str(knobs.max_loras)]
+    return [*args, *knobs.extra_args]

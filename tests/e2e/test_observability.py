@@ -1,0 +1,109 @@
+"""Metrics, request logs and the dashboard of real head and worker processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Cluster, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus' text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_and_request_logs(cluster: Cluster) -> None:
+    head = cluster.start_head(SLLM_LOG_FORMAT="json")
+    worker = cluster.start_worker()
+    cluster.deploy("m", backend_config={"startup_delay": 0.3})
+    client = cluster.client()
+    reply = client.chat.completions.with_raw_response.create(
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        extra_headers={"x-request-id": "req-observed-1"},
+    )
+    assert reply.headers["x-request-id"] == "req-observed-1"
+    list(client.completions.create(model="m", prompt="a b c", max_tokens=5, stream=True))
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="missing", prompt="x")
+
+    def head_metrics() -> str:
+        return httpx.get(f"{head.url}/metrics", timeout=5).text
+
+    text = head_metrics()
+    chat = {"model": "m", "endpoint": "/v1/chat/completions"}
+    assert sample(text, "sllm_requests_total", outcome="ok", **chat) == 1
+    assert sample(text, "sllm_request_duration_seconds_count", **chat) == 1
+    assert sample(text, "sllm_time_to_first_token_seconds_count", model="m") == 1
+    assert sample(text, "sllm_inter_token_latency_seconds_count", model="m") >= 3
+    assert sample(text, "sllm_cold_start_seconds_count", model="m", phase="placement") == 1
+    wait_until(
+        lambda: sample(head_metrics(), "sllm_instances", model="m", state="ready") == 1,
+        10,
+        "the instances gauge",
+    )
+    assert "sllm_queue_oldest_age_seconds" in head_metrics()
+
+    work = httpx.get(f"{worker.url}/metrics", timeout=5).text
+    for phase in ("process_start", "weight_load", "first_token"):
+        assert sample(work, "sllm_cold_start_seconds_count", model="m", phase=phase) == 1, phase
+    # The dummy's start-up delay is its "weight load".
+    assert sample(work, "sllm_cold_start_seconds_sum", model="m", phase="weight_load") >= 0.3
+    assert sample(work, "sllm_worker_memory_total_bytes") > 0
+    assert sample(work, "sllm_worker_instances", state="ready") == 1
+
+    lines = [json.loads(line) for line in head.log.read_text().splitlines() if line.startswith("{")]
+    mine = [rec for rec in lines if rec.get("request_id") == "req-observed-1"]
+    assert len(mine) == 1, lines[-5:]
+    record = mine[0]
+    assert record["message"] == "request" and record["outcome"] == "ok"
+    assert record["model"] == "m" and record["attempt"] == 1
+    assert record["instance"].startswith("m-") and record["seconds"] > 0
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_dashboard_shows_models_and_workers_in_a_browser(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    head = cluster.start_head()
+    cluster.start_worker()
+    cluster.deploy("dash-model")
+    client = cluster.client()
+    client.completions.create(model="dash-model", prompt="hi", max_tokens=3)
+    node = cluster.status()["workers"][0]["node_id"]
+    screenshot = tmp_path / "dashboard.png"
+    browser = [
+        "chromium",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        # Lets the page's first poll land before the DOM is read.
+        "--virtual-time-budget=5000",
+    ]
+    url = f"{head.url}/dashboard"
+    dom = subprocess.run(
+        [*browser, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert re.search(r'<tr data-model="dash-model">', dom), dom[-2000:]
+    assert f'<tr data-node="{node}">' in dom
+    subprocess.run(
+        [*browser, f"--screenshot={screenshot}", url], capture_output=True, timeout=60, check=True
+    )
+    assert screenshot.stat().st_size > 10_000

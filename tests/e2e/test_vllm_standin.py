@@ -1,0 +1,120 @@
+"""The vLLM backend through real head and worker processes, launched against the
+project's stand-in for vLLM's server (tests/vllm_standin.py; vLLM itself cannot be
+installed on a CPU machine): launch, readiness, proxying with streaming and vLLM's own
+sampling fields, runtime LoRA adapters, a dying process, and a model no worker can run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from sllm.backends.vllm_backend import ENTRYPOINT_ENV
+from tests.e2e.conftest import Cluster, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+CONFIG: dict[str, Any] = {
+    "backend": "vllm",
+    "backend_config": {
+        "pretrained_model_name_or_path": "org/tiny",
+        "max_lora_rank": 8,
+        "extra_args": ["--standin-startup-delay", "1"],
+    },
+    "lora_adapters": {"a1": "/adapters/a1"},
+}
+VLLM_FIELDS = {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1, "logprobs": True}
+
+
+@pytest.fixture
+def vllm_cluster(cluster: Cluster) -> Cluster:
+    cluster.start_head()
+    cluster.start_worker(**{ENTRYPOINT_ENV: "tests.vllm_standin"})
+    return cluster
+
+
+def test_vllm_instances_start_serve_and_load_adapters(vllm_cluster: Cluster) -> None:
+    worker = vllm_cluster.status()["workers"][0]
+    assert "vllm" in worker["backends"]
+    vllm_cluster.deploy("m", **CONFIG)
+    client = vllm_cluster.client()
+
+    chat = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=5,
+        extra_body=VLLM_FIELDS,
+    )
+    assert chat.choices[0].message.content
+    assert chat.model_extra is not None
+    assert chat.model_extra["standin_received"] == VLLM_FIELDS
+
+    stream = client.completions.create(
+        model="m", prompt="once upon", max_tokens=6, stream=True, extra_body={"top_k": 3}
+    )
+    chunks = list(stream)
+    assert len(chunks) == 6
+    assert all(c.model_extra and c.model_extra["standin_received"] == {"top_k": 3} for c in chunks)
+
+    def ask(model: str, **extra: Any) -> str:
+        reply = client.completions.create(
+            model=model, prompt="once upon", max_tokens=6, extra_body=extra or None
+        )
+        return reply.choices[0].text
+
+    # Loaded through vLLM's runtime endpoint once the instance was ready.
+    assert ask("m:a1") != ask("m")
+    assert ask("m", lora_adapter_name="a1") == ask("m:a1")
+    assert [m.id for m in client.models.list().data] == ["m", "m:a1"]
+
+    # vLLM would ignore the field and start over: a resume is refused, not repeated.
+    with pytest.raises(openai.BadRequestError, match="cannot continue"):
+        ask("m", sllm_continue_from="some words")
+
+    head = vllm_cluster.head
+    assert head is not None
+    updated = httpx.post(
+        f"{head.url}/update",
+        json={"model": "m", **CONFIG, "lora_adapters": {"a2": "/adapters/a2"}},
+        timeout=30,
+    )
+    assert updated.status_code == 200, updated.text
+    assert list(updated.json()["adapters"].values()) == ["updated"]
+    assert ask("m:a2")
+    with pytest.raises(openai.NotFoundError):
+        ask("m:a1")
+
+
+def test_a_dying_vllm_process_fails_its_instance_and_is_replaced(vllm_cluster: Cluster) -> None:
+    vllm_cluster.deploy("m", **CONFIG, auto_scaling_config={"min_instances": 1})
+
+    def ready() -> list[str]:
+        instances = vllm_cluster.model_status("m")["instances"]
+        return [i["instance_id"] for i in instances if i["state"] == "ready"]
+
+    first = wait_until(ready, 30, "the first instance")
+    client = vllm_cluster.client()
+    with pytest.raises(openai.APIStatusError) as died:
+        client.completions.create(model="m", prompt="STANDIN-DIE now", max_tokens=2)
+    # Each attempt killed an instance: the request fails after max_attempts.
+    assert died.value.status_code == 502 and died.value.code == "attempts_exhausted"
+    replacement = wait_until(lambda: (r := ready()) and r != first and r, 60, "a replacement")
+    assert len(replacement) == 1
+    assert client.completions.create(model="m", prompt="hi", max_tokens=2).choices[0].text
+
+
+def test_a_model_no_worker_can_run_is_refused_at_once(cluster: Cluster) -> None:
+    cluster.start_head()
+    cluster.start_worker()  # no vLLM here, and no stand-in either
+    cluster.deploy("m", **CONFIG)
+    wait_until(lambda: cluster.model_status("m")["unschedulable"], 10, "the status note")
+    assert "no live worker can run backend 'vllm'" in cluster.model_status("m")["unschedulable"]
+    client = cluster.client()
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.completions.create(model="m", prompt="hi", max_tokens=2)
+    assert refused.value.status_code == 503 and refused.value.code == "model_unschedulable"
+    assert time.monotonic() - started < 2

@@ -1,0 +1,93 @@
+"""Two heads on one Redis, one of them killed while both serve."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Cluster, wait_until
+from tests.faults import state
+from tests.faults.recorder import Load, Recorder
+from tests.faults.state import K
+
+
+def head_id(url: str) -> str:
+    return str(httpx.get(f"{url}/health", timeout=5).json()["head_id"])
+
+
+@pytest.mark.timeout(180)
+def test_killing_one_of_two_heads_loses_no_request_of_the_other(cluster: Cluster) -> None:
+    doomed = cluster.start_head()
+    survivor = cluster.start_head()  # the cluster fixture now talks to this one
+    doomed_id, survivor_id = head_id(doomed.url), head_id(survivor.url)
+    r = state.connect(cluster.redis_url)
+    # The doomed head leads the autoscaler (and so the reaper): its death moves that too.
+    wait_until(lambda: r.get(K.lock("autoscaler")) == doomed_id, 10, "the first head to lead")
+    cluster.start_worker(survivor)
+    cluster.start_worker(survivor)
+    cluster.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 2, "max_instances": 2, "keep_alive": 60},
+        backend_config={"tokens_per_second": 10},
+    )
+    wait_until(
+        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"] * 2,  # type: ignore[index]
+        30,
+        "two ready instances",
+    )
+    recorder = Recorder()
+    common = {"max_tokens": 8, "timeout": 60}
+    loads = [
+        Load(recorder, doomed.url, label="doomed", concurrency=3, **common),
+        Load(recorder, survivor.url, label="plain", concurrency=3, **common),
+        Load(recorder, survivor.url, label="stream", concurrency=2, stream=True, **common),
+    ]
+    try:
+        # Both heads dispatch from the one queue: wait for the doomed one to be running
+        # some of the survivor's requests.
+        wait_until(
+            lambda: (
+                len(recorder.outcomes) >= 10
+                and any(
+                    t.owner == doomed_id and t.reply_to == K.results(survivor_id)
+                    for t in state.running(r)
+                )
+            ),
+            60,
+            "the doomed head to run a request of the survivor's",
+        )
+        doomed.popen.send_signal(signal.SIGKILL)
+        doomed.popen.wait(5)
+        killed = time.monotonic()
+        # Its claims, as it left them: the only tasks that may run twice.
+        faulted = {t.id for t in state.running(r) if t.owner == doomed_id}
+        wait_until(lambda: r.get(K.lock("autoscaler")) == survivor_id, 30, "the survivor to lead")
+        led = time.monotonic() - killed
+        wait_until(
+            lambda: len([o for o in recorder.by_label("plain") if o.started > killed + led]) >= 6,
+            60,
+            "the survivor to serve on after the takeover",
+        )
+    finally:
+        for load in loads:
+            load.stop()
+
+    mine = recorder.by_label("plain") + recorder.by_label("stream")
+    assert not [o for o in mine if not o.ok], recorder.report("plain") + recorder.report("stream")
+    wait_until(lambda: not state.leftover_claims(r, "m"), 20, "claims to be released")
+    assert r.llen(K.queue("m")) == 0
+    tasks = state.tasks(r)
+    tasks_by_request = {t.request_id: t for t in tasks.values()}
+    twice = {t.id for t in tasks.values() if t.attempt > 1}
+    assert twice <= faulted, f"ran twice without a fault: {twice - faulted}"
+    assert all(t.state in ("done", "cancelled") for t in tasks.values()), tasks
+    rescued = [o for o in mine if tasks_by_request[o.request_id].id in faulted]
+    assert rescued, "some request of the survivor's should have been caught by the kill"
+    print(
+        f"{len(mine)} requests to the survivor, {len(faulted)} in flight on the killed head, "
+        f"{len(rescued)} of them the survivor's, answered in "
+        f"{', '.join(f'{o.seconds:.2f}s' for o in rescued)}; survivor led {led:.2f}s after the kill"
+    )

@@ -1,0 +1,127 @@
+"""Where model files may come from: nothing a deploy config names leads out of the
+worker's storage path, except an operator's absolute path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sllm.backends import model_source
+from sllm.backends.model_source import (
+    ModelFiles,
+    ModelSourceError,
+    adapter_dir,
+    dequantized_dir,
+    is_hub_id,
+    local_weights_bytes,
+    resolve,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["HuggingFaceTB/SmolLM2-135M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "org/tiny", "a_b/c.d"],
+)
+def test_hub_ids(source: str) -> None:
+    assert is_hub_id(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["../x", "a/..", "../../etc/passwd", "a/../b", "a/b/c", "a--b/c", "a/b.", "a/.b", "-a/b",
+     "a/b\n", "a b/c", "a/" + "x" * 97, "/abs/path", "~/x", "a"],
+)  # fmt: skip
+def test_not_hub_ids(source: str) -> None:
+    assert not is_hub_id(source)
+
+
+@pytest.fixture
+def no_hub(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records what would be downloaded; nothing is."""
+    asked: list[str] = []
+
+    def download(repo_id: str, cache: Path) -> Path:
+        asked.append(repo_id)
+        return cache / "hub" / repo_id.replace("/", "--")
+
+    monkeypatch.setattr(model_source, "_download", download)
+    return asked
+
+
+@pytest.mark.parametrize("source", ["../models/m", "./m", "a/../../b", "x/../..", ".."])
+def test_relative_tricks_are_refused_and_nothing_is_fetched(
+    source: str, tmp_path: Path, no_hub: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Even a directory that exists where the worker runs is not read by a relative name.
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "models")
+    with pytest.raises(ModelSourceError, match="not an absolute path"):
+        resolve(source, tmp_path / "cache")
+    with pytest.raises(ModelSourceError, match="not an absolute path"):
+        adapter_dir(source, tmp_path / "cache")
+    assert no_hub == []
+
+
+def test_absolute_operator_paths_are_read_where_they_are(tmp_path: Path, no_hub: list[str]) -> None:
+    model = tmp_path / "elsewhere" / "model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"x" * 10)
+    gguf = tmp_path / "elsewhere" / "m.gguf"
+    gguf.write_bytes(b"gguf")
+    cache = tmp_path / "cache"
+    assert resolve(str(model), cache) == ModelFiles(model)
+    assert resolve(str(gguf), cache) == ModelFiles(gguf.parent, "m.gguf")
+    with pytest.raises(ModelSourceError, match="no model at"):
+        resolve(str(tmp_path / "missing"), cache)
+    assert resolve("org/tiny", cache).path.is_relative_to(cache)
+    assert no_hub == ["org/tiny"]
+
+
+def test_what_is_written_stays_under_the_storage_path(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    gguf = tmp_path / "elsewhere" / "...gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"gguf")
+    target = dequantized_dir(ModelFiles(gguf.parent, gguf.name), cache)
+    assert target.parent == cache / "gguf"
+
+
+def test_a_download_outside_the_cache_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    def escape(repo_id: str, cache_dir: Path, **_: Any) -> str:
+        return str(Path(cache_dir) / ".." / ".." / "outside")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", escape)
+    with pytest.raises(ModelSourceError, match="outside the storage path"):
+        resolve("org/tiny", tmp_path / "cache")
+
+
+def test_the_hubs_own_refusal_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError
+
+    def refuse(repo_id: str, **_: Any) -> str:
+        raise HFValidationError(f"bad repo id {repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    with pytest.raises(ModelSourceError, match="could not fetch 'org/tiny'"):
+        resolve("org/tiny", tmp_path / "cache")
+
+
+def test_sizing_reads_only_the_top_of_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "other.safetensors").write_bytes(b"x" * 1000)
+    assert local_weights_bytes(str(tmp_path)) == 100
+    assert local_weights_bytes("org/not-downloaded") is None
+    assert local_weights_bytes("relative/dir") is None

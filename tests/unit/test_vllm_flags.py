@@ -1,0 +1,63 @@
+"""backend_config of a vLLM model -> vLLM's command line."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sllm.backends.vllm_flags import VllmKnobs, vllm_args
+
+
+def test_the_launch_flags_come_from_the_spec_and_the_knobs() -> None:
+    knobs = VllmKnobs(
+        pretrained_model_name_or_path="Qwen/Qwen2.5-0.5B-Instruct",
+        dtype="bfloat16",
+        gpu_memory_utilization=0.8,
+        max_model_len=4096,
+        max_num_seqs=64,
+        enforce_eager=True,
+        enable_prefix_caching=False,
+        quantization="awq",
+        extra_args=["--seed", "3"],
+    )
+    args = vllm_args(knobs, "qwen", 9000, num_gpus=2, lora=False)
+    pairs = dict(zip(args[::2], args[1::2], strict=False))
+    assert args[:4] == ["--model", "Qwen/Qwen2.5-0.5B-Instruct", "--served-model-name", "qwen"]
+    assert pairs["--host"] == "127.0.0.1" and pairs["--port"] == "9000"
+    assert (
+        "--tensor-parallel-size" in args and args[args.index("--tensor-parallel-size") + 1] == "2"
+    )
+    for flag, value in [
+        ("--dtype", "bfloat16"),
+        ("--gpu-memory-utilization", "0.8"),
+        ("--max-model-len", "4096"),
+        ("--max-num-seqs", "64"),
+        ("--quantization", "awq"),
+    ]:
+        assert args[args.index(flag) + 1] == value
+    assert "--enforce-eager" in args and "--no-enable-prefix-caching" in args
+    assert "--enable-lora" not in args
+    assert args[-2:] == ["--seed", "3"]  # verbatim, last
+
+
+def test_lora_embed_and_defaults() -> None:
+    plain = vllm_args(VllmKnobs(pretrained_model_name_or_path="m"), "m", 1, num_gpus=0, lora=False)
+    assert plain[plain.index("--tensor-parallel-size") + 1] == "1"
+    assert "--enable-prefix-caching" not in plain and "--enforce-eager" not in plain
+    knobs = VllmKnobs(
+        pretrained_model_name_or_path="m", task="embed", max_lora_rank=16, max_loras=4
+    )
+    args = vllm_args(knobs, "m", 1, num_gpus=1, lora=True)
+    assert args[args.index("--runner") + 1] == "pooling"
+    assert "--enable-lora" in args
+    assert args[args.index("--max-lora-rank") + 1] == "16"
+    assert args[args.index("--max-loras") + 1] == "4"
+
+
+def test_unknown_keys_and_flags_sllm_sets_are_refused() -> None:
+    with pytest.raises(ValidationError, match="tensor_parallel"):
+        VllmKnobs.model_validate({"pretrained_model_name_or_path": "m", "tensor_parallel": 2})
+    with pytest.raises(ValidationError, match="--port"):
+        VllmKnobs(pretrained_model_name_or_path="m", extra_args=["--port=1"])
+    with pytest.raises(ValidationError, match="pretrained_model_name_or_path"):
+        VllmKnobs.model_validate({})
