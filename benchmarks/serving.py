@@ -178,9 +178,15 @@ async def stream_load(url: str, concurrency: int, seconds: float) -> dict[str, A
                 last = 0.0
                 try:
                     async with session.post(url, json=STREAM_BODY) as resp:
+                        if resp.status != 200:
+                            errors += 1
+                            continue
                         async for line in resp.content:
                             if not line.startswith(b"data: {"):
                                 continue
+                            if line.startswith(b'data: {"error"'):
+                                errors += 1
+                                break
                             if b'"content":"' not in line.replace(b" ", b""):
                                 continue
                             now = time.perf_counter()
@@ -225,7 +231,7 @@ def start_direct_dummy(work: Path) -> Child:
     return child
 
 
-def start_cluster(work: Path) -> list[Child]:
+def start_cluster(work: Path, instances: int = 1) -> list[Child]:
     redis = start_redis(free_port(), work / "redis")
     env = {"SLLM_LOG_LEVEL": "warning"}
     head = start_head(free_port(), redis.url, work / "head.log", env)
@@ -234,8 +240,8 @@ def start_cluster(work: Path) -> list[Child]:
         "model": MODEL,
         "backend": "dummy",
         "auto_scaling_config": {
-            "min_instances": 1,
-            "max_instances": 1,
+            "min_instances": instances,
+            "max_instances": instances,
             "max_concurrency": 1024,
             "queue_per_instance_threshold": 10_000,
         },
