@@ -2,7 +2,9 @@
 -- KEYS[1] task hash, KEYS[2] leases zset, KEYS[3] processing list, KEYS[4] instance hash,
 -- KEYS[5] instance tasks set, KEYS[6] model queue
 -- ARGV[1] task id, ARGV[2] owner, ARGV[3] now, ARGV[4] lease deadline, ARGV[5] instance id
--- Returns {status, attempt}: 'ok'; 'gone' (task expired, cancelled or taken back by the
+-- Returns {status, attempt, ...}: 'ok' followed by the task's endpoint, body, reply_to,
+-- deadline, stream and request_id (what the dispatcher needs, without another round trip);
+-- 'gone' (task expired, cancelled or taken back by the
 -- reaper: dropped);
 -- 'instance' (the instance is no longer ready: the task goes back to the queue front).
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -27,4 +29,7 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[2], 'instance', AR
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'outstanding', 1)
 redis.call('SADD', KEYS[5], ARGV[1])
-return {'ok', attempt}
+local f = redis.call('HMGET', KEYS[1], 'endpoint', 'body', 'reply_to', 'deadline', 'stream',
+  'request_id')
+return {'ok', attempt, f[1] or '', f[2] or '{}', f[3] or '', f[4] or '0', f[5] or '0',
+  f[6] or ''}

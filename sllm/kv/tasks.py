@@ -96,7 +96,7 @@ class TaskStore:
     ) -> tuple[str, Claim | None]:
         """Stamp the lease on a claimed task: ('ok', claim), or ('gone' | 'instance', None)."""
         k = self._k
-        status, attempt = await self._s.stamp_lease(
+        status, attempt, *fields = await self._s.stamp_lease(
             keys=[
                 k.task(task_id),
                 k.leases,
@@ -109,18 +109,16 @@ class TaskStore:
         )
         if status != "ok":
             return str(status), None
-        endpoint, body, reply_to, deadline, stream, request_id = await self._r.hmget(
-            k.task(task_id), "endpoint", "body", "reply_to", "deadline", "stream", "request_id"
-        )
+        endpoint, body, reply_to, deadline, stream, request_id = fields
         claim = Claim(
             task_id=task_id,
             attempt=int(attempt),
-            endpoint=endpoint or "",
-            body=body or "{}",
-            reply_to=reply_to or "",
-            deadline=float(deadline or 0),
+            endpoint=endpoint,
+            body=body,
+            reply_to=reply_to,
+            deadline=float(deadline),
             stream=stream == "1",
-            request_id=request_id or "",
+            request_id=request_id,
         )
         return "ok", claim
 
