@@ -14,7 +14,7 @@ from typing import Any
 
 from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import SamplingParams
-from sllm.backends.model_source import ModelFiles, adapter_dir, dequantized_dir, resolve
+from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
 from sllm.backends.static_batching import StaticBatcher
 from sllm.backends.transformers_knobs import TransformersKnobs
 from sllm.errors import RequestError
@@ -51,32 +51,6 @@ def _dtype(knobs: TransformersKnobs, device: str) -> Any:
     return getattr(torch, knobs.dtype)
 
 
-def _load_dir(files: ModelFiles, cache: Path) -> Path:
-    """A directory of safetensors: a GGUF file is dequantized once into the cache."""
-    if files.gguf_file is None:
-        return files.path
-    target = dequantized_dir(files, cache)
-    if (target / "config.json").is_file():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    started = time.monotonic()
-    log.info("dequantizing %s into %s (once)", files.gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(files.path, gguf_file=files.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(files.path, gguf_file=files.gguf_file)
-    partial = target.with_name(target.name + ".partial")
-    # The weights are dequantized floats by now; the GGUF marker would refuse the save
-    # and make later loads look for a GGUF file.
-    setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)  # atomic: a crash mid-save leaves no half-written model
-    log.info("dequantized in %.1f s", time.monotonic() - started)
-    return target
-
-
 def _is_generative(path: Path, knobs: TransformersKnobs) -> bool:
     if knobs.task != "auto":
         return knobs.task == "generate"
@@ -98,7 +72,7 @@ class TransformersEngine:
         self.adapters = frozenset(self.lora_adapters)
         self.cache = cache
         files = resolve(knobs.pretrained_model_name_or_path, cache)
-        self.path = _load_dir(files, cache)
+        self.path = loadable_dir(files, cache)
         self.device = _device(knobs)
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.path, trust_remote_code=knobs.trust_remote_code

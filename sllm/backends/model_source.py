@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def dequantized_dir(files: ModelFiles, cache: Path) -> Path:
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     # A file's stem is one path component, so this stays in the cache; checked anyway.
     return _within(cache, cache / "gguf" / f"{gguf.stem}-{key.hexdigest()[:12]}")
+
+
+def loadable_dir(files: ModelFiles, cache: Path) -> Path:
+    """A directory of safetensors: a GGUF file is dequantized once into the cache."""
+    if files.gguf_file is None:
+        return files.path
+    target = dequantized_dir(files, cache)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    log.info("dequantizing %s into %s (once)", files.gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(files.path, gguf_file=files.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(files.path, gguf_file=files.gguf_file)
+    partial = target.with_name(target.name + ".partial")
+    # The weights are dequantized floats by now; the GGUF marker would refuse the save
+    # and make later loads look for a GGUF file.
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # atomic: a crash mid-save leaves no half-written model
+    log.info("dequantized in %.1f s", time.monotonic() - started)
+    return target

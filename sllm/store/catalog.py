@@ -149,13 +149,12 @@ def load_pretrained(
 
 def _source_dir(source: str, storage: Path) -> Path:
     """The directory of safetensors the backend would load ``source`` from."""
-    from sllm.backends.hf_engine import _load_dir  # the backend's GGUF dequantization
-    from sllm.backends.model_source import resolve
+    from sllm.backends.model_source import loadable_dir, resolve
 
     local = Path(source).expanduser()
     if local.exists():  # the operator's own path on the command line: relative is fine
         source = str(local.resolve())
-    return _load_dir(resolve(source, storage), storage)
+    return loadable_dir(resolve(source, storage), storage)
 
 
 def auto_class_for(path: Path, task: Task) -> Any:
