@@ -2,7 +2,10 @@
 -- to the front of its queue, or fails once its attempts are spent or its model is gone.
 -- KEYS[1] task hash, KEYS[2] leases zset, KEYS[3] processing list, KEYS[4] model queue,
 -- KEYS[5] instance hash, KEYS[6] instance tasks set, KEYS[7] model hash
--- ARGV[1] task id, ARGV[2] attempt expected, ARGV[3] now, ARGV[4] reason, ARGV[5] ttl (s)
+-- ARGV[1] task id, ARGV[2] attempt expected, ARGV[3] now, ARGV[4] reason, ARGV[5] ttl (s),
+-- ARGV[6] 'unsent' when the call never reached a worker (its connection was refused): that
+-- attempt does not count against max_attempts. Bounded: the caller marks the unreachable
+-- instance failed, so no head sends the task there again, and the deadline ends it anyway.
 -- Returns 'requeued', 'failed', 'cancelled' (released, client gone) or 'stale'.
 local t = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'max_attempts', 'reply_to')
 if t[2] ~= ARGV[2] then
@@ -25,6 +28,9 @@ release(ARGV[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], ARGV[3])
 if redis.call('HGET', KEYS[7], 'state') ~= 'active' then
   fail(KEYS[1], ARGV[1], t[2], t[4], 'the model was deleted', 'model_deleted', ARGV[3], ARGV[5])
   return 'failed'
+end
+if ARGV[6] == 'unsent' then
+  t[3] = redis.call('HINCRBY', KEYS[1], 'max_attempts', 1)
 end
 if tonumber(t[2]) >= tonumber(t[3]) then
   fail(KEYS[1], ARGV[1], t[2], t[4], 'request failed after ' .. t[2] .. ' attempt(s): ' .. ARGV[4],

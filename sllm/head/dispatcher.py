@@ -240,9 +240,12 @@ class Dispatcher:
         if outcome in ("retry", "lost", "crashed"):
             await self._requeue(claim, reason)
         elif outcome == "unreachable":
-            # Failed before requeued, so no head stamps the task on it again.
+            # Failed before requeued, so no head stamps the task on it again. Another
+            # head may not know yet that the worker died (its own call was the one lost)
+            # and send the retry straight to it: a call that never got through spends no
+            # attempt, so that retry still gets a live instance.
             await self._mark_failed(instance, reason)
-            await self._requeue(claim, reason)
+            await self._requeue(claim, reason, unsent=True)
 
     async def _wait_alone(self, claim: Claim, instance: InstanceRecord) -> None:
         """Let this head's other tasks on ``instance`` finish first (none start there
@@ -308,10 +311,15 @@ class Dispatcher:
             if not held:
                 return
 
-    async def _requeue(self, claim: Claim, reason: str) -> None:
+    async def _requeue(self, claim: Claim, reason: str, *, unsent: bool = False) -> None:
         try:
             result = await self.store.tasks.requeue(
-                claim.task_id, claim.attempt, reason, time.time(), int(self.settings.result_ttl)
+                claim.task_id,
+                claim.attempt,
+                reason,
+                time.time(),
+                int(self.settings.result_ttl),
+                unsent=unsent,
             )
             log.info("task %s attempt %d: %s (%s)", claim.task_id, claim.attempt, result, reason)
         except RedisError as exc:

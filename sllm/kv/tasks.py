@@ -157,11 +157,19 @@ class TaskStore:
         )
 
     async def requeue(
-        self, task_id: str, attempt: int | None, reason: str, now: float, ttl: int
+        self,
+        task_id: str,
+        attempt: int | None,
+        reason: str,
+        now: float,
+        ttl: int,
+        *,
+        unsent: bool = False,
     ) -> str:
         """Send a claimed task back to its queue (or fail it when attempts are spent).
 
         ``attempt`` None means "whatever attempt holds it now" (the reaper's view).
+        ``unsent``: the call never reached a worker, so the attempt does not count.
         """
         record = await self.get(task_id)
         if record is None:
@@ -180,7 +188,7 @@ class TaskStore:
                     k.instance_tasks(record.instance),
                     k.model(record.model),
                 ],
-                args=[task_id, expected, now, reason, ttl],
+                args=[task_id, expected, now, reason, ttl, "unsent" if unsent else ""],
             )
         )
 

@@ -81,6 +81,31 @@ def leftover_claims(r: redis.Redis, model: str) -> list[str]:
     return left
 
 
+# A task in one of these states is finished for good: no claim, lease or queue entry
+# should still point at it.
+FINAL_STATES = frozenset({"done", "failed", "cancelled"})
+
+
+def unsettled(r: redis.Redis, model: str) -> list[str]:
+    """Everything that says work is still pending anywhere; empty once a cluster that took
+    no new request for a while has settled. Stricter than ``leftover_claims``: it also
+    wants the queue drained, every task hash final (or expired), and no task set left on
+    any instance, including instances no longer in the model's set (a lost worker's)."""
+    left = leftover_claims(r, model)
+    if r.llen(K.queue(model)):
+        left.append(f"queue: {r.lrange(K.queue(model), 0, -1)}")
+    listed = {K.instance_tasks(i) for i in r.smembers(K.model_instances(model))}
+    for key in r.scan_iter(match=K.instance_tasks("*"), count=500):
+        if key not in listed and r.scard(key):
+            left.append(f"{key}: {r.smembers(key)}")
+    left += [
+        f"task {t.id} in state {t.state!r} (attempt {t.attempt})"
+        for t in tasks(r).values()
+        if t.state not in FINAL_STATES and t.state != "running"  # running: leftover_claims
+    ]
+    return left
+
+
 def instances(r: redis.Redis, model: str) -> dict[str, dict[str, str]]:
     return {i: r.hgetall(K.instance(i)) for i in r.smembers(K.model_instances(model))}
 

@@ -1,17 +1,21 @@
 """The task queue's Lua scripts as a state machine, against a real redis-server.
 
-Hypothesis interleaves what the head, the workers, the gateway and the reaper do to the
-queue (enqueue, claim, stamp, renew, finish, requeue, cancel, reap, a dispatcher dying
-between its BLMOVE and its stamp, an instance failing, SCRIPT FLUSH) under a simulated
-clock, and after every step compares Redis with a model of what must be true: no task
-lost or held twice, attempts within bounds, an ended task never coming back, and a stale
-attempt unable to touch a task that has moved on.
+Hypothesis interleaves what the gateway, the head's dispatchers and reaper, and the
+workers do to the queue (enqueue, claim, stamp, renew, finish, requeue, cancel, reap, a
+dispatcher dying or stalling between its BLMOVE and its stamp, a stamp on an instance that
+is not ready, late calls of stale attempts, SCRIPT FLUSH) under a simulated clock, and
+after every step compares Redis with a model of what must be true: no task lost, none
+held twice or listed twice, attempts within bounds, an ended task never coming back or
+changing, and a stale attempt unable to touch a task that has moved on.
+
+The regression tests at the end replay, one by one, the bugs the machine found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +46,7 @@ LEASE = 10.0
 TTL = 3600
 # Few tasks alive at once, so that the steps keep meeting the same tasks in new states.
 MAX_LIVE_TASKS = 3
-MAX_TASKS = 5
+MAX_FLUSHES = 2
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.unstamped: dict[str, float] = {}
         self.shas = [script.sha for script in self.store.tasks._s._scripts.values()]
         self.flushed = False
+        self.flushes = 0
         self.run(self.store.client.flushall())
         assert (
             self.run(self.store.registry.save_model(MODEL, {"model": MODEL}, create=True)) == "ok"
@@ -144,10 +149,19 @@ class QueueMachine(RuleBasedStateMachine):
         if task_id in items:
             items.remove(task_id)
 
-    def _draw_holding(self, data: st.DataObject) -> Holding:
-        # Newest first: Hypothesis leans to the first choices, and the newest attempt is the
-        # one a stale attempt's late call has to be told apart from.
-        return data.draw(st.sampled_from(self.holdings[::-1]), label="holding")
+    def _live_tasks(self) -> list[str]:
+        return [i for i, t in self.model.items() if not t.final]
+
+    def _is_live(self, holding: Holding) -> bool:
+        """Whether this attempt still holds its task's lease (running, or cancelled since)."""
+        t = self.model[holding.task]
+        return t.lease is not None and t.attempt == holding.attempt
+
+    def _draw_holding(self, data: st.DataObject, *, live: bool) -> Holding:
+        # Newest first: Hypothesis leans to the first choices, and the newest attempts are
+        # the ones most like the live claim a stale call has to be told apart from.
+        found = [h for h in reversed(self.holdings) if self._is_live(h) == live]
+        return data.draw(st.sampled_from(found), label="holding")
 
     def _release(self, t: TaskModel) -> None:
         t.lease = None
@@ -170,12 +184,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     # -- the gateway ------------------------------------------------------------------
 
-    @precondition(
-        lambda self: (
-            sum(not t.final for t in self.model.values()) < MAX_LIVE_TASKS
-            and len(self.model) < MAX_TASKS
-        )
-    )
+    @precondition(lambda self: len(self._live_tasks()) < MAX_LIVE_TASKS)
     @rule(max_attempts=st.integers(1, 3))
     def enqueue(self, max_attempts: int) -> None:
         task_id = f"t{len(self.model)}"
@@ -203,7 +212,10 @@ class QueueMachine(RuleBasedStateMachine):
         ghost = NewTask(task_id, "nope", "/v1/chat/completions", {}, "x", 9, self.now, 0.0)
         assert self.run(self.store.tasks.enqueue(ghost, TTL)).status == "missing"
 
-    @precondition(lambda self: bool(self.model))
+    # Every precondition below keeps a rule from running where it can change nothing: Hypothesis
+    # runs whole examples of one rule (thirty cancels of one ended task, thirty clock ticks
+    # with nothing leased) unless told not to.
+    @precondition(lambda self: bool(self._live_tasks()))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         # Live tasks first: Hypothesis leans to the first choices, and cancelling an ended
@@ -213,7 +225,7 @@ class QueueMachine(RuleBasedStateMachine):
         t = self.model[task_id]
         before = t.state
         got = self.run(self.store.tasks.cancel(task_id, MODEL, self.now, TTL))
-        assert got == before
+        assert got == before, (got, before)
         if before == "queued":
             self._remove_first(self.queue, task_id)
             self._remove_first(self.processing, task_id)
@@ -229,7 +241,7 @@ class QueueMachine(RuleBasedStateMachine):
         got = self.run(self.store.tasks.claim(MODEL, 0.01))
         expected = self.queue.pop(0)
         self.processing.append(expected)
-        assert got == expected
+        assert got == expected, (got, expected)
         self.claims.append(Claimed(expected, owner))
 
     @precondition(lambda self: bool(self.claims))
@@ -265,10 +277,39 @@ class QueueMachine(RuleBasedStateMachine):
         assert got is not None and got.attempt == t.attempt and got.task_id == t.id
         self.holdings.append(Holding(t.id, claim.owner, t.attempt, instance_id))
 
-    @precondition(lambda self: bool(self.holdings))
+    @precondition(lambda self: any(self._is_live(h) for h in self.holdings))
     @rule(data=st.data(), extra=st.sampled_from([2.0, LEASE]))
     def renew(self, data: st.DataObject, extra: float) -> None:
-        holding = self._draw_holding(data)
+        self._renew(self._draw_holding(data, live=True), extra)
+
+    @precondition(lambda self: any(self._is_live(h) for h in self.holdings))
+    @rule(data=st.data())
+    def requeue_after_worker_failure(self, data: st.DataObject) -> None:
+        self._requeue(self._draw_holding(data, live=True))
+
+    @precondition(lambda self: any(self._is_live(h) for h in self.holdings))
+    @rule(data=st.data(), outcome=st.sampled_from(["done", "failed"]))
+    def finish(self, data: st.DataObject, outcome: str) -> None:
+        """The worker ends the attempt it was given."""
+        self._finish(self._draw_holding(data, live=True), outcome)
+
+    @precondition(lambda self: not all(self._is_live(h) for h in self.holdings))
+    @rule(data=st.data(), call=st.sampled_from(["renew", "requeue", "done", "failed"]))
+    def late_call_of_a_stale_attempt(self, data: st.DataObject, call: str) -> None:
+        """A dispatcher or worker still acting on an attempt that has moved on.
+
+        Its own rule, so that runs meet these calls often: the dangerous ones are rare
+        states (an attempt requeued, then cancelled in the queue, keeps its number).
+        """
+        holding = self._draw_holding(data, live=False)
+        if call == "renew":
+            self._renew(holding, LEASE)
+        elif call == "requeue":
+            self._requeue(holding)
+        else:
+            self._finish(holding, call)
+
+    def _renew(self, holding: Holding, extra: float) -> None:
         t = self.model[holding.task]
         expected = (
             t.state == "running" and t.owner == holding.owner and t.attempt == holding.attempt
@@ -276,41 +317,33 @@ class QueueMachine(RuleBasedStateMachine):
         got = self.run(
             self.store.tasks.renew(holding.task, holding.owner, holding.attempt, self.now + extra)
         )
-        assert got == expected
+        assert got == expected, (got, expected)
         if expected:
             t.lease = self.now + extra
         # Another head cannot extend a lease it does not hold, even naming its attempt.
         other = next(o for o in OWNERS if o != t.owner)
         assert not self.run(self.store.tasks.renew(t.id, other, t.attempt, self.now + LEASE))
 
-    @precondition(lambda self: bool(self.holdings))
-    @rule(data=st.data())
-    def requeue_after_worker_failure(self, data: st.DataObject) -> None:
-        holding = self._draw_holding(data)
+    def _requeue(self, holding: Holding) -> None:
+        """What the dispatcher does when the worker fails or cannot be reached."""
         t = self.model[holding.task]
         expected = "stale" if t.attempt != holding.attempt else self._requeue_expected(t)
         got = self.run(
             self.store.tasks.requeue(t.id, holding.attempt, "worker unreachable", self.now, TTL)
         )
-        assert got == expected
+        assert got == expected, (got, expected)
 
-    # -- the workers ------------------------------------------------------------------
-
-    @precondition(lambda self: bool(self.holdings))
-    @rule(data=st.data(), outcome=st.sampled_from(["done", "failed"]))
-    def finish(self, data: st.DataObject, outcome: str) -> None:
-        holding = self._draw_holding(data)
+    def _finish(self, holding: Holding, outcome: str) -> None:
         t = self.model[holding.task]
         kind = "done" if outcome == "done" else "error"
         message = ResultMessage(t.id, holding.attempt, 0, kind, {"by": holding.owner}).encode()
-        live = t.state in ("running", "cancelled") and t.lease is not None
-        expected = live and t.attempt == holding.attempt
+        expected = self._is_live(holding)
         got = self.run(
             self.store.tasks.finish(
                 t.id, MODEL, holding.instance, holding.attempt, outcome, message, self.now, TTL
             )
         )
-        assert got == expected
+        assert got == expected, (got, expected)
         if expected:
             self._release(t)
             t.state = "cancelled" if t.state == "cancelled" else outcome
@@ -318,6 +351,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     # -- the rest of the world --------------------------------------------------------
 
+    @precondition(
+        lambda self: bool(self.processing) or any(t.lease is not None for t in self.model.values())
+    )
     @rule(
         dt=st.sampled_from([0.5, 3.0, LEASE + 1]),
         reaper=st.sampled_from(["asleep", "one pass", "passes through a lease"]),
@@ -360,14 +396,16 @@ class QueueMachine(RuleBasedStateMachine):
         self.unstamped = seen
         self.run(self.reaper.reap([MODEL], self.now))
 
-    # Hypothesis favours rules without arguments; flushing an empty cache again adds nothing.
-    @precondition(lambda self: not self.flushed)
+    # Rare in life, and a run of flushes crowds out the steps a bug needs; flushing an empty
+    # cache again adds nothing.
+    @precondition(lambda self: not self.flushed and self.flushes < MAX_FLUSHES)
     @rule()
     def script_flush(self) -> None:
         """Redis restarted without its script cache, or an operator ran SCRIPT FLUSH."""
         self.run(self.store.client.script_flush())
         assert not any(self.run(self.store.client.script_exists(*self.shas)))
         self.flushed = True
+        self.flushes += 1
 
     # -- what must hold after every step ----------------------------------------------
 
@@ -422,13 +460,19 @@ class QueueMachine(RuleBasedStateMachine):
                 assert ended == t.ended, f"{t.id} changed after it ended: {t.ended} -> {ended}"
 
         for instance_id in self.instances:
-            running = {t.id for t in self.model.values() if t.lease and t.instance == instance_id}
+            running = {
+                t.id
+                for t in self.model.values()
+                if t.lease is not None and t.instance == instance_id
+            }
             assert set(await r.smembers(k.instance_tasks(instance_id))) == running
             outstanding = int(await r.hget(k.instance(instance_id), "outstanding") or 0)
             assert outstanding == len(running), (instance_id, outstanding, running)
 
 
-@pytest.mark.timeout(120)
+# A passing run takes seconds; a failing one spends most of this shrinking (real Redis
+# round trips on every replay) before it prints the steps.
+@pytest.mark.timeout(300)
 def test_queue_scripts_keep_every_task_accounted_for(redis_url: str) -> None:
     run_state_machine_as_test(
         lambda: QueueMachine(redis_url),
@@ -442,3 +486,88 @@ def test_queue_scripts_keep_every_task_accounted_for(redis_url: str) -> None:
             database=None,
         ),
     )
+
+
+# -- what the machine found, replayed step by step --------------------------------------
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store.connect(redis_url, Keys("q"), patient=False)
+    assert await s.registry.save_model(MODEL, {"model": MODEL}, create=True) == "ok"
+    for instance_id in ("i1", "i3"):
+        inst = InstanceRecord(id=instance_id, model=MODEL, node_id="w", url="http://w")
+        assert await s.registry.create_instance(inst)
+    assert await s.registry.set_instance_state("i1", "ready")  # i3 stays 'starting'
+    yield s
+    await s.close()
+
+
+def _task(task_id: str, max_attempts: int = 2) -> NewTask:
+    return NewTask(task_id, MODEL, "/v1/completions", {}, "q:results:h", max_attempts, 0.0, 0.0)
+
+
+async def _claim_and_stamp(store: Store, task_id: str) -> int:
+    assert await store.tasks.claim(MODEL, 0.01) == task_id
+    status, claim = await store.tasks.stamp(task_id, MODEL, "i1", "head-a", 1.0, 11.0)
+    assert status == "ok" and claim is not None
+    return claim.attempt
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("instance", ["i1", "i3"])
+async def test_a_claim_the_reaper_took_back_is_not_stamped_by_its_stalled_dispatcher(
+    store: Store, instance: str
+) -> None:
+    """Once stamped (or pushed back for a starting instance) it ran while still queued, or
+    sat in the queue twice."""
+    await store.tasks.enqueue(_task("a"), TTL)
+    assert await store.tasks.claim(MODEL, 0.01) == "a"
+    assert await store.tasks.recover_claim(MODEL, "a")
+    status, claim = await store.tasks.stamp("a", MODEL, instance, "head-a", 1.0, 11.0)
+    assert (status, claim) == ("gone", None)
+    assert await store.tasks.queued(MODEL) == ["a"]
+    assert await store.tasks.processing(MODEL) == []
+    assert await store.tasks.states(["a"]) == ["queued"]
+
+
+@pytest.mark.timeout(30)
+async def test_cancelling_a_claimed_task_takes_it_off_the_processing_list(store: Store) -> None:
+    """The reaper recovers only queued claims: with a dead dispatcher it stayed listed until
+    its hash expired."""
+    await store.tasks.enqueue(_task("a"), TTL)
+    assert await store.tasks.claim(MODEL, 0.01) == "a"
+    assert await store.tasks.cancel("a", MODEL, 1.0, TTL) == "queued"
+    assert await store.tasks.processing(MODEL) == []
+    assert (await store.tasks.stamp("a", MODEL, "i1", "head-a", 1.0, 11.0))[0] == "gone"
+
+
+@pytest.mark.timeout(30)
+async def test_a_late_finish_leaves_a_task_cancelled_after_its_requeue_alone(
+    store: Store,
+) -> None:
+    """The requeued attempt keeps its number, so a late finish of it matched and rewrote the
+    ended task's result (and published into it)."""
+    await store.tasks.enqueue(_task("a"), TTL)
+    attempt = await _claim_and_stamp(store, "a")
+    assert await store.tasks.requeue("a", attempt, "worker unreachable", 2.0, TTL) == "requeued"
+    assert await store.tasks.cancel("a", MODEL, 3.0, TTL) == "queued"
+    late = ResultMessage("a", attempt, 0, "done", {}).encode()
+    assert not await store.tasks.finish("a", MODEL, "i1", attempt, "done", late, 4.0, TTL)
+    assert await store.tasks.requeue("a", attempt, "late", 4.0, TTL) == "stale"
+    assert await store.tasks.state_and_result("a") == ("cancelled", None)
+
+
+@pytest.mark.timeout(30)
+async def test_a_claim_cancelled_while_running_is_released_once(store: Store) -> None:
+    await store.tasks.enqueue(_task("a"), TTL)
+    attempt = await _claim_and_stamp(store, "a")
+    assert await store.tasks.cancel("a", MODEL, 2.0, TTL) == "running"
+    assert await store.tasks.requeue("a", attempt, "lease expired", 3.0, TTL) == "cancelled"
+    # A second requeue (the reaper after the dispatcher) or the worker's late finish find
+    # nothing left to release.
+    assert await store.tasks.requeue("a", attempt, "lease expired", 4.0, TTL) == "stale"
+    late = ResultMessage("a", attempt, 0, "done", {}).encode()
+    assert not await store.tasks.finish("a", MODEL, "i1", attempt, "done", late, 4.0, TTL)
+    assert await store.tasks.state_and_result("a") == ("cancelled", None)
+    assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
