@@ -171,7 +171,7 @@ class StaticBatcher:
         while True:
             with self._wake:
                 while not self._pending and not self._stopping:
-                    self._wake.wait()
+                    self._wake.wait(timeout=1.0)  # stop() notifies; the bound is a backstop
                 if self._stopping:
                     rows, self._pending = self._pending, []
                     for row in rows:

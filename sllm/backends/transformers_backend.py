@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
 from sllm.backends.model_source import ModelSourceError
 from sllm.backends.server import main as serve
@@ -19,10 +17,8 @@ def build(
     cache: Path,
     lora_adapters: dict[str, str],
 ) -> TransformersEngine:
-    try:
-        knobs = TransformersKnobs.model_validate(config)
-    except ValidationError as exc:
-        raise ValueError(str(exc)) from None
+    # A ValidationError is a ValueError: server.main reports it as the start's failure.
+    knobs = TransformersKnobs.model_validate(config)
     try:
         return TransformersEngine(knobs, cache, lora_adapters)
     except ModelSourceError:

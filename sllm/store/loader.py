@@ -128,8 +128,8 @@ def _open_all(directory: Path, chunks: list[FileEntry]) -> Iterator[list[int]]:
 
 def _run(threads: int, jobs: list[tuple[int, int, int]], job: Callable[..., None]) -> None:
     with ThreadPoolExecutor(max(1, min(threads, len(jobs))), "sllm-load") as pool:
-        for _ in pool.map(lambda j: job(*j), jobs):
-            pass  # re-raises the first failure
+        # Consuming the results re-raises the first job's failure here.
+        list(pool.map(lambda j: job(*j), jobs))
 
 
 def _typed(buf: torch.Tensor, entry: TensorEntry) -> torch.Tensor:

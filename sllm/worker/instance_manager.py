@@ -308,10 +308,12 @@ class InstanceManager:
                     return f"backend not ready within {timeout:g} s"
                 client.timeout = httpx.Timeout(min(_POLL_TIMEOUT, left))
                 try:
-                    if await entry.backend.ready(client, base_url, entry.spec):
-                        return await self._load_adapters(entry, client, base_url)
+                    ready = await entry.backend.ready(client, base_url, entry.spec)
                 except (httpx.HTTPError, ValueError):
-                    pass  # not listening yet, or not answering sense yet
+                    # Not listening yet, or answering before it can say: poll again.
+                    ready = False
+                if ready:
+                    return await self._load_adapters(entry, client, base_url)
                 await asyncio.wait({entry.exited}, timeout=min(_POLL_INTERVAL, left))
         return "stopped during start-up"
 
