@@ -16,11 +16,12 @@ if t[1] == 'cancelled' and not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   return 0
 end
 release(ARGV[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[5])
-local final = ARGV[3]
 if t[1] == 'cancelled' then
-  final = 'cancelled'
+  -- Nobody reads the output of a cancelled task; it ends like every cancelled task.
+  end_cancelled(KEYS[1], ARGV[1], t[2], ARGV[5], ARGV[6])
+  return 1
 end
-redis.call('HSET', KEYS[1], 'state', final, 'result', ARGV[4], 'finished', ARGV[5])
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4], 'finished', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if t[3] then
   redis.call('PUBLISH', t[3], ARGV[4])

@@ -18,7 +18,7 @@ if t[1] == 'cancelled' then
     return 'stale'
   end
   release(ARGV[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  end_cancelled(KEYS[1], ARGV[1], t[2], ARGV[3], ARGV[5])
   return 'cancelled'
 end
 if t[1] ~= 'running' then

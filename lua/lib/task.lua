@@ -11,10 +11,23 @@ local function release(id, leases, processing, instance, instance_tasks, now)
   end
 end
 
+-- A terminal error message, as the gateway reads it.
+local function error_message(id, attempt, message, code)
+  return cjson.encode({task = id, attempt = tonumber(attempt) or 0, seq = -1, kind = 'error',
+    data = {error = {message = message, type = cjson.null, param = cjson.null, code = code}}})
+end
+
+-- End a task the client cancelled: whichever path releases its claim (the worker's
+-- finish, a requeue, the reaper), it is stored with the same outcome.
+local function end_cancelled(task, id, attempt, now, ttl)
+  redis.call('HSET', task, 'result',
+    error_message(id, attempt, 'the client cancelled the request', 'cancelled'), 'finished', now)
+  redis.call('EXPIRE', task, ttl)
+end
+
 -- Store a terminal error message and publish it to the task's reply channel.
 local function fail(task, id, attempt, reply_to, message, code, now, ttl)
-  local msg = cjson.encode({task = id, attempt = tonumber(attempt) or 0, seq = -1, kind = 'error',
-    data = {error = {message = message, type = cjson.null, param = cjson.null, code = code}}})
+  local msg = error_message(id, attempt, message, code)
   redis.call('HSET', task, 'state', 'failed', 'result', msg, 'finished', now)
   redis.call('EXPIRE', task, ttl)
   if reply_to then

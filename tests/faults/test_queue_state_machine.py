@@ -171,6 +171,7 @@ class QueueMachine(RuleBasedStateMachine):
         """requeue_task.lua for the attempt that holds the task now."""
         if t.state == "cancelled" and t.lease is not None:
             self._release(t)
+            t.error_code = "cancelled"
             return "cancelled"
         if t.state != "running":
             return "stale"
@@ -346,8 +347,11 @@ class QueueMachine(RuleBasedStateMachine):
         assert got == expected, (got, expected)
         if expected:
             self._release(t)
-            t.state = "cancelled" if t.state == "cancelled" else outcome
-            t.result = message
+            if t.state == "cancelled":
+                # Every release of a cancelled task stores the cancelled outcome.
+                t.error_code = "cancelled"
+            else:
+                t.state, t.result = outcome, message
 
     # -- the rest of the world --------------------------------------------------------
 
@@ -569,5 +573,8 @@ async def test_a_claim_cancelled_while_running_is_released_once(store: Store) ->
     assert await store.tasks.requeue("a", attempt, "lease expired", 4.0, TTL) == "stale"
     late = ResultMessage("a", attempt, 0, "done", {}).encode()
     assert not await store.tasks.finish("a", MODEL, "i1", attempt, "done", late, 4.0, TTL)
-    assert await store.tasks.state_and_result("a") == ("cancelled", None)
+    state, result = await store.tasks.state_and_result("a")
+    # The release stored the cancelled outcome; the late finish did not overwrite it.
+    assert state == "cancelled" and result is not None
+    assert ResultMessage.decode(result).data["error"]["code"] == "cancelled"
     assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
