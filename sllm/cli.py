@@ -124,6 +124,9 @@ def worker(
     heartbeat_interval: Annotated[float | None, _opt(W, "heartbeat_interval")] = None,
     storage_path: Annotated[Path | None, _opt(W, "storage_path")] = None,
     log_dir: Annotated[Path | None, _opt(W, "log_dir")] = None,
+    disk_cache_gb: Annotated[float | None, _opt(W, "disk_cache_gb")] = None,
+    memory_cache_gb: Annotated[float | None, _opt(W, "memory_cache_gb")] = None,
+    memory_cache_path: Annotated[Path | None, _opt(W, "memory_cache_path")] = None,
     log_level: Annotated[str | None, _opt(W, "log_level")] = None,
     log_format: Annotated[str | None, _opt(W, "log_format")] = None,
 ) -> None:

@@ -162,6 +162,23 @@ class WorkerSettings(BaseSettings):
     log_dir: Path = Field(
         Path.home() / ".cache" / "sllm" / "logs", description="Where instance logs go."
     )
+    disk_cache_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Size limit of the stored models under the storage path, evicted least "
+        "recently used first (default: keep a tenth of the disk free).",
+    )
+    memory_cache_gb: float | None = Field(
+        None,
+        ge=0,
+        description="Size limit of the models kept in RAM after their instance stops "
+        "(default: a quarter of the machine's memory; 0: none kept).",
+    )
+    memory_cache_path: Path | None = Field(
+        None,
+        description="RAM-backed directory (tmpfs) of the models kept in memory "
+        "(default: under /dev/shm).",
+    )
     cluster_token: SecretStr | None = Field(
         None, description="Shared secret of every head <-> worker call (unset: none)."
     )

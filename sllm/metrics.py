@@ -121,6 +121,15 @@ class WorkerMetrics:
         self.instances = Gauge(
             "sllm_worker_instances", "Instances on this worker by state.", ["state"], registry=r
         )
+        self.cache_bytes = Gauge(
+            "sllm_worker_cache_bytes",
+            "Bytes of stored models in each cache tier (memory, disk).",
+            ["tier"],
+            registry=r,
+        )
+        self.cached_models = Gauge(
+            "sllm_worker_cached_models", "Stored models in each cache tier.", ["tier"], registry=r
+        )
         self.cold_start = Histogram(
             "sllm_cold_start_seconds",
             "Cold-start phases of new instances (process start, weight load, first token).",

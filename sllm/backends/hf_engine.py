@@ -16,7 +16,7 @@ from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import SamplingParams
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
 from sllm.backends.static_batching import StaticBatcher
-from sllm.backends.transformers_knobs import TransformersKnobs
+from sllm.backends.transformers_knobs import CPU_KV_CACHE_TOKENS, TransformersKnobs
 from sllm.errors import RequestError
 from sllm.protocol import ChatMessage
 from sllm.store.catalog import load_pretrained
@@ -63,7 +63,11 @@ class TransformersEngine:
     or embeddings for an encoder."""
 
     def __init__(
-        self, knobs: TransformersKnobs, cache: Path, lora_adapters: dict[str, str] | None = None
+        self,
+        knobs: TransformersKnobs,
+        cache: Path,
+        lora_adapters: dict[str, str] | None = None,
+        memory_cache: Path | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -71,6 +75,7 @@ class TransformersEngine:
         self.lora_adapters = dict(lora_adapters or {})
         self.adapters = frozenset(self.lora_adapters)
         self.cache = cache
+        self.memory_cache = memory_cache
         files = resolve(knobs.pretrained_model_name_or_path, cache)
         self.path = loadable_dir(files, cache)
         self.device = _device(knobs)
@@ -106,6 +111,8 @@ class TransformersEngine:
             self.device,
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
+            source=self.knobs.pretrained_model_name_or_path,
+            memory_root=self.memory_cache,
             # Several GPUs (num_gpus > 1, all the worker let us see): layers spread over them.
             device_map="auto" if _gpu_count(self.device) > 1 else None,
         )
@@ -175,6 +182,11 @@ class TransformersEngine:
         cb = ContinuousBatchingConfig(per_request_processors=True)
         if self.knobs.max_batch_tokens:
             cb.max_batch_tokens = self.knobs.max_batch_tokens
+        tokens = self.knobs.kv_cache_tokens or (
+            CPU_KV_CACHE_TOKENS if self.device == "cpu" else None
+        )
+        if tokens:
+            cb.num_blocks = -(-tokens // cb.page_size)
         self.manager = self.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=cb
         )
@@ -230,6 +242,8 @@ class TransformersEngine:
             self.device,
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
+            source=self.knobs.pretrained_model_name_or_path,
+            memory_root=self.memory_cache,
         ).to(self.device)
         model.eval()
         self.model = model

@@ -10,13 +10,10 @@ turns through a lock file; the first stores it, the others find it stored.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +21,8 @@ from sllm.store.format import VERSION, StoreError, StoreIndex
 from sllm.store.ingest import ingest
 from sllm.store.integrity import Verify, check_directory
 from sllm.store.loader import Unsupported, load_model
+from sllm.store.locking import locked
+from sllm.store.tiers import memory_copy, record_use
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +55,6 @@ def store_dir(source: Path, storage: Path, auto_class: str) -> Path:
     return store_root(storage) / f"{_label(source)}-{key}"
 
 
-@contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
-    """One process at a time stores a model; the lock dies with its holder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_stored(
     source: Path,
     storage: Path,
@@ -82,7 +69,7 @@ def ensure_stored(
     index, problems = check_directory(target, verify)
     if index is not None and not problems:
         return target, index
-    with _locked(target):
+    with locked(target):
         index, problems = check_directory(target, verify)  # stored while we waited?
         if index is not None and not problems:
             return target, index
@@ -113,11 +100,15 @@ def load_pretrained(
     dtype: Any,
     trust_remote_code: bool = False,
     device_map: Any = None,
+    source: str | None = None,
+    memory_root: Path | None = None,
 ) -> Any:
     """``auto_class.from_pretrained(path, ...)``, through the store: stored on first
-    use, loaded from the stored copy after. Models spread over several GPUs
-    (``device_map``) and models the loader does not build take transformers' path;
-    so does any model whose copy cannot be written (a read-only or full disk)."""
+    use, loaded from the stored copy after, from its copy in the memory tier
+    (``memory_root``) where there is one. ``source``: the name it was deployed as,
+    recorded beside the stored copy. Models spread over several GPUs (``device_map``)
+    and models the loader does not build take transformers' path; so does any model
+    whose copy cannot be written (a read-only or full disk)."""
     if device_map is None and _quantized(path):
         log.info("%s is quantized: loading with transformers, not through the store", path)
     elif device_map is None:
@@ -125,8 +116,14 @@ def load_pretrained(
             directory, index = ensure_stored(
                 path, storage, auto_class, trust_remote_code=trust_remote_code
             )
+            if source is not None:
+                record_use(directory, source)
+            in_memory = memory_copy(memory_root, directory) if memory_root else None
+            log.info(
+                "loading %s from the %s tier", directory.name, "memory" if in_memory else "disk"
+            )
             return load_model(
-                directory,
+                in_memory or directory,
                 index,
                 auto_class,
                 dtype=dtype,

@@ -32,6 +32,7 @@ from sllm.serving import serve, setup_logging
 from sllm.worker.gpu_assignment import GpuDoesNotFit
 from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
+from sllm.worker.model_cache import WorkerCache, build_cache
 from sllm.worker.proxy import InvokeBody, Proxy
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,17 @@ class Worker:
         self.settings = settings
         self._state = state
         self.metrics = WorkerMetrics()
+        self.cache = WorkerCache(build_cache(settings), self.metrics)
         self.instances = InstanceManager(
             settings.log_dir,
             self.on_state,
             storage_path=settings.storage_path,
             metrics=self.metrics,
+            backend_env=self.cache.backend_env,
         )
-        self.heartbeat = Heartbeat(settings, self.instances, self.confirm, self.metrics)
+        self.heartbeat = Heartbeat(
+            settings, self.instances, self.confirm, self.metrics, cache=self.cache
+        )
         self.store: Store | None = None
         self.proxy: Proxy | None = None
         self._connecting = asyncio.Lock()
@@ -111,6 +116,8 @@ class Worker:
             log.info("worker %s connected to Redis at %s", node_id, url)
 
     async def on_state(self, instance_id: str, state: str, reason: str) -> None:
+        if state in ("stopped", "failed"):
+            self.cache.ended(instance_id, state)
         try:
             if self.store is None:
                 # The next heartbeat carries the instance list to the head.
@@ -123,6 +130,7 @@ class Worker:
     async def close(self) -> None:
         # Instances first: their "stopped" reports still need Redis.
         await self.instances.stop_all()
+        await self.cache.close()
         if self.proxy is not None:
             await self.proxy.aclose()
         if self.store is not None:
@@ -140,13 +148,15 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         worker = Worker(settings, app.state)
         app.state.worker = worker
         beating = asyncio.create_task(worker.heartbeat.run())
+        upkeep = asyncio.create_task(worker.cache.upkeep())
         try:
             with _drain_on_exit_signals(worker.heartbeat):
                 yield
         finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
+            for task in (beating, upkeep):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await worker.close()
 
     app = FastAPI(title="sllm worker", lifespan=lifespan, responses=ERROR_RESPONSES)
@@ -196,6 +206,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
                 body.lora_adapters,
                 body.startup_timeout,
             )
+            _worker(request).cache.started(body.instance_id, body.backend_config)
         except InstanceExists as exc:
             return error_response(409, str(exc), "instance_exists", param="instance_id")
         except BackendUnavailable as exc:

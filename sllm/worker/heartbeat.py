@@ -16,6 +16,7 @@ from sllm.config import WorkerSettings
 from sllm.metrics import WorkerMetrics
 from sllm.worker import hardware
 from sllm.worker.instance_manager import InstanceManager
+from sllm.worker.model_cache import WorkerCache
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class Heartbeat:
         instances: InstanceManager,
         on_confirm: OnConfirm,
         metrics: WorkerMetrics | None = None,
+        cache: WorkerCache | None = None,
     ) -> None:
         self._settings = settings
+        self._cache = cache
         self._instances = instances
         self._on_confirm = on_confirm
         self._metrics = metrics
@@ -149,4 +152,6 @@ class Heartbeat:
                 for i in self._instances.list()
             ],
             "storage_path": str(self._settings.storage_path),
+            # Which models this worker could start fastest, for placement.
+            "cache": await self._cache.report() if self._cache is not None else [],
         }

@@ -122,8 +122,12 @@ class InstanceManager:
         *,
         storage_path: Path = Path("."),
         metrics: WorkerMetrics | None = None,
+        backend_env: Mapping[str, str] | None = None,
     ) -> None:
         self._log_dir = log_dir
+        # What every backend is told beyond the worker's own environment (the
+        # host-memory model cache).
+        self._backend_env = dict(backend_env or {})
         self._on_state = on_state
         self._storage_path = storage_path
         self._metrics = metrics or WorkerMetrics()
@@ -238,6 +242,7 @@ class InstanceManager:
                 # Only the GPUs assigned: none for a CPU instance on a GPU machine.
                 env={
                     **_without_secrets(os.environ),
+                    **self._backend_env,
                     **impl.env(spec),
                     "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
                 },

@@ -1,0 +1,99 @@
+"""The worker's side of the tiered model cache (``sllm.store.tiers``): which models
+its instances serve, keeping a model in memory when its instance stops, holding both
+tiers within their limits, and the heartbeat's report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psutil
+
+from sllm.config import WorkerSettings
+from sllm.metrics import WorkerMetrics
+from sllm.store.tiers import MEMORY_ENV, ModelCache, default_memory_root, fastest
+
+log = logging.getLogger(__name__)
+
+GB = 1_000_000_000
+# How often the limits are enforced besides after each promotion: backends store new
+# models on disk on their own.
+UPKEEP_INTERVAL = 30.0
+
+
+def build_cache(settings: WorkerSettings) -> ModelCache:
+    memory_root = settings.memory_cache_path or default_memory_root(settings.storage_path)
+    if settings.memory_cache_gb is not None:
+        memory_limit = int(settings.memory_cache_gb * GB)
+    else:
+        memory_limit = psutil.virtual_memory().total // 4
+    disk_limit = int(settings.disk_cache_gb * GB) if settings.disk_cache_gb else None
+    return ModelCache(settings.storage_path, memory_root, memory_limit, disk_limit)
+
+
+class WorkerCache:
+    def __init__(self, cache: ModelCache, metrics: WorkerMetrics) -> None:
+        self.cache = cache
+        self._metrics = metrics
+        self._sources: dict[str, str] = {}  # instance id -> the source it serves
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # One promotion or eviction at a time: they list and delete the same directories.
+        self._busy = asyncio.Lock()
+
+    @property
+    def backend_env(self) -> dict[str, str]:
+        """Tells backends where the memory tier is."""
+        root = self.cache.memory_root
+        return {MEMORY_ENV: str(root)} if root is not None else {}
+
+    def _in_use(self) -> set[str]:
+        return set(self._sources.values())
+
+    def started(self, instance_id: str, backend_config: dict[str, Any]) -> None:
+        source = backend_config.get("pretrained_model_name_or_path")
+        if isinstance(source, str):
+            self._sources[instance_id] = source
+
+    def ended(self, instance_id: str, state: str) -> None:
+        """An instance stopped (its model goes to the memory tier) or failed."""
+        source = self._sources.pop(instance_id, None)
+        if source is None or state != "stopped" or source in self._in_use():
+            return
+        task = asyncio.ensure_future(self._keep(source))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep(self, source: str) -> None:
+        async with self._busy:
+            try:
+                await asyncio.to_thread(self.cache.keep_in_memory, source, self._in_use())
+            except OSError as exc:
+                log.warning("keeping %s in memory failed: %s", source, exc)
+
+    async def upkeep(self) -> None:
+        """Evict to the limits, now and every UPKEEP_INTERVAL, until cancelled."""
+        while True:
+            async with self._busy:
+                try:
+                    await asyncio.to_thread(self.cache.evict, self._in_use())
+                except OSError as exc:
+                    log.warning("cache eviction failed: %s", exc)
+            await asyncio.sleep(UPKEEP_INTERVAL)
+
+    async def report(self) -> list[dict[str, Any]]:
+        """For the heartbeat: each deployed source at its fastest tier."""
+        entries = await asyncio.to_thread(self.cache.entries)
+        for tier in ("memory", "disk"):
+            held = [e for e in entries if e.tier == tier]
+            self._metrics.cache_bytes.labels(tier).set(sum(e.bytes for e in held))
+            self._metrics.cached_models.labels(tier).set(len(held))
+        return [
+            {"source": source, "tier": c.tier, "bytes": c.bytes}
+            for source, c in sorted(fastest(entries).items())
+        ]
+
+    async def close(self) -> None:
+        """Waits for a promotion in progress (a copy cut short is left as .partial)."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
