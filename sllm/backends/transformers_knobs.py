@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+CPU_KV_CACHE_TOKENS = 8192
+
 
 class TransformersKnobs(BaseModel):
     """``backend_config`` of a transformers model; unknown keys are refused."""
@@ -19,6 +21,11 @@ class TransformersKnobs(BaseModel):
     task: Literal["auto", "generate", "embed"] = "auto"
     default_max_tokens: int = Field(256, ge=1)
     max_batch_tokens: int | None = Field(None, ge=16)
+    # Tokens the paged KV cache of continuous batching holds. Unset: transformers sizes
+    # it from free GPU memory on a GPU; on a CPU it is CPU_KV_CACHE_TOKENS, because the
+    # cache is zeroed at start-up and its size there is start-up time (3.2 GB, 5 s, for
+    # SmolLM2 with transformers' sizing from free RAM).
+    kv_cache_tokens: int | None = Field(None, ge=256)
     # continuous: transformers' continuous batching; static: batches of model.generate
     # (LoRA adapters, per-request seed, penalties); auto: continuous unless the model has
     # LoRA adapters or continuous batching fails to start on this device.
