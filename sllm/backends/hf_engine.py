@@ -16,7 +16,11 @@ from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import SamplingParams
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
 from sllm.backends.static_batching import StaticBatcher
-from sllm.backends.transformers_knobs import CPU_KV_CACHE_TOKENS, TransformersKnobs
+from sllm.backends.transformers_knobs import (
+    CPU_KV_CACHE_TOKENS,
+    CPU_MAX_BATCH_TOKENS,
+    TransformersKnobs,
+)
 from sllm.errors import RequestError
 from sllm.protocol import ChatMessage
 from sllm.store.catalog import load_pretrained
@@ -180,13 +184,13 @@ class TransformersEngine:
             pad_token_id=self.pad_id,
         )
         cb = ContinuousBatchingConfig(per_request_processors=True)
-        if self.knobs.max_batch_tokens:
-            cb.max_batch_tokens = self.knobs.max_batch_tokens
-        tokens = self.knobs.kv_cache_tokens or (
-            CPU_KV_CACHE_TOKENS if self.device == "cpu" else None
-        )
-        if tokens:
-            cb.num_blocks = -(-tokens // cb.page_size)
+        cpu = self.device == "cpu"
+        batch_tokens = self.knobs.max_batch_tokens or (CPU_MAX_BATCH_TOKENS if cpu else None)
+        if batch_tokens:
+            cb.max_batch_tokens = batch_tokens
+        cache_tokens = self.knobs.kv_cache_tokens or (CPU_KV_CACHE_TOKENS if cpu else None)
+        if cache_tokens:
+            cb.num_blocks = -(-cache_tokens // cb.page_size)
         self.manager = self.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=cb
         )

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 CPU_KV_CACHE_TOKENS = 8192
+CPU_MAX_BATCH_TOKENS = 1024
 
 
 class TransformersKnobs(BaseModel):
@@ -20,6 +21,9 @@ class TransformersKnobs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     task: Literal["auto", "generate", "embed"] = "auto"
     default_max_tokens: int = Field(256, ge=1)
+    # Unset: transformers' sizing on a GPU, CPU_MAX_BATCH_TOKENS on a CPU, where the
+    # attention mask it fills at start-up is this times the KV cache's tokens (8192 x
+    # 16384 floats, 0.7 s, with transformers' default).
     max_batch_tokens: int | None = Field(None, ge=16)
     # Tokens the paged KV cache of continuous batching holds. Unset: transformers sizes
     # it from free GPU memory on a GPU; on a CPU it is CPU_KV_CACHE_TOKENS, because the
