@@ -174,6 +174,13 @@ class WorkerSettings(BaseSettings):
         description="Size limit of the models kept in RAM after their instance stops "
         "(default: a quarter of the machine's memory; 0: none kept).",
     )
+    warm_processes: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="Backend processes kept started, with torch and transformers imported, "
+        "for the next instances (0: every instance starts a new interpreter).",
+    )
     memory_cache_path: Path | None = Field(
         None,
         description="RAM-backed directory (tmpfs) of the models kept in memory "

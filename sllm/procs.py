@@ -8,7 +8,9 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO
 
 _PR_SET_PDEATHSIG = 1
 # Loaded in the parent: the child between fork and exec should do as little as possible.
@@ -35,3 +37,19 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
     """Signal the process group led by ``pid``; a group already gone is no error."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def open_log(path: Path) -> IO[bytes]:
+    """A child's log file, appended to; blocking (open it in a thread)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
+
+
+# Backends run model code (trust_remote_code, vLLM plugins): they get no cluster secret.
+_SECRETS = ("SLLM_CLUSTER_TOKEN", "SLLM_API_KEYS", "SLLM_API_KEYS_FILE", "SLLM_ADMIN_KEY")
+
+
+def backend_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without the cluster's secrets, plus ``extra``: what a
+    backend process (or a warm one that will become one) is started with."""
+    return {**{k: v for k, v in os.environ.items() if k not in _SECRETS}, **extra}

@@ -47,6 +47,9 @@ class Backend:
     continues: bool = True
     # The schema of its backend_config, checked when a model is deployed.
     knobs: type[BaseModel] | None = None
+    # What a warm process imports and runs ("module" or "module:function") so that it
+    # can become an instance of this backend; empty: instances always start cold.
+    warm_prime: tuple[str, ...] = ()
 
     def command(self, spec: LaunchSpec) -> list[str]:
         return [

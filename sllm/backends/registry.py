@@ -9,7 +9,13 @@ from sllm.backends.vllm_backend import VLLM_ENTRYPOINT, VllmBackend
 from sllm.backends.vllm_flags import VllmKnobs
 
 _BUILT: dict[str, Backend] = {
-    "dummy": Backend(name="dummy", module="sllm.backends.dummy", lora=True, knobs=DummyKnobs),
+    "dummy": Backend(
+        name="dummy",
+        module="sllm.backends.dummy",
+        lora=True,
+        knobs=DummyKnobs,
+        warm_prime=("sllm.backends.server:prime", "sllm.backends.dummy"),
+    ),
     "transformers": Backend(
         name="transformers",
         module="sllm.backends.transformers_backend",
@@ -17,6 +23,7 @@ _BUILT: dict[str, Backend] = {
         knobs=TransformersKnobs,
         requires=("torch", "transformers"),
         install_hint="pip install 'sllm[transformers]'",
+        warm_prime=("sllm.backends.server:prime", "sllm.backends.transformers_backend:prime"),
     ),
     "vllm": VllmBackend(
         name="vllm",
@@ -40,3 +47,9 @@ def get_backend(name: str) -> Backend:
 def available_backends() -> list[str]:
     """Backends this machine can run, for the worker's heartbeat."""
     return sorted(n for n, b in _BUILT.items() if b.unavailable_reason() is None)
+
+
+def warm_primes() -> list[str]:
+    """What a warm process primes: for every backend this machine can run that starts
+    from one, so that any of them can take it."""
+    return list(dict.fromkeys(p for n in available_backends() for p in _BUILT[n].warm_prime))

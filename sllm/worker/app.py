@@ -21,6 +21,7 @@ from starlette.datastructures import State
 
 from sllm.api_errors import ERROR_RESPONSES, error_response, install_error_handlers
 from sllm.backends.base import BackendUnavailable
+from sllm.backends.registry import warm_primes
 from sllm.body_limit import BodyLimit
 from sllm.config import WorkerSettings
 from sllm.guards import Guard, require_cluster_token
@@ -28,12 +29,14 @@ from sllm.kv.keys import Keys
 from sllm.kv.store import Store
 from sllm.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, exposition
 from sllm.names import AdapterName, InstanceId, ModelName, NodeId
+from sllm.procs import backend_environment
 from sllm.serving import serve, setup_logging
 from sllm.worker.gpu_assignment import GpuDoesNotFit
 from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 from sllm.worker.model_cache import WorkerCache, build_cache
 from sllm.worker.proxy import InvokeBody, Proxy
+from sllm.worker.warm_pool import WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +87,19 @@ class Worker:
         self._state = state
         self.metrics = WorkerMetrics()
         self.cache = WorkerCache(build_cache(settings), self.metrics)
+        self.pool = WarmPool(
+            settings.warm_processes,
+            warm_primes(),
+            settings.log_dir / "warm-pool.log",
+            backend_environment(self.cache.backend_env),
+        )
         self.instances = InstanceManager(
             settings.log_dir,
             self.on_state,
             storage_path=settings.storage_path,
             metrics=self.metrics,
             backend_env=self.cache.backend_env,
+            pool=self.pool,
         )
         self.heartbeat = Heartbeat(
             settings, self.instances, self.confirm, self.metrics, cache=self.cache
@@ -130,6 +140,7 @@ class Worker:
     async def close(self) -> None:
         # Instances first: their "stopped" reports still need Redis.
         await self.instances.stop_all()
+        await self.pool.close()
         await self.cache.close()
         if self.proxy is not None:
             await self.proxy.aclose()
@@ -147,6 +158,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(settings, app.state)
         app.state.worker = worker
+        worker.pool.start()
         beating = asyncio.create_task(worker.heartbeat.run())
         upkeep = asyncio.create_task(worker.cache.upkeep())
         try:

@@ -154,4 +154,5 @@ class Heartbeat:
             "storage_path": str(self._settings.storage_path),
             # Which models this worker could start fastest, for placement.
             "cache": await self._cache.report() if self._cache is not None else [],
+            "warm_processes": self._instances.warm_idle(),
         }

@@ -17,10 +17,11 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -28,9 +29,10 @@ from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec
 from sllm.backends.model_source import local_weights_bytes
 from sllm.backends.registry import get_backend
 from sllm.metrics import WorkerMetrics
-from sllm.procs import die_with_parent, signal_group
+from sllm.procs import backend_environment, die_with_parent, open_log, signal_group
 from sllm.worker import hardware
 from sllm.worker.gpu_assignment import choose_gpus, needed_per_gpu
+from sllm.worker.warm_pool import WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +91,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# Backends run model code (trust_remote_code, vLLM plugins): they get no cluster secret.
-_SECRETS = ("SLLM_CLUSTER_TOKEN", "SLLM_API_KEYS", "SLLM_API_KEYS_FILE", "SLLM_ADMIN_KEY")
-
-
-def _without_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k not in _SECRETS}
-
-
-def _open_log(path: Path) -> IO[bytes]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("ab")
-
-
 def _log_tail(path: Path) -> str:
     try:
         with path.open("rb") as f:
@@ -123,11 +112,14 @@ class InstanceManager:
         storage_path: Path = Path("."),
         metrics: WorkerMetrics | None = None,
         backend_env: Mapping[str, str] | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
         self._log_dir = log_dir
         # What every backend is told beyond the worker's own environment (the
         # host-memory model cache).
         self._backend_env = dict(backend_env or {})
+        # Warm processes instances of pooled backends start from, when one is idle.
+        self._pool = pool
         self._on_state = on_state
         self._storage_path = storage_path
         self._metrics = metrics or WorkerMetrics()
@@ -151,6 +143,10 @@ class InstanceManager:
 
     def list(self) -> list[LocalInstance]:
         return [dataclasses.replace(e.info) for e in self._entries.values()]
+
+    def warm_idle(self) -> int:
+        """Warm processes ready for an instance."""
+        return self._pool.idle() if self._pool is not None else 0
 
     # -- start ------------------------------------------------------------------------
 
@@ -229,27 +225,22 @@ class InstanceManager:
         # Instance ids come from the network: keep them out of path syntax.
         log_path = self._log_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec.instance_id)}.log"
         argv = impl.command(spec)
-        log_file = await asyncio.to_thread(_open_log, log_path)
-        try:
-            log.info("starting %s: %s (log %s)", spec.instance_id, " ".join(argv), log_path)
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent(os.getpid()),
-                # Only the GPUs assigned: none for a CPU instance on a GPU machine.
-                env={
-                    **_without_secrets(os.environ),
-                    **self._backend_env,
-                    **impl.env(spec),
-                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
-                },
+        env = {
+            **backend_environment(self._backend_env),
+            **impl.env(spec),
+            # Only the GPUs assigned: none for a CPU instance on a GPU machine.
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+        }
+        proc = None
+        if self._pool is not None and impl.warm_prime and argv[0] == sys.executable:
+            proc = await self._pool.hand_over(argv[1:], env, log_path)
+        if proc is not None:
+            log.info(
+                "starting %s from warm process %d (log %s)", spec.instance_id, proc.pid, log_path
             )
-        finally:
-            # The child holds its own descriptor.
-            log_file.close()
+        else:
+            log.info("starting %s: %s (log %s)", spec.instance_id, " ".join(argv), log_path)
+            proc = await self._spawn_cold(argv, env, log_path)
         return _Entry(
             info=LocalInstance(
                 instance_id=spec.instance_id,
@@ -267,6 +258,25 @@ class InstanceManager:
             exited=self._spawn_task(proc.wait()),
             gpus=gpus,
         )
+
+    @staticmethod
+    async def _spawn_cold(
+        argv: Sequence[str], env: dict[str, str], log_path: Path
+    ) -> asyncio.subprocess.Process:
+        log_file = await asyncio.to_thread(open_log, log_path)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
+                env=env,
+            )
+        finally:
+            # The child holds its own descriptor.
+            log_file.close()
 
     def _spawn_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # The loop holds tasks weakly; keep them until they finish.

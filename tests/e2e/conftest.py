@@ -21,7 +21,9 @@ HEAD_ENV = {
     "SLLM_AUTOSCALE_INTERVAL": "0.2",
     "SLLM_REQUEST_TIMEOUT": "60",
 }
-WORKER_ENV = {"SLLM_HEARTBEAT_INTERVAL": "0.5"}
+# No warm processes unless a test wants them: each would import torch, for nothing
+# in tests of the dummy backend, on a 2-core machine running a worker per test.
+WORKER_ENV = {"SLLM_HEARTBEAT_INTERVAL": "0.5", "SLLM_WARM_PROCESSES": "0"}
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

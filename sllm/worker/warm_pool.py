@@ -1,0 +1,160 @@
+"""A small pool of warm backend processes (``sllm.backends.warm``): Python started,
+torch and transformers imported and primed, waiting for an instance to become. A start
+that takes one costs loading the weights, not starting an interpreter.
+
+The pool owns its idle processes: it reaps one that dies and starts another, with a
+bounded backoff when they keep failing; ``close`` kills them. A process handed over
+belongs to the instance manager from then on. Each runs in its own process group and
+dies with the worker, like an instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sllm.procs import die_with_parent, open_log, signal_group
+
+log = logging.getLogger(__name__)
+
+Process = asyncio.subprocess.Process
+
+# Importing torch and transformers takes seconds on a busy machine; far longer is a hang.
+READY_TIMEOUT = 120.0
+# Between failed starts: doubling from the first to the last, reset once one is ready.
+BACKOFF = (1.0, 60.0)
+# How often the pool looks for idle processes that died, besides being woken.
+CHECK_INTERVAL = 5.0
+_KILL_WAIT = 5.0
+
+
+class WarmPool:
+    def __init__(
+        self, size: int, primes: Sequence[str], log_path: Path, env: Mapping[str, str]
+    ) -> None:
+        self.size = size
+        self._primes = list(primes)
+        self._log_path = log_path
+        self._env = dict(env)
+        self._idle: list[Process] = []
+        self._changed = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+
+    def idle(self) -> int:
+        return sum(1 for p in self._idle if p.returncode is None)
+
+    def start(self) -> None:
+        if self.size > 0 and self._primes and self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_filled(), name="warm-pool")
+
+    async def _keep_filled(self) -> None:
+        failures = 0
+        while True:
+            self._idle = [p for p in self._idle if p.returncode is None]
+            if len(self._idle) < self.size:
+                proc = await self._spawn_ready()
+                if proc is None:
+                    failures += 1
+                    delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
+                    log.warning("warm process failed to start; next try in %.0f s", delay)
+                    await asyncio.sleep(delay)
+                else:
+                    failures = 0
+                    self._idle.append(proc)
+                continue
+            self._changed.clear()
+            # Woken by take(); the timeout notices idle processes that died.
+            try:
+                await asyncio.wait_for(self._changed.wait(), CHECK_INTERVAL)
+            except TimeoutError:
+                pass
+
+    async def _spawn_ready(self) -> Process | None:
+        """A new warm process once it said ready; None (and it killed) if it did not."""
+        log_file = await asyncio.to_thread(open_log, self._log_path)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sllm.backends.warm",
+                *self._primes,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
+                env=self._env,
+            )
+        finally:
+            log_file.close()  # the child holds its own descriptor
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        except asyncio.CancelledError:
+            await _kill(proc)
+            raise
+        if line.strip() == b"ready":
+            log.debug("warm process %d is ready", proc.pid)
+            return proc
+        await _kill(proc)
+        log.warning(
+            "warm process %d exited or hung before it was ready (see %s)", proc.pid, self._log_path
+        )
+        return None
+
+    def take(self) -> Process | None:
+        """An idle warm process, now, or None; a replacement starts in the background."""
+        while self._idle:
+            proc = self._idle.pop(0)
+            if proc.returncode is None:
+                self._changed.set()
+                return proc
+        return None
+
+    async def hand_over(
+        self, argv: list[str], env: Mapping[str, str], log_path: Path
+    ) -> Process | None:
+        """A warm process turned into the instance ``argv`` (``-m MODULE ...``) with
+        ``env``, logging to ``log_path``; None when none is idle or it died meanwhile
+        (the caller then starts the instance cold)."""
+        proc = self.take()
+        if proc is None:
+            return None
+        assert proc.stdin is not None
+        # Created here, as the cold path does, where a failure is the worker's to report.
+        await asyncio.to_thread(lambda: open_log(log_path).close())
+        order = json.dumps({"argv": argv, "env": dict(env), "log": str(log_path)})
+        try:
+            proc.stdin.write(order.encode() + b"\n")
+            await asyncio.wait_for(proc.stdin.drain(), _KILL_WAIT)
+            proc.stdin.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("warm process %d did not take its instance: %s", proc.pid, exc)
+            await _kill(proc)
+            return None
+        return proc
+
+    async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_kill(p) for p in idle))
+
+
+async def _kill(proc: Process) -> None:
+    """Kill the process's group and reap it, within a bound."""
+    signal_group(proc.pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(proc.wait(), _KILL_WAIT)
+    except TimeoutError:
+        log.error("warm process %d survived SIGKILL", proc.pid)

@@ -1,0 +1,162 @@
+"""Warm backend processes: the entry point becomes the instance it is told to, the
+pool keeps itself filled and reaps what dies, and an instance started through the
+instance manager is a process that was already running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from sllm.backends.registry import get_backend, warm_primes
+from sllm.procs import backend_environment
+from sllm.worker.instance_manager import InstanceManager
+from sllm.worker.warm_pool import WarmPool
+from tests.integration.test_instance_manager import Recorder
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parents[2]
+# What the dummy backend primes: no torch, so these tests stay quick.
+DUMMY_PRIMES = list(get_backend("dummy").warm_prime)
+
+
+async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def warm_entry(*primes: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sllm.backends.warm", *primes],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_a_warm_process_runs_the_module_it_is_given(tmp_path: Path) -> None:
+    proc = warm_entry("json", "sllm.backends.server:prime")
+    out, log = tmp_path / "out.json", tmp_path / "instance.log"
+    env = {**os.environ, "SLLM_TEST_MARK": "given", "CUDA_VISIBLE_DEVICES": "3"}
+    order = {
+        "argv": ["-m", "tests.warm_target", "--out", str(out), "x"],
+        "env": env,
+        "log": str(log),
+    }
+    proc.communicate(json.dumps(order) + "\n", timeout=30)
+    assert proc.returncode == 0
+    got = json.loads(out.read_text())
+    assert got == {
+        "argv": ["--out", str(out), "x"],
+        "mark": "given",
+        "cuda": "3",
+        "stdin": "",  # no input, as the cold path gives
+        "name": "__main__",
+    }
+    assert "to the log" in log.read_text()
+
+
+def test_a_warm_process_ends_quietly_without_an_order_and_refuses_a_bad_one() -> None:
+    proc = warm_entry("json")
+    proc.communicate("", timeout=30)
+    assert proc.returncode == 0
+    proc = warm_entry("json")
+    _, err = proc.communicate(
+        json.dumps({"argv": ["python", "x"], "env": {}, "log": "/x"}) + "\n", timeout=30
+    )
+    assert proc.returncode == 2 and "bad instance order" in err
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[WarmPool]:
+    pool = WarmPool(1, DUMMY_PRIMES, tmp_path / "warm.log", backend_environment({}))
+    pool.start()
+    await until(lambda: pool.idle() == 1)
+    yield pool
+    await pool.close()
+
+
+async def test_the_pool_refills_and_replaces_what_dies(pool: WarmPool) -> None:
+    taken = pool.take()
+    assert taken is not None and pool.take() is None
+    await until(lambda: pool.idle() == 1)
+    taken.kill()
+    await taken.wait()
+    [idle] = pool._idle
+    os.kill(idle.pid, signal.SIGKILL)
+    await until(lambda: pool.idle() == 1 and pool._idle[0].pid != idle.pid)
+
+
+async def test_closing_the_pool_leaves_no_process(pool: WarmPool) -> None:
+    pids = [p.pid for p in pool._idle]
+    await pool.close()
+    assert pool.idle() == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+async def test_a_pool_that_cannot_start_backs_off(tmp_path: Path) -> None:
+    pool = WarmPool(1, ["sllm.no_such_module"], tmp_path / "warm.log", backend_environment({}))
+    pool.start()
+    await asyncio.sleep(3)
+    assert pool.idle() == 0
+    assert "No module named 'sllm.no_such_module'" in (tmp_path / "warm.log").read_text()
+    await pool.close()
+
+
+async def test_an_instance_starts_from_a_warm_process(
+    pool: WarmPool, tmp_path: Path, recorder: Recorder
+) -> None:
+    [warm] = pool._idle
+    manager = InstanceManager(tmp_path / "logs", recorder, pool=pool)
+    try:
+        await manager.start("i-1", "m", "dummy", {}, 0, {}, startup_timeout=30)
+        await recorder.wait_for("i-1", "ready")
+        info = manager.get("i-1")
+        assert info is not None and info.pid == warm.pid
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        async with httpx.AsyncClient(trust_env=False) as client:
+            resp = await client.post(f"http://127.0.0.1:{info.port}/v1/chat/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        # The next instance finds the pool refilled; with none idle it starts cold.
+        await until(lambda: pool.idle() == 1)
+        assert manager.warm_idle() == 1
+        await manager.stop("i-1")
+        assert not alive(warm.pid)
+    finally:
+        await manager.stop_all()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+def test_every_backend_a_worker_runs_is_primed_once() -> None:
+    primes = warm_primes()
+    assert len(primes) == len(set(primes))
+    assert set(DUMMY_PRIMES) <= set(primes)
+    assert not get_backend("vllm").warm_prime  # vLLM's own server starts cold
