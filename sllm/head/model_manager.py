@@ -112,6 +112,8 @@ class ModelManager:
                     "resources": w.resources,
                     "backends": w.backends,
                     "instances": w.instances,
+                    "cache": w.cache,
+                    "warm_processes": w.warm_processes,
                 }
                 for w in workers
             ],

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +25,14 @@ CALL_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 REPORT_GRACE = 30.0
 
 
+class CachedModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    source: str = Field(min_length=1, max_length=1024)
+    tier: Literal["memory", "disk"]
+    bytes: int = Field(ge=0)
+
+
 class HeartbeatBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -36,6 +44,10 @@ class HeartbeatBody(BaseModel):
     storage_path: str = ""
     # Set from the worker's SIGTERM on: it finishes its calls in flight and takes no more.
     draining: bool = False
+    # Models it has stored (each deployed source at its fastest tier), and its idle warm
+    # processes: what placement estimates a start's time from.
+    cache: list[CachedModel] = Field(default_factory=list, max_length=1000)
+    warm_processes: int = Field(0, ge=0, le=1024)
 
 
 class WorkerManager:
@@ -72,6 +84,8 @@ class WorkerManager:
             "backends": hb.backends,
             "instances": hb.instances,
             "storage_path": hb.storage_path,
+            "cache": [c.model_dump() for c in hb.cache],
+            "warm_processes": str(hb.warm_processes),
         }
         new = await self._beats.registry.heartbeat(node_id, info)
         if new:

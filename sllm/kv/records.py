@@ -89,6 +89,8 @@ class WorkerRecord:
     resources: dict[str, Any] = field(default_factory=dict)
     instances: list[dict[str, Any]] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
+    cache: list[dict[str, Any]] = field(default_factory=list)
+    warm_processes: int = 0
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> WorkerRecord:
@@ -100,6 +102,8 @@ class WorkerRecord:
             resources=json.loads(h.get("resources") or "{}"),
             instances=json.loads(h.get("instances") or "[]"),
             backends=json.loads(h.get("backends") or "[]"),
+            cache=json.loads(h.get("cache") or "[]"),
+            warm_processes=int(h.get("warm_processes") or 0),
         )
 
 
