@@ -177,6 +177,7 @@ class InstanceManager:
         gpus = await self._assign_gpus(instance_id, backend_config, num_gpus)
         self._reserved.add(instance_id)
         self._reserved_gpus[instance_id] = gpus
+        self._loading(True)
         try:
             entry = await self._spawn(
                 impl,
@@ -192,6 +193,9 @@ class InstanceManager:
                 gpus,
             )
             self._entries[instance_id] = entry
+        except BaseException:
+            self._loading(False)
+            raise
         finally:
             self._reserved.discard(instance_id)
             self._reserved_gpus.pop(instance_id, None)
@@ -287,8 +291,15 @@ class InstanceManager:
 
     # -- supervision ------------------------------------------------------------------
 
+    def _loading(self, began: bool) -> None:
+        if self._pool is not None:
+            (self._pool.loading_began if began else self._pool.loading_ended)()
+
     async def _supervise(self, entry: _Entry, startup_timeout: float) -> None:
-        why = await self._wait_ready(entry, startup_timeout)
+        try:
+            why = await self._wait_ready(entry, startup_timeout)
+        finally:
+            self._loading(False)
         if entry.ender is not None:
             return
         if why is None:

@@ -11,6 +11,7 @@ dies with the worker, like an instance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ BACKOFF = (1.0, 60.0)
 # How often the pool looks for idle processes that died, besides being woken.
 CHECK_INTERVAL = 5.0
 _KILL_WAIT = 5.0
+QUIET_WAIT = 600.0
 
 
 class WarmPool:
@@ -45,6 +47,20 @@ class WarmPool:
         self._idle: list[Process] = []
         self._changed = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
+        # Instances loading now: a refill waits for them, as importing torch would take
+        # the CPU their loading needs (it doubled the demo model's start on 2 cores).
+        self._loading = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    def loading_began(self) -> None:
+        self._loading += 1
+        self._quiet.clear()
+
+    def loading_ended(self) -> None:
+        self._loading = max(0, self._loading - 1)
+        if not self._loading:
+            self._quiet.set()
 
     def idle(self) -> int:
         return sum(1 for p in self._idle if p.returncode is None)
@@ -58,6 +74,9 @@ class WarmPool:
         while True:
             self._idle = [p for p in self._idle if p.returncode is None]
             if len(self._idle) < self.size:
+                # Bounded: a start-up that never reports back must not stop refills.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._quiet.wait(), QUIET_WAIT)
                 proc = await self._spawn_ready()
                 if proc is None:
                     failures += 1

@@ -37,6 +37,12 @@ async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def warm_children() -> list[int]:
+    return [
+        p.pid for p in psutil.Process().children() if "sllm.backends.warm" in " ".join(p.cmdline())
+    ]
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -141,11 +147,19 @@ async def test_an_instance_starts_from_a_warm_process(
         async with httpx.AsyncClient(trust_env=False) as client:
             resp = await client.post(f"http://127.0.0.1:{info.port}/v1/chat/completions", json=body)
         assert resp.status_code == 200, resp.text
-        # The next instance finds the pool refilled; with none idle it starts cold.
+        # The next instance finds the pool refilled.
         await until(lambda: pool.idle() == 1)
         assert manager.warm_idle() == 1
         await manager.stop("i-1")
         assert not alive(warm.pid)
+        # No refill while an instance loads: importing would take the CPU it needs.
+        await manager.start("i-2", "m", "dummy", {"startup_delay": 2}, 0, {}, startup_timeout=30)
+        await asyncio.sleep(1.5)
+        loading = manager.get("i-2")
+        assert loading is not None and loading.state == "starting"
+        assert warm_children() == [loading.pid] and pool.idle() == 0
+        await recorder.wait_for("i-2", "ready")
+        await until(lambda: pool.idle() == 1)
     finally:
         await manager.stop_all()
 
