@@ -71,6 +71,19 @@ class HeadMetrics:
             "sllm_instances", "Instances by model and state.", ["model", "state"], registry=r
         )
         self.workers = Gauge("sllm_workers", "Live workers.", registry=r)
+        self.placements = Counter(
+            "sllm_placements_total",
+            "New instances placed, by the cache tier the chosen worker had the model in.",
+            ["model", "tier"],
+            registry=r,
+        )
+        self.placement_estimate = Histogram(
+            "sllm_placement_estimate_seconds",
+            "Estimated time to ready of each placed instance, as placement ranked it.",
+            ["model"],
+            buckets=_COLD,
+            registry=r,
+        )
         self.cold_start = Histogram(
             "sllm_cold_start_seconds",
             "Cold-start phases of new instances (placement on the head).",

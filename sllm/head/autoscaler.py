@@ -14,7 +14,14 @@ import time
 from typing import Any
 
 from sllm.config import DeployConfig, HeadSettings
-from sllm.head.placement import Requirement, WorkerCapacity, place, unservable
+from sllm.head.placement import (
+    Placement,
+    Requirement,
+    Stored,
+    WorkerCapacity,
+    place,
+    unservable,
+)
 from sllm.head.reaper import Reaper
 from sllm.head.recent import Recent
 from sllm.head.scaling import InstanceLoad, ScalingPolicy, decide
@@ -50,9 +57,26 @@ def capacities(
                 free_gpus=len(w.resources.get("gpus", [])) - gpus_used,
                 instances=len(mine),
                 total_gpus=len(w.resources.get("gpus", [])),
+                cache={c["source"]: Stored(c["tier"], int(c["bytes"])) for c in w.cache},
+                warm_processes=w.warm_processes,
+                cpu_percent=float(w.resources.get("cpu_percent", 0.0)),
             )
         )
     return out
+
+
+def requirement(config: DeployConfig, room: list[WorkerCapacity]) -> Requirement:
+    """What a new instance of ``config`` needs, with its size as the workers report it."""
+    source = config.backend_config.get("pretrained_model_name_or_path")
+    if not isinstance(source, str):
+        return Requirement(backend=config.backend, gpus=config.num_gpus)
+    sizes = [w.cache[source].bytes for w in room if source in w.cache]
+    return Requirement(
+        backend=config.backend,
+        gpus=config.num_gpus,
+        source=source,
+        weights_bytes=max(sizes) if sizes else None,
+    )
 
 
 class Autoscaler:
@@ -162,6 +186,23 @@ class Autoscaler:
                 int(self.settings.result_ttl),
             )
 
+    def _observe_placement(self, model: str, placement: Placement) -> None:
+        e, other = placement.estimate, placement.runner_up
+        log.info(
+            "placing %s on %s: %s tier, ready in about %.2f s "
+            "(process %.2f + load %.2f + busy %.2f); next best %s",
+            model,
+            placement.node_id,
+            e.tier,
+            e.seconds,
+            e.process_start,
+            e.load,
+            e.penalty,
+            f"{other.seconds:.2f} s ({other.tier} tier)" if other else "none",
+        )
+        self.metrics.placements.labels(model, e.tier).inc()
+        self.metrics.placement_estimate.labels(model).observe(e.seconds)
+
     @staticmethod
     def _lost(inst: InstanceRecord, config: DeployConfig, live_nodes: set[str], now: float) -> str:
         if inst.state in ("failed", "stopped"):
@@ -190,8 +231,11 @@ class Autoscaler:
         deleting = model.state == "deleting"
         decision = decide(policy, queued.get(model.name, 0), loads, now, deleting=deleting)
         if decision.start:
-            need = Requirement(backend=config.backend, gpus=config.num_gpus)
-            nodes = place(room, need, decision.start)
+            need = requirement(config, room)
+            placements = place(room, need, decision.start)
+            for p in placements:
+                self._observe_placement(model.name, p)
+            nodes = [p.node_id for p in placements]
             if len(nodes) < decision.start:
                 self.unschedulable[model.name] = (
                     f"no live worker can run backend {config.backend!r}"

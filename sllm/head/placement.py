@@ -1,8 +1,38 @@
-"""Which worker gets a new instance. Pure."""
+"""Which worker gets a new instance: the one where it is estimated to be ready
+soonest. Pure.
+
+The estimate adds the process start (a warm process, or a new interpreter), the load
+of the weights from the fastest tier the worker has them in (its host memory, its
+disk, or neither: fetched and stored first), and a penalty for what the worker is
+busy with (its instances, its CPU) and for too little free memory to load into. The
+constants are this project's measurements on a 2-core CPU VM with the demo model
+(``benchmarks/cold_start.py``, ``benchmarks/load.py``); they rank workers, they do not
+promise times.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+Tier = Literal["memory", "disk", "none"]
+
+WARM_PROCESS_START = 0.05  # a warm process takes the instance
+COLD_PROCESS_START = 3.0  # a new interpreter imports torch and transformers
+LOAD_BYTES_PER_S: dict[Tier, float] = {"memory": 4e9, "disk": 1e9}
+# Nothing stored: fetched or converted and stored, then loaded from disk.
+INGEST_BYTES_PER_S = 0.2e9
+UNKNOWN_BYTES = 1_000_000_000  # a model no worker has stored yet
+PER_INSTANCE = 0.5  # each instance already running there shares its CPU and memory
+BUSY_CPU = 2.0  # a fully busy CPU, scaled by its use
+SHORT_OF_MEMORY = 10.0  # free memory below what is loaded: other things get evicted
+
+
+@dataclass(frozen=True)
+class Stored:
+    tier: Literal["memory", "disk"]
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -13,6 +43,10 @@ class WorkerCapacity:
     free_gpus: int
     instances: int
     total_gpus: int = 0
+    # Deployed source -> where the worker has it stored (its fastest tier).
+    cache: Mapping[str, Stored] = field(default_factory=dict)
+    warm_processes: int = 0
+    cpu_percent: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -20,6 +54,26 @@ class Requirement:
     backend: str
     memory: int = 0
     gpus: int = 0
+    # What the instance loads (backend_config's pretrained_model_name_or_path) and the
+    # largest size any worker reports for it; None when no worker has it.
+    source: str | None = None
+    weights_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    tier: Tier
+    process_start: float
+    load: float
+    penalty: float
+
+
+@dataclass(frozen=True)
+class Placement:
+    node_id: str
+    estimate: Estimate
+    runner_up: Estimate | None = None  # the next best worker's, for the log
 
 
 def fits(worker: WorkerCapacity, need: Requirement) -> bool:
@@ -30,23 +84,47 @@ def fits(worker: WorkerCapacity, need: Requirement) -> bool:
     )
 
 
-def place(workers: list[WorkerCapacity], need: Requirement, count: int = 1) -> list[str]:
-    """Node ids for up to ``count`` new instances: workers that fit, fewest instances first,
-    then most free memory. Each choice uses up its share before the next is made, so one
-    pass spreads instances. Fewer ids than ``count`` means nothing else fits."""
+def estimate_ready(worker: WorkerCapacity, need: Requirement) -> Estimate:
+    """How long until an instance of ``need`` started on ``worker`` would be ready."""
+    stored = worker.cache.get(need.source) if need.source is not None else None
+    size = stored.bytes if stored else need.weights_bytes or UNKNOWN_BYTES
+    tier: Tier = "none"
+    if need.source is None:  # nothing the head knows of to load (the dummy backend)
+        size, load = 0, 0.0
+    elif stored is None:
+        load = size / INGEST_BYTES_PER_S + size / LOAD_BYTES_PER_S["disk"]
+    else:
+        tier = stored.tier
+        load = size / LOAD_BYTES_PER_S[tier]
+    start = WARM_PROCESS_START if worker.warm_processes > 0 else COLD_PROCESS_START
+    penalty = worker.instances * PER_INSTANCE + BUSY_CPU * min(worker.cpu_percent, 100.0) / 100
+    if tier != "memory" and worker.free_memory < size:
+        penalty += SHORT_OF_MEMORY
+    return Estimate(start + load + penalty, tier, start, load, penalty)
+
+
+def place(workers: list[WorkerCapacity], need: Requirement, count: int = 1) -> list[Placement]:
+    """Where to start up to ``count`` new instances: among the workers that fit, the
+    lowest estimate, then fewest instances, most free memory, node id. Each choice uses
+    up its share (memory, GPUs, a warm process, one more instance) before the next is
+    made, so one pass spreads instances. Fewer than ``count`` means nothing else fits."""
     pool = {w.node_id: w for w in workers}
-    chosen: list[str] = []
+    chosen: list[Placement] = []
     for _ in range(count):
-        candidates = [w for w in pool.values() if fits(w, need)]
-        if not candidates:
+        ranked = sorted(
+            ((estimate_ready(w, need), w) for w in pool.values() if fits(w, need)),
+            key=lambda e: (e[0].seconds, e[1].instances, -e[1].free_memory, e[1].node_id),
+        )
+        if not ranked:
             break
-        best = min(candidates, key=lambda w: (w.instances, -w.free_memory, w.node_id))
-        chosen.append(best.node_id)
+        (estimate, best), runner_up = ranked[0], ranked[1][0] if len(ranked) > 1 else None
+        chosen.append(Placement(best.node_id, estimate, runner_up))
         pool[best.node_id] = replace(
             best,
             free_memory=best.free_memory - need.memory,
             free_gpus=best.free_gpus - need.gpus,
             instances=best.instances + 1,
+            warm_processes=max(0, best.warm_processes - 1),
         )
     return chosen
 

@@ -11,21 +11,25 @@ def worker(node: str, instances: int = 0, mem: int = 8 * GB, gpus: int = 0) -> W
     return WorkerCapacity(node, ("dummy", "transformers"), mem, gpus, instances)
 
 
+def nodes(workers: list[WorkerCapacity], need: Requirement, count: int = 1) -> list[str]:
+    return [p.node_id for p in place(workers, need, count)]
+
+
 def test_place_prefers_fewest_instances_then_most_memory() -> None:
     workers = [worker("a", 2), worker("b", 0, 4 * GB), worker("c", 0, 16 * GB)]
-    assert place(workers, Requirement("dummy")) == ["c"]
+    assert nodes(workers, Requirement("dummy")) == ["c"]
 
 
 def test_place_spreads_several_instances() -> None:
-    assert sorted(place([worker("a"), worker("b")], Requirement("dummy"), 2)) == ["a", "b"]
+    assert sorted(nodes([worker("a"), worker("b")], Requirement("dummy"), 2)) == ["a", "b"]
 
 
 def test_place_respects_memory_gpus_and_backend() -> None:
     workers = [worker("small", mem=1 * GB), worker("gpu", gpus=1), worker("big", mem=32 * GB)]
-    assert place(workers, Requirement("dummy", memory=2 * GB)) == ["big"]
-    assert place(workers, Requirement("dummy", gpus=1)) == ["gpu"]
-    assert place(workers, Requirement("dummy", gpus=1), 2) == ["gpu"]
-    assert place(workers, Requirement("vllm")) == []
+    assert nodes(workers, Requirement("dummy", memory=2 * GB)) == ["big"]
+    assert nodes(workers, Requirement("dummy", gpus=1)) == ["gpu"]
+    assert nodes(workers, Requirement("dummy", gpus=1), 2) == ["gpu"]
+    assert nodes(workers, Requirement("vllm")) == []
 
 
 def test_routing_picks_least_outstanding_ready_with_room() -> None:
