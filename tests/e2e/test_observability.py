@@ -81,12 +81,24 @@ def test_metrics_and_request_logs(cluster: Cluster) -> None:
 def test_the_dashboard_shows_models_and_workers_in_a_browser(
     cluster: Cluster, tmp_path: Path
 ) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from sllm.store.catalog import ensure_stored
+    from sllm.store.tiers import record_use
+    from tests.tiny_models import build_tiny_causal_lm
+
+    # A model the worker has stored, as a backend that loaded it leaves it.
+    lm = build_tiny_causal_lm(tmp_path / "lm")
+    stored, _ = ensure_stored(lm, cluster.workdir / "models", AutoModelForCausalLM)
+    record_use(stored, "tiny-lm")
     head = cluster.start_head()
     cluster.start_worker()
     cluster.deploy("dash-model")
     client = cluster.client()
     client.completions.create(model="dash-model", prompt="hi", max_tokens=3)
-    node = cluster.status()["workers"][0]["node_id"]
+    [worker] = cluster.status()["workers"]
+    node = worker["node_id"]
+    assert [(c["source"], c["tier"]) for c in worker["cache"]] == [("tiny-lm", "disk")]
     screenshot = tmp_path / "dashboard.png"
     browser = [
         "chromium",
@@ -103,6 +115,7 @@ def test_the_dashboard_shows_models_and_workers_in_a_browser(
     ).stdout
     assert re.search(r'<tr data-model="dash-model">', dom), dom[-2000:]
     assert f'<tr data-node="{node}">' in dom
+    assert "tiny-lm (disk, " in dom
     subprocess.run(
         [*browser, f"--screenshot={screenshot}", url], capture_output=True, timeout=60, check=True
     )
