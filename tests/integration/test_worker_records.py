@@ -1,0 +1,71 @@
+"""A heartbeat's cache report and warm processes reach the worker's record in a real
+Redis, and from there the autoscaler's view of where a model would start fastest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from sllm.config import DeployConfig, HeadSettings
+from sllm.head.autoscaler import capacities, requirement
+from sllm.head.placement import place
+from sllm.head.worker_manager import HeartbeatBody, WorkerManager
+from sllm.kv.keys import Keys
+from sllm.kv.store import Store
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def manager(redis_url: str) -> AsyncIterator[WorkerManager]:
+    store = Store.connect(redis_url, Keys("wr"), patient=False)
+    async with aiohttp.ClientSession() as http:
+        yield WorkerManager(store, HeadSettings(redis_url=redis_url), http)
+    await store.close()
+
+
+def beat(node: str, cache: list[dict[str, object]], warm: int) -> HeartbeatBody:
+    return HeartbeatBody.model_validate(
+        {
+            "node_id": node,
+            # Nothing listens here: the confirmation the head sends fails, harmlessly.
+            "url": "http://127.0.0.1:9",
+            "resources": {"memory_available": 8 << 30, "cpu_percent": 5.0},
+            "backends": ["transformers"],
+            "cache": cache,
+            "warm_processes": warm,
+        }
+    )
+
+
+async def test_cache_reports_reach_the_record_and_placement(manager: WorkerManager) -> None:
+    size = 540_000_000
+    await manager.heartbeat(beat("w-disk", [{"source": "s", "tier": "disk", "bytes": size}], 1))
+    await manager.heartbeat(beat("w-mem", [{"source": "s", "tier": "memory", "bytes": size}], 1))
+    await manager.heartbeat(beat("w-none", [], 0))
+    workers = {w.node_id: w for w in await manager.store.registry.list_workers()}
+    assert workers["w-mem"].cache == [{"source": "s", "tier": "memory", "bytes": size}]
+    assert workers["w-mem"].warm_processes == 1 and workers["w-none"].cache == []
+
+    room = capacities(list(workers.values()), [], {})
+    config = DeployConfig.model_validate(
+        {
+            "model": "m",
+            "backend": "transformers",
+            "backend_config": {"pretrained_model_name_or_path": "s"},
+        }
+    )
+    need = requirement(config, room)
+    assert (need.source, need.weights_bytes) == ("s", size)
+    [placement] = place(room, need)
+    assert (placement.node_id, placement.estimate.tier) == ("w-mem", "memory")
+    assert placement.runner_up is not None and placement.runner_up.tier == "disk"
+
+
+def test_a_bad_cache_report_is_refused() -> None:
+    with pytest.raises(ValueError):
+        beat("w", [{"source": "s", "tier": "gpu", "bytes": 1}], 0)
+    with pytest.raises(ValueError):
+        beat("w", [{"source": "s", "tier": "disk", "bytes": -1}], 0)
