@@ -80,6 +80,12 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
                 f"{_gib(res.get('memory_available'))}/{_gib(res.get('memory_total'))}",
                 ", ".join(f"{g.get('name')} {_gib(g.get('memory_free'))} GiB free" for g in gpus)
                 or "-",
+                str(w.get("warm_processes", 0)),
+                ", ".join(
+                    f"{c.get('source')} ({c.get('tier')}, {_gib(c.get('bytes'))} GiB)"
+                    for c in w.get("cache") or []
+                )
+                or "-",
             ]
         )
     return [
@@ -97,7 +103,18 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
         ),
         _table(
             "Workers",
-            ["NODE", "URL", "HEALTHY", "HEARTBEAT", "INSTANCES", "CPUS", "MEM GiB", "GPUS"],
+            [
+                "NODE",
+                "URL",
+                "HEALTHY",
+                "HEARTBEAT",
+                "INSTANCES",
+                "CPUS",
+                "MEM GiB",
+                "GPUS",
+                "WARM",
+                "CACHED",
+            ],
             worker_rows,
             "no workers: start one with sllm worker --head-url URL",
         ),

@@ -51,6 +51,8 @@ STATUS = {
                 "memory_available": 20 * 2**30,
                 "gpus": [{"name": "H100", "memory_free": 70 * 2**30}],
             },
+            "warm_processes": 1,
+            "cache": [{"source": "smollm2-135m", "tier": "memory", "bytes": 2**29}],
         }
     ],
 }
@@ -72,6 +74,7 @@ def test_models_instances_and_workers_are_shown() -> None:
     assert "10s ago" in text  # chat-1 ready at 990, now 1000
     worker_row = next(line for line in text.splitlines() if "10.0.0.5" in line)
     assert "yes" in worker_row and "20.0/32.0" in worker_row and "H100 70.0 GiB free" in worker_row
+    assert "smollm2-135m (memory, 0.5 GiB)" in worker_row
 
 
 def test_an_empty_cluster_says_what_to_do() -> None:
