@@ -77,7 +77,11 @@ class WarmPool:
                 # Bounded: a start-up that never reports back must not stop refills.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._quiet.wait(), QUIET_WAIT)
-                proc = await self._spawn_ready()
+                try:
+                    proc = await self._spawn_ready()
+                except OSError as exc:  # no fork, no log file: like a failed start
+                    log.warning("cannot start a warm process: %s", exc)
+                    proc = None
                 if proc is None:
                     failures += 1
                     delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
@@ -112,15 +116,14 @@ class WarmPool:
             )
         finally:
             log_file.close()  # the child holds its own descriptor
-        assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+            ready = await asyncio.wait_for(_said_ready(proc), READY_TIMEOUT)
         except TimeoutError:
-            line = b""
+            ready = False
         except asyncio.CancelledError:
             await _kill(proc)
             raise
-        if line.strip() == b"ready":
+        if ready:
             log.debug("warm process %d is ready", proc.pid)
             return proc
         await _kill(proc)
@@ -168,6 +171,16 @@ class WarmPool:
             self._keeper = None
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_kill(p) for p in idle))
+
+
+async def _said_ready(proc: Process) -> bool:
+    """Whether the process wrote its ready line before its output ended (whatever a
+    library printed while priming comes first and is skipped)."""
+    assert proc.stdout is not None
+    while line := await proc.stdout.readline():
+        if line.strip() == b"ready":
+            return True
+    return False
 
 
 async def _kill(proc: Process) -> None:
