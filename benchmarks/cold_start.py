@@ -10,12 +10,14 @@ Tiers, in the order they are measured:
 
 * ``none``: nothing stored (the first start: the GGUF file is dequantized and the
   weights stored, then loaded); once.
-* ``memory``: the model was kept in the worker's memory tier when its instance
-  stopped (scale to zero after ``keep_alive``).
-* ``disk (page cache)``: the memory copy removed; the stored files are in the page
-  cache, as they are on a worker that loaded the model recently.
-* ``disk (evicted)``: the stored files' pages evicted first (posix_fadvise DONTNEED),
-  so the weights come from the disk (on a VM the host may still cache it).
+* ``memory``: the worker held the model's pages in memory when its instance stopped
+  (scale to zero after ``keep_alive``).
+* ``disk (page cache)``: a worker with no memory tier (``SLLM_MEMORY_CACHE_GB=0``,
+  started for these); the stored files are in the page cache, as they are on a worker
+  that loaded the model recently but holds nothing.
+* ``disk (evicted)``: the same, with the stored files' pages evicted first
+  (posix_fadvise DONTNEED), so the weights come from the disk (on a VM the host may
+  still cache it).
 
 Phases: ``placement`` (head: decision until the worker accepted the start),
 ``process_start`` (worker: spawn, or hand-over to a warm process, until the backend
@@ -32,7 +34,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -74,21 +75,15 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+ENV = {"SLLM_LOG_LEVEL": "warning"}
+
+
 class Bench:
-    def __init__(self, work: Path, memory: Path) -> None:
+    def __init__(self, work: Path) -> None:
         self.work = work
-        self.memory = memory
-        self.children: list[Child] = []
-        redis = start_redis(free_port(), work / "redis")
-        env = {"SLLM_LOG_LEVEL": "warning"}
-        self.head = start_head(free_port(), redis.url, work / "head.log", env)
-        self.worker = start_worker(
-            free_port(),
-            self.head.url,
-            work,
-            {**env, "SLLM_HEARTBEAT_INTERVAL": "1", "SLLM_MEMORY_CACHE_PATH": str(memory)},
-        )
-        self.children = [self.worker, self.head, redis]
+        self.redis = start_redis(free_port(), work / "redis")
+        self.head = start_head(free_port(), self.redis.url, work / "head.log", ENV)
+        self.worker = self._worker(memory_tier=True)
         config = {
             "model": MODEL,
             "backend": "transformers",
@@ -103,8 +98,21 @@ class Bench:
         _wait(lambda: bool(self.status()["workers"]), 30, "the worker's registration")
         httpx.post(f"{self.head.url}/register", json=config, timeout=30).raise_for_status()
 
+    def _worker(self, *, memory_tier: bool) -> Child:
+        env = {**ENV, "SLLM_HEARTBEAT_INTERVAL": "1"}
+        if not memory_tier:
+            env["SLLM_MEMORY_CACHE_GB"] = "0"
+        return start_worker(free_port(), self.head.url, self.work, env)
+
+    def without_memory_tier(self) -> None:
+        """A new worker that holds nothing in memory, in place of the first."""
+        _wait(lambda: self.instances() == 0, 120, "scale to zero")
+        self.worker.stop()
+        self.worker = self._worker(memory_tier=False)
+        _wait(lambda: self.warm_processes() > 0, 120, "the new worker's warm process")
+
     def close(self) -> None:
-        for child in self.children:
+        for child in (self.worker, self.head, self.redis):
             child.stop()
 
     def status(self) -> dict[str, Any]:
@@ -119,8 +127,15 @@ class Bench:
     def stored(self) -> list[Path]:
         return [p for p in (self.work / "models" / "store").glob("*") if p.is_dir()]
 
-    def in_memory(self) -> list[Path]:
-        return [p for p in self.memory.glob("*") if (p / "index.json").is_file()]
+    def _live_worker(self) -> dict[str, Any]:
+        return next(w for w in self.status()["workers"] if w["url"] == self.worker.url)
+
+    def tier(self) -> str | None:
+        cache = self._live_worker().get("cache") or []
+        return next((c["tier"] for c in cache if c["source"] == SOURCE), None)
+
+    def warm_processes(self) -> int:
+        return int(self._live_worker().get("warm_processes", 0))
 
     def first_token(self) -> float:
         """Seconds from sending a streamed chat request to its first content."""
@@ -161,11 +176,8 @@ class Bench:
     def cold(self, tier: str) -> dict[str, Any]:
         """One cold start: scaled to zero first, the tier prepared, then one request."""
         _wait(lambda: self.instances() == 0, 120, "scale to zero")
-        if tier == "memory":
-            _wait(lambda: bool(self.in_memory()), 120, "the memory tier's copy")
-        else:
-            for copy in self.in_memory():
-                shutil.rmtree(copy)
+        want = None if tier == "none" else "memory" if tier == "memory" else "disk"
+        _wait(lambda: self.tier() == want, 120, f"the worker to report the {want} tier")
         if tier == "disk (evicted)":
             for stored in self.stored:
                 for f in stored.iterdir():
@@ -204,12 +216,14 @@ def plain_transformers(path: Path) -> float:
 
 
 def run(repeat: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
-        bench = Bench(Path(tmp), Path(shm))
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp))
         runs: list[dict[str, Any]] = []
         try:
             runs.append(bench.cold("none"))
-            for tier in ("memory", "disk (page cache)", "disk (evicted)"):
+            runs += [bench.cold("memory") for _ in range(repeat)]
+            bench.without_memory_tier()
+            for tier in ("disk (page cache)", "disk (evicted)"):
                 runs += [bench.cold(tier) for _ in range(repeat)]
         finally:
             bench.close()

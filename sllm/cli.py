@@ -126,7 +126,6 @@ def worker(
     log_dir: Annotated[Path | None, _opt(W, "log_dir")] = None,
     disk_cache_gb: Annotated[float | None, _opt(W, "disk_cache_gb")] = None,
     memory_cache_gb: Annotated[float | None, _opt(W, "memory_cache_gb")] = None,
-    memory_cache_path: Annotated[Path | None, _opt(W, "memory_cache_path")] = None,
     warm_processes: Annotated[int | None, _opt(W, "warm_processes")] = None,
     log_level: Annotated[str | None, _opt(W, "log_level")] = None,
     log_format: Annotated[str | None, _opt(W, "log_format")] = None,

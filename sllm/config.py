@@ -171,8 +171,8 @@ class WorkerSettings(BaseSettings):
     memory_cache_gb: float | None = Field(
         None,
         ge=0,
-        description="Size limit of the models kept in RAM after their instance stops "
-        "(default: a quarter of the machine's memory; 0: none kept).",
+        description="Size limit of the models held in RAM (page cache, locked) after their "
+        "instance stops (default: a quarter of the machine's memory; 0: none kept).",
     )
     warm_processes: int = Field(
         1,
@@ -180,11 +180,6 @@ class WorkerSettings(BaseSettings):
         le=16,
         description="Backend processes kept started, with torch and transformers imported, "
         "for the next instances (0: every instance starts a new interpreter).",
-    )
-    memory_cache_path: Path | None = Field(
-        None,
-        description="RAM-backed directory (tmpfs) of the models kept in memory "
-        "(default: under /dev/shm).",
     )
     cluster_token: SecretStr | None = Field(
         None, description="Shared secret of every head <-> worker call (unset: none)."

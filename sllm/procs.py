@@ -8,7 +8,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -49,7 +49,7 @@ def open_log(path: Path) -> IO[bytes]:
 _SECRETS = ("SLLM_CLUSTER_TOKEN", "SLLM_API_KEYS", "SLLM_API_KEYS_FILE", "SLLM_ADMIN_KEY")
 
 
-def backend_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment without the cluster's secrets, plus ``extra``: what a
-    backend process (or a warm one that will become one) is started with."""
-    return {**{k: v for k, v in os.environ.items() if k not in _SECRETS}, **extra}
+def backend_environment() -> dict[str, str]:
+    """This process's environment without the cluster's secrets: what a backend
+    process (or a warm one that will become one) is started with."""
+    return {k: v for k, v in os.environ.items() if k not in _SECRETS}

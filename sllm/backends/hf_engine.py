@@ -72,7 +72,6 @@ class TransformersEngine:
         knobs: TransformersKnobs,
         cache: Path,
         lora_adapters: dict[str, str] | None = None,
-        memory_cache: Path | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -80,7 +79,6 @@ class TransformersEngine:
         self.lora_adapters = dict(lora_adapters or {})
         self.adapters = frozenset(self.lora_adapters)
         self.cache = cache
-        self.memory_cache = memory_cache
         files = resolve(knobs.pretrained_model_name_or_path, cache)
         self.path = loadable_dir(files, cache)
         self.device = _device(knobs)
@@ -121,7 +119,6 @@ class TransformersEngine:
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
             source=self.knobs.pretrained_model_name_or_path,
-            memory_root=self.memory_cache,
             # Several GPUs (num_gpus > 1, all the worker let us see): layers spread over them.
             device_map="auto" if _gpu_count(self.device) > 1 else None,
         )
@@ -253,7 +250,6 @@ class TransformersEngine:
             dtype=_dtype(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
             source=self.knobs.pretrained_model_name_or_path,
-            memory_root=self.memory_cache,
         ).to(self.device)
         model.eval()
         self.model = model

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
 from sllm.backends.model_source import ModelSourceError
 from sllm.backends.server import main as serve
-from sllm.store.tiers import MEMORY_ENV
 
 
 def build(
@@ -22,8 +20,7 @@ def build(
     # A ValidationError is a ValueError: server.main reports it as the start's failure.
     knobs = TransformersKnobs.model_validate(config)
     try:
-        memory = os.environ.get(MEMORY_ENV)
-        return TransformersEngine(knobs, cache, lora_adapters, Path(memory) if memory else None)
+        return TransformersEngine(knobs, cache, lora_adapters)
     except ModelSourceError:
         raise
     except OSError as exc:  # missing or unreadable model files

@@ -22,7 +22,7 @@ from sllm.store.ingest import ingest
 from sllm.store.integrity import Verify, check_directory
 from sllm.store.loader import Unsupported, load_model
 from sllm.store.locking import locked
-from sllm.store.tiers import memory_copy, record_use
+from sllm.store.tiers import record_use
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,13 @@ def load_pretrained(
     trust_remote_code: bool = False,
     device_map: Any = None,
     source: str | None = None,
-    memory_root: Path | None = None,
 ) -> Any:
     """``auto_class.from_pretrained(path, ...)``, through the store: stored on first
-    use, loaded from the stored copy after, from its copy in the memory tier
-    (``memory_root``) where there is one. ``source``: the name it was deployed as,
-    recorded beside the stored copy. Models spread over several GPUs (``device_map``)
-    and models the loader does not build take transformers' path; so does any model
-    whose copy cannot be written (a read-only or full disk)."""
+    use, loaded from the stored copy after (whose pages the worker may hold in memory:
+    ``tiers``). ``source``: the name it was deployed as, recorded beside the stored
+    copy. Models spread over several GPUs (``device_map``) and models the loader does
+    not build take transformers' path; so does any model whose copy cannot be written
+    (a read-only or full disk)."""
     if device_map is None and _quantized(path):
         log.info("%s is quantized: loading with transformers, not through the store", path)
     elif device_map is None:
@@ -118,12 +117,8 @@ def load_pretrained(
             )
             if source is not None:
                 record_use(directory, source)
-            in_memory = memory_copy(memory_root, directory) if memory_root else None
-            log.info(
-                "loading %s from the %s tier", directory.name, "memory" if in_memory else "disk"
-            )
             return load_model(
-                in_memory or directory,
+                directory,
                 index,
                 auto_class,
                 dtype=dtype,

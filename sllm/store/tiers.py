@@ -2,25 +2,31 @@
 
 * **disk**: the store under ``<storage>/store`` (see ``catalog``), kept under a size
   limit;
-* **memory**: copies of stored models in a RAM-backed directory (tmpfs, ``/dev/shm``
-  by default), made when an instance of the model stops, so that its next start maps
-  its weights from RAM instead of reading them from disk. A tmpfs file outlives the
-  backend that loaded it, and the loader maps it privately: the weights are never
-  copied again.
+* **memory**: stored models whose pages the worker holds in RAM after their instance
+  stopped: their chunk files mapped and locked (``mlock``) in the page cache, so the
+  next start maps them without reading the disk, and the kernel never reclaims them
+  meanwhile. A backend loads such a model from the same files as from disk (the
+  page cache keeps its large pages, which a copy elsewhere, in tmpfs, lost: weights
+  there made every forward pass slower) and nothing is held twice.
 
 Both tiers evict the least recently used models first, never one that an instance on
 this worker serves. A stored copy is named for its source directory, not for what was
 deployed: the backend that loads it records the deployed source next to it
 (``<copy>.use.json``) with the time, which is how the heartbeat can say which
 deployed models a worker has, and how recent their use was.
+
+Locking needs ``CAP_IPC_LOCK`` or a large enough ``RLIMIT_MEMLOCK``
+(``ulimit -l``); without either the memory tier stays empty and says why once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import ctypes
+import errno
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -29,14 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sllm.store.integrity import check_directory
+from sllm.store.integrity import read_index
 from sllm.store.locking import locked
 
 log = logging.getLogger(__name__)
 
 Tier = Literal["memory", "disk"]
-# Set by the worker for its backends: the memory tier's directory.
-MEMORY_ENV = "SLLM_MEMORY_CACHE"
 _USE_SUFFIX = ".use.json"
 # A directory that is being written or deleted: never listed.
 _TRANSIENT = (".partial", ".evicting")
@@ -46,7 +50,7 @@ _TRANSIENT = (".partial", ".evicting")
 class Cached:
     """One stored model in one tier."""
 
-    name: str  # the stored copy's directory name, the same in both tiers
+    name: str  # the stored copy's directory name
     path: Path
     tier: Tier
     bytes: int
@@ -113,20 +117,6 @@ def record_use(stored: Path, source: str, now: float | None = None) -> None:
         log.warning("cannot record the use of %s: %s", stored, exc)
 
 
-def memory_copy(memory_root: Path, stored: Path) -> Path | None:
-    """The memory tier's copy of the stored model ``stored``, when there is a sound one.
-    An unsound copy is removed: the caller loads from disk instead."""
-    copy = memory_root / stored.name
-    if not (copy / "index.json").is_file():
-        return None
-    index, problems = check_directory(copy, "quick")
-    if index is not None and not problems:
-        return copy
-    log.warning("memory copy %s is unsound (%s): removing it", copy, problems)
-    _remove(copy)
-    return None
-
-
 def _remove(path: Path) -> None:
     """Remove a stored copy so that no reader ever sees half of it: renamed away first.
     Files a backend has mapped stay valid until it unmaps them."""
@@ -142,57 +132,105 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
+# -- pages held in RAM -------------------------------------------------------------------
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = [
+    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
+]  # fmt: skip
+_LIBC.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class Pinned:
+    """The chunk files of one stored model mapped shared and read-only, and locked: their
+    pages stay in the page cache (read from disk now if they were not) until
+    ``release``. Mapped by this process only to hold them; never read through."""
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self._maps: list[tuple[int, int]] = []
+        try:
+            for path in files:
+                self._pin(path)
+        except OSError:
+            self.release()
+            raise
+
+    def _pin(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if not size:
+                return
+            address = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if address in (None, _MAP_FAILED):
+                raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+        finally:
+            os.close(fd)  # the mapping holds the file
+        self._maps.append((address, size))
+        if _LIBC.mlock(address, size) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"mlock of {path}: {os.strerror(code)}")
+
+    def release(self) -> None:
+        for address, size in self._maps:
+            _LIBC.munmap(address, size)
+        self._maps.clear()
+
+
+def _chunk_files(stored: Path) -> list[Path]:
+    return [stored / c.file for c in read_index(stored).chunks]
+
+
 # -- the worker's side -------------------------------------------------------------------
 
 
-def default_memory_root(storage: Path) -> Path | None:
-    """A directory on /dev/shm of this user's, one per storage path; None without it."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        return None
-    key = hashlib.sha256(str(storage.resolve()).encode()).hexdigest()[:12]
-    return shm / f"sllm-{os.getuid()}" / key
-
-
 class ModelCache:
-    """Lists, promotes and evicts stored models. Blocking (file IO and copies): the
-    worker calls it in a thread."""
+    """Lists, pins and evicts stored models. Blocking (file IO, page-ins): the worker
+    calls it in a thread, one call at a time."""
 
-    def __init__(
-        self,
-        storage: Path,
-        memory_root: Path | None,
-        memory_limit: int,
-        disk_limit: int | None = None,
-    ) -> None:
+    def __init__(self, storage: Path, memory_limit: int, disk_limit: int | None = None) -> None:
         self.store_root = storage / "store"
-        self.memory_root = memory_root if memory_limit > 0 else None
         self.memory_limit = memory_limit
         # None: keep a tenth of the disk free.
         self.disk_limit = disk_limit
+        self._pinned: dict[str, Pinned] = {}
+        self._cannot_lock = False
 
-    def _list(self, root: Path | None, tier: Tier) -> list[Cached]:
-        if root is None or not root.is_dir():
+    def _disk(self) -> list[Cached]:
+        if not self.store_root.is_dir():
             return []
         out = []
-        for path in root.iterdir():
+        for path in self.store_root.iterdir():
             if not path.is_dir() or path.name.endswith(_TRANSIENT):
                 continue
             if not (path / "index.json").is_file():
                 continue
-            # Uses are recorded beside the disk copy, for both tiers.
-            sources, last_used = _read_use(self.store_root / path.name)
+            sources, last_used = _read_use(path)
             try:
                 size = _dir_bytes(path)
             except OSError:
                 continue  # removed while listed
-            out.append(Cached(path.name, path, tier, size, sources, last_used))
+            out.append(Cached(path.name, path, "disk", size, sources, last_used))
         return out
 
     def entries(self) -> list[Cached]:
-        return [*self._list(self.memory_root, "memory"), *self._list(self.store_root, "disk")]
+        """Every stored model on disk, and again in memory for those held there."""
+        disk = self._disk()
+        memory = [
+            Cached(e.name, e.path, "memory", e.bytes, e.sources, e.last_used)
+            for e in disk
+            if e.name in self._pinned
+        ]
+        return [*memory, *disk]
 
-    def _pinned(self, entries: Iterable[Cached], in_use: set[str]) -> set[str]:
+    def _in_memory(self) -> list[Cached]:
+        return [e for e in self.entries() if e.tier == "memory"]
+
+    @staticmethod
+    def _served(entries: Iterable[Cached], in_use: set[str]) -> set[str]:
         return {e.name for e in entries if in_use.intersection(e.sources)}
 
     def _disk_limit(self, stored_bytes: int) -> int:
@@ -201,19 +239,25 @@ class ModelCache:
         usage = shutil.disk_usage(self.store_root)
         return stored_bytes + usage.free - usage.total // 10
 
+    def _unpin(self, name: str) -> None:
+        pinned = self._pinned.pop(name, None)
+        if pinned is not None:
+            pinned.release()
+
     def evict(self, in_use: set[str]) -> list[Cached]:
         """Bring both tiers within their limits; ``in_use``: sources an instance here
         serves. What was removed."""
         removed: list[Cached] = []
-        memory = self._list(self.memory_root, "memory")
-        for entry in evictions(memory, self.memory_limit, self._pinned(memory, in_use)):
-            _remove(entry.path)
+        memory = self._in_memory()
+        for entry in evictions(memory, self.memory_limit, self._served(memory, in_use)):
+            self._unpin(entry.name)
             removed.append(entry)
-        disk = self._list(self.store_root, "disk")
+        disk = self._disk()
         limit = self._disk_limit(sum(e.bytes for e in disk)) if disk else 0
-        for entry in evictions(disk, limit, self._pinned(disk, in_use)):
+        for entry in evictions(disk, limit, self._served(disk, in_use)):
             # The lock a storing process holds: never delete what is being stored again.
             with locked(entry.path):
+                self._unpin(entry.name)
                 _remove(entry.path)
                 with contextlib.suppress(OSError):
                     _use_file(entry.path).unlink()
@@ -225,44 +269,46 @@ class ModelCache:
         return removed
 
     def keep_in_memory(self, source: str, in_use: set[str]) -> Path | None:
-        """Copy the most recently used stored model of ``source`` into the memory tier
-        (the instance serving it has stopped), making room by eviction. None when there
-        is no memory tier, nothing stored for it, or it does not fit."""
-        if self.memory_root is None:
-            return None
-        stored = [e for e in self._list(self.store_root, "disk") if source in e.sources]
-        if not stored:
+        """Hold the most recently used stored model of ``source`` in memory (the
+        instance serving it has stopped), making room by eviction. None when there is
+        nothing stored for it, it does not fit, or pages cannot be locked here."""
+        stored = [e for e in self._disk() if source in e.sources]
+        if not stored or self.memory_limit <= 0 or self._cannot_lock:
             return None
         latest = max(stored, key=lambda e: e.last_used)
-        target = self.memory_root / latest.name
-        if (target / "index.json").is_file():
-            return target
+        if latest.name in self._pinned:
+            return latest.path
         if latest.bytes > self.memory_limit:
             log.info("%s (%.2f GB) is larger than the memory tier", source, latest.bytes / 1e9)
             return None
-        memory = self._list(self.memory_root, "memory")
-        room = self.memory_limit - latest.bytes
-        pinned = self._pinned(memory, in_use)
-        for entry in evictions(memory, room, pinned):
-            _remove(entry.path)
-        self.memory_root.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(self.memory_root).free < latest.bytes:
-            log.warning("no room in %s for %s", self.memory_root, latest.name)
-            return None
-        partial = target.with_name(f"{target.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        memory = self._in_memory()
+        for entry in evictions(
+            memory, self.memory_limit - latest.bytes, self._served(memory, in_use)
+        ):
+            self._unpin(entry.name)
         started = time.monotonic()
         try:
-            shutil.copytree(latest.path, partial)
-            partial.rename(target)
-        except OSError as exc:
-            log.warning("cannot keep %s in memory: %s", latest.name, exc)
-            shutil.rmtree(partial, ignore_errors=True)
+            self._pinned[latest.name] = Pinned(_chunk_files(latest.path))
+        except (OSError, ValueError) as exc:  # ValueError: an unreadable index
+            # This process may not lock this much.
+            if isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EAGAIN, errno.ENOMEM):
+                self._cannot_lock = True
+                log.warning(
+                    "no memory tier: locking pages failed (%s); give the worker CAP_IPC_LOCK "
+                    "or raise its `ulimit -l`",
+                    exc,
+                )
+            else:
+                log.warning("cannot hold %s in memory: %s", latest.name, exc)
             return None
         log.info(
-            "kept %s in the memory tier (%.2f GB in %.2f s)",
+            "holding %s in memory (%.2f GB, %.2f s)",
             source,
             latest.bytes / 1e9,
             time.monotonic() - started,
         )
-        return target
+        return latest.path
+
+    def close(self) -> None:
+        for name in list(self._pinned):
+            self._unpin(name)

@@ -91,14 +91,13 @@ class Worker:
             settings.warm_processes,
             warm_primes(),
             settings.log_dir / "warm-pool.log",
-            backend_environment(self.cache.backend_env),
+            backend_environment(),
         )
         self.instances = InstanceManager(
             settings.log_dir,
             self.on_state,
             storage_path=settings.storage_path,
             metrics=self.metrics,
-            backend_env=self.cache.backend_env,
             pool=self.pool,
         )
         self.heartbeat = Heartbeat(

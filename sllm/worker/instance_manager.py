@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -111,13 +111,9 @@ class InstanceManager:
         *,
         storage_path: Path = Path("."),
         metrics: WorkerMetrics | None = None,
-        backend_env: Mapping[str, str] | None = None,
         pool: WarmPool | None = None,
     ) -> None:
         self._log_dir = log_dir
-        # What every backend is told beyond the worker's own environment (the
-        # host-memory model cache).
-        self._backend_env = dict(backend_env or {})
         # Warm processes instances of pooled backends start from, when one is idle.
         self._pool = pool
         self._on_state = on_state
@@ -230,7 +226,7 @@ class InstanceManager:
         log_path = self._log_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec.instance_id)}.log"
         argv = impl.command(spec)
         env = {
-            **backend_environment(self._backend_env),
+            **backend_environment(),
             **impl.env(spec),
             # Only the GPUs assigned: none for a CPU instance on a GPU machine.
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),

@@ -12,7 +12,7 @@ import psutil
 
 from sllm.config import WorkerSettings
 from sllm.metrics import WorkerMetrics
-from sllm.store.tiers import MEMORY_ENV, ModelCache, default_memory_root, fastest
+from sllm.store.tiers import ModelCache, fastest
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +23,12 @@ UPKEEP_INTERVAL = 30.0
 
 
 def build_cache(settings: WorkerSettings) -> ModelCache:
-    memory_root = settings.memory_cache_path or default_memory_root(settings.storage_path)
     if settings.memory_cache_gb is not None:
         memory_limit = int(settings.memory_cache_gb * GB)
     else:
         memory_limit = psutil.virtual_memory().total // 4
     disk_limit = int(settings.disk_cache_gb * GB) if settings.disk_cache_gb else None
-    return ModelCache(settings.storage_path, memory_root, memory_limit, disk_limit)
+    return ModelCache(settings.storage_path, memory_limit, disk_limit)
 
 
 class WorkerCache:
@@ -40,12 +39,6 @@ class WorkerCache:
         self._tasks: set[asyncio.Task[Any]] = set()
         # One promotion or eviction at a time: they list and delete the same directories.
         self._busy = asyncio.Lock()
-
-    @property
-    def backend_env(self) -> dict[str, str]:
-        """Tells backends where the memory tier is."""
-        root = self.cache.memory_root
-        return {MEMORY_ENV: str(root)} if root is not None else {}
 
     def _in_use(self) -> set[str]:
         return set(self._sources.values())
@@ -94,6 +87,8 @@ class WorkerCache:
         ]
 
     async def close(self) -> None:
-        """Waits for a promotion in progress (a copy cut short is left as .partial)."""
+        """Waits for a promotion in progress, then lets go of the pages held."""
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
+        async with self._busy:
+            self.cache.close()

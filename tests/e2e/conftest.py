@@ -65,9 +65,7 @@ class Cluster:
     def start_worker(self, head: Child | None = None, **env: str) -> Child:
         head = head or self.head
         assert head is not None
-        # The memory tier under the test's directory, not the machine's /dev/shm.
-        memory = {"SLLM_MEMORY_CACHE_PATH": str(self.workdir / "memory")}
-        worker = start_worker(free_port(), head.url, self.workdir, {**WORKER_ENV, **memory, **env})
+        worker = start_worker(free_port(), head.url, self.workdir, {**WORKER_ENV, **env})
         self.procs.append(worker)
         wait_until(lambda: self.worker_known(worker.url), 10, "the worker's registration")
         return worker

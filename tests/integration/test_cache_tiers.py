@@ -1,12 +1,12 @@
 """The tiered model cache on real files: the backend's load records the deployed
-source, a stopped model is copied into the memory tier and loaded from there next,
-an unsound copy is dropped, and both tiers stay within their limits, least recently
-used first, never evicting what an instance serves."""
+source, a stopped model's pages are held (locked) in memory and it loads from the same
+files, both tiers stay within their limits, least recently used first, never evicting
+what an instance serves, and a worker that may not lock memory says so and goes on."""
 
 from __future__ import annotations
 
-import logging
-import os
+import asyncio
+import errno
 from pathlib import Path
 
 import pytest
@@ -14,13 +14,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sllm.metrics import WorkerMetrics
+from sllm.store import tiers
 from sllm.store.catalog import load_pretrained
-from sllm.store.tiers import ModelCache, memory_copy, record_use
+from sllm.store.tiers import ModelCache, record_use
 from sllm.worker.model_cache import WorkerCache
 from tests.integration.test_store import assert_same_model
 from tests.tiny_models import build_tiny_causal_lm
 
 pytestmark = pytest.mark.timeout(120)
+
+GB = 1 << 30
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [build_tiny_causal_lm(root / f"lm{i}", seed=i) for i in range(3)]
 
 
-def load(source: Path, storage: Path, memory: Path | None) -> object:
+def load(source: Path, storage: Path) -> object:
     return load_pretrained(
         AutoModelForCausalLM,
         source,
@@ -37,75 +40,72 @@ def load(source: Path, storage: Path, memory: Path | None) -> object:
         "cpu",
         dtype=torch.float32,
         source=f"deployed-{source.name}",
-        memory_root=memory,
     )
 
 
-def test_a_stopped_model_loads_from_the_memory_tier_next(
-    models: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+def locked_kib() -> int:
+    """This process's locked memory (VmLck), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmLck")
+
+
+def test_a_stopped_model_is_held_in_memory_and_loads_from_the_same_files(
+    models: list[Path], tmp_path: Path
 ) -> None:
-    storage, memory = tmp_path / "models", tmp_path / "shm"
-    cache = ModelCache(storage, memory, memory_limit=1 << 30)
-    with caplog.at_level(logging.INFO, logger="sllm.store.catalog"):
-        load(models[0], storage, memory)
-    assert "from the disk tier" in caplog.text
+    storage = tmp_path / "models"
+    cache = ModelCache(storage, memory_limit=GB)
+    load(models[0], storage)
     [stored] = cache.entries()
     assert (stored.tier, stored.sources) == ("disk", ("deployed-lm0",))
     assert stored.last_used > 0
-
-    copy = cache.keep_in_memory("deployed-lm0", in_use=set())
-    assert copy == memory / stored.name
-    assert {(e.tier, e.name) for e in cache.entries()} == {
-        ("disk", stored.name),
-        ("memory", stored.name),
-    }
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="sllm.store.catalog"):
-        got = load(models[0], storage, memory)
-    assert "from the memory tier" in caplog.text
-    # The weights are mapped from the memory copy's file.
-    assert_same_model(got, AutoModelForCausalLM.from_pretrained(models[0]).eval())
-    # Nothing stored for a source: nothing to keep.
-    assert cache.keep_in_memory("never-deployed", in_use=set()) is None
-
-
-def test_an_unsound_memory_copy_is_dropped_and_the_disk_copy_loads(
-    models: list[Path], tmp_path: Path
-) -> None:
-    storage, memory = tmp_path / "models", tmp_path / "shm"
-    cache = ModelCache(storage, memory, memory_limit=1 << 30)
-    load(models[0], storage, memory)
-    copy = cache.keep_in_memory("deployed-lm0", in_use=set())
-    assert copy is not None
-    chunk = next(copy.glob("chunk-*"))
-    os.truncate(chunk, chunk.stat().st_size // 2)
-    assert memory_copy(memory, storage / "store" / copy.name) is None
-    assert not copy.exists()
-    got = load(models[0], storage, memory)
-    assert_same_model(got, AutoModelForCausalLM.from_pretrained(models[0]).eval())
+    before = locked_kib()
+    try:
+        assert cache.keep_in_memory("deployed-lm0", in_use=set()) == stored.path
+        assert {(e.tier, e.name) for e in cache.entries()} == {
+            ("disk", stored.name),
+            ("memory", stored.name),
+        }
+        chunks = sum(p.stat().st_size for p in stored.path.glob("chunk-*"))
+        assert locked_kib() - before >= chunks // 1024
+        # Held already: nothing more is locked.
+        assert cache.keep_in_memory("deployed-lm0", in_use=set()) == stored.path
+        got = load(models[0], storage)
+        assert_same_model(got, AutoModelForCausalLM.from_pretrained(models[0]).eval())
+        assert cache.keep_in_memory("never-deployed", in_use=set()) is None
+    finally:
+        cache.close()
+    assert locked_kib() == before
 
 
 def test_the_memory_tier_keeps_its_limit_least_recently_used_first(
     models: list[Path], tmp_path: Path
 ) -> None:
-    storage, memory = tmp_path / "models", tmp_path / "shm"
+    storage = tmp_path / "models"
     for source in models:
-        load(source, storage, memory)
-    disk = {e.sources[0]: e for e in ModelCache(storage, None, 0).entries()}
+        load(source, storage)
+    disk = {e.sources[0]: e for e in ModelCache(storage, 0).entries()}
     one = max(e.bytes for e in disk.values())
-    cache = ModelCache(storage, memory, memory_limit=2 * one + one // 2)  # room for two
-    for i, name in enumerate(["deployed-lm0", "deployed-lm1"]):
-        record_use(disk[name].path, name, now=1000.0 + i)
-        assert cache.keep_in_memory(name, in_use=set()) is not None
-    # lm0 is the least recently used, but an instance serves it: lm1 goes instead.
-    record_use(disk["deployed-lm2"].path, "deployed-lm2", now=1002.0)
-    assert cache.keep_in_memory("deployed-lm2", in_use={"deployed-lm0"}) is not None
-    in_memory = {e.sources[0] for e in cache.entries() if e.tier == "memory"}
-    assert in_memory == {"deployed-lm0", "deployed-lm2"}
-    # Larger than the whole tier: not kept, nothing evicted for it.
-    small = ModelCache(storage, memory, memory_limit=one // 2)
+    cache = ModelCache(storage, memory_limit=2 * one + one // 2)  # room for two
+    try:
+        for i, name in enumerate(["deployed-lm0", "deployed-lm1"]):
+            record_use(disk[name].path, name, now=1000.0 + i)
+            assert cache.keep_in_memory(name, in_use=set()) is not None
+        # lm0 is the least recently used, but an instance serves it: lm1 goes instead.
+        record_use(disk["deployed-lm2"].path, "deployed-lm2", now=1002.0)
+        assert cache.keep_in_memory("deployed-lm2", in_use={"deployed-lm0"}) is not None
+        in_memory = {e.sources[0] for e in cache.entries() if e.tier == "memory"}
+        assert in_memory == {"deployed-lm0", "deployed-lm2"}
+        # A smaller limit evicts down to it, the served one last.
+        cache.memory_limit = one
+        removed = cache.evict(in_use={"deployed-lm2"})
+        assert [(e.sources[0], e.tier) for e in removed] == [("deployed-lm0", "memory")]
+    finally:
+        cache.close()
+    # Larger than the whole tier: not held.
+    small = ModelCache(storage, memory_limit=one // 2)
     assert small.keep_in_memory("deployed-lm1", in_use=set()) is None
-    assert {e.sources[0] for e in cache.entries() if e.tier == "memory"} == in_memory
 
 
 def test_the_disk_tier_keeps_its_limit_but_never_what_is_served(
@@ -113,41 +113,68 @@ def test_the_disk_tier_keeps_its_limit_but_never_what_is_served(
 ) -> None:
     storage = tmp_path / "models"
     for i, source in enumerate(models):
-        load(source, storage, None)
-        stored = next(e for e in ModelCache(storage, None, 0).entries() if f"lm{i}" in e.sources[0])
+        load(source, storage)
+        [stored] = [e for e in ModelCache(storage, 0).entries() if f"lm{i}" in e.sources[0]]
         record_use(stored.path, f"deployed-lm{i}", now=1000.0 + i)
-    one = max(e.bytes for e in ModelCache(storage, None, 0).entries())
-    cache = ModelCache(storage, None, 0, disk_limit=one + one // 2)  # room for one
+    one = max(e.bytes for e in ModelCache(storage, 0).entries())
+    cache = ModelCache(storage, memory_limit=GB, disk_limit=one + one // 2)  # room for one
+    before = locked_kib()
+    assert cache.keep_in_memory("deployed-lm1", in_use=set()) is not None
     removed = cache.evict(in_use={"deployed-lm0"})
     assert sorted(e.sources[0] for e in removed) == ["deployed-lm1", "deployed-lm2"]
     [kept] = cache.entries()
     assert kept.sources == ("deployed-lm0",)
-    # Gone with its record of use; loading it again stores it again.
+    # A model deleted from disk is let go of in memory too, with its record of use.
+    assert locked_kib() == before
     assert not list((storage / "store").glob("*lm1*.use.json"))
-    load(models[1], storage, None)
+    load(models[1], storage)
     assert len(cache.entries()) == 2
 
 
-async def test_the_worker_reports_its_cache_and_keeps_stopped_models(
+def test_a_worker_that_may_not_lock_memory_keeps_no_memory_tier(
+    models: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse(self: tiers.Pinned, path: Path) -> None:
+        raise OSError(errno.EPERM, "mlock: Operation not permitted")
+
+    monkeypatch.setattr(tiers.Pinned, "_pin", refuse)
+    storage = tmp_path / "models"
+    load(models[0], storage)
+    cache = ModelCache(storage, memory_limit=GB)
+    assert cache.keep_in_memory("deployed-lm0", in_use=set()) is None
+    assert "CAP_IPC_LOCK" in caplog.text
+    assert [e.tier for e in cache.entries()] == ["disk"]
+
+
+async def test_the_worker_reports_its_cache_and_holds_stopped_models(
     models: list[Path], tmp_path: Path
 ) -> None:
-    storage, memory = tmp_path / "models", tmp_path / "shm"
-    load(models[0], storage, memory)
-    worker = WorkerCache(ModelCache(storage, memory, 1 << 30), WorkerMetrics())
-    assert worker.backend_env == {"SLLM_MEMORY_CACHE": str(memory)}
+    storage = tmp_path / "models"
+    load(models[0], storage)
+    worker = WorkerCache(ModelCache(storage, GB), WorkerMetrics())
     [entry] = await worker.report()
     assert entry["source"] == "deployed-lm0" and entry["tier"] == "disk"
     worker.started("i-1", {"pretrained_model_name_or_path": "deployed-lm0"})
     worker.ended("i-1", "stopped")
-    await worker.close()
+    await promotions_done(worker)
     [entry] = await worker.report()
     assert entry["tier"] == "memory" and entry["bytes"] > 0
     metrics = worker._metrics.registry
     assert metrics.get_sample_value("sllm_worker_cached_models", {"tier": "memory"}) == 1
-    # A failed instance's model is not promoted.
-    load(models[1], storage, memory)
+    # A failed instance's model is not held.
+    load(models[1], storage)
     worker.started("i-2", {"pretrained_model_name_or_path": "deployed-lm1"})
     worker.ended("i-2", "failed")
+    await promotions_done(worker)
+    tiers_by_source = {e["source"]: e["tier"] for e in await worker.report()}
+    assert tiers_by_source == {"deployed-lm0": "memory", "deployed-lm1": "disk"}
     await worker.close()
-    tiers = {e["source"]: e["tier"] for e in await worker.report()}
-    assert tiers == {"deployed-lm0": "memory", "deployed-lm1": "disk"}
+    assert {e["tier"] for e in await worker.report()} == {"disk"}
+
+
+async def promotions_done(worker: WorkerCache) -> None:
+    if worker._tasks:
+        await asyncio.wait(worker._tasks, timeout=30)

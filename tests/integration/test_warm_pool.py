@@ -99,7 +99,7 @@ def test_a_warm_process_ends_quietly_without_an_order_and_refuses_a_bad_one() ->
 
 @pytest.fixture
 async def pool(tmp_path: Path) -> AsyncIterator[WarmPool]:
-    pool = WarmPool(1, DUMMY_PRIMES, tmp_path / "warm.log", backend_environment({}))
+    pool = WarmPool(1, DUMMY_PRIMES, tmp_path / "warm.log", backend_environment())
     pool.start()
     await until(lambda: pool.idle() == 1)
     yield pool
@@ -125,7 +125,7 @@ async def test_closing_the_pool_leaves_no_process(pool: WarmPool) -> None:
 
 
 async def test_a_pool_that_cannot_start_backs_off(tmp_path: Path) -> None:
-    pool = WarmPool(1, ["sllm.no_such_module"], tmp_path / "warm.log", backend_environment({}))
+    pool = WarmPool(1, ["sllm.no_such_module"], tmp_path / "warm.log", backend_environment())
     pool.start()
     await asyncio.sleep(3)
     assert pool.idle() == 0
