@@ -25,7 +25,10 @@ LOAD_BYTES_PER_S: dict[Tier, float] = {"memory": 4e9, "disk": 1e9}
 INGEST_BYTES_PER_S = 0.2e9
 UNKNOWN_BYTES = 1_000_000_000  # a model no worker has stored yet
 PER_INSTANCE = 0.5  # each instance already running there shares its CPU and memory
-BUSY_CPU = 2.0  # a fully busy CPU, scaled by its use
+# A fully busy CPU, scaled by its use: at most one instance's worth, as the figure is a
+# noisy sample (workers sharing one machine report different ones), so it never undoes
+# the spreading of instances.
+BUSY_CPU = 0.5
 SHORT_OF_MEMORY = 10.0  # free memory below what is loaded: other things get evicted
 
 
@@ -58,6 +61,8 @@ class Requirement:
     # largest size any worker reports for it; None when no worker has it.
     source: str | None = None
     weights_bytes: int | None = None
+    # Whether the backend starts from a warm process (vLLM runs its own interpreter).
+    warm_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ def estimate_ready(worker: WorkerCapacity, need: Requirement) -> Estimate:
     else:
         tier = stored.tier
         load = size / LOAD_BYTES_PER_S[tier]
-    start = WARM_PROCESS_START if worker.warm_processes > 0 else COLD_PROCESS_START
+    warm = need.warm_start and worker.warm_processes > 0
+    start = WARM_PROCESS_START if warm else COLD_PROCESS_START
     penalty = worker.instances * PER_INSTANCE + BUSY_CPU * min(worker.cpu_percent, 100.0) / 100
     if tier != "memory" and worker.free_memory < size:
         penalty += SHORT_OF_MEMORY
@@ -124,7 +130,7 @@ def place(workers: list[WorkerCapacity], need: Requirement, count: int = 1) -> l
             free_memory=best.free_memory - need.memory,
             free_gpus=best.free_gpus - need.gpus,
             instances=best.instances + 1,
-            warm_processes=max(0, best.warm_processes - 1),
+            warm_processes=best.warm_processes - (need.warm_start and best.warm_processes > 0),
         )
     return chosen
 

@@ -68,6 +68,14 @@ def test_a_warm_process_beats_a_cold_interpreter() -> None:
     assert gap == pytest.approx(COLD_PROCESS_START - 0.05)
 
 
+def test_a_backend_that_starts_its_own_interpreter_gains_nothing_from_warm_processes() -> None:
+    vllm = dataclasses.replace(NEED, warm_start=False)
+    warm, cold = worker("warm", "disk", warm=2), worker("cold", "disk", warm=0)
+    assert estimate_ready(warm, vllm) == estimate_ready(cold, vllm)
+    placements = place([warm], vllm, 2)
+    assert [p.estimate.process_start for p in placements] == [COLD_PROCESS_START] * 2
+
+
 def test_too_little_free_memory_to_load_into_counts_against_a_worker() -> None:
     short = worker("short", "disk", free=GB // 2)
     assert chosen([short, worker("roomy", "disk")]) == "roomy"
@@ -113,3 +121,9 @@ def test_a_model_with_nothing_to_load_ranks_by_load_alone() -> None:
     need = Requirement("transformers")  # no source (the dummy backend's case)
     e = estimate_ready(worker("a", instances=2), need)
     assert (e.tier, e.load) == ("none", 0.0) and e.penalty > 0
+
+
+def test_noisy_cpu_readings_never_stop_instances_from_spreading() -> None:
+    # Two workers on one machine sample its CPU at different moments.
+    busy, calm = worker("busy", "disk", cpu=100, warm=0), worker("calm", "disk", cpu=0, warm=0)
+    assert sorted(p.node_id for p in place([busy, calm], NEED, 2)) == ["busy", "calm"]
