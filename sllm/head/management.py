@@ -36,6 +36,9 @@ def _models(request: Request) -> ModelManager:
 @router.post("/register", dependencies=ADMIN)
 async def register(config: DeployConfig, request: Request) -> dict[str, Any]:
     await _models(request).register(config)
+    autoscaler: Autoscaler = request.app.state.autoscaler
+    workers: WorkerManager = request.app.state.workers
+    workers.detach(autoscaler.store_ahead(config))
     return {"model": config.model, "state": "active"}
 
 

@@ -90,7 +90,7 @@ class WorkerManager:
         new = await self._beats.registry.heartbeat(node_id, info)
         if new:
             log.info("worker %s registered at %s", node_id, hb.url)
-            self._detach(self._confirm(node_id, url))
+            self.detach(self._confirm(node_id, url))
         reported = {str(i.get("instance_id")) for i in hb.instances}
         if hb.draining:
             await self._drain(node_id, reported)
@@ -214,6 +214,32 @@ class WorkerManager:
         log.info("adapters of %s updated: %s", config.model, outcome)
         return outcome
 
+    async def store_model(self, worker: WorkerRecord, config: DeployConfig) -> bool:
+        """Ask ``worker`` to store ``config``'s model now; whether it took the request."""
+        knobs = config.backend_config
+        body = {
+            "source": knobs["pretrained_model_name_or_path"],
+            "task": knobs.get("task", "auto"),
+            "trust_remote_code": bool(knobs.get("trust_remote_code", False)),
+        }
+        try:
+            async with self.http.post(
+                f"{worker.url}/store_model", json=body, timeout=CALL_TIMEOUT
+            ) as resp:
+                if resp.status < 300:
+                    log.info("%s stores %s ahead of its first start", worker.node_id, config.model)
+                    return True
+                log.warning(
+                    "%s refused to store %s: %s %s",
+                    worker.node_id,
+                    config.model,
+                    resp.status,
+                    (await resp.text())[:300],
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("asking %s to store %s failed: %s", worker.node_id, config.model, exc)
+        return False
+
     async def stop_instance(self, inst: InstanceRecord) -> None:
         """Drain an idle instance: refused (False from Redis) if it took a request."""
         if not await self.store.registry.set_instance_state(inst.id, "draining", reason="idle"):
@@ -250,7 +276,7 @@ class WorkerManager:
             log.warning("instance %s still lists tasks %s; retrying later", inst.id, left)
             return
         log.warning("instance %s of %s retired: %s", inst.id, inst.model, reason)
-        self._detach(self._stop_on_worker(inst))
+        self.detach(self._stop_on_worker(inst))
 
     async def _stop_on_worker(self, inst: InstanceRecord) -> None:
         try:
@@ -263,7 +289,8 @@ class WorkerManager:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("could not reach %s to stop %s: %s", inst.node_id, inst.id, exc)
 
-    def _detach(self, coro: Any) -> None:
+    def detach(self, coro: Any) -> None:
+        """Run ``coro`` in the background, logging its failure."""
         job = asyncio.create_task(self._guard(coro))
         self._background.add(job)
         job.add_done_callback(self._background.discard)

@@ -163,11 +163,14 @@ def auto_class_for(path: Path, task: Task) -> Any:
 def save(
     source: str, storage: Path, task: Task = "auto", trust_remote_code: bool = False
 ) -> tuple[Path, StoreIndex]:
-    """``sllm store save``: store ``source`` (any name the backend takes) now."""
+    """``sllm store save``: store ``source`` (any name the backend takes) now, recorded
+    as used by ``source`` so that the worker reports it under that name."""
     path = _source_dir(source, storage)
-    return ensure_stored(
+    directory, index = ensure_stored(
         path, storage, auto_class_for(path, task), trust_remote_code=trust_remote_code
     )
+    record_use(directory, source)
+    return directory, index
 
 
 def verify(source: str, storage: Path, task: Task = "auto") -> tuple[Path, list[str]]:

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -36,6 +36,7 @@ from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 from sllm.worker.model_cache import WorkerCache, build_cache
 from sllm.worker.proxy import InvokeBody, Proxy
+from sllm.worker.store_ahead import StoreAhead
 from sllm.worker.warm_pool import WarmPool
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ class StartInstanceBody(_Body):
     num_gpus: int = Field(0, ge=0)
     lora_adapters: dict[AdapterName, str] = Field(default_factory=dict)
     startup_timeout: float = Field(300.0, gt=0)
+
+
+class StoreModelBody(_Body):
+    source: str = Field(min_length=1, max_length=1024)
+    task: Literal["auto", "generate", "embed"] = "auto"
+    trust_remote_code: bool = False
 
 
 class StopInstanceBody(_Body):
@@ -99,6 +106,9 @@ class Worker:
             storage_path=settings.storage_path,
             metrics=self.metrics,
             pool=self.pool,
+        )
+        self.store_ahead = StoreAhead(
+            settings.storage_path, settings.log_dir, lambda: self.heartbeat.beat_now()
         )
         self.heartbeat = Heartbeat(
             settings, self.instances, self.confirm, self.metrics, cache=self.cache
@@ -139,6 +149,7 @@ class Worker:
     async def close(self) -> None:
         # Instances first: their "stopped" reports still need Redis.
         await self.instances.stop_all()
+        await self.store_ahead.close()
         await self.pool.close()
         await self.cache.close()
         if self.proxy is not None:
@@ -229,6 +240,14 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         except RuntimeError as exc:
             return error_response(503, str(exc), "worker_shutting_down", type_="server_error")
         return {"instance_id": body.instance_id, "state": "starting"}
+
+    @app.post("/store_model", status_code=202, dependencies=from_head)
+    async def store_model(body: StoreModelBody, request: Request) -> dict[str, Any]:
+        """Store a model now, before its first start (the head asks on deploy)."""
+        started = _worker(request).store_ahead.request(
+            body.source, body.task, body.trust_remote_code
+        )
+        return {"source": body.source, "state": "storing" if started else "already storing"}
 
     @app.post("/stop_instance", response_model=None, dependencies=from_head)
     async def stop_instance(
