@@ -21,9 +21,12 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sllm.store.locking import locked
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,15 @@ def loadable_dir(files: ModelFiles, cache: Path) -> Path:
     target = dequantized_dir(files, cache)
     if (target / "config.json").is_file():
         return target
+    # One process at a time (an instance starting while the worker stores the model
+    # ahead): the others wait, then find it done.
+    with locked(target):
+        if not (target / "config.json").is_file():
+            _dequantize(files, target)
+    return target
+
+
+def _dequantize(files: ModelFiles, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
@@ -197,8 +209,8 @@ def loadable_dir(files: ModelFiles, cache: Path) -> Path:
     setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    shutil.rmtree(partial, ignore_errors=True)  # left by a crash
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     partial.rename(target)  # atomic: a crash mid-save leaves no half-written model
     log.info("dequantized in %.1f s", time.monotonic() - started)
-    return target
