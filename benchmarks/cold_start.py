@@ -8,8 +8,9 @@ model with plain transformers and generates one token.
 
 Tiers, in the order they are measured:
 
-* ``none``: nothing stored (the first start: the GGUF file is dequantized and the
-  weights stored, then loaded); once.
+* ``none``: the first request, sent right after the deploy: nothing is stored yet (the
+  worker began storing the model when it was deployed: the GGUF file dequantized, the
+  weights stored; the instance waits for that, then loads); once.
 * ``memory``: the worker held the model's pages in memory when its instance stopped
   (scale to zero after ``keep_alive``).
 * ``disk (page cache)``: a worker with no memory tier (``SLLM_MEMORY_CACHE_GB=0``,
