@@ -20,6 +20,7 @@ from sllm.head.placement import (
     Requirement,
     Stored,
     WorkerCapacity,
+    after_placing,
     place,
     unservable,
 )
@@ -152,14 +153,9 @@ class Autoscaler:
         for model in models:
             await self._mark_servable(model, configs[model.name], room, now)
         for model in models:
-            await self._scale(
-                model,
-                configs[model.name],
-                by_model[model.name],
-                queued,
-                now,
-                capacities(live_workers, all_instances, gpus),
-                live_workers,
+            # Each model's placements use up room the next model's must not count again.
+            room = await self._scale(
+                model, configs[model.name], by_model[model.name], queued, now, room, live_workers
             )
         await self.reaper.reap(names, now)
 
@@ -242,7 +238,8 @@ class Autoscaler:
         now: float,
         room: list[WorkerCapacity],
         live_workers: list[WorkerRecord],
-    ) -> None:
+    ) -> list[WorkerCapacity]:
+        """Start and stop instances of ``model``; the room left after its placements."""
         asc = config.auto_scaling_config
         policy = ScalingPolicy(
             asc.min_instances, asc.max_instances, asc.queue_per_instance_threshold, asc.keep_alive
@@ -274,9 +271,11 @@ class Autoscaler:
                     self.recent.cold_start(time.time(), seconds)
 
             await asyncio.gather(*(start(n) for n in nodes))
+            room = after_placing(room, need, placements)
         by_id = {i.id: i for i in instances}
         for inst_id in decision.stop:
             await self.workers.stop_instance(by_id[inst_id])
         if deleting and not instances:
             if await self.store.registry.purge_model(model.name):
                 log.info("model %s deleted", model.name)
+        return room

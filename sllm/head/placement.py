@@ -125,14 +125,31 @@ def place(workers: list[WorkerCapacity], need: Requirement, count: int = 1) -> l
             break
         (estimate, best), runner_up = ranked[0], ranked[1][0] if len(ranked) > 1 else None
         chosen.append(Placement(best.node_id, estimate, runner_up))
-        pool[best.node_id] = replace(
-            best,
-            free_memory=best.free_memory - need.memory,
-            free_gpus=best.free_gpus - need.gpus,
-            instances=best.instances + 1,
-            warm_processes=best.warm_processes - (need.warm_start and best.warm_processes > 0),
-        )
+        pool[best.node_id] = _taken(best, need)
     return chosen
+
+
+def _taken(worker: WorkerCapacity, need: Requirement) -> WorkerCapacity:
+    """What ``worker`` has left once an instance of ``need`` starts there."""
+    return replace(
+        worker,
+        free_memory=worker.free_memory - need.memory,
+        free_gpus=worker.free_gpus - need.gpus,
+        instances=worker.instances + 1,
+        warm_processes=worker.warm_processes - (need.warm_start and worker.warm_processes > 0),
+    )
+
+
+def after_placing(
+    workers: list[WorkerCapacity], need: Requirement, placements: list[Placement]
+) -> list[WorkerCapacity]:
+    """``workers`` with what ``placements`` take used up: the room the next model's
+    placements see in the same pass."""
+    out = list(workers)
+    for p in placements:
+        i = next(i for i, w in enumerate(out) if w.node_id == p.node_id)
+        out[i] = _taken(out[i], need)
+    return out
 
 
 def unservable(workers: list[WorkerCapacity], need: Requirement) -> str | None:

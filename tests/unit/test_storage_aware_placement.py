@@ -13,6 +13,7 @@ from sllm.head.placement import (
     Requirement,
     Stored,
     WorkerCapacity,
+    after_placing,
     estimate_ready,
     place,
 )
@@ -127,3 +128,20 @@ def test_noisy_cpu_readings_never_stop_instances_from_spreading() -> None:
     # Two workers on one machine sample its CPU at different moments.
     busy, calm = worker("busy", "disk", cpu=100, warm=0), worker("calm", "disk", cpu=0, warm=0)
     assert sorted(p.node_id for p in place([busy, calm], NEED, 2)) == ["busy", "calm"]
+
+
+def test_placements_earlier_in_a_pass_use_up_room_for_later_models() -> None:
+    one_gpu = [
+        dataclasses.replace(worker("a", "memory"), free_gpus=1),
+        dataclasses.replace(worker("b"), free_gpus=1),
+    ]
+    need = dataclasses.replace(NEED, gpus=1)
+    first = place(one_gpu, need)
+    assert [p.node_id for p in first] == ["a"]
+    room = after_placing(one_gpu, need, first)
+    assert {w.node_id: (w.free_gpus, w.warm_processes, w.instances) for w in room} == {
+        "a": (0, 0, 1),
+        "b": (1, 1, 0),
+    }
+    other_model = dataclasses.replace(need, source="other")
+    assert [p.node_id for p in place(room, other_model)] == ["b"]
