@@ -3,14 +3,18 @@ instance manager and the local launcher behind ``sllm up``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 # Loaded in the parent: the child between fork and exec should do as little as possible.
@@ -53,3 +57,13 @@ def backend_environment() -> dict[str, str]:
     """This process's environment without the cluster's secrets: what a backend
     process (or a warm one that will become one) is started with."""
     return {k: v for k, v in os.environ.items() if k not in _SECRETS}
+
+
+async def kill_and_reap(proc: asyncio.subprocess.Process, wait: float = 5.0) -> None:
+    """SIGKILL the process's group and reap it, waiting at most ``wait`` seconds (a
+    process stuck in the kernel is reaped by asyncio's child watcher whenever it exits)."""
+    signal_group(proc.pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(proc.wait(), wait)
+    except TimeoutError:
+        log.error("process %d survived SIGKILL", proc.pid)

@@ -189,7 +189,8 @@ def _chunk_files(stored: Path) -> list[Path]:
 
 class ModelCache:
     """Lists, pins and evicts stored models. Blocking (file IO, page-ins): the worker
-    calls it in a thread, one call at a time."""
+    calls it in a thread, promotions and evictions one at a time; listing may run
+    beside them (it only asks whether a model is pinned)."""
 
     def __init__(self, storage: Path, memory_limit: int, disk_limit: int | None = None) -> None:
         self.store_root = storage / "store"

@@ -9,18 +9,16 @@ import asyncio
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sllm.procs import backend_environment, die_with_parent, open_log, signal_group
+from sllm.procs import backend_environment, die_with_parent, kill_and_reap, open_log
 
 log = logging.getLogger(__name__)
 
 # Downloading and converting a large model takes long; far longer is a hang.
 STORE_TIMEOUT = 3600.0
-_KILL_WAIT = 5.0
 
 
 class StoreAhead:
@@ -70,8 +68,7 @@ class StoreAhead:
         try:
             code = await asyncio.wait_for(proc.wait(), STORE_TIMEOUT)
         except (TimeoutError, asyncio.CancelledError) as exc:
-            signal_group(proc.pid, signal.SIGKILL)
-            await asyncio.wait({asyncio.ensure_future(proc.wait())}, timeout=_KILL_WAIT)
+            await kill_and_reap(proc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.warning("storing %s took over %.0f s: stopped", source, STORE_TIMEOUT)

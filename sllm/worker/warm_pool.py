@@ -15,12 +15,11 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sllm.procs import die_with_parent, open_log, signal_group
+from sllm.procs import die_with_parent, kill_and_reap, open_log
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,8 @@ READY_TIMEOUT = 120.0
 BACKOFF = (1.0, 60.0)
 # How often the pool looks for idle processes that died, besides being woken.
 CHECK_INTERVAL = 5.0
-_KILL_WAIT = 5.0
+# A warm process reads its order at once; one that does not is stuck.
+_HANDOVER_WAIT = 5.0
 QUIET_WAIT = 600.0
 
 
@@ -121,12 +121,12 @@ class WarmPool:
         except TimeoutError:
             ready = False
         except asyncio.CancelledError:
-            await _kill(proc)
+            await kill_and_reap(proc)
             raise
         if ready:
             log.debug("warm process %d is ready", proc.pid)
             return proc
-        await _kill(proc)
+        await kill_and_reap(proc)
         log.warning(
             "warm process %d exited or hung before it was ready (see %s)", proc.pid, self._log_path
         )
@@ -156,11 +156,11 @@ class WarmPool:
         order = json.dumps({"argv": argv, "env": dict(env), "log": str(log_path)})
         try:
             proc.stdin.write(order.encode() + b"\n")
-            await asyncio.wait_for(proc.stdin.drain(), _KILL_WAIT)
+            await asyncio.wait_for(proc.stdin.drain(), _HANDOVER_WAIT)
             proc.stdin.close()
         except (OSError, TimeoutError) as exc:
             log.warning("warm process %d did not take its instance: %s", proc.pid, exc)
-            await _kill(proc)
+            await kill_and_reap(proc)
             return None
         return proc
 
@@ -170,7 +170,7 @@ class WarmPool:
             await asyncio.gather(self._keeper, return_exceptions=True)
             self._keeper = None
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(_kill(p) for p in idle))
+        await asyncio.gather(*(kill_and_reap(p) for p in idle))
 
 
 async def _said_ready(proc: Process) -> bool:
@@ -181,12 +181,3 @@ async def _said_ready(proc: Process) -> bool:
         if line.strip() == b"ready":
             return True
     return False
-
-
-async def _kill(proc: Process) -> None:
-    """Kill the process's group and reap it, within a bound."""
-    signal_group(proc.pid, signal.SIGKILL)
-    try:
-        await asyncio.wait_for(proc.wait(), _KILL_WAIT)
-    except TimeoutError:
-        log.error("warm process %d survived SIGKILL", proc.pid)
