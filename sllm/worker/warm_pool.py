@@ -27,12 +27,16 @@ Process = asyncio.subprocess.Process
 
 # Importing torch and transformers takes seconds on a busy machine; far longer is a hang.
 READY_TIMEOUT = 120.0
-# Between failed starts: doubling from the first to the last, reset once one is ready.
+# Between failures (a start that never said ready, an idle process that died): doubling
+# from the first to the last, and back to the first once one has stayed up STAYS_UP.
 BACKOFF = (1.0, 60.0)
-# How often the pool looks for idle processes that died, besides being woken.
-CHECK_INTERVAL = 5.0
+STAYS_UP = 60.0
+# How often the pool looks for idle processes that died, besides being woken (a look
+# reads a return code that asyncio's child watcher set: cheap).
+CHECK_INTERVAL = 1.0
 # A warm process reads its order at once; one that does not is stuck.
 _HANDOVER_WAIT = 5.0
+# The longest a refill waits for loading instances (one may never report its end).
 QUIET_WAIT = 600.0
 
 
@@ -70,9 +74,25 @@ class WarmPool:
             self._keeper = asyncio.create_task(self._keep_filled(), name="warm-pool")
 
     async def _keep_filled(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
+        last_ready = loop.time()
         while True:
-            self._idle = [p for p in self._idle if p.returncode is None]
+            dead = [p for p in self._idle if p.returncode is not None]
+            if dead:
+                self._idle = [p for p in self._idle if p.returncode is None]
+                for gone in dead:
+                    log.warning(
+                        "idle warm process %d exited with code %s (see %s)",
+                        gone.pid,
+                        gone.returncode,
+                        self._log_path,
+                    )
+                failures += 1
+                await self._back_off(failures)
+                continue
+            if failures and loop.time() - last_ready >= STAYS_UP:
+                failures = 0
             if len(self._idle) < self.size:
                 # Bounded: a start-up that never reports back must not stop refills.
                 with contextlib.suppress(TimeoutError):
@@ -84,19 +104,21 @@ class WarmPool:
                     proc = None
                 if proc is None:
                     failures += 1
-                    delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
-                    log.warning("warm process failed to start; next try in %.0f s", delay)
-                    await asyncio.sleep(delay)
+                    await self._back_off(failures)
                 else:
-                    failures = 0
+                    last_ready = loop.time()
                     self._idle.append(proc)
                 continue
             self._changed.clear()
             # Woken by take(); the timeout notices idle processes that died.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), CHECK_INTERVAL)
-            except TimeoutError:
-                pass
+
+    @staticmethod
+    async def _back_off(failures: int) -> None:
+        delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
+        log.warning("next warm process in %.0f s", delay)
+        await asyncio.sleep(delay)
 
     async def _spawn_ready(self) -> Process | None:
         """A new warm process once it said ready; None (and it killed) if it did not."""

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from sllm.backends.registry import get_backend, warm_primes
 from sllm.procs import backend_environment
 from sllm.worker.instance_manager import InstanceManager
-from sllm.worker.warm_pool import WarmPool
+from sllm.worker.warm_pool import BACKOFF, WarmPool
 from tests.integration.test_instance_manager import Recorder
 
 pytestmark = pytest.mark.timeout(90)
@@ -112,9 +113,18 @@ async def test_the_pool_refills_and_replaces_what_dies(pool: WarmPool) -> None:
     await until(lambda: pool.idle() == 1)
     taken.kill()
     await taken.wait()
+    # Each idle process that dies soon after the last is replaced after a longer pause.
+    assert await kill_the_idle_one(pool) >= BACKOFF[0]
+    assert await kill_the_idle_one(pool) >= 2 * BACKOFF[0]
+
+
+async def kill_the_idle_one(pool: WarmPool) -> float:
+    """Seconds until the pool has another idle process."""
     [idle] = pool._idle
     os.kill(idle.pid, signal.SIGKILL)
+    killed = time.monotonic()
     await until(lambda: pool.idle() == 1 and pool._idle[0].pid != idle.pid)
+    return time.monotonic() - killed
 
 
 async def test_closing_the_pool_leaves_no_process(pool: WarmPool) -> None:
