@@ -228,7 +228,7 @@ def run(repeat: int) -> dict[str, Any]:
                 runs += [bench.cold(tier) for _ in range(repeat)]
         finally:
             bench.close()
-        dequantized = next((Path(tmp) / "models" / "gguf").iterdir())
+        dequantized = next((Path(tmp) / "models" / "gguf").glob("*/config.json")).parent
         baseline = [plain_transformers(dequantized) for _ in range(repeat)]
     return {"runs": runs, "plain_transformers": baseline}
 
