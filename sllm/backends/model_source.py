@@ -114,8 +114,21 @@ def resolve(source: str, cache: Path) -> ModelFiles:
         if path.is_file() and path.suffix == ".gguf":
             return ModelFiles(path.parent, path.name)
         raise ModelSourceError(f"no model at {path}")
-    if is_hub_id(source):
-        return ModelFiles(_download(source, cache))
+    check_source(source)
+    return ModelFiles(_download(source, cache))
+
+
+def check_source(source: str, *, on_disk: bool = False) -> None:
+    """ModelSourceError unless ``source`` is a name ``resolve`` takes (a packaged model,
+    an absolute path, a hub id). ``on_disk``: a path must also hold a model (a
+    ``config.json`` or a ``.gguf`` file), so nothing walks a directory that is not one."""
+    path = _operator_path(source)
+    if path is not None and on_disk:
+        if (path / "config.json").is_file() or (path.is_file() and path.suffix == ".gguf"):
+            return
+        raise ModelSourceError(f"no model at {path} (no config.json, not a .gguf file)")
+    if source in PACKAGED or path is not None or is_hub_id(source):
+        return
     raise ModelSourceError(
         f"'{source}' is not an absolute path to a model directory or a .gguf file, a hub id "
         f"(owner/name) or one of the packaged models ({', '.join(sorted(PACKAGED))})"

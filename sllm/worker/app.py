@@ -21,6 +21,7 @@ from starlette.datastructures import State
 
 from sllm.api_errors import ERROR_RESPONSES, error_response, install_error_handlers
 from sllm.backends.base import BackendUnavailable
+from sllm.backends.model_source import ModelSourceError, check_source
 from sllm.backends.registry import warm_primes
 from sllm.body_limit import BodyLimit
 from sllm.config import WorkerSettings
@@ -241,9 +242,13 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             return error_response(503, str(exc), "worker_shutting_down", type_="server_error")
         return {"instance_id": body.instance_id, "state": "starting"}
 
-    @app.post("/store_model", status_code=202, dependencies=from_head)
-    async def store_model(body: StoreModelBody, request: Request) -> dict[str, Any]:
+    @app.post("/store_model", status_code=202, response_model=None, dependencies=from_head)
+    async def store_model(body: StoreModelBody, request: Request) -> dict[str, Any] | JSONResponse:
         """Store a model now, before its first start (the head asks on deploy)."""
+        try:
+            check_source(body.source, on_disk=True)  # what the backend would refuse
+        except ModelSourceError as exc:
+            return error_response(400, str(exc), "invalid_request", param="source")
         started = _worker(request).store_ahead.request(
             body.source, body.task, body.trust_remote_code
         )

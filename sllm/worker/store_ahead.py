@@ -42,11 +42,12 @@ class StoreAhead:
 
     async def _store(self, source: str, task: str, trust_remote_code: bool) -> None:
         argv = [
-            sys.executable, "-m", "sllm", "store", "save", source,
+            sys.executable, "-m", "sllm", "store", "save",
             "--storage-path", str(self._storage), "--task", task,
         ]  # fmt: skip
         if trust_remote_code:
             argv.append("--trust-remote-code")
+        argv += ["--", source]  # a source is never read as an option
         log_path = self._log_dir / f"store-{re.sub(r'[^A-Za-z0-9._-]', '_', source)[:100]}.log"
         log_file = await asyncio.to_thread(open_log, log_path)
         try:

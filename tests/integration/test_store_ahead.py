@@ -37,7 +37,11 @@ async def test_a_source_that_cannot_be_stored_is_logged(
     with caplog.at_level(logging.WARNING, logger="sllm.worker.store_ahead"):
         assert ahead.request(str(tmp_path / "missing"), "auto", False)
         await asyncio.wait_for(asyncio.gather(*ahead._running.values()), 90)
+        # Never read as an option of `sllm store save`.
+        assert ahead.request("--version", "auto", False)
+        await asyncio.wait_for(asyncio.gather(*ahead._running.values()), 90)
     assert not stored.is_set()
-    assert "failed (exit 1)" in caplog.text
-    [log] = (tmp_path / "logs").glob("store-*.log")
-    assert "missing" in log.read_text()
+    assert caplog.text.count("failed (exit 1)") == 2
+    logs = {p.name: p.read_text() for p in (tmp_path / "logs").glob("store-*.log")}
+    assert "missing" in "".join(logs.values())
+    assert "store---version.log" in logs  # stored as a path, not run as an option

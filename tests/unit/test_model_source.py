@@ -125,3 +125,19 @@ def test_sizing_reads_only_the_top_of_a_directory(tmp_path: Path) -> None:
     assert local_weights_bytes(str(tmp_path)) == 100
     assert local_weights_bytes("org/not-downloaded") is None
     assert local_weights_bytes("relative/dir") is None
+
+
+def test_a_source_to_store_ahead_must_name_a_model(tmp_path: Path) -> None:
+    from sllm.backends.model_source import ModelSourceError, check_source
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    for fine in ("smollm2-135m", "owner/name", str(model), str(tmp_path / "x.gguf")):
+        check_source(fine, on_disk=True)
+    # Without on_disk only the form counts: the backend's own load says what is missing.
+    check_source("/nowhere")
+    for bad in ("relative/../dir/x", "--help", "/", str(tmp_path), "/nowhere"):
+        with pytest.raises(ModelSourceError):
+            check_source(bad, on_disk=True)
