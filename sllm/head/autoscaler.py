@@ -191,8 +191,10 @@ class Autoscaler:
         model instead of converting it (the demo model: 0.45 s instead of 20 s)."""
         if config.backend != "transformers":
             return  # the only backend that loads from sllm's store
-        registry = self.store.registry
-        live, _ = self.workers.alive(await registry.list_workers(), time.time())
+        # Heard from lately; not alive(), whose bookkeeping belongs to the leader's passes.
+        now, timeout = time.time(), self.settings.heartbeat_timeout
+        workers = await self.store.registry.list_workers()
+        live = [w for w in workers if now - w.last_heartbeat <= timeout]
         room = capacities(live, [], {})
         need = requirement(config, room)
         if need.source is None or need.weights_bytes is not None:

@@ -220,15 +220,14 @@ class ModelCache:
     def entries(self) -> list[Cached]:
         """Every stored model on disk, and again in memory for those held there."""
         disk = self._disk()
-        memory = [
+        return [*self._in_memory(disk), *disk]
+
+    def _in_memory(self, disk: list[Cached]) -> list[Cached]:
+        return [
             Cached(e.name, e.path, "memory", e.bytes, e.sources, e.last_used)
             for e in disk
             if e.name in self._pinned
         ]
-        return [*memory, *disk]
-
-    def _in_memory(self) -> list[Cached]:
-        return [e for e in self.entries() if e.tier == "memory"]
 
     @staticmethod
     def _served(entries: Iterable[Cached], in_use: set[str]) -> set[str]:
@@ -249,11 +248,11 @@ class ModelCache:
         """Bring both tiers within their limits; ``in_use``: sources an instance here
         serves. What was removed."""
         removed: list[Cached] = []
-        memory = self._in_memory()
+        disk = self._disk()
+        memory = self._in_memory(disk)
         for entry in evictions(memory, self.memory_limit, self._served(memory, in_use)):
             self._unpin(entry.name)
             removed.append(entry)
-        disk = self._disk()
         limit = self._disk_limit(sum(e.bytes for e in disk)) if disk else 0
         for entry in evictions(disk, limit, self._served(disk, in_use)):
             # The lock a storing process holds: never delete what is being stored again.
@@ -273,7 +272,8 @@ class ModelCache:
         """Hold the most recently used stored model of ``source`` in memory (the
         instance serving it has stopped), making room by eviction. None when there is
         nothing stored for it, it does not fit, or pages cannot be locked here."""
-        stored = [e for e in self._disk() if source in e.sources]
+        disk = self._disk()
+        stored = [e for e in disk if source in e.sources]
         if not stored or self.memory_limit <= 0 or self._cannot_lock:
             return None
         latest = max(stored, key=lambda e: e.last_used)
@@ -282,7 +282,7 @@ class ModelCache:
         if latest.bytes > self.memory_limit:
             log.info("%s (%.2f GB) is larger than the memory tier", source, latest.bytes / 1e9)
             return None
-        memory = self._in_memory()
+        memory = self._in_memory(disk)
         for entry in evictions(
             memory, self.memory_limit - latest.bytes, self._served(memory, in_use)
         ):
