@@ -121,7 +121,7 @@ def _run(cluster: Cluster, servers: list[Child], port: int, data: Path) -> None:
     )
     recovered = time.monotonic() - back
     again = [recorder.complete(head.url, f"again {i}", label="again") for i in range(4)]
-    assert all(o.ok for o in again), again
+    assert all(o.ok for o in again), ([o for o in again if not o.ok], cluster.logs())
     assert first.ok and worker.alive() and not state.dead(backend)
     # The same instance serves: it was neither retired nor restarted.
     assert first.instance == instance and all(o.instance == instance for o in again)
