@@ -26,8 +26,8 @@ from sllm.errors import (
     TooManyRequests,
 )
 from sllm.head.recent import Recent
-from sllm.head.results import TaskResults
-from sllm.head.stream_resume import RESUMABLE_CODES, Relay, continuation, resumable
+from sllm.head.results import MessageLost, TaskResults
+from sllm.head.stream_resume import Relay, continuation, goes_on, resumable
 from sllm.kv import RedisError
 from sllm.kv.bus import ResultBus
 from sllm.kv.store import Store
@@ -210,11 +210,13 @@ class Gateway:
                     finished = True
                     outcome = "ok"
                 except SllmError as exc:
-                    if (
-                        can_resume
-                        and exc.code in RESUMABLE_CODES
-                        and relay.chunks > 0
-                        and relay.resumes < self.settings.max_attempts
+                    if goes_on(
+                        exc.code,
+                        lost=isinstance(exc, MessageLost),
+                        relayed=relay.chunks,
+                        faithful=can_resume,
+                        resumes=relay.resumes,
+                        limit=self.settings.max_attempts,
                     ):
                         resumed = await self._resume(pending, relay)
                         if resumed is not None:
@@ -232,13 +234,14 @@ class Gateway:
             self._done(pending, outcome)
 
     async def _resume(self, pending: Pending, relay: Relay) -> Pending | None:
-        """A new task that goes on from ``relay``'s text; None when it cannot be queued."""
+        """A new task that goes on from ``relay``'s text (the request itself when nothing
+        was relayed); None when it cannot be queued."""
         task = pending.task
         self.cancel(pending)  # a restarted attempt of the old task must not run on
         self.bus.forget(task.id)
         relay.resumes += 1
         log.info(
-            "task %s lost its instance after %d chunk(s): resuming (%d)",
+            "task %s broke after %d chunk(s): resuming (%d)",
             task.id,
             relay.chunks,
             relay.resumes,
@@ -249,7 +252,7 @@ class Gateway:
             return await self.submit(
                 task.endpoint,
                 task.model,
-                continuation(task.body, relay.text),
+                continuation(task.body, relay.text) if relay.chunks else task.body,
                 pending.request_id,
                 task.deadline,
                 pending.watch,

@@ -32,6 +32,13 @@ class AttemptRestarted(FatalError):
     code = "stream_interrupted"
 
 
+class MessageLost(FatalError):
+    """Pub/sub dropped a chunk of this task (its subscription was cut): what came
+    before the gap is all the gateway knows of the output."""
+
+    code = "stream_interrupted"
+
+
 @dataclass
 class TaskResults:
     task_id: str
@@ -81,7 +88,7 @@ class TaskResults:
                 if message.seq < self.next_seq:
                     continue  # a duplicate delivered after a resync
                 if message.seq > self.next_seq:
-                    raise FatalError("the result stream lost a message", code="stream_interrupted")
+                    raise MessageLost("the result stream lost a message")
                 self.next_seq += 1
                 yield message
                 continue
@@ -93,7 +100,7 @@ class TaskResults:
                 if self._pending_terminal is None:
                     self._pending_terminal = message
                     continue
-                raise FatalError("the result stream lost a message", code="stream_interrupted")
+                raise MessageLost("the result stream lost a message")
             yield message
             return
 
@@ -132,7 +139,7 @@ class TaskResults:
         if self._pending_terminal is not None:
             message, self._pending_terminal = self._pending_terminal, None
             if message.seq != self.next_seq:
-                raise FatalError("the result stream lost a message", code="stream_interrupted")
+                raise MessageLost("the result stream lost a message")
             return message
         try:
             state, result = await self.tasks.state_and_result(self.task_id)

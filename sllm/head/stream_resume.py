@@ -29,6 +29,19 @@ def resumable(endpoint: str, body: dict[str, Any]) -> bool:
     return False
 
 
+def goes_on(
+    code: str, *, lost: bool, relayed: int, faithful: bool, resumes: int, limit: int
+) -> bool:
+    """Whether a stream that broke with error ``code`` is carried on by a new task,
+    unseen by the client. One whose instance went away goes on from what was relayed,
+    where that can be done faithfully (``resumable``); one whose result messages were
+    lost (a cut subscription) before anything was relayed starts over, whatever its
+    parameters: the client has seen nothing yet."""
+    if code not in RESUMABLE_CODES or resumes >= limit:
+        return False
+    return faithful if relayed else lost
+
+
 def continuation(body: dict[str, Any], produced: str) -> dict[str, Any]:
     return {**body, CONTINUE_FIELD: produced}
 

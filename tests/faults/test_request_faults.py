@@ -115,16 +115,16 @@ def test_killed_result_subscriptions_never_hang_a_request(cluster: Cluster) -> N
     slowest = max(o.seconds for o in recorder.outcomes)
     assert slowest < 10, recorder.report()
     # A plain request reads its stored outcome: it never notices. A stream that lost a
-    # chunk on the cut connection is either resumed or ends with a clean error event.
+    # chunk on the cut connection goes on from what it relayed, or starts over when it
+    # had relayed nothing: the client never notices either.
     assert not recorder.failures("plain"), recorder.report("plain")
-    for o in recorder.failures("stream"):
-        assert o.status == 200 and o.code == "stream_interrupted", recorder.report("stream")
+    assert not recorder.failures("stream"), recorder.report("stream")
     after = [recorder.complete(head.url, f"after {i}", label="after") for i in range(3)]
     assert all(o.ok for o in after), after
     wait_until(lambda: not state.leftover_claims(r, "m"), 15, "claims to be released")
     print(
-        f"{len(recorder.outcomes)} requests, {len(recorder.failures())} interrupted streams, "
-        f"slowest {slowest:.2f}s, resubscribed within {max(reconnects):.2f}s"
+        f"{len(recorder.outcomes)} requests, slowest {slowest:.2f}s, "
+        f"resubscribed within {max(reconnects):.2f}s"
     )
 
 

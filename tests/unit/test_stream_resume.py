@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sllm.head.stream_resume import CONTINUE_FIELD, Relay, continuation, resumable
+from sllm.head.stream_resume import CONTINUE_FIELD, Relay, continuation, goes_on, resumable
 
 
 def chat_chunk(cid: str, delta: dict[str, Any], created: int = 1) -> dict[str, Any]:
@@ -20,6 +20,23 @@ def test_only_single_choice_streams_of_text_are_resumable() -> None:
     assert not resumable("/v1/completions", {"stream": True, "prompt": ["p", "q"]})
     assert not resumable("/v1/completions", {"stream": True, "prompt": "p", "echo": True})
     assert not resumable("/v1/embeddings", {"stream": True})
+
+
+def test_a_broken_stream_goes_on_from_its_output_or_starts_over_if_none_was_sent() -> None:
+    limit = {"resumes": 0, "limit": 3}
+    # The instance went away mid-stream: go on from what was relayed, where faithful.
+    assert goes_on("stream_interrupted", lost=False, relayed=2, faithful=True, **limit)
+    assert not goes_on("stream_interrupted", lost=False, relayed=2, faithful=False, **limit)
+    # Results lost (cut subscription) before any output: start over, even when a
+    # continuation would not be faithful (n > 1), since the client has seen nothing.
+    assert goes_on("stream_interrupted", lost=True, relayed=0, faithful=False, **limit)
+    # Every attempt failed before any output: the request itself is what fails.
+    assert not goes_on("attempts_exhausted", lost=False, relayed=0, faithful=True, **limit)
+    # Not a broken stream, or resumed too often already.
+    assert not goes_on("invalid_request", lost=False, relayed=2, faithful=True, **limit)
+    assert not goes_on(
+        "stream_interrupted", lost=True, relayed=0, faithful=True, resumes=3, limit=3
+    )
 
 
 def test_continuation_carries_the_produced_text() -> None:
