@@ -77,6 +77,23 @@ def evictions(entries: Sequence[Cached], limit: int, pinned: set[str]) -> list[C
     return out
 
 
+def to_restore(disk: Sequence[Cached], limit: int) -> list[Cached]:
+    """What a memory tier of ``limit`` bytes holds when it starts: the most recently
+    used stored models that fit, newest first, each source's newest copy only (what
+    it would hold had it never stopped, as far as the record of use tells)."""
+    out: list[Cached] = []
+    seen: set[str] = set()
+    room = limit
+    for entry in sorted(disk, key=lambda e: (e.last_used, e.name), reverse=True):
+        if seen.intersection(entry.sources):
+            continue  # an older copy of a source a newer one serves
+        seen.update(entry.sources)
+        if entry.bytes <= room:
+            out.append(entry)
+            room -= entry.bytes
+    return out
+
+
 def fastest(entries: Iterable[Cached]) -> dict[str, Cached]:
     """Each deployed source at its fastest tier."""
     best: dict[str, Cached] = {}
@@ -287,9 +304,13 @@ class ModelCache:
             memory, self.memory_limit - latest.bytes, self._served(memory, in_use)
         ):
             self._unpin(entry.name)
+        return latest.path if self._pin(latest) else None
+
+    def _pin(self, entry: Cached) -> bool:
+        """Lock ``entry``'s pages in memory; False (logged) when they cannot be."""
         started = time.monotonic()
         try:
-            self._pinned[latest.name] = Pinned(_chunk_files(latest.path))
+            self._pinned[entry.name] = Pinned(_chunk_files(entry.path))
         except (OSError, ValueError) as exc:  # ValueError: an unreadable index
             # This process may not lock this much.
             if isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EAGAIN, errno.ENOMEM):
@@ -300,15 +321,31 @@ class ModelCache:
                     exc,
                 )
             else:
-                log.warning("cannot hold %s in memory: %s", latest.name, exc)
-            return None
+                log.warning("cannot hold %s in memory: %s", entry.name, exc)
+            return False
         log.info(
             "holding %s in memory (%.2f GB, %.2f s)",
-            source,
-            latest.bytes / 1e9,
+            ", ".join(entry.sources) or entry.name,
+            entry.bytes / 1e9,
             time.monotonic() - started,
         )
-        return latest.path
+        return True
+
+    def restore(self) -> list[Cached]:
+        """When the worker starts: hold in memory again the most recently used stored
+        models that fit (``to_restore``), so that a restarted worker's hot models start
+        from memory, not disk. What is held."""
+        if self.memory_limit <= 0:
+            return []
+        disk = self._disk()
+        room = self.memory_limit - sum(e.bytes for e in self._in_memory(disk))
+        held = []
+        for entry in to_restore([e for e in disk if e.name not in self._pinned], room):
+            if self._cannot_lock:
+                break
+            if self._pin(entry):
+                held.append(entry)
+        return held
 
     def close(self) -> None:
         for name in list(self._pinned):

@@ -65,7 +65,13 @@ class WorkerCache:
                 log.warning("keeping %s in memory failed: %s", source, exc)
 
     async def upkeep(self) -> None:
-        """Evict to the limits, now and every UPKEEP_INTERVAL, until cancelled."""
+        """Hold again what the memory tier held before the worker started, then evict to
+        the limits, now and every UPKEEP_INTERVAL, until cancelled."""
+        async with self._busy:
+            try:
+                await asyncio.to_thread(self.cache.restore)
+            except OSError as exc:
+                log.warning("restoring the memory tier failed: %s", exc)
         while True:
             async with self._busy:
                 try:

@@ -1,6 +1,7 @@
 """A transformers model through its cache tiers with real processes: stored on the
 worker when it is deployed (before any request), started from disk, held in memory
-after it scales to zero and started from there, each placement counted by tier."""
+after it scales to zero and started from there, each placement counted by tier, and
+held in memory again by a restarted worker."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tests.tiny_models import build_tiny_causal_lm
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
-def tier_of(cluster: Cluster, source: str) -> str | None:
-    [worker] = cluster.status()["workers"]
+def tier_of(cluster: Cluster, source: str, url: str | None = None) -> str | None:
+    """The source's tier on the worker at ``url`` (default: the only worker)."""
+    workers = cluster.status()["workers"]
+    [worker] = [w for w in workers if w["url"] == url] if url else workers
     return next((c["tier"] for c in worker.get("cache") or [] if c["source"] == source), None)
 
 
@@ -64,3 +67,11 @@ def test_a_model_is_stored_on_deploy_then_held_in_memory_after_scale_to_zero(
     assert placements(cluster, "memory") == 1
     stored = [p for p in (cluster.workdir / "models" / "store").iterdir() if p.is_dir()]
     assert len(stored) == 1, stored
+
+    # A worker restarted on the same storage holds it in memory again, with no instance
+    # having run there.
+    worker.stop()
+    restarted = cluster.start_worker()
+    wait_until(
+        lambda: tier_of(cluster, source, restarted.url) == "memory", 30, "the memory tier back"
+    )

@@ -108,6 +108,32 @@ def test_the_memory_tier_keeps_its_limit_least_recently_used_first(
     assert small.keep_in_memory("deployed-lm1", in_use=set()) is None
 
 
+def test_a_restarted_worker_holds_its_most_recently_used_models_in_memory_again(
+    models: list[Path], tmp_path: Path
+) -> None:
+    storage = tmp_path / "models"
+    for source in models:
+        load(source, storage)
+    disk = {e.sources[0]: e for e in ModelCache(storage, 0).entries()}
+    for i, name in enumerate(["deployed-lm1", "deployed-lm0", "deployed-lm2"]):
+        record_use(disk[name].path, name, now=1000.0 + i)
+    one = max(e.bytes for e in disk.values())
+    before = locked_kib()
+    # A new process's cache (what a restarted worker has) with room for two.
+    cache = ModelCache(storage, memory_limit=2 * one + one // 2)
+    try:
+        held = cache.restore()
+        assert [e.sources[0] for e in held] == ["deployed-lm2", "deployed-lm0"]
+        in_memory = {e.sources[0] for e in cache.entries() if e.tier == "memory"}
+        assert in_memory == {"deployed-lm2", "deployed-lm0"}
+        assert locked_kib() > before
+        # Held already: restoring again adds nothing.
+        assert cache.restore() == []
+    finally:
+        cache.close()
+    assert locked_kib() == before
+
+
 def test_the_disk_tier_keeps_its_limit_but_never_what_is_served(
     models: list[Path], tmp_path: Path
 ) -> None:

@@ -1,10 +1,11 @@
-"""The tiered cache's pure decisions: what to evict, and each source's fastest tier."""
+"""The tiered cache's pure decisions: what to evict, what a starting memory tier holds,
+and each source's fastest tier."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sllm.store.tiers import Cached, Tier, evictions, fastest
+from sllm.store.tiers import Cached, Tier, evictions, fastest, to_restore
 
 
 def entry(name: str, size: int, used: float, tier: Tier = "disk", *sources: str) -> Cached:
@@ -41,3 +42,18 @@ def test_each_source_is_reported_at_its_fastest_tier() -> None:
     best = fastest(entries)
     assert {s: c.tier for s, c in best.items()} == {"x": "memory", "y": "disk", "y-alias": "disk"}
     assert fastest(reversed(entries))["x"].tier == "memory"
+
+
+def test_a_starting_memory_tier_holds_the_most_recently_used_that_fit() -> None:
+    old, mid, new = entry("old", 4, 1.0), entry("mid", 6, 2.0), entry("new", 4, 3.0)
+    assert [e.name for e in to_restore([old, mid, new], 10)] == ["new", "mid"]
+    # One too large is passed over for older ones that fit.
+    assert [e.name for e in to_restore([old, mid, new], 8)] == ["new", "old"]
+    assert to_restore([old, mid, new], 0) == []
+
+
+def test_a_starting_memory_tier_holds_only_the_newest_copy_of_a_source() -> None:
+    stale = entry("m-v1", 4, 1.0, "disk", "m")
+    fresh = entry("m-v2", 4, 2.0, "disk", "m", "alias")
+    other = entry("o", 4, 0.5, "disk", "o")
+    assert [e.name for e in to_restore([stale, fresh, other], 12)] == ["m-v2", "o"]
