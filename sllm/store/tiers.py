@@ -335,15 +335,11 @@ class ModelCache:
         """When the worker starts: hold in memory again the most recently used stored
         models that fit (``to_restore``), so that a restarted worker's hot models start
         from memory, not disk. What is held."""
-        if self.memory_limit <= 0:
-            return []
-        disk = self._disk()
-        room = self.memory_limit - sum(e.bytes for e in self._in_memory(disk))
-        held = []
-        for entry in to_restore([e for e in disk if e.name not in self._pinned], room):
+        held: list[Cached] = []
+        for entry in to_restore(self._disk(), self.memory_limit):
             if self._cannot_lock:
                 break
-            if self._pin(entry):
+            if entry.name not in self._pinned and self._pin(entry):
                 held.append(entry)
         return held
 
