@@ -33,6 +33,7 @@ class Task:
     request_id: str
     result: str
     reply_to: str
+    claimed: float  # when its current attempt was stamped (time.time()); 0 if never
 
 
 def tasks(r: redis.Redis) -> dict[str, Task]:
@@ -53,6 +54,7 @@ def tasks(r: redis.Redis) -> dict[str, Task]:
             request_id=h.get("request_id", ""),
             result=h.get("result", ""),
             reply_to=h.get("reply_to", ""),
+            claimed=float(h.get("claimed") or 0),
         )
     return out
 

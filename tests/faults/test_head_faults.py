@@ -47,12 +47,15 @@ def test_killing_one_of_two_heads_loses_no_request_of_the_other(cluster: Cluster
     ]
     try:
         # Both heads dispatch from the one queue: wait for the doomed one to be running
-        # some of the survivor's requests.
+        # some of the survivor's requests, one that began so lately (a request takes
+        # 0.8 s) that it is still running when the kill lands.
         wait_until(
             lambda: (
                 len(recorder.outcomes) >= 10
                 and any(
-                    t.owner == doomed_id and t.reply_to == K.results(survivor_id)
+                    t.owner == doomed_id
+                    and t.reply_to == K.results(survivor_id)
+                    and time.time() - t.claimed < 0.3
                     for t in state.running(r)
                 )
             ),
