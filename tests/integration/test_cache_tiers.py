@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from sllm.metrics import WorkerMetrics
 from sllm.store import tiers
 from sllm.store.catalog import load_pretrained
-from sllm.store.tiers import ModelCache, record_use
+from sllm.store.tiers import Cached, ModelCache, record_use
 from sllm.worker.model_cache import WorkerCache
 from tests.integration.test_store import assert_same_model
 from tests.tiny_models import build_tiny_causal_lm
@@ -41,6 +41,13 @@ def load(source: Path, storage: Path) -> object:
         dtype=torch.float32,
         source=f"deployed-{source.name}",
     )
+
+
+def store_all(models: list[Path], storage: Path) -> dict[str, Cached]:
+    """Each model loaded once (so stored), its stored copy by deployed source."""
+    for source in models:
+        load(source, storage)
+    return {e.sources[0]: e for e in ModelCache(storage, 0).entries()}
 
 
 def locked_kib() -> int:
@@ -83,9 +90,7 @@ def test_the_memory_tier_keeps_its_limit_least_recently_used_first(
     models: list[Path], tmp_path: Path
 ) -> None:
     storage = tmp_path / "models"
-    for source in models:
-        load(source, storage)
-    disk = {e.sources[0]: e for e in ModelCache(storage, 0).entries()}
+    disk = store_all(models, storage)
     one = max(e.bytes for e in disk.values())
     cache = ModelCache(storage, memory_limit=2 * one + one // 2)  # room for two
     try:
@@ -112,9 +117,7 @@ def test_a_restarted_worker_holds_its_most_recently_used_models_in_memory_again(
     models: list[Path], tmp_path: Path
 ) -> None:
     storage = tmp_path / "models"
-    for source in models:
-        load(source, storage)
-    disk = {e.sources[0]: e for e in ModelCache(storage, 0).entries()}
+    disk = store_all(models, storage)
     for i, name in enumerate(["deployed-lm1", "deployed-lm0", "deployed-lm2"]):
         record_use(disk[name].path, name, now=1000.0 + i)
     one = max(e.bytes for e in disk.values())
