@@ -161,10 +161,12 @@ def test_a_client_hanging_up_mid_stream_cancels_its_task(cluster: Cluster) -> No
     hung_up = time.monotonic()
     assert gone.chunks == 1 and gone.error == "hung up by the test", gone
     task = wait_until(
+        # Claims first: the release and the stored outcome are one Lua step, so a task read
+        # after its claims are gone has its outcome (read before, it may still lack it).
         lambda: (
-            (t := state.task_by_request(r, rid)) is not None
+            not state.leftover_claims(r, "m")
+            and (t := state.task_by_request(r, rid)) is not None
             and t.state == "cancelled"
-            and not state.leftover_claims(r, "m")
             and t
         ),
         10,
