@@ -7,9 +7,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +25,7 @@ from sllm.errors import (
     SllmError,
     TooManyRequests,
 )
+from sllm.head.read_ahead import ReadAhead
 from sllm.head.recent import Recent
 from sllm.head.results import MessageLost, TaskResults
 from sllm.head.stream_resume import Relay, continuation, goes_on, resumable
@@ -54,6 +55,12 @@ QUEUE_FULL_RETRY_AFTER = 1
 MAX_UNSENT_CANCELS = 10_000
 
 router = APIRouter()
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client went away before its response began."""
 
 
 @dataclass
@@ -161,18 +168,14 @@ class Gateway:
 
     async def collect(self, pending: Pending, request: Request) -> dict[str, Any]:
         """The final response of a non-streamed request; the task is cancelled if the
-        client goes away first."""
-        reading = asyncio.ensure_future(self._final(pending))
-        gone = asyncio.ensure_future(_client_gone(request))
+        client goes away first (ClientGone)."""
         try:
-            await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
+            return await _unless_gone(request, self._final(pending))
+        except (ClientGone, asyncio.CancelledError):
+            self.cancel(pending)
+            raise
         finally:
-            gone.cancel()
-            if not reading.done():
-                reading.cancel()
-                self.cancel(pending)
             self.bus.forget(pending.task.id)
-        return reading.result()
 
     async def _final(self, pending: Pending) -> dict[str, Any]:
         try:
@@ -187,10 +190,11 @@ class Gateway:
             raise
         raise AssertionError("a result stream ended without a terminal message")
 
-    async def stream(self, pending: Pending) -> AsyncIterator[bytes]:
-        """SSE events of a streamed request, ending in ``[DONE]``. When the instance
-        dies after output began, the request goes on from what was relayed on another
-        instance (up to ``max_attempts`` resumes) and the client sees one stream."""
+    async def stream(self, pending: Pending) -> AsyncGenerator[bytes | SllmError, None]:
+        """SSE events of a streamed request, an error being the error itself, ending in
+        ``[DONE]``. When the instance dies after output began, the request goes on from
+        what was relayed on another instance (up to ``max_attempts`` resumes) and the
+        client sees one stream."""
         task = pending.task
         relay = Relay(chat=task.endpoint == "/v1/chat/completions")
         can_resume = resumable(task.endpoint, task.body)
@@ -224,7 +228,7 @@ class Gateway:
                             continue
                     finished = exc.code != "deadline_exceeded"
                     outcome = exc.code
-                    yield format_sse_event(data_str=json.dumps(exc.to_body()))
+                    yield exc
                 break
             yield format_sse_event(data_str="[DONE]")
         finally:
@@ -349,8 +353,10 @@ class Gateway:
             known = "" if isinstance(exc, ModelNotFound) else model
             self.metrics.requests.labels(known, endpoint, exc.code).inc()
             raise
-        if not pending.task.stream:
-            outcome = "client_gone"
+        outcome = "client_gone"
+        try:
+            if pending.task.stream:
+                return await self._open_stream(pending, request, headers)
             try:
                 answer = await self.collect(pending, request)
                 outcome = "ok"
@@ -359,11 +365,56 @@ class Gateway:
                 raise
             finally:
                 self._done(pending, outcome)
-            return JSONResponse(answer, headers=headers)
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it
+        return JSONResponse(answer, headers=headers)
+
+    async def _open_stream(
+        self, pending: Pending, request: Request, headers: dict[str, str]
+    ) -> Response:
+        """A streamed request's response. Its status waits for the first event, for at most
+        one keep-alive interval: a request refused before any output (a backend's 400) gets
+        the error's own status, as when not streamed, not a 200 with one error event."""
+        events = ReadAhead(self.stream(pending))
+        first: bytes | SllmError | None
+        try:
+            first = await _unless_gone(request, events.next(self.settings.stream_keepalive))
+        except TimeoutError:
+            first = None  # a cold start, a long prompt: the stream begins with keep-alives
+        except BaseException:
+            await events.aclose()  # ends the task: the client is gone
+            raise
+        if isinstance(first, SllmError):
+            await events.aclose()
+            raise first
         return EventSourceResponse(
-            with_keepalives(self.stream(pending), self.settings.stream_keepalive),
+            self._sse(events, first),
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    async def _sse(
+        self, events: ReadAhead[bytes | SllmError], first: bytes | SllmError | None
+    ) -> AsyncIterator[bytes]:
+        """The stream's body from ``first`` (None: nothing yet) on, with an SSE comment
+        after every keep-alive interval of silence (a cold start, a long prompt), so
+        proxies and clients do not time the stream out."""
+        event = first
+        try:
+            while True:
+                if event is None:
+                    yield KEEPALIVE
+                elif isinstance(event, SllmError):
+                    yield format_sse_event(data_str=json.dumps(event.to_body()))
+                else:
+                    yield event
+                try:
+                    event = await events.next(self.settings.stream_keepalive)
+                except TimeoutError:
+                    event = None
+                except StopAsyncIteration:
+                    return
+        finally:
+            await events.aclose()
 
     def _done(self, pending: Pending, outcome: str) -> None:
         """A request ended: its metrics, this head's recent traffic and its log line."""
@@ -408,38 +459,25 @@ class Gateway:
         return seconds
 
 
-async def with_keepalives(events: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
-    """``events`` with an SSE comment after every ``interval`` seconds of silence (a
-    cold start, a long prompt), so proxies and clients do not time the stream out."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
-
-    async def pump() -> None:
-        try:
-            async for event in events:
-                await queue.put(event)
-        finally:
-            await queue.put(None)
-
-    producer = asyncio.create_task(pump())
-    try:
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), interval)
-            except TimeoutError:
-                yield KEEPALIVE
-                continue
-            if event is None:
-                break
-            yield event
-        await producer  # re-raises what the stream raised
-    finally:
-        producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
-
-
 async def _client_gone(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def _unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """What ``work`` returns (or raises); ClientGone, ``work`` being cancelled, when the
+    client goes away first."""
+    doing = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({doing, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not doing.done():
+            doing.cancel()
+    if doing.cancelled() or not doing.done():
+        raise ClientGone
+    return doing.result()
 
 
 def _gateway(request: Request) -> Gateway:

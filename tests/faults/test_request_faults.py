@@ -1,5 +1,6 @@
 """Faults one request brings on itself or meets on its way: a poison prompt that crashes
-its backend, a killed result subscription, a client that hangs up mid-stream."""
+its backend, a killed result subscription, a client that hangs up mid-stream or before
+its stream begins."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Cluster, wait_until
@@ -179,4 +181,52 @@ def test_a_client_hanging_up_mid_stream_cancels_its_task(cluster: Cluster) -> No
     (only,) = cluster.model_status("m")["instances"]  # type: ignore[misc, index]
     again = recorder.complete(head.url, "a short one", label="again", max_tokens=5)
     assert again.ok and again.instance == only["instance_id"] and only["state"] == "ready"
+    print(f"task cancelled and released {released:.2f}s after the client hung up")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_client_hanging_up_before_its_response_begins_cancels_its_task(
+    cluster: Cluster, stream: bool
+) -> None:
+    head = cluster.start_head()
+    cluster.start_worker()
+    cluster.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 30},
+        backend_config={"ttft": 30},
+    )
+    wait_until(
+        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
+        30,
+        "a ready instance",
+    )
+    r = state.connect(cluster.redis_url)
+    rid = uuid.uuid4().hex
+    # A stream's status waits for its first event (up to the 15 s keep-alive interval), so
+    # either way the client leaves before anything, headers included, was sent.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{head.url}/v1/completions",
+            json={"model": "m", "prompt": "hi", "stream": stream, "max_tokens": 5},
+            headers={"X-Request-Id": rid},
+            timeout=1.0,
+        )
+    hung_up = time.monotonic()
+    task = wait_until(
+        lambda: (
+            not state.leftover_claims(r, "m")
+            and (t := state.task_by_request(r, rid)) is not None
+            and t.state == "cancelled"
+            and t
+        ),
+        10,
+        "the task to be cancelled and released",
+    )
+    released = time.monotonic() - hung_up
+    assert "cancelled" in task.result, task
+    # Noticed while waiting, not once the keep-alive interval was over.
+    assert released < 5, released
+    # A hang-up is routine: no traceback in the head's log.
+    assert "Traceback" not in head.log_tail(400), head.log_tail(400)
     print(f"task cancelled and released {released:.2f}s after the client hung up")
