@@ -146,7 +146,11 @@ class WorkerSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address the worker listens on.")
     port: int = Field(8001, description="Port of the worker API.")
-    head_url: str = Field("http://127.0.0.1:8343", description="URL of the head.")
+    head_url: str = Field(
+        "http://127.0.0.1:8343",
+        description="URL of the head; where several heads serve the cluster, their URLs, "
+        "comma-separated: heartbeats move to the next when one stops answering.",
+    )
     node_id: str | None = Field(None, description="Fixed node id; the head assigns one if unset.")
     advertise_url: str | None = Field(
         None, description="URL the head calls this worker on (default: derived from host/port)."
@@ -191,3 +195,22 @@ class WorkerSettings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level.")
     log_format: LogFormat = Field("text", description="Log lines as text or JSON.")
+
+    @field_validator("head_url")
+    @classmethod
+    def _head_urls_are_urls(cls, value: str) -> str:
+        urls = split_urls(value)
+        if not urls:
+            raise ValueError("names no URL")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    def head_urls(self) -> list[str]:
+        return split_urls(self.head_url)
+
+
+def split_urls(value: str) -> list[str]:
+    """``a, b/`` -> ``["a", "b"]``: comma-separated URLs without trailing slashes."""
+    return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]

@@ -1,4 +1,9 @@
-"""The worker's heartbeat: tells the head what this machine has and runs."""
+"""The worker's heartbeat: tells the head what this machine has and runs.
+
+With several heads (``head_url`` lists them) beats go to one at a time; a failed beat
+moves them to the next, so a worker outlives the head it was talking to (any head
+serves the cluster: they share Redis).
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,8 @@ class Heartbeat:
         self._metrics = metrics
         self._node_id = settings.node_id
         self._url = advertise_url(settings)
+        self._heads = settings.head_urls()
+        self._head = 0
         self._wake = asyncio.Event()
         self._draining = False
 
@@ -103,7 +110,7 @@ class Heartbeat:
 
     async def beat(self, client: httpx.AsyncClient) -> bool:
         """One heartbeat and its confirmation; False (logged) on any failure."""
-        head = self._settings.head_url.rstrip("/")
+        head = self._heads[self._head]
         try:
             payload = await self._payload()
             resp = await client.post(f"{head}/heartbeat", json=payload)
@@ -113,6 +120,9 @@ class Heartbeat:
             redis_url = answer.get("redis_url")
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("heartbeat to %s failed: %s", head, exc or type(exc).__name__)
+            if len(self._heads) > 1:
+                self._head = (self._head + 1) % len(self._heads)
+                log.info("heartbeats go to %s from now on", self._heads[self._head])
             return False
         if node_id != self._node_id:
             log.info("head %s knows this worker as %s", head, node_id)

@@ -62,10 +62,15 @@ class Cluster:
         self.head = head
         return head
 
-    def start_worker(self, head: Child | None = None, **env: str) -> Child:
+    def start_worker(
+        self, head: Child | None = None, *, head_url: str | None = None, **env: str
+    ) -> Child:
+        """A worker beating to ``head`` (default: the latest head), or to ``head_url``."""
         head = head or self.head
         assert head is not None
-        worker = start_worker(free_port(), head.url, self.workdir, {**WORKER_ENV, **env})
+        worker = start_worker(
+            free_port(), head_url or head.url, self.workdir, {**WORKER_ENV, **env}
+        )
         self.procs.append(worker)
         wait_until(lambda: self.worker_known(worker.url), 10, "the worker's registration")
         return worker

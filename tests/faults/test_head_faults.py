@@ -1,4 +1,4 @@
-"""Two heads on one Redis, one of them killed while both serve."""
+"""Two heads on one Redis, one of them killed while both serve; a worker that knows both."""
 
 from __future__ import annotations
 
@@ -94,3 +94,33 @@ def test_killing_one_of_two_heads_loses_no_request_of_the_other(cluster: Cluster
         f"{len(rescued)} of them the survivor's, answered in "
         f"{', '.join(f'{o.seconds:.2f}s' for o in rescued)}; survivor led {led:.2f}s after the kill"
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_given_every_heads_url_outlives_the_head_it_beat_to(cluster: Cluster) -> None:
+    first = cluster.start_head()
+    second = cluster.start_head()  # the cluster fixture now talks to this one
+    worker = cluster.start_worker(
+        first, head_url=f"{first.url}, {second.url}/", SLLM_HEARTBEAT_INTERVAL="0.5"
+    )
+    cluster.deploy(
+        "m", auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 60}
+    )
+    wait_until(
+        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
+        30,
+        "a ready instance",
+    )
+    first.popen.send_signal(signal.SIGKILL)
+    first.popen.wait(10)
+    killed = time.monotonic()
+    # The worker beats to the survivor within a second or two; silence would last until
+    # the survivor prunes it (heartbeat_timeout, 60 s) and its instance with it.
+    wait_until(lambda: f"heartbeats go to {second.url}" in worker.log_tail(200), 10, "the move")
+    moved = time.monotonic() - killed
+    time.sleep(2.0)
+    (known,) = cluster.status()["workers"]
+    assert known["url"] == worker.url and known["seconds_since_heartbeat"] < 1.5, known
+    answer = cluster.client(second).completions.create(model="m", prompt="hi", max_tokens=3)
+    assert answer.choices[0].text
+    print(f"heartbeats moved {moved:.2f}s after the kill")

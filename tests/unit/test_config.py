@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sllm.config import DeployConfig
+from sllm.config import DeployConfig, WorkerSettings
 
 
 def test_defaults() -> None:
@@ -28,3 +28,12 @@ def test_min_above_max_is_refused() -> None:
         DeployConfig.model_validate(
             {"model": "m", "auto_scaling_config": {"min_instances": 3, "max_instances": 1}}
         )
+
+
+def test_a_worker_takes_one_head_url_or_several() -> None:
+    assert WorkerSettings(head_url="http://h:8343/").head_urls() == ["http://h:8343"]
+    several = WorkerSettings(head_url=" http://a:8343, https://b:8343/ ,")
+    assert several.head_urls() == ["http://a:8343", "https://b:8343"]
+    for bad in ("", " , ", "http://a:8343,b:8343"):
+        with pytest.raises(ValidationError, match="head_url"):
+            WorkerSettings(head_url=bad)
