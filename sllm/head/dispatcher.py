@@ -179,6 +179,10 @@ class Dispatcher:
                 if self._crashed.pop(claim.task_id, None) is not None:
                     self._exclusive[target.id] = claim.task_id
                 self._start(claim, records[target.id])
+                # Let the new task send its /invoke before this loop sends its next
+                # commands: a send costs a syscall that wakes another process, and those
+                # in front of the call were on every request's path.
+                await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except RedisError as exc:

@@ -300,7 +300,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
                 "worker_not_ready",
                 type_="server_error",
             )
-        return proxy.invoke(body.model_dump())
+        return await proxy.invoke(body)
 
     return app
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from sllm.backends.registry import get_backend
 from sllm.errors import error_body
@@ -58,25 +58,32 @@ class Proxy:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
         )
         self._background: set[asyncio.Task[None]] = set()
+        # The backend calls in flight: each ends with its answer's stream, or here.
+        self._calls: set[asyncio.Future[tuple[str, str]]] = set()
 
     async def aclose(self) -> None:
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for call in self._calls:
+            call.cancel()  # an answer that never began streaming left it running
+        await asyncio.gather(*self._calls, *self._background, return_exceptions=True)
         await self.http.close()
 
-    def invoke(self, raw: dict[str, Any]) -> StreamingResponse:
-        try:
-            call = InvokeBody.model_validate(raw)
-        except ValidationError as exc:
-            return _ndjson_once({"outcome": "failed", "error": f"bad /invoke body: {exc}"}, 400)
+    async def invoke(self, call: InvokeBody) -> StreamingResponse:
         port = self.instances.port(call.instance_id)
         if port is None:
             return _ndjson_once(
                 {"outcome": "retry", "error": f"instance {call.instance_id} is not on this worker"}
             )
-        return StreamingResponse(self._run(call, port), media_type="application/x-ndjson")
-
-    async def _run(self, call: InvokeBody, port: int) -> AsyncIterator[bytes]:
         job = asyncio.ensure_future(self._forward(call, port))
+        self._calls.add(job)
+        job.add_done_callback(self._calls.discard)
+        # The backend call goes out before this answer's headers: each send costs a
+        # syscall that wakes another process, and the backend's is the one on the path.
+        await asyncio.sleep(0)
+        return StreamingResponse(self._run(call, job), media_type="application/x-ndjson")
+
+    async def _run(
+        self, call: InvokeBody, job: asyncio.Future[tuple[str, str]]
+    ) -> AsyncIterator[bytes]:
         try:
             while True:
                 done, _ = await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
