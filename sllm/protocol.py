@@ -76,6 +76,39 @@ class _Request(BaseModel):
         return base, named or field
 
 
+# OpenAI request fields that shape the answer and that sllm's own backends (transformers,
+# dummy) do not implement, with the values that ask for nothing. A request asking for one
+# is refused: answered as if the field were absent, it would look served (JSON mode, tools)
+# and not be. vLLM's own server implements them and never runs this check.
+_NOTHING: tuple[Any, ...] = (None, False, "", [], {})
+NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
+    "tools": _NOTHING,
+    "tool_choice": (*_NOTHING, "none", "auto"),
+    "functions": _NOTHING,
+    "function_call": (*_NOTHING, "none", "auto"),
+    "response_format": (*_NOTHING, {"type": "text"}),
+    "logprobs": _NOTHING,
+    "top_logprobs": _NOTHING,
+    "logit_bias": _NOTHING,
+    "best_of": (*_NOTHING, 1),
+    "suffix": _NOTHING,
+    "audio": _NOTHING,
+    "modalities": (*_NOTHING, ["text"]),
+    "prediction": _NOTHING,
+}
+
+
+def not_implemented(extra: dict[str, Any] | None) -> list[str]:
+    """The fields among a request's unmodelled ones (``model_extra``) that ask for
+    something sllm's own backends do not do."""
+    extra = extra or {}
+    return [
+        name
+        for name, nothing in NOT_IMPLEMENTED.items()
+        if name in extra and extra[name] not in nothing
+    ]
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -38,6 +38,7 @@ from sllm.protocol import (
     ModelList,
     Usage,
     adapter_model_name,
+    not_implemented,
 )
 from sllm.serving import serve, setup_logging
 
@@ -187,6 +188,12 @@ class OpenAIServer:
         echo: bool,
         adapter: str | None,
     ) -> list[_Choice]:
+        unsupported = not_implemented(req.model_extra)
+        if unsupported:
+            raise RequestError(
+                f"not supported by this model's backend: {', '.join(unsupported)}",
+                param=unsupported[0],
+            )
         return [
             self._choice(req, prompt, p * req.n + j, adapter, prompt if echo else "")
             for p, prompt in enumerate(prompts)

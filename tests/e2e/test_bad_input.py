@@ -1,6 +1,6 @@
 """Bad input at real head and worker processes: oversized bodies, odd names, unknown
-deploy fields, and a max_tokens the model cannot hold. Every refusal is a 4xx in
-OpenAI's error shape that names what is wrong."""
+deploy fields, a max_tokens the model cannot hold, and features the backend lacks. Every
+refusal is a 4xx in OpenAI's error shape that names what is wrong."""
 
 from __future__ import annotations
 
@@ -180,3 +180,24 @@ def test_max_tokens_past_the_context_is_a_400_on_every_backend(
     ok = httpx.post(url, json={"model": "m", "messages": messages, "max_tokens": 50}, timeout=30)
     assert ok.status_code == 200, ok.text
     assert ok.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_features_the_backend_lacks_are_refused_not_ignored(cluster: Cluster) -> None:
+    head = cluster.start_head()
+    cluster.start_worker()
+    cluster.deploy("m")
+    url = f"{head.url}/v1/chat/completions"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for extra, param in (
+        ({"tools": [tool]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+    ):
+        for stream in (False, True):
+            resp = httpx.post(url, json={**CHAT, **extra, "stream": stream}, timeout=60)
+            error = assert_error(resp, 400, param)
+            assert "not supported" in error["message"], error
+    # Values that ask for nothing are served.
+    nothing = {"tools": [], "response_format": {"type": "text"}, "logprobs": False}
+    resp = httpx.post(url, json={**CHAT, **nothing}, timeout=60)
+    assert resp.status_code == 200, resp.text

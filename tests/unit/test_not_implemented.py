@@ -1,0 +1,39 @@
+"""Request fields sllm's own backends do not implement are named; asking for nothing passes."""
+
+from __future__ import annotations
+
+from sllm.protocol import ChatCompletionRequest, CompletionRequest, not_implemented
+
+
+def chat(**extra: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    )
+
+
+def test_fields_that_ask_for_something_unimplemented_are_named_in_order() -> None:
+    req = chat(logprobs=True, tools=[{"type": "function"}], top_k=5)
+    # top_k is not OpenAI's: it goes to the backend as sent (vLLM knows it).
+    assert not_implemented(req.model_extra) == ["tools", "logprobs"]
+    assert not_implemented(chat(response_format={"type": "json_schema"}).model_extra) == [
+        "response_format"
+    ]
+    assert not_implemented(
+        CompletionRequest.model_validate({"model": "m", "prompt": "p", "best_of": 3}).model_extra
+    ) == ["best_of"]
+
+
+def test_values_that_ask_for_nothing_pass() -> None:
+    nothing = chat(
+        tools=[],
+        tool_choice="none",
+        response_format={"type": "text"},
+        logprobs=False,
+        top_logprobs=0,
+        logit_bias={},
+        modalities=["text"],
+        best_of=1,
+    )
+    assert not_implemented(nothing.model_extra) == []
+    assert not_implemented(chat().model_extra) == []
+    assert not_implemented(None) == []
