@@ -225,9 +225,9 @@ class Dispatcher:
                 await self._wait_alone(claim, instance)
             outcome, reason = await self._invoke(claim, instance)
         except asyncio.CancelledError:
-            # The client went away (or this head is stopping): closing the /invoke call
-            # makes the worker stop the backend's generation. A cancelled task is
-            # released by the worker's finish, or by its lease expiring.
+            # The client went away (or this head is stopping): the worker sees the
+            # /invoke call close. A cancelled task's generation stops there and it is
+            # released; any other attempt goes on, the worker holding its lease.
             raise
         finally:
             renewer.cancel()
@@ -274,6 +274,8 @@ class Dispatcher:
             "reply_to": claim.reply_to,
             "request_id": claim.request_id,
             "deadline": claim.deadline,
+            "owner": self.head_id,
+            "lease_seconds": self.settings.lease_seconds,
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=INVOKE_SILENCE)
         try:

@@ -5,6 +5,11 @@ them all. Chunks go to the task's reply channel as they come; the terminal outco
 stored and published in one step (finish_task.lua). The HTTP answer to the dispatcher
 is an NDJSON stream: a line every ``ALIVE_INTERVAL`` seconds while the attempt runs (so
 a frozen worker is told from a slow one), then the outcome.
+
+A dispatcher that hangs up without having cancelled the task has died (or is stopping):
+the attempt then goes on here, the worker renewing its lease, and its output still reaches
+its client on whichever head that client is, instead of waiting for the lease to run out
+and starting over.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 import aiohttp
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.registry import get_backend
 from sllm.errors import error_body
@@ -47,6 +52,10 @@ class InvokeBody(BaseModel):
     reply_to: str
     request_id: str = ""
     deadline: float
+    # The dispatching head and its lease length: the worker holds the lease in its stead
+    # when that head goes away mid-attempt.
+    owner: str = ""
+    lease_seconds: float = Field(15.0, gt=0)
 
 
 class Proxy:
@@ -94,11 +103,31 @@ class Proxy:
             yield json.dumps({"outcome": outcome, "error": error}).encode() + b"\n"
         finally:
             if not job.done():
-                # The dispatcher hung up: its client is gone or the head died. Stop the
-                # backend's work; a cancelled task is released here, a live one is left
-                # to its lease so another head can retry it.
-                job.cancel()
-                self._detach(self._release_if_cancelled(call))
+                # The dispatcher hung up: its client is gone or its head died.
+                self._detach(self._carry_on(call, job))
+
+    async def _carry_on(self, call: InvokeBody, job: asyncio.Future[tuple[str, str]]) -> None:
+        """Hold the lease of an attempt whose dispatcher hung up, until the attempt ends.
+        A cancelled task (its client left) or a claim that moved on is not renewed: its
+        backend work stops, and a cancelled task is released."""
+        carried = False
+        try:
+            while not job.done():
+                lease_until = time.time() + call.lease_seconds
+                if not await self.store.tasks.renew(
+                    call.task_id, call.owner, call.attempt, lease_until
+                ):
+                    break
+                if not carried:
+                    carried = True
+                    log.info("task %s: its dispatcher is gone; the attempt goes on", call.task_id)
+                await asyncio.wait({job}, timeout=call.lease_seconds / 3)
+            if job.done():
+                return
+        except RedisError as exc:  # the lease's expiry decides instead
+            log.warning("could not hold the lease of %s: %s", call.task_id, exc)
+        job.cancel()
+        await self._release_if_cancelled(call)
 
     async def _forward(self, call: InvokeBody, port: int) -> tuple[str, str]:
         if not self._can_continue(call):

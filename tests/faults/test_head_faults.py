@@ -89,6 +89,11 @@ def test_killing_one_of_two_heads_loses_no_request_of_the_other(cluster: Cluster
     assert all(t.state in ("done", "cancelled") for t in tasks.values()), tasks
     rescued = [o for o in mine if tasks_by_request[o.request_id].id in faulted]
     assert rescued, "some request of the survivor's should have been caught by the kill"
+    # Their worker carried the attempts on (holding their leases), so they were neither
+    # retried nor kept waiting for the leases to run out.
+    carried = [o for o in rescued if tasks_by_request[o.request_id].attempt == 1]
+    assert carried, [tasks_by_request[o.request_id] for o in rescued]
+    assert all(o.seconds < 3.0 for o in carried), carried
     print(
         f"{len(mine)} requests to the survivor, {len(faulted)} in flight on the killed head, "
         f"{len(rescued)} of them the survivor's, answered in "
