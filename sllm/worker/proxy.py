@@ -72,7 +72,9 @@ class Proxy:
 
     async def aclose(self) -> None:
         for call in self._calls:
-            call.cancel()  # an answer that never began streaming left it running
+            # Left running by an answer that never began streaming, or carried on after
+            # its dispatcher left: an unfinished attempt goes back to its lease's expiry.
+            call.cancel()
         await asyncio.gather(*self._calls, *self._background, return_exceptions=True)
         await self.http.close()
 
