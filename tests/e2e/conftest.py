@@ -88,6 +88,17 @@ class Cluster:
     def model_status(self, name: str) -> dict[str, Any] | None:
         return next((m for m in self.status()["models"] if m["model"] == name), None)
 
+    def wait_ready(self, model: str, count: int = 1, timeout: float = 30) -> list[dict[str, Any]]:
+        """``model``'s instances once they are exactly ``count``, all ready."""
+
+        def ready() -> list[dict[str, Any]] | None:
+            found = self.model_status(model)
+            instances: list[dict[str, Any]] = found["instances"] if found else []
+            return instances if [i["state"] for i in instances] == ["ready"] * count else None
+
+        found: list[dict[str, Any]] = wait_until(ready, timeout, f"{count} ready instance(s)")
+        return found
+
     def deploy(self, model: str, **overrides: Any) -> dict[str, Any]:
         assert self.head is not None
         config: dict[str, Any] = {

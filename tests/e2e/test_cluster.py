@@ -168,11 +168,7 @@ def test_two_workers_share_the_load(cluster: Cluster) -> None:
         auto_scaling_config={"min_instances": 2, "max_instances": 2, "keep_alive": 30},
         backend_config={"ttft": 0.2},
     )
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready", "ready"],  # type: ignore[index]
-        15,
-        "two ready instances",
-    )
+    cluster.wait_ready("m", 2, timeout=15)
     nodes = {i["node_id"] for i in cluster.model_status("m")["instances"]}  # type: ignore[index]
     assert len(nodes) == 2, "placement should spread the instances over both workers"
     client = cluster.client()

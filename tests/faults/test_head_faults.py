@@ -33,11 +33,7 @@ def test_killing_one_of_two_heads_loses_no_request_of_the_other(cluster: Cluster
         auto_scaling_config={"min_instances": 2, "max_instances": 2, "keep_alive": 60},
         backend_config={"tokens_per_second": 10},
     )
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"] * 2,  # type: ignore[index]
-        30,
-        "two ready instances",
-    )
+    cluster.wait_ready("m", 2)
     recorder = Recorder()
     common = {"max_tokens": 8, "timeout": 60}
     loads = [
@@ -111,11 +107,7 @@ def test_a_worker_given_every_heads_url_outlives_the_head_it_beat_to(cluster: Cl
     cluster.deploy(
         "m", auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 60}
     )
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
-        30,
-        "a ready instance",
-    )
+    cluster.wait_ready("m")
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(10)
     killed = time.monotonic()

@@ -51,11 +51,7 @@ def _run(cluster: Cluster, servers: list[Child], port: int, data: Path) -> None:
         },
         backend_config={"tokens_per_second": 5},
     )  # fmt: skip
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
-        30,
-        "a ready instance",
-    )
+    cluster.wait_ready("m")
     (backend,) = state.children(worker.popen.pid)
     instance = cluster.model_status("m")["instances"][0]["instance_id"]  # type: ignore[index]
     r = state.connect(cluster.redis_url)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import redis
 
 from tests.e2e.conftest import Cluster, wait_until
 from tests.faults import state
@@ -30,11 +31,7 @@ def test_poison_request_fails_after_max_attempts_and_spares_its_neighbours(
         # poison request takes the backend down.
         backend_config={"crash_on_prompt": "poison", "tokens_per_second": 8},
     )
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
-        30,
-        "a ready instance",
-    )
+    cluster.wait_ready("m")
     first = cluster.model_status("m")["instances"][0]["instance_id"]  # type: ignore[index]
     r = state.connect(cluster.redis_url)
     recorder = Recorder()
@@ -61,13 +58,26 @@ def test_poison_request_fails_after_max_attempts_and_spares_its_neighbours(
     assert task is not None and task.attempt == 2 and task.state == "failed", task
     # Neighbours caught mid-generation by a crash were retried, never lost.
     assert len(normal) >= 8 and len({o.instance for o in normal}) >= 2
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
-        30,
-        "one ready replacement instance",
-    )
+    cluster.wait_ready("m")
     assert cluster.model_status("m")["instances"][0]["instance_id"] != first  # type: ignore[index]
     wait_until(lambda: not state.leftover_claims(r, "m"), 15, "claims to be released")
+
+
+def cancelled_and_released(r: redis.Redis, request_id: str) -> state.Task:
+    """The request's task once it is cancelled and nothing holds it any more."""
+    # Claims first: the release and the stored outcome are one Lua step, so a task read
+    # after its claims are gone has its outcome (read before, it may still lack it).
+    task: state.Task = wait_until(
+        lambda: (
+            not state.leftover_claims(r, "m")
+            and (t := state.task_by_request(r, request_id)) is not None
+            and t.state == "cancelled"
+            and t
+        ),
+        10,
+        "the task to be cancelled and released",
+    )
+    return task
 
 
 def stays(check: Callable[[], bool], seconds: float, interval: float = 0.1) -> bool:
@@ -141,11 +151,7 @@ def test_a_client_hanging_up_mid_stream_cancels_its_task(cluster: Cluster) -> No
         # that shows the generation stopped when the client left.
         backend_config={"tokens_per_second": 10, "crash_after_tokens": 30},
     )
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
-        30,
-        "a ready instance",
-    )
+    cluster.wait_ready("m")
     r = state.connect(cluster.redis_url)
     recorder = Recorder()
     (backend,) = state.children(worker.popen.pid)
@@ -162,18 +168,7 @@ def test_a_client_hanging_up_mid_stream_cancels_its_task(cluster: Cluster) -> No
     )
     hung_up = time.monotonic()
     assert gone.chunks == 1 and gone.error == "hung up by the test", gone
-    task = wait_until(
-        # Claims first: the release and the stored outcome are one Lua step, so a task read
-        # after its claims are gone has its outcome (read before, it may still lack it).
-        lambda: (
-            not state.leftover_claims(r, "m")
-            and (t := state.task_by_request(r, rid)) is not None
-            and t.state == "cancelled"
-            and t
-        ),
-        10,
-        "the task to be cancelled and released",
-    )
+    task = cancelled_and_released(r, rid)
     released = time.monotonic() - hung_up
     assert "cancelled" in task.result and task.attempt == 1, task
     # The backend would have crashed 3 s into a generation that went on.
@@ -196,11 +191,7 @@ def test_a_client_hanging_up_before_its_response_begins_cancels_its_task(
         auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 30},
         backend_config={"ttft": 30},
     )
-    wait_until(
-        lambda: [i["state"] for i in cluster.model_status("m")["instances"]] == ["ready"],  # type: ignore[index]
-        30,
-        "a ready instance",
-    )
+    cluster.wait_ready("m")
     r = state.connect(cluster.redis_url)
     rid = uuid.uuid4().hex
     # A stream's status waits for its first event (up to the 15 s keep-alive interval), so
@@ -213,16 +204,7 @@ def test_a_client_hanging_up_before_its_response_begins_cancels_its_task(
             timeout=1.0,
         )
     hung_up = time.monotonic()
-    task = wait_until(
-        lambda: (
-            not state.leftover_claims(r, "m")
-            and (t := state.task_by_request(r, rid)) is not None
-            and t.state == "cancelled"
-            and t
-        ),
-        10,
-        "the task to be cancelled and released",
-    )
+    task = cancelled_and_released(r, rid)
     released = time.monotonic() - hung_up
     assert "cancelled" in task.result, task
     # Noticed while waiting, not once the keep-alive interval was over.

@@ -42,12 +42,7 @@ def two_instances(cluster: Cluster, max_concurrency: int = 32, **backend_config:
         auto_scaling_config={**scaling, "max_concurrency": max_concurrency},
         backend_config=backend_config,
     )
-
-    def ready() -> list[dict[str, str]] | None:
-        found = cluster.model_status("m")["instances"]  # type: ignore[index]
-        return found if [i["state"] for i in found] == ["ready", "ready"] else None
-
-    instances = wait_until(ready, 30, "two ready instances")
+    instances = cluster.wait_ready("m", 2)
     urls = {w["node_id"]: w["url"] for w in cluster.status()["workers"]}
     workers = {i["instance_id"]: by_url[urls[i["node_id"]]] for i in instances}
     assert len({w.url for w in workers.values()}) == 2, "one instance per worker"
