@@ -185,6 +185,15 @@ class WorkerSettings(BaseSettings):
         description="Backend processes kept started, with torch and transformers imported, "
         "for the next instances (0: every instance starts a new interpreter).",
     )
+    warm_arena_gb: float = Field(
+        0.0,
+        ge=0,
+        description="Memory each warm process faults in while it waits, for the weights of "
+        "the CPU instance it becomes: they are read into it at memory-copy speed and live in "
+        "memory the instance owns (0: weights are mapped from the store's files, sharing "
+        "the page cache). A model larger than this is mapped; what a model leaves unused is "
+        "given back once it is loaded.",
+    )
     cluster_token: SecretStr | None = Field(
         None, description="Shared secret of every head <-> worker call (unset: none)."
     )

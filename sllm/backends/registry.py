@@ -23,7 +23,11 @@ _BUILT: dict[str, Backend] = {
         knobs=TransformersKnobs,
         requires=("torch", "transformers"),
         install_hint="pip install 'sllm[transformers]'",
-        warm_prime=("sllm.backends.server:prime", "sllm.backends.transformers_backend:prime"),
+        warm_prime=(
+            "sllm.backends.server:prime",
+            "sllm.backends.transformers_backend:prime",
+            "sllm.store.arena:prefault",
+        ),
     ),
     "vllm": VllmBackend(
         name="vllm",

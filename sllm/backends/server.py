@@ -41,6 +41,7 @@ from sllm.protocol import (
     not_implemented,
 )
 from sllm.serving import serve, setup_logging
+from sllm.store import arena
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +443,7 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
         load_started = time.time()
         engine = build(args.model, args.instance_id, config, args.storage_path, adapters)
         load = (load_started, time.time() - load_started)
+        arena.release()  # what of a warm process's arena the engine did not claim
     except ValueError as exc:
         # The worker reports the log's last lines: make this one say it all.
         print(f"sllm {name} backend: cannot start: {exc}", file=sys.stderr)

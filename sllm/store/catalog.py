@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from sllm.store import arena
 from sllm.store.format import VERSION, StoreError, StoreIndex
 from sllm.store.ingest import ingest
 from sllm.store.integrity import Verify, check_directory
@@ -124,6 +125,8 @@ def load_pretrained(
                 dtype=dtype,
                 device=device,
                 trust_remote_code=trust_remote_code,
+                # A warm process's faulted-in memory, where it has some (else mapped).
+                into=arena.claim([c.size for c in index.chunks]) if device == "cpu" else None,
             )
         except (OSError, StoreError) as exc:
             reason = "not supported" if isinstance(exc, Unsupported) else "failed"

@@ -13,7 +13,9 @@ CPU, three ways (``CpuMode``; ``benchmarks/load.py`` measures them):
   are replaced by rename), which is what makes a private mapping safe.
 * ``read``: each chunk file is read by the threads straight into one anonymous
   buffer the model keeps, and every tensor is a view over it: one copy, page cache
-  to process memory.
+  to process memory. The buffers may be given (``into``): a warm process's memory,
+  faulted in before it was asked for the model (``sllm.store.arena``), so the load
+  costs the copy alone.
 * ``copy``: pieces are read into a small pool of reusable buffers and copied into one
   allocation per tensor (two copies; what loaders that own each tensor do).
 
@@ -155,8 +157,10 @@ def read_tensors(
     index: StoreIndex,
     device: str = "cpu",
     options: ReadOptions | None = None,
+    into: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every stored tensor by name, on ``device``, in the stored dtype."""
+    """Every stored tensor by name, on ``device``, in the stored dtype. ``into``: one
+    CPU uint8 buffer per chunk file, of its size, to read the chunks into (read mode)."""
     import torch
 
     opts = options or ReadOptions()
@@ -165,6 +169,8 @@ def read_tensors(
     with _open_all(directory, index.chunks) as fds:
         if target.type == "cuda":
             tensors = _read_cuda(index, fds, target, opts)
+        elif target.type == "cpu" and into is not None:
+            tensors = _read_cpu_views(index, fds, opts, into)
         elif target.type == "cpu" and opts.cpu_mode == "map":
             tensors = _map_cpu(index, fds, opts)
         elif target.type == "cpu" and opts.cpu_mode == "read":
@@ -184,10 +190,16 @@ def read_tensors(
     return tensors
 
 
-def _read_cpu_views(index: StoreIndex, fds: list[int], opts: ReadOptions) -> dict[str, Any]:
+def _read_cpu_views(
+    index: StoreIndex, fds: list[int], opts: ReadOptions, into: list[Any] | None = None
+) -> dict[str, Any]:
     import torch
 
-    buffers = [torch.empty(c.size, dtype=torch.uint8) for c in index.chunks]
+    if into is None:
+        into = [torch.empty(c.size, dtype=torch.uint8) for c in index.chunks]
+    buffers = into
+    if [b.numel() for b in buffers] != [c.size for c in index.chunks]:
+        raise ValueError("one buffer per chunk file, of its size")
     views = [_bytes_of(b) for b in buffers]
 
     def job(i: int, start: int, length: int) -> None:
@@ -392,9 +404,11 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
     options: ReadOptions | None = None,
+    into: list[torch.Tensor] | None = None,
 ) -> Any:
     """The model stored in ``directory``, in ``dtype`` on ``device``, in eval mode:
-    what ``auto_class.from_pretrained`` returns for its source."""
+    what ``auto_class.from_pretrained`` returns for its source. ``into``: as for
+    ``read_tensors``."""
     import torch
     from transformers import GenerationConfig
 
@@ -403,7 +417,7 @@ def load_model(
     if type(model).__name__ != index.model_class:
         built = type(model).__name__
         raise StoreLoadError(f"stored {index.model_class}, the config builds {built}")
-    tensors = read_tensors(directory, index, device, options=options)
+    tensors = read_tensors(directory, index, device, options=options, into=into)
     read = time.perf_counter()
     _fill(model, tensors, index.aliases, device)
     del tensors
@@ -419,11 +433,12 @@ def load_model(
     model.config._name_or_path = str(directory)
     model.eval()
     log.info(
-        "loaded %s (%.2f GB) from the store in %.2f s (read %.2f s) to %s",
+        "loaded %s (%.2f GB) from the store in %.2f s (read %.2f s) to %s%s",
         index.model_class,
         index.nbytes / 1e9,
         time.perf_counter() - started,
         read - started,
         torch.device(device),
+        " (the warm process's memory)" if into is not None else "",
     )
     return model

@@ -32,6 +32,7 @@ from sllm.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, exposition
 from sllm.names import AdapterName, InstanceId, ModelName, NodeId
 from sllm.procs import backend_environment
 from sllm.serving import serve, setup_logging
+from sllm.store import arena
 from sllm.worker.gpu_assignment import GpuDoesNotFit
 from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
@@ -99,7 +100,7 @@ class Worker:
             settings.warm_processes,
             warm_primes(),
             settings.log_dir / "warm-pool.log",
-            backend_environment(),
+            {**backend_environment(), arena.ENV: str(int(settings.warm_arena_gb * 1e9))},
         )
         self.instances = InstanceManager(
             settings.log_dir,

@@ -21,6 +21,7 @@ from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForC
 from typer.testing import CliRunner
 
 from sllm.cli import app
+from sllm.store import arena
 from sllm.store.catalog import ensure_stored, load_pretrained, save, store_dir
 from sllm.store.format import INDEX_NAME
 from sllm.store.ingest import partial_dir
@@ -371,6 +372,35 @@ def test_the_backend_loads_through_the_store(encoder: Path, tmp_path: Path) -> N
         assert_same_model(engine.model, AutoModel.from_pretrained(encoder).eval())
     finally:
         engine.close()
+
+
+def test_a_warm_process_loads_the_weights_into_its_arena(
+    lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claimed: list[list[torch.Tensor] | None] = []
+    claim = arena.claim
+    monkeypatch.setattr(arena, "claim", lambda sizes: claimed.append(claim(sizes)) or claimed[-1])
+    want = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32).eval()
+    _, index = ensure_stored(lm, tmp_path, AutoModelForCausalLM)
+    # Too small for the model: it is mapped from the store, and the arena stays.
+    monkeypatch.setenv(arena.ENV, str(index.nbytes // 2))
+    arena.prefault()
+    try:
+        got = load_pretrained(AutoModelForCausalLM, lm, tmp_path, "cpu", dtype=torch.float32)
+        assert claimed == [None]
+        assert_same_model(got, want)
+        monkeypatch.setenv(arena.ENV, str(index.nbytes + (1 << 20)))
+        arena.prefault()
+        got = load_pretrained(AutoModelForCausalLM, lm, tmp_path, "cpu", dtype=torch.float32)
+        assert_same_model(got, want)
+    finally:
+        arena.release()
+    buffers = claimed[-1]
+    assert buffers is not None and [b.numel() for b in buffers] == [c.size for c in index.chunks]
+    spans = [(b.data_ptr(), b.data_ptr() + b.numel()) for b in buffers]
+    for name, tensor in got.state_dict().items():
+        start = tensor.data_ptr()
+        assert any(lo <= start < hi for lo, hi in spans), f"{name} is not in the arena"
 
 
 def test_load_pretrained_falls_back_to_transformers(
