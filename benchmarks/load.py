@@ -2,7 +2,7 @@
 torch.load and transformers' from_pretrained, on CPU, in one run on this machine.
 
     python benchmarks/load.py [--size-gb 1.5] [--repeat 2] [--dir DIR] [--json OUT]
-                              [--drop-caches]
+                              [--drop-caches] [--cases "sllm read (warm arena),..."]
 
 The checkpoint is a Llama-shaped model with random float32 weights, written once as
 safetensors (save_pretrained), as a torch.save file and into the sllm store. Each
@@ -24,7 +24,17 @@ The reference is this machine's memory-copy bandwidth, measured in the same run:
 1 GiB torch copy into memory already touched, and into fresh memory (the page faults
 that any loader producing tensors in memory of their own pays), the latter in a fresh
 process like the loads: on a VM the first touch of memory a process never used costs
-more than reusing what it freed, and the comparison must not mix the two.
+more than reusing what it freed, and the comparison must not mix the two. The copy
+into touched memory is also timed in each load's process right after its load, its
+tensors still held, and "x memcpy" is the median over the row's processes of the load's
+speed over that copy's: this machine's speed drifts by a third within minutes, so a
+copy timed at another moment does not compare.
+
+"sllm read (warm arena)" is the load a warm backend process makes with the worker's
+`--warm-arena-gb`: the process faulted its arena in while it waited (before the clock,
+as before the request), and the chunk files are read into it. It is the one load
+whose destination is already touched, like the first memcpy's: the two compare
+directly.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import json
 import mmap
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,12 +58,14 @@ from typing import Any
 
 GiB = 1 << 30
 MAPPED, OWNED, HF = "safetensors (mmap)", "safetensors (pread)", "from_pretrained"
+ARENA = "sllm read (warm arena)"
 FRESH_COPY = "memcpy into fresh memory"
 # name -> the loader it is compared with (the one giving the same kind of tensors:
 # mapped from the page cache, or in memory of their own), and the files it reads.
 CASES: dict[str, tuple[str, str]] = {
     "sllm map (default)": (MAPPED, "store"),
     "sllm read (views)": (OWNED, "store"),
+    ARENA: (OWNED, "store"),
     "sllm copy (pool -> per tensor)": (OWNED, "store"),
     MAPPED: (MAPPED, "safetensors"),
     OWNED: (OWNED, "safetensors"),
@@ -72,6 +85,8 @@ class Row:
     seconds: float
     gb_per_s: float
     resident_before: float  # fraction of the files' pages in the page cache before the load
+    memcpy_beside: float  # GB/s of a copy into touched memory in the loads' processes (best)
+    x_memcpy: float  # median over the loads of load GB/s / the copy's in its process
 
 
 @dataclass(frozen=True)
@@ -134,12 +149,17 @@ def _loader(what: str, work: Work) -> Callable[[], Any]:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from sllm.store.arena import Arena
     from sllm.store.catalog import ensure_stored
     from sllm.store.loader import ReadOptions, load_model, read_tensors
 
     store, index = ensure_stored(work.hf, work.storage, AutoModelForCausalLM)  # checks only
     mode: Any = "copy" if "copy" in what else "read" if "read" in what else "map"
     options = ReadOptions(cpu_mode=mode)
+    if what == ARENA:
+        sizes = [c.size for c in index.chunks]
+        held = Arena(sum(sizes) + len(sizes) * mmap.PAGESIZE)  # faulted in: not timed
+        return lambda: read_tensors(store, index, "cpu", options, into=held.claim(sizes)).values()
     if what.startswith("sllm"):
         return lambda: read_tensors(store, index, "cpu", options).values()
     if what.startswith("model: sllm"):
@@ -160,6 +180,20 @@ def _loader(what: str, work: Work) -> Callable[[], Any]:
     )
 
 
+def copy_touched(tries: int = 3) -> float:
+    """GB/s of the best of ``tries`` 1 GiB copies into memory already touched."""
+    import torch
+
+    src = torch.ones(GiB, dtype=torch.uint8)
+    dst = torch.zeros(GiB, dtype=torch.uint8)
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - started)
+    return GiB / best / 1e9
+
+
 def child(what: str, root: Path) -> None:
     import accelerate  # noqa: F401  (imported, like the model's module, before the clock)
     import torch
@@ -176,8 +210,11 @@ def child(what: str, root: Path) -> None:
     load = _loader(what, Work(root))
     gc.collect()
     started = time.perf_counter()
-    _touch(load())
-    print(json.dumps({"seconds": time.perf_counter() - started}))
+    loaded = load()
+    _touch(loaded)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "memcpy": copy_touched()}))
+    del loaded
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -241,17 +278,8 @@ def memcpy_bandwidth(work: Work, repeat: int) -> dict[str, float]:
     """A 1 GiB copy into memory already touched (in this process, no page faults), and
     into fresh memory in a fresh process, as each load runs: a VM backs a fresh
     process's first touches more slowly than memory this process has used before."""
-    import torch
-
-    src = torch.ones(GiB, dtype=torch.uint8)
-    dst = torch.zeros(GiB, dtype=torch.uint8)
-    best_touched = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        dst.copy_(src)
-        best_touched = min(best_touched, time.perf_counter() - started)
-    best_fresh = min(_timed(FRESH_COPY, work) for _ in range(repeat))
-    return {"touched": GiB / best_touched / 1e9, "fresh": GiB / best_fresh / 1e9}
+    best_fresh = min(_timed(FRESH_COPY, work)[0] for _ in range(repeat))
+    return {"touched": copy_touched(), "fresh": GiB / best_fresh / 1e9}
 
 
 def prepare(work: Work, size_gb: float) -> int:
@@ -280,40 +308,54 @@ def prepare(work: Work, size_gb: float) -> int:
     return index.nbytes
 
 
-def _timed(what: str, work: Work) -> float:
+def _timed(what: str, work: Work) -> tuple[float, float]:
+    """Seconds of one load in a process of its own, and the GB/s of a copy into touched
+    memory in that process right after."""
     out = subprocess.run(
         [sys.executable, __file__, "--child", what, "--dir", str(work.root)],
         capture_output=True,
         text=True,
         check=True,
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(got["seconds"]), float(got.get("memcpy", 0.0))
 
 
-def measure(work: Work, nbytes: int, repeat: int, drop_caches: bool) -> list[Row]:
+def measure(work: Work, nbytes: int, repeat: int, drop_caches: bool, cases: list[str]) -> list[Row]:
     rows = []
     for cache in ("page cache", "disk"):
-        for what, (peer, kind) in CASES.items():
+        for what in cases:
+            peer, kind = CASES[what]
             files = work.files(kind)
-            best, resident = float("inf"), 0.0
+            best, resident, memcpy, ratios = float("inf"), 0.0, 0.0, []
             if cache == "page cache":
                 _warm(files)
             for _ in range(repeat):
                 if cache == "disk":
                     _evict(files, drop_caches)
                 resident = _resident(files)
-                best = min(best, _timed(what, work))
-            rows.append(Row(what, peer, cache, best, nbytes / best / 1e9, resident))
-            print(f"  {cache:10s} {what:32s} {nbytes / best / 1e9:6.2f} GB/s", flush=True)
+                seconds, beside = _timed(what, work)
+                best, memcpy = min(best, seconds), max(memcpy, beside)
+                ratios.append(nbytes / seconds / 1e9 / beside)
+            ratio = statistics.median(ratios)
+            rows.append(Row(what, peer, cache, best, nbytes / best / 1e9, resident, memcpy, ratio))
+            print(
+                f"  {cache:10s} {what:32s} {nbytes / best / 1e9:6.2f} GB/s, "
+                f"x memcpy beside it {' '.join(f'{r:.2f}' for r in ratios)}",
+                flush=True,
+            )
     return rows
 
 
 def report(rows: list[Row], bandwidth: dict[str, float], nbytes: int) -> None:
     print(
         f"\nmemory copy, 1 GiB torch copy_: {bandwidth['touched']:.2f} GB/s into touched "
-        f"memory, {bandwidth['fresh']:.2f} GB/s into fresh memory (clone, in a fresh process)"
+        f"memory, {bandwidth['fresh']:.2f} GB/s into fresh memory (clone, in a fresh process); "
+        f"into touched memory in the loads' processes: "
+        f"{min(r.memcpy_beside for r in rows):.2f} to {max(r.memcpy_beside for r in rows):.2f}"
     )
     speed = {(r.what, r.cache): r.gb_per_s for r in rows}
+    speed.update({(r.peer, r.cache): float("nan") for r in rows if (r.peer, r.cache) not in speed})
     print(
         f"\n{'load, until every byte is resident':32s} {'from':10s} {'GB/s':>6s} "
         f"{'x memcpy':>8s} {'x fresh':>7s} {'x peer':>6s}  {'peer':20s} {'cached':>6s}"
@@ -321,12 +363,14 @@ def report(rows: list[Row], bandwidth: dict[str, float], nbytes: int) -> None:
     for r in rows:
         print(
             f"{r.what:32s} {r.cache:10s} {r.gb_per_s:6.2f} "
-            f"{r.gb_per_s / bandwidth['touched']:8.2f} {r.gb_per_s / bandwidth['fresh']:7.2f} "
+            f"{r.x_memcpy:8.2f} {r.gb_per_s / bandwidth['fresh']:7.2f} "
             f"{r.gb_per_s / speed[r.peer, r.cache]:6.2f}  {r.peer:20s} {r.resident_before:6.0%}"
         )
     print(
-        f"\n{nbytes / 1e9:.2f} GB per load, each in a fresh process. x memcpy, x fresh: "
-        "against the copy into touched, into fresh memory; x peer: against the loader that "
+        f"\n{nbytes / 1e9:.2f} GB per load, each in a fresh process; GB/s: the best load. "
+        "x memcpy: median of each load against the copy into touched memory timed in its "
+        "process; x fresh: against the copy "
+        "into fresh memory; x peer: against the loader that "
         "gives the same kind of tensors; cached: the files' pages in the page cache before "
         "the load."
     )
@@ -339,6 +383,11 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--drop-caches", action="store_true")
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help=f"comma-separated loads to time (default: all): {', '.join(CASES)}",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -347,6 +396,10 @@ def main() -> None:
 
     import torch
 
+    cases = [c.strip() for c in args.cases.split(",")] if args.cases else list(CASES)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
     can_drop = os.access("/proc/sys/vm/drop_caches", os.W_OK)
     if args.drop_caches and not can_drop:
         parser.error("/proc/sys/vm/drop_caches is not writable here")
@@ -356,7 +409,7 @@ def main() -> None:
     work = Work(Path(tempfile.mkdtemp(prefix="sllm-load-", dir=args.dir)))
     try:
         nbytes = prepare(work, args.size_gb)
-        rows = measure(work, nbytes, args.repeat, args.drop_caches)
+        rows = measure(work, nbytes, args.repeat, args.drop_caches, cases)
         bandwidth = memcpy_bandwidth(work, args.repeat)
     finally:
         shutil.rmtree(work.root, ignore_errors=True)

@@ -379,7 +379,12 @@ def test_a_warm_process_loads_the_weights_into_its_arena(
 ) -> None:
     claimed: list[list[torch.Tensor] | None] = []
     claim = arena.claim
-    monkeypatch.setattr(arena, "claim", lambda sizes: claimed.append(claim(sizes)) or claimed[-1])
+
+    def recorded(sizes: list[int]) -> list[torch.Tensor] | None:
+        claimed.append(claim(sizes))
+        return claimed[-1]
+
+    monkeypatch.setattr(arena, "claim", recorded)
     want = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32).eval()
     _, index = ensure_stored(lm, tmp_path, AutoModelForCausalLM)
     # Too small for the model: it is mapped from the store, and the arena stays.
