@@ -2,8 +2,8 @@
 instance it becomes.
 
 A process's first touch of a page costs a page fault; on a VM, a slow one (this
-project's 2-core machine: a 1 GiB copy into fresh memory runs at a tenth of the
-speed of the same copy into memory touched before). A loader that gives a model
+project's 2-core machine: a 1 GiB copy into fresh memory runs at a sixth to a tenth
+of the speed of the same copy into memory touched before). A loader that gives a model
 tensors of its own pays that per page, in the cold start. A warm process has time
 to spare before it is asked for an instance: with ``SLLM_WARM_ARENA_BYTES`` set (the
 worker's ``--warm-arena-gb``), it maps that much anonymous memory and writes every

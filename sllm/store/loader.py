@@ -195,9 +195,9 @@ def _read_cpu_views(
 ) -> dict[str, Any]:
     import torch
 
-    if into is None:
-        into = [torch.empty(c.size, dtype=torch.uint8) for c in index.chunks]
-    buffers = into
+    buffers = (
+        into if into is not None else [torch.empty(c.size, dtype=torch.uint8) for c in index.chunks]
+    )
     if [b.numel() for b in buffers] != [c.size for c in index.chunks]:
         raise ValueError("one buffer per chunk file, of its size")
     views = [_bytes_of(b) for b in buffers]
