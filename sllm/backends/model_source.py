@@ -49,9 +49,18 @@ def is_hub_id(source: str) -> bool:
     return _HUB_ID.fullmatch(source) is not None and ".." not in source and "--" not in source
 
 
+def expand_user(source: str) -> Path:
+    """``source`` as a path, ``~`` and ``~user`` expanded."""
+    try:
+        return Path(source).expanduser()
+    except RuntimeError:  # ~user of a user this machine does not have
+        user = source.partition("/")[0]
+        raise ModelSourceError(f"{source!r}: no home directory for {user!r} here") from None
+
+
 def _operator_path(source: str) -> Path | None:
     """The path an absolute (or ``~``) source names; None for a relative source."""
-    path = Path(source).expanduser()
+    path = expand_user(source)
     return path if path.is_absolute() else None
 
 
@@ -159,7 +168,10 @@ def local_weights_bytes(source: str) -> int | None:
     if source in PACKAGED:
         path = _package_dir(PACKAGED[source][0])
     else:
-        path = _operator_path(source)
+        try:
+            path = _operator_path(source)
+        except ModelSourceError:
+            return None  # the backend's start says what is wrong with it
     if path is None or not path.exists():
         return None
     if path.is_file():

@@ -144,9 +144,9 @@ def load_pretrained(
 
 def _source_dir(source: str, storage: Path) -> Path:
     """The directory of safetensors the backend would load ``source`` from."""
-    from sllm.backends.model_source import loadable_dir, resolve
+    from sllm.backends.model_source import expand_user, loadable_dir, resolve
 
-    local = Path(source).expanduser()
+    local = expand_user(source)
     if local.exists():  # the operator's own path on the command line: relative is fine
         source = str(local.resolve())
     return loadable_dir(resolve(source, storage), storage)

@@ -141,3 +141,18 @@ def test_a_source_to_store_ahead_must_name_a_model(tmp_path: Path) -> None:
     for bad in ("relative/../dir/x", "--help", "/", str(tmp_path), "/nowhere"):
         with pytest.raises(ModelSourceError):
             check_source(bad, on_disk=True)
+
+
+def test_a_home_of_no_user_is_a_clear_error_not_a_crash() -> None:
+    # Found by the schema fuzzer: "~F..." made expanduser raise RuntimeError, a 500.
+    from sllm.backends.model_source import check_source
+
+    source = "~no-such-user-sllm/model"
+    for call in (
+        lambda: check_source(source, on_disk=True),
+        lambda: check_source(source),
+        lambda: resolve(source, Path("/nowhere")),
+    ):
+        with pytest.raises(ModelSourceError, match="no home directory for '~no-such-user-sllm'"):
+            call()
+    assert local_weights_bytes(source) is None
