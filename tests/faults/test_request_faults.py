@@ -12,26 +12,31 @@ import httpx
 import pytest
 import redis
 
+from sllm.launcher import Child
 from tests.e2e.conftest import Cluster, wait_until
 from tests.faults import state
 from tests.faults.recorder import Load, Recorder
 from tests.faults.state import K
+
+ONE_INSTANCE = {"min_instances": 1, "max_instances": 1, "keep_alive": 30}
+
+
+def one_ready_instance(cluster: Cluster, backend_config: dict[str, object]) -> tuple[Child, Child]:
+    """A head, a worker and model "m" on one ready dummy instance: (head, worker)."""
+    head = cluster.start_head()
+    worker = cluster.start_worker()
+    cluster.deploy("m", auto_scaling_config=ONE_INSTANCE, backend_config=backend_config)
+    cluster.wait_ready("m")
+    return head, worker
 
 
 @pytest.mark.timeout(180)
 def test_poison_request_fails_after_max_attempts_and_spares_its_neighbours(
     cluster: Cluster,
 ) -> None:
-    head = cluster.start_head()
-    cluster.start_worker()
-    cluster.deploy(
-        "m",
-        auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 30},
-        # Normal requests take about a second, so several are mid-generation whenever the
-        # poison request takes the backend down.
-        backend_config={"crash_on_prompt": "poison", "tokens_per_second": 8},
-    )
-    cluster.wait_ready("m")
+    # Normal requests take about a second, so several are mid-generation whenever the
+    # poison request takes the backend down.
+    head, _ = one_ready_instance(cluster, {"crash_on_prompt": "poison", "tokens_per_second": 8})
     first = cluster.model_status("m")["instances"][0]["instance_id"]  # type: ignore[index]
     r = state.connect(cluster.redis_url)
     recorder = Recorder()
@@ -94,11 +99,7 @@ def stays(check: Callable[[], bool], seconds: float, interval: float = 0.1) -> b
 def test_killed_result_subscriptions_never_hang_a_request(cluster: Cluster) -> None:
     head = cluster.start_head()
     cluster.start_worker()
-    cluster.deploy(
-        "m",
-        auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 30},
-        backend_config={"tokens_per_second": 10},
-    )
+    cluster.deploy("m", auto_scaling_config=ONE_INSTANCE, backend_config={"tokens_per_second": 10})
     r = state.connect(cluster.redis_url)
     recorder = Recorder()
     loads = [
@@ -142,16 +143,9 @@ def test_killed_result_subscriptions_never_hang_a_request(cluster: Cluster) -> N
 
 @pytest.mark.timeout(120)
 def test_a_client_hanging_up_mid_stream_cancels_its_task(cluster: Cluster) -> None:
-    head = cluster.start_head()
-    worker = cluster.start_worker()
-    cluster.deploy(
-        "m",
-        auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 30},
-        # A generation that ran on for 3 s would crash the backend: seeing it alive after
-        # that shows the generation stopped when the client left.
-        backend_config={"tokens_per_second": 10, "crash_after_tokens": 30},
-    )
-    cluster.wait_ready("m")
+    # A generation that ran on for 3 s would crash the backend: seeing it alive after
+    # that shows the generation stopped when the client left.
+    head, worker = one_ready_instance(cluster, {"tokens_per_second": 10, "crash_after_tokens": 30})
     r = state.connect(cluster.redis_url)
     recorder = Recorder()
     (backend,) = state.children(worker.popen.pid)
@@ -184,14 +178,7 @@ def test_a_client_hanging_up_mid_stream_cancels_its_task(cluster: Cluster) -> No
 def test_a_client_hanging_up_before_its_response_begins_cancels_its_task(
     cluster: Cluster, stream: bool
 ) -> None:
-    head = cluster.start_head()
-    cluster.start_worker()
-    cluster.deploy(
-        "m",
-        auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 30},
-        backend_config={"ttft": 30},
-    )
-    cluster.wait_ready("m")
+    head, _ = one_ready_instance(cluster, {"ttft": 30})
     r = state.connect(cluster.redis_url)
     rid = uuid.uuid4().hex
     # A stream's status waits for its first event (up to the 15 s keep-alive interval), so
