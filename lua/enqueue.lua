@@ -3,7 +3,8 @@
 -- ARGV[1] task id, ARGV[2] task ttl (s), ARGV[3..] task hash field/value pairs
 -- Returns {status, queue length, instance count, reason}; status 'ok', 'missing', 'full'
 -- (the config's max_queue_length are waiting), 'unschedulable' (no live worker can serve
--- it, the reason says why) or the model state.
+-- it, the reason says why) or the model state. A task already enqueued (a client retry
+-- whose first reply was lost) is not queued again: 'ok' as before.
 local model = redis.call('HMGET', KEYS[1], 'state', 'config', 'unschedulable')
 local state = model[1]
 if not state then
@@ -14,6 +15,9 @@ if state ~= 'active' then
 end
 if model[3] and model[3] ~= '' then
   return {'unschedulable', 0, 0, model[3]}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'ok', redis.call('LLEN', KEYS[3]), redis.call('SCARD', KEYS[4]), ''}
 end
 local limit = tonumber(cjson.decode(model[2] or '{}')['max_queue_length'])
 local waiting = redis.call('LLEN', KEYS[3])

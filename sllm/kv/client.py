@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
-from redis.retry import Retry
 
 # Blocking reads (BLMOVE) must time out below the socket timeout, or a healthy idle
 # wait would read as a dead connection.

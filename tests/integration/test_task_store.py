@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis as redis_sync
 
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
@@ -183,3 +184,30 @@ async def test_scripts_survive_script_flush(store: Store) -> None:
     await store.registry.save_model(MODEL, {}, create=True)
     await store.client.script_flush()
     assert (await store.tasks.enqueue(new_task("a"), 60)).status == "ok"
+
+
+async def test_enqueue_sent_twice_queues_the_task_once(store: Store) -> None:
+    # A retried enqueue whose first reply was lost must not queue the task again.
+    await store.registry.save_model(MODEL, {}, create=True)
+    assert (await store.tasks.enqueue(new_task("a"), 60)).status == "ok"
+    again = await store.tasks.enqueue(new_task("a"), 60)
+    assert (again.status, again.queue_length) == ("ok", 1)
+    assert await store.client.lrange(Keys("t").queue(MODEL), 0, -1) == ["a"]
+
+
+@pytest.mark.parametrize("patient", [False, True])
+async def test_a_connection_the_server_closed_is_retried(redis_url: str, patient: bool) -> None:
+    """After a Redis restart every pooled connection is dead; the next command on one
+    must reconnect, not fail (it did: the clients were given redis-py's synchronous Retry,
+    which an asyncio client never awaits, so nothing was ever retried)."""
+    store = Store.connect(redis_url, Keys("t"), patient=patient)
+    try:
+        await store.ping()
+        killer = redis_sync.Redis.from_url(redis_url)
+        assert killer.client_kill_filter(_type="normal", skipme=True) >= 1
+        killer.close()
+        # No await in between: the pool hands out the dead connection before the event
+        # loop has seen it close.
+        await store.ping()
+    finally:
+        await store.close()
