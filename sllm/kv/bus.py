@@ -10,9 +10,11 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from sllm.kv.keys import Keys
@@ -63,6 +65,10 @@ class ResultBus:
             pubsub = self._r.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel, self._k.control)
+                # redis-py's retry reconnects a cut subscription in place and
+                # resubscribes before this callback runs; what was published meanwhile
+                # is lost, so listeners hear RESYNC then too.
+                cast(Connection, pubsub.connection).register_connect_callback(self._reconnected)
                 self.subscribed.set()
                 delay = 0.05
                 if not first:
@@ -73,14 +79,26 @@ class ResultBus:
                     if msg is not None:
                         await self._deliver(msg["channel"], msg["data"])
             except asyncio.CancelledError:
-                await pubsub.aclose()
+                await self._close(pubsub)
                 raise
             except (RedisError, OSError) as exc:
                 self.subscribed.clear()
                 log.warning("result subscription lost (%s); reconnecting in %.2fs", exc, delay)
-                await pubsub.aclose()
+                await self._close(pubsub)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _close(self, pubsub: PubSub) -> None:
+        # The connection goes back to the pool: commands on it must not resync anyone.
+        # (redis-py types the attribute as None: it is set on connect.)
+        connection = cast("Connection | None", pubsub.connection)
+        if connection is not None:
+            connection.deregister_connect_callback(self._reconnected)
+        await pubsub.aclose()
+
+    def _reconnected(self, _connection: object) -> None:
+        log.warning("result subscription reconnected; listeners read stored outcomes")
+        self._resync()
 
     def _resync(self) -> None:
         for queue in self._listeners.values():

@@ -56,11 +56,7 @@ CODES_OF_FAULT: dict[str, frozenset[str]] = {
     "worker SIGKILL": frozenset({"stream_interrupted", "attempts_exhausted"}),
     "worker SIGSTOP": frozenset({"stream_interrupted", "attempts_exhausted"}),
     "worker SIGTERM": frozenset({"stream_interrupted", "attempts_exhausted"}),
-    # KNOWN BUG, left for a fix: a request whose submit meets the cut subscription is
-    # refused with 503 service_unavailable ("Connection closed by server") instead of
-    # waiting the ~0.05 s for the resubscription (seen with seed 20240917, +69.7 s). The
-    # single-fault test misses it because its cuts land between submits.
-    "CLIENT KILL pubsub": frozenset({"stream_interrupted", "service_unavailable"}),
+    "CLIENT KILL pubsub": frozenset({"stream_interrupted"}),
     "head SIGKILL": frozenset({"stream_interrupted"}),
     "client hang-up": frozenset(),
 }
