@@ -187,8 +187,9 @@ class Bench:
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     finally:
                         os.close(fd)
-        # Let the warm pool refill after the previous start.
-        time.sleep(3.0)
+        # The previous start's replacement warm process imports torch: measured beside
+        # it, a start shares the CPU with it.
+        _wait(lambda: self.warm_processes() > 0, 120, "the warm pool to refill")
         before = {**_cold_start_sums(self.worker.url), **_cold_start_sums(self.head.url)}
         logs_before = self._instance_logs()
         seconds = self.first_token()
