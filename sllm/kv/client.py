@@ -28,6 +28,7 @@ def connect(url: str, *, patient: bool) -> redis.Redis:
         connect_timeout = 0.5
     return redis.Redis.from_url(
         url,
+        # Replies are str; redis-py types them bytes | str, hence the casts of the stores.
         decode_responses=True,
         socket_connect_timeout=connect_timeout,
         socket_timeout=SOCKET_TIMEOUT,

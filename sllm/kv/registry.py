@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 
@@ -35,11 +35,11 @@ class Registry:
         )
 
     async def get_model(self, name: str) -> ModelRecord | None:
-        h = await self._r.hgetall(self._k.model(name))
+        h = cast("dict[str, str]", await self._r.hgetall(self._k.model(name)))
         return ModelRecord.from_hash(h) if h else None
 
     async def list_models(self) -> list[ModelRecord]:
-        names = sorted(await self._r.smembers(self._k.models))
+        names = sorted(cast("set[str]", await self._r.smembers(self._k.models)))
         async with self._r.pipeline(transaction=False) as pipe:
             for n in names:
                 pipe.hgetall(self._k.model(n))
@@ -90,7 +90,7 @@ class Registry:
         )
 
     async def model_instances(self, model: str) -> list[InstanceRecord]:
-        ids = sorted(await self._r.smembers(self._k.model_instances(model)))
+        ids = sorted(cast("set[str]", await self._r.smembers(self._k.model_instances(model))))
         return await self._instances(ids)
 
     async def all_instances(self, models: list[str]) -> dict[str, list[InstanceRecord]]:
@@ -114,7 +114,7 @@ class Registry:
         return [InstanceRecord.from_hash(h) for h in hashes if h]
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        h = await self._r.hgetall(self._k.instance(instance_id))
+        h = cast("dict[str, str]", await self._r.hgetall(self._k.instance(instance_id)))
         return InstanceRecord.from_hash(h) if h else None
 
     async def set_instance_state(self, instance_id: str, state: str, *, reason: str = "") -> bool:
@@ -135,8 +135,8 @@ class Registry:
         return changed
 
     async def instance_tasks(self, instance_id: str) -> list[str]:
-        ids: list[str] = sorted(await self._r.smembers(self._k.instance_tasks(instance_id)))
-        return ids
+        ids = cast("set[str]", await self._r.smembers(self._k.instance_tasks(instance_id)))
+        return sorted(ids)
 
     async def remove_instance(self, instance_id: str, model: str) -> list[str]:
         """Forget the instance; returns tasks still running on it (then nothing is removed)."""
@@ -165,7 +165,7 @@ class Registry:
         )
 
     async def list_workers(self) -> list[WorkerRecord]:
-        ids = sorted(await self._r.smembers(self._k.workers))
+        ids = sorted(cast("set[str]", await self._r.smembers(self._k.workers)))
         async with self._r.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.hgetall(self._k.worker(i))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 
@@ -86,10 +86,14 @@ class TaskStore:
 
     async def claim(self, model: str, timeout: float) -> str | None:
         """Move the oldest queued task into the processing list (not yet leased)."""
-        task_id: str | None = await self._r.blmove(
-            self._k.queue(model), self._k.processing(model), timeout, "LEFT", "RIGHT"
+        task_id = await self._r.blmove(
+            self._k.queue(model),
+            self._k.processing(model),
+            timeout,  # type: ignore[arg-type]  # Redis takes fractions of a second
+            "LEFT",
+            "RIGHT",
         )
-        return task_id
+        return cast("str | None", task_id)
 
     async def stamp(
         self, task_id: str, model: str, instance_id: str, owner: str, now: float, lease_until: float
@@ -223,26 +227,22 @@ class TaskStore:
         return int(value) if value is not None else None
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        h = await self._r.hgetall(self._k.task(task_id))
+        h = cast("dict[str, str]", await self._r.hgetall(self._k.task(task_id)))
         return TaskRecord.from_hash(task_id, h) if h else None
 
     async def state_and_result(self, task_id: str) -> tuple[str | None, str | None]:
         state, result = await self._r.hmget(self._k.task(task_id), "state", "result")
-        return state, result
+        return cast("str | None", state), cast("str | None", result)
 
     async def expired_leases(self, now: float, limit: int = 100) -> list[str]:
-        ids: list[str] = await self._r.zrangebyscore(
-            self._k.leases, "-inf", now, start=0, num=limit
-        )
-        return ids
+        ids = await self._r.zrangebyscore(self._k.leases, "-inf", now, start=0, num=limit)
+        return cast("list[str]", ids)
 
     async def queued(self, model: str) -> list[str]:
-        ids: list[str] = await self._r.lrange(self._k.queue(model), 0, -1)
-        return ids
+        return cast("list[str]", await self._r.lrange(self._k.queue(model), 0, -1))
 
     async def processing(self, model: str) -> list[str]:
-        ids: list[str] = await self._r.lrange(self._k.processing(model), 0, -1)
-        return ids
+        return cast("list[str]", await self._r.lrange(self._k.processing(model), 0, -1))
 
     async def queue_lengths(self, models: list[str]) -> dict[str, int]:
         async with self._r.pipeline(transaction=False) as pipe:
