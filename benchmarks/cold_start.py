@@ -47,7 +47,14 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from sllm.launcher import Child, free_port, start_head, start_redis, start_worker
+from sllm.launcher import (
+    Child,
+    free_port,
+    start_head,
+    start_redis,
+    start_worker,
+    wait_warm_pools,
+)
 
 MODEL = "demo"
 SOURCE = "smollm2-135m"
@@ -187,9 +194,8 @@ class Bench:
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     finally:
                         os.close(fd)
-        # The previous start's replacement warm process imports torch: measured beside
-        # it, a start shares the CPU with it.
-        _wait(lambda: self.warm_processes() > 0, 120, "the warm pool to refill")
+        # Not beside the previous start's replacement warm process importing torch.
+        wait_warm_pools(self.head, [self.worker])
         before = {**_cold_start_sums(self.worker.url), **_cold_start_sums(self.head.url)}
         logs_before = self._instance_logs()
         seconds = self.first_token()

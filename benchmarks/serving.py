@@ -34,6 +34,7 @@ from sllm.launcher import (
     start_redis,
     start_worker,
     wait_healthy,
+    wait_warm_pools,
 )
 
 MODEL = "bench"
@@ -263,17 +264,8 @@ def start_cluster(work: Path, instances: int = 1) -> list[Child]:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    # The instance took the worker's warm process; its replacement imports torch for
-    # seconds, on the CPU the cluster is measured with (at 1 concurrent it cost a tenth
-    # of the req/s).
-    deadline = time.monotonic() + 120
-    while not all(
-        w.get("warm_processes", 0) >= 1
-        for w in httpx.get(f"{head.url}/status", timeout=10).json()["workers"]
-    ):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker's warm pool did not refill within 120 s")
-        time.sleep(0.5)
+    # The instance took the worker's warm process: not while its replacement starts.
+    wait_warm_pools(head, [worker])
     return [worker, head, redis]
 
 

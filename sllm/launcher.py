@@ -110,6 +110,28 @@ def wait_healthy(child: Child, timeout: float, path: str = "/health") -> None:
     raise TimeoutError(f"{child.name} not healthy within {timeout:g}s:\n{child.log_tail()}")
 
 
+def wait_warm_pools(head: Child, workers: list[Child], timeout: float = 120.0) -> None:
+    """Wait for the warm pool of each of ``workers`` to hold a process again, as a
+    heartbeat sent from now on reports (an older one may predate a start's take).
+    Benchmarks call it after a start, so that the replacement process, importing torch
+    for seconds, is not measured as the cluster's cost."""
+    since = time.time()
+    urls = {w.url for w in workers}
+    deadline = time.monotonic() + timeout
+    while True:
+        known = httpx.get(f"{head.url}/status", timeout=10).json()["workers"]
+        ready = {
+            w["url"]
+            for w in known
+            if w["last_heartbeat"] > since and w.get("warm_processes", 0) >= 1
+        }
+        if urls <= ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workers' warm pools did not refill within {timeout:g}s")
+        time.sleep(0.2)
+
+
 def start_redis(port: int, data_dir: Path, *, log: Path | None = None) -> Child:
     """redis-server with the append-only file on, so queued work survives a restart."""
     data_dir.mkdir(parents=True, exist_ok=True)
