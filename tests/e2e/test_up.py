@@ -22,13 +22,24 @@ pytestmark = pytest.mark.e2e
 SLLM = [sys.executable, "-m", "sllm"]
 
 
+def _in_the_foreground() -> None:
+    # As a terminal runs it: a shell without job control (a script's `cmd &`) starts
+    # background commands with SIGINT ignored, and `sllm up` rightly keeps it ignored
+    # then, so the Ctrl-C these tests send would never arrive.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Up:
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [*SLLM, "up", "--port", str(self.port), "--data-dir", str(tmp_path), *args]
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=_in_the_foreground,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
