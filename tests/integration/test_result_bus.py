@@ -21,7 +21,8 @@ async def test_a_cut_subscription_resyncs_its_listeners_and_goes_on(redis_url: s
     killer = redis_sync.Redis.from_url(redis_url, decode_responses=True)
     try:
         queue = bus.listen("t1")
-        assert killer.client_kill_filter(_type="pubsub") == 1
+        # (>= 1: the session's server may hold another test's subscription)
+        assert killer.client_kill_filter(_type="pubsub") >= 1
         assert await asyncio.wait_for(queue.get(), 10) == RESYNC
 
         message = ResultMessage(task="t1", attempt=0, seq=0, kind="chunk", data={"n": 1})
