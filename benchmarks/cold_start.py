@@ -117,7 +117,7 @@ class Bench:
         _wait(lambda: self.instances() == 0, 120, "scale to zero")
         self.worker.stop()
         self.worker = self._worker(memory_tier=False)
-        _wait(lambda: self.warm_processes() > 0, 120, "the new worker's warm process")
+        wait_warm_pools(self.head, [self.worker])
 
     def close(self) -> None:
         for child in (self.worker, self.head, self.redis):
@@ -141,9 +141,6 @@ class Bench:
     def tier(self) -> str | None:
         cache = self._live_worker().get("cache") or []
         return next((c["tier"] for c in cache if c["source"] == SOURCE), None)
-
-    def warm_processes(self) -> int:
-        return int(self._live_worker().get("warm_processes", 0))
 
     def first_token(self) -> float:
         """Seconds from sending a streamed chat request to its first content."""
