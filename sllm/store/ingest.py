@@ -34,6 +34,7 @@ from sllm.store.format import (
     plan_layout,
 )
 from sllm.store.integrity import check, entry_for, new_hasher, preferred_algorithm
+from sllm.store.tokenizer_config import quicker_copy
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 # Files of a model directory that are weights (the store has its own copy) or that
 # point at them; everything else (config, tokenizer, custom code, sentence-transformers
-# modules) is copied beside the chunk files.
+# modules) is copied beside the chunk files, the tokenizer config made quicker to load
+# (tokenizer_config.py).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
 _WEIGHT_INDEXES = (".safetensors.index.json", ".bin.index.json")
 
@@ -154,7 +156,11 @@ def _write_chunks(
 def _copy_side_file(source: Path, relative: Path, partial: Path, algorithm: str) -> FileEntry:
     copied = partial / relative
     copied.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / relative, copied)  # a hub snapshot's symlink: its content
+    quicker = quicker_copy(source / relative)
+    if quicker is None:
+        shutil.copyfile(source / relative, copied)  # a hub snapshot's symlink: its content
+    else:
+        copied.write_text(quicker, encoding="utf-8")
     with open(copied, "rb") as f:
         os.fsync(f.fileno())
     entry = entry_for(copied, algorithm)
