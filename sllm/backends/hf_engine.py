@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +72,6 @@ class TransformersEngine:
         cache: Path,
         lora_adapters: dict[str, str] | None = None,
     ) -> None:
-        from transformers import AutoTokenizer
-
         self.knobs = knobs
         self.lora_adapters = dict(lora_adapters or {})
         self.adapters = frozenset(self.lora_adapters)
@@ -82,13 +79,6 @@ class TransformersEngine:
         files = resolve(knobs.pretrained_model_name_or_path, cache)
         self.path = loadable_dir(files, cache)
         self.device = _device(knobs)
-        # The tokenizer loads in a thread while the weights load (its parser lets go of
-        # the GIL): 0.1-0.25 s off each start of the demo model on this CPU.
-        pool = ThreadPoolExecutor(1, "sllm-tokenizer")
-        self._tokenizer = pool.submit(
-            AutoTokenizer.from_pretrained, self.path, trust_remote_code=knobs.trust_remote_code
-        )
-        pool.shutdown(wait=False)
         self.generative = _is_generative(self.path, knobs)
         if self.adapters and not self.generative:
             raise ValueError("LoRA adapters are served for generative models only")
@@ -125,22 +115,37 @@ class TransformersEngine:
         if _gpu_count(self.device) <= 1:
             model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
-        self.tokenizer = self._tokenizer.result()
         self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        self.model = self._with_adapters(model) if self.adapters else model
+        static = self.knobs.batching == "static" or bool(self.adapters)
+        failed: Exception | None = None
+        if not static:
+            # Started before the tokenizer loads: its thread allocates the KV cache
+            # (zeroing memory, without the GIL) while the tokenizer's parse holds the
+            # GIL here; 0.05-0.1 s off each start of the demo model on the 2-core VM.
+            try:
+                self._start_continuous(model.generation_config.eos_token_id)
+            except Exception as exc:
+                failed = exc
+        try:
+            self._load_tokenizer(model)
+        except BaseException:
+            self._stop_continuous()  # its thread would keep the failed start alive
+            raise
         eos = model.generation_config.eos_token_id or self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.pad_id = int(self.tokenizer.pad_token_id or next(iter(self.eos_ids), 0))
-        self.model = self._with_adapters(model) if self.adapters else model
-        static = self.knobs.batching == "static" or bool(self.adapters)
-        if not static:
+        if not static and failed is None:
             try:
-                self._start_continuous()
+                self._warm_up()
             except Exception as exc:
-                if self.knobs.batching == "continuous":
-                    raise
-                log.warning("continuous batching failed to start (%s): using static batching", exc)
-                self._stop_continuous()
-                static = True
+                failed = exc
+        if failed is not None:
+            if self.knobs.batching == "continuous":
+                raise failed
+            log.warning("continuous batching failed to start (%s): using static batching", failed)
+            self._stop_continuous()
+            static = True
         if static:
             self.batcher = StaticBatcher(
                 self.model,
@@ -152,6 +157,18 @@ class TransformersEngine:
             )
             self.batcher.start()
             self._warm_up_static()
+
+    def _load_tokenizer(self, model: Any) -> None:
+        """From where the weights came: the stored copy (checked with them, its config
+        made quicker to load: ``sllm.store.tokenizer_config``), or the source where
+        transformers loaded the model itself. After the weights, not in a thread beside
+        them: the tokenizers library's parse holds the GIL, and the two taking turns
+        made the demo model's start 0.07-0.26 s slower on the 2-core VM."""
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model.name_or_path or self.path, trust_remote_code=self.knobs.trust_remote_code
+        )
 
     def _with_adapters(self, model: Any) -> Any:
         """The model wrapped by peft with every adapter loaded, once, for all requests."""
@@ -172,7 +189,9 @@ class TransformersEngine:
         )
         return peft_model
 
-    def _start_continuous(self) -> None:
+    def _start_continuous(self, eos: int | list[int] | None) -> None:
+        """``eos``: the model's own end tokens, the manager's default; each request
+        names its own (``eos_ids``, which the tokenizer may add to)."""
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -183,8 +202,7 @@ class TransformersEngine:
             temperature=0.7,
             top_p=0.95,
             max_new_tokens=self.knobs.default_max_tokens,
-            eos_token_id=list(self.eos_ids) or None,
-            pad_token_id=self.pad_id,
+            eos_token_id=eos,
         )
         cb = ContinuousBatchingConfig(per_request_processors=True)
         cpu = self.device == "cpu"
@@ -198,7 +216,9 @@ class TransformersEngine:
             generation_config=generation, continuous_batching_config=cb
         )
         self.manager.start()
-        self._warm_up()
+
+    def _eos_list(self) -> list[int] | None:
+        return sorted(self.eos_ids) or None  # None: the manager's default
 
     def _stop_continuous(self) -> None:
         if self.manager is not None:
@@ -208,17 +228,23 @@ class TransformersEngine:
     def _warm_up(self) -> None:
         """One short generation before /health answers: the first request through the
         batching manager pays several seconds of one-time set-up (5.6 s for SmolLM2 on
-        this CPU), which belongs to the cold start, not to a user's first token."""
+        this CPU), which belongs to the cold start, not to a user's first token. One
+        token (the prefill): a second, decoded, added 0.07-0.19 s to each start and
+        took nothing off the first request's tokens, cold or from a warm process."""
         started = time.monotonic()
         request_id = self.manager.add_request(
-            self._encode("Hello"), max_new_tokens=2, temperature=1.0, top_p=1.0
+            self._encode("Hello"),
+            max_new_tokens=1,
+            eos_token_id=self._eos_list(),
+            temperature=1.0,
+            top_p=1.0,
         )
         if request_id is None:
             raise RuntimeError("the continuous-batching manager refused the warm-up request")
         for out in self.manager.request_id_iter(request_id):
             if out.error:
                 raise RuntimeError(f"warm-up generation failed: {out.error}")
-        log.info("warmed up in %.1f s", time.monotonic() - started)
+        log.info("warmed up in %.2f s", time.monotonic() - started)
 
     def _warm_up_static(self) -> None:
         """A first batch before /health answers, for the same reason as ``_warm_up``;
@@ -237,7 +263,7 @@ class TransformersEngine:
             await asyncio.wait_for(asyncio.gather(*(one(a) for a in names)), timeout=600)
 
         asyncio.run(all_of_them())
-        log.info("warmed up in %.1f s", time.monotonic() - started)
+        log.info("warmed up in %.2f s", time.monotonic() - started)
 
     def _load_encoder(self) -> None:
         from transformers import AutoModel
@@ -253,7 +279,7 @@ class TransformersEngine:
         ).to(self.device)
         model.eval()
         self.model = model
-        self.tokenizer = self._tokenizer.result()
+        self._load_tokenizer(model)
         self.pooling, self.normalize = _sentence_transformers_pooling(self.path)
         # Tokenizers without a limit report a huge model_max_length; the positions bound it.
         self.context_length = min(
@@ -344,6 +370,7 @@ class TransformersEngine:
             request_id=request_id,
             max_new_tokens=params.max_tokens,
             streaming=True,
+            eos_token_id=self._eos_list(),
             temperature=max(temperature, _GREEDY_TEMPERATURE),
             top_p=1.0 if params.top_p is None else params.top_p,
         )

@@ -148,6 +148,43 @@ def test_the_files_hold_what_the_index_says(lm: Path, tmp_path: Path) -> None:
     assert all(torch.equal(tensors[n], state[n]) for n in state)
 
 
+def test_the_stored_tokenizer_lists_its_added_tokens_and_tokenizes_the_same(
+    lm: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    model = load_pretrained(AutoModelForCausalLM, lm, tmp_path, "cpu", dtype=torch.float32)
+    directory, _ = ensure_stored(lm, tmp_path, AutoModelForCausalLM)
+    assert model.name_or_path == str(directory)  # where the backend loads the tokenizer from
+    source_config = json.loads((lm / "tokenizer_config.json").read_text())
+    assert "added_tokens_decoder" not in source_config  # as transformers 5 saves it
+    stored_config = json.loads((directory / "tokenizer_config.json").read_text())
+    assert set(stored_config["added_tokens_decoder"]) == {"0", "1", "2", "3", "4", "5"}
+    assert check_directory(directory, "full")[1] == []  # its checksum is of what is stored
+    mine, theirs = AutoTokenizer.from_pretrained(directory), AutoTokenizer.from_pretrained(lm)
+    text = "<s>hello <|user|> world</s><pad> caf\u00e9"
+    messages = [{"role": "user", "content": "hi <|assistant|> there"}]
+    for probe in (
+        lambda t: t(text)["input_ids"],
+        lambda t: t.decode(t(text)["input_ids"], skip_special_tokens=True),
+        lambda t: t.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+        lambda t: (t.bos_token_id, t.eos_token_id, t.pad_token_id, t.all_special_ids, len(t)),
+        lambda t: repr(t.added_tokens_decoder),
+    ):
+        assert probe(mine) == probe(theirs)
+
+
+def test_a_tokenizer_config_with_legacy_token_files_is_copied_as_it_is(
+    lm: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "legacy"
+    shutil.copytree(lm, source)
+    (source / "special_tokens_map.json").write_text('{"eos_token": "</s>"}')
+    directory, _ = ensure_stored(source, tmp_path, AutoModelForCausalLM)
+    stored = directory / "tokenizer_config.json"
+    assert stored.read_bytes() == (source / "tokenizer_config.json").read_bytes()
+
+
 def test_a_changed_source_is_stored_again(lm: Path, tmp_path: Path) -> None:
     source = tmp_path / "model"
     shutil.copytree(lm, source)
@@ -418,6 +455,7 @@ def test_load_pretrained_falls_back_to_transformers(
         got = load_pretrained(AutoModelForCausalLM, lm, blocked, "cpu", dtype=torch.float32)
     assert "loading with transformers" in caplog.text
     assert_same_model(got.eval(), want)
+    assert got.name_or_path == str(lm)  # where the backend then loads the tokenizer from
     # Several GPUs: device_map goes to transformers, and nothing is stored.
     storage = tmp_path / "cache"
     load_pretrained(
