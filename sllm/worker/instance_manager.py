@@ -301,8 +301,10 @@ class InstanceManager:
         if why is None:
             entry.info.state = "ready"
             entry.info.ready_at = time.time()
-            await self._observe_start(entry, entry.info.ready_at)
+            # Reported first: a request waiting for the instance need not wait for the
+            # figures' extra call to the backend.
             await self._report(entry.info.instance_id, "ready", "")
+            await self._observe_start(entry, entry.info.ready_at)
             await asyncio.wait({entry.exited})
             if entry.ender is not None:
                 return
