@@ -21,7 +21,7 @@ import pytest
 from sllm.backends.registry import get_backend, warm_primes
 from sllm.procs import backend_environment
 from sllm.worker.instance_manager import InstanceManager
-from sllm.worker.warm_pool import BACKOFF, WarmPool
+from sllm.worker.warm_pool import BACKOFF, SETTLE, WarmPool
 from tests.integration.test_instance_manager import Recorder
 
 pytestmark = pytest.mark.timeout(90)
@@ -169,6 +169,9 @@ async def test_an_instance_starts_from_a_warm_process(
         assert loading is not None and loading.state == "starting"
         assert warm_children() == [loading.pid] and pool.idle() == 0
         await recorder.wait_for("i-2", "ready")
+        # Nor in the second after: the new instance's first requests run then.
+        await asyncio.sleep(SETTLE / 2)
+        assert warm_children() == [loading.pid] and pool.idle() == 0
         await until(lambda: pool.idle() == 1)
     finally:
         await manager.stop_all()
