@@ -40,7 +40,7 @@ from sllm.protocol import (
     adapter_model_name,
     not_implemented,
 )
-from sllm.serving import serve, setup_logging
+from sllm.serving import prime_serving, serve, setup_logging
 from sllm.store import arena
 
 log = logging.getLogger(__name__)
@@ -406,13 +406,14 @@ def create_app(
 
 
 def prime() -> None:
-    """FastAPI's one-time lazy work (the first route it makes imports pydantic.v1), done
-    before the engine is built: after, the engine's threads (transformers' batching
-    loop) hold the GIL so often that the same work took 0.24 s of each start, not 15 ms.
-    A warm process runs it before it is even asked for an instance."""
+    """FastAPI's one-time lazy work (the first route it makes imports pydantic.v1) and
+    uvicorn's imports, done before the engine is built: after, the engine's threads
+    (transformers' batching loop) hold the GIL so often that the same work took 0.24 s
+    of each start, not 15 ms. A warm process runs it before it is even asked for an
+    instance."""
     from sllm.backends.dummy import DummyEngine, DummyKnobs
 
-    create_app(DummyEngine(DummyKnobs()), "prime", "prime")
+    prime_serving(create_app(DummyEngine(DummyKnobs()), "prime", "prime"))
 
 
 # (model name, instance id, backend_config, model cache directory, LoRA adapters by

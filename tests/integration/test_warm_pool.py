@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -187,3 +188,25 @@ def test_every_backend_a_worker_runs_is_primed_once() -> None:
     assert len(primes) == len(set(primes))
     assert set(DUMMY_PRIMES) <= set(primes)
     assert not get_backend("vllm").warm_prime  # vLLM's own server starts cold
+
+
+def test_the_server_prime_leaves_uvicorn_nothing_to_import_when_it_serves() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import uvicorn
+        from sllm.backends import server
+        from sllm.serving import _options
+
+        server.prime()
+        before = set(sys.modules)
+        app = server.create_app.__globals__["FastAPI"]()
+        uvicorn.Config(app, **_options("127.0.0.1", 0, "info", True)).load()
+        print(sorted(set(sys.modules) - before))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
