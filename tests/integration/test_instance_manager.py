@@ -280,3 +280,12 @@ async def test_gpus_are_assigned_and_a_start_that_does_not_fit_is_refused(
     env = psutil.Process(info.pid).environ()
     assert env["CUDA_VISIBLE_DEVICES"] == ""
     assert "SLLM_CLUSTER_TOKEN" not in env  # backends get no cluster secret
+
+
+async def test_a_port_listens_once_something_accepts_on_it() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert await instance_manager._listening(port, 1.0)
+    server.close()
+    await server.wait_closed()
+    assert not await instance_manager._listening(port, 1.0)
