@@ -6,6 +6,9 @@ model with plain transformers and generates one token.
 
     python benchmarks/cold_start.py [--repeat 5] [--json OUT]
 
+The worker runs with ``--warm-heap-gb 0.5`` (``WARM_HEAP_GB``): the demo model's KV
+cache is allocated from its warm process's faulted-in heap.
+
 Tiers, in the order they are measured:
 
 * ``none``: the first request, sent right after the deploy: nothing is stored yet (the
@@ -59,6 +62,7 @@ from sllm.launcher import (
 MODEL = "demo"
 SOURCE = "smollm2-135m"
 KEEP_ALIVE = 1.0
+WARM_HEAP_GB = 0.5
 PHASES = ("placement", "process_start", "weight_load", "first_token")
 
 
@@ -110,7 +114,8 @@ class Bench:
         httpx.post(f"{self.head.url}/register", json=config, timeout=30).raise_for_status()
 
     def _worker(self, *, memory_tier: bool) -> Child:
-        env = {**ENV, "SLLM_HEARTBEAT_INTERVAL": "1"}
+        # The KV cache of the demo model (0.38 GB) is allocated from the warm heap.
+        env = {**ENV, "SLLM_HEARTBEAT_INTERVAL": "1", "SLLM_WARM_HEAP_GB": str(WARM_HEAP_GB)}
         if not memory_tier:
             env["SLLM_MEMORY_CACHE_GB"] = "0"
         return start_worker(free_port(), self.head.url, self.work, env)

@@ -128,6 +128,7 @@ def worker(
     memory_cache_gb: Annotated[float | None, _opt(W, "memory_cache_gb")] = None,
     warm_processes: Annotated[int | None, _opt(W, "warm_processes")] = None,
     warm_arena_gb: Annotated[float | None, _opt(W, "warm_arena_gb")] = None,
+    warm_heap_gb: Annotated[float | None, _opt(W, "warm_heap_gb")] = None,
     log_level: Annotated[str | None, _opt(W, "log_level")] = None,
     log_format: Annotated[str | None, _opt(W, "log_format")] = None,
 ) -> None:

@@ -27,6 +27,7 @@ _BUILT: dict[str, Backend] = {
             "sllm.backends.server:prime",
             "sllm.backends.transformers_backend:prime",
             "sllm.store.arena:prefault",
+            "sllm.backends.warm_heap:prefault",
         ),
     ),
     "vllm": VllmBackend(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import State
 
 from sllm.api_errors import ERROR_RESPONSES, error_response, install_error_handlers
+from sllm.backends import warm_heap
 from sllm.backends.base import BackendUnavailable
 from sllm.backends.model_source import ModelSourceError, check_source
 from sllm.backends.registry import warm_primes
@@ -100,7 +101,11 @@ class Worker:
             settings.warm_processes,
             warm_primes(),
             settings.log_dir / "warm-pool.log",
-            {**backend_environment(), arena.ENV: str(int(settings.warm_arena_gb * 1e9))},
+            {
+                **backend_environment(),
+                arena.ENV: str(int(settings.warm_arena_gb * 1e9)),
+                **warm_heap.environment(int(settings.warm_heap_gb * 1e9)),
+            },
         )
         self.instances = InstanceManager(
             settings.log_dir,

@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from sllm.backends import warm_heap
 from sllm.backends.registry import get_backend, warm_primes
 from sllm.procs import backend_environment
 from sllm.worker.instance_manager import InstanceManager
@@ -210,3 +211,25 @@ def test_the_server_prime_leaves_uvicorn_nothing_to_import_when_it_serves() -> N
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_warm_heap_is_faulted_in_and_kept_for_the_instance() -> None:
+    def resident_mb(env: dict[str, str]) -> float:
+        with subprocess.Popen(
+            [sys.executable, "-m", "sllm.backends.warm", "sllm.backends.warm_heap:prefault"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **env},
+        ) as proc:
+            try:
+                assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+                return float(psutil.Process(proc.pid).memory_info().rss) / 2**20
+            finally:
+                proc.kill()
+
+    heap = warm_heap.environment(256 * 2**20)
+    assert heap["MALLOC_ARENA_MAX"] == "1" and warm_heap.environment(0) == {}
+    # Freed, the heap stays with the process: its pages, written once, are resident.
+    assert resident_mb(heap) - resident_mb({}) > 200

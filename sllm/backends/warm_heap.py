@@ -1,0 +1,57 @@
+"""Memory a warm backend process's malloc heap holds faulted in while it waits, for
+what the instance it becomes allocates as it starts.
+
+A transformers instance on a CPU allocates its continuous-batching KV cache (377 MB of
+zeros for the demo model) as it starts, and a first touch of fresh memory is slow (see
+``sllm.store.arena``): on the 2-core VM that allocation took 0.23-0.27 s of each start
+(beside the tokenizer's load), 0.17-0.18 s with the pages faulted in before, and the
+engine's whole build 0.42-0.68 s against 0.31-0.35 s. torch gets
+its CPU memory from glibc's malloc, so the warm process asks glibc to serve every size
+from one heap (``MALLOC_ARENA_MAX=1``: a thread's own arena would map new memory),
+never from a fresh mapping (``MALLOC_MMAP_THRESHOLD_``), and never to give freed memory
+back (``MALLOC_TRIM_THRESHOLD_``); it then allocates the heap's size, touching every
+page, and frees it. The instance's first allocations reuse those pages.
+
+glibc reads these variables when the process starts, so the worker starts its warm
+processes with them (``environment``); instances it starts cold keep glibc's defaults.
+The instance keeps what its heap grows to for its life: freed memory stays with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+ENV = "SLLM_WARM_HEAP_BYTES"
+# Larger than any allocation: none is served by a mapping of its own.
+_NEVER = str(1 << 62)
+
+
+def environment(nbytes: int) -> dict[str, str]:
+    """The variables a warm process with a heap of ``nbytes`` is started with."""
+    if nbytes <= 0:
+        return {}
+    return {
+        ENV: str(nbytes),
+        "MALLOC_ARENA_MAX": "1",
+        "MALLOC_MMAP_THRESHOLD_": _NEVER,
+        "MALLOC_TRIM_THRESHOLD_": _NEVER,
+    }
+
+
+def prefault() -> None:
+    """A warm process's priming step: the heap ``SLLM_WARM_HEAP_BYTES`` asks for."""
+    raw = os.environ.get(ENV, "0")
+    try:
+        nbytes = int(raw)
+    except ValueError:
+        raise ValueError(f"{ENV} must be a number of bytes, not {raw!r}") from None
+    if nbytes <= 0:
+        return
+    started = time.perf_counter()
+    heap = bytearray(nbytes)  # one malloc of n bytes, zeroed: every page written once
+    del heap  # back to the heap, which keeps it
+    log.info("warm heap: %.2f GB faulted in (%.2f s)", nbytes / 1e9, time.perf_counter() - started)
