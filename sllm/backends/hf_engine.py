@@ -141,10 +141,10 @@ class TransformersEngine:
             except Exception as exc:
                 failed = exc
         if failed is not None:
+            self._stop_continuous()
             if self.knobs.batching == "continuous":
                 raise failed
             log.warning("continuous batching failed to start (%s): using static batching", failed)
-            self._stop_continuous()
             static = True
         if static:
             self.batcher = StaticBatcher(

@@ -86,8 +86,10 @@ def test_auto_falls_back_to_static_batching_where_continuous_fails(
     assert greedy(engine) == reference
     started = [t for t in threading.enumerate() if t.ident not in threads]
     assert len(started) <= 1, started  # the static batcher's, no manager's
+    threads = {t.ident for t in threading.enumerate()}
     with pytest.raises(RuntimeError, match="no continuous batching here"):
         build(lm, tmp_path, engines, batching="continuous")
+    assert [t.name for t in threading.enumerate() if t.ident not in threads] == []
 
 
 def test_a_tokenizer_that_cannot_load_stops_the_started_batching(
