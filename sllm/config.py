@@ -101,13 +101,6 @@ class KeySettings(BaseSettings):
     admin_key: SecretStr | None = Field(
         None, description="Key guarding the management API (unset: it is open)."
     )
-    warm_heap_gb: float = Field(
-        0.0,
-        ge=0,
-        description="Memory each warm process's malloc heap faults in while it waits, for "
-        "what the CPU instance it becomes allocates as it starts (continuous batching's KV "
-        "cache: 0.38 GB for the demo model); the instance keeps its heap (0: none).",
-    )
     cluster_token: SecretStr | None = Field(
         None, description="Shared secret of every head <-> worker call (unset: none)."
     )
