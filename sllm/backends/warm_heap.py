@@ -20,8 +20,9 @@ The instance keeps what its heap grows to for its life: freed memory stays with 
 from __future__ import annotations
 
 import logging
-import os
 import time
+
+from sllm.store.arena import env_bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,7 @@ def environment(nbytes: int) -> dict[str, str]:
 
 def prefault() -> None:
     """A warm process's priming step: the heap ``SLLM_WARM_HEAP_BYTES`` asks for."""
-    raw = os.environ.get(ENV, "0")
-    try:
-        nbytes = int(raw)
-    except ValueError:
-        raise ValueError(f"{ENV} must be a number of bytes, not {raw!r}") from None
+    nbytes = env_bytes(ENV)
     if nbytes <= 0:
         return
     started = time.perf_counter()

@@ -98,14 +98,19 @@ class Arena:
 _process_arena: Arena | None = None
 
 
+def env_bytes(name: str) -> int:
+    """A size in bytes from the environment variable ``name`` (unset: 0)."""
+    raw = os.environ.get(name, "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of bytes, not {raw!r}") from None
+
+
 def prefault() -> None:
     """A warm process's priming step: the arena ``SLLM_WARM_ARENA_BYTES`` asks for."""
     global _process_arena
-    raw = os.environ.get(ENV, "0")
-    try:
-        nbytes = int(raw)
-    except ValueError:
-        raise ValueError(f"{ENV} must be a number of bytes, not {raw!r}") from None
+    nbytes = env_bytes(ENV)
     if nbytes <= 0:
         return
     started = time.perf_counter()
