@@ -23,12 +23,8 @@ if redis.call('HGET', KEYS[4], 'state') ~= 'ready' then
   redis.call('LPUSH', KEYS[6], ARGV[1])
   return {'instance', 0}
 end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[2], 'instance', ARGV[5],
-  'lease', ARGV[4], 'claimed', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'outstanding', 1)
-redis.call('SADD', KEYS[5], ARGV[1])
+local attempt = stamp(KEYS[1], ARGV[1], KEYS[2], KEYS[4], KEYS[5], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5])
 local f = redis.call('HMGET', KEYS[1], 'endpoint', 'body', 'reply_to', 'deadline', 'stream',
   'request_id')
 return {'ok', attempt, f[1] or '', f[2] or '{}', f[3] or '', f[4] or '0', f[5] or '0',

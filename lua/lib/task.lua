@@ -1,5 +1,18 @@
--- Shared by every script that ends or releases a task; the loader puts it before each
--- script's own body, so the helpers below are local functions of that script.
+-- Shared by every script that stamps, ends or releases a task; the loader puts it before
+-- each script's own body, so the helpers below are local functions of that script.
+
+-- Stamp the lease of a task that sits in its model's processing list: its next attempt is
+-- `owner`'s, on `instance_id`, until `lease_until`. Returns the attempt number.
+local function stamp(task, id, leases, instance, instance_tasks, owner, now, lease_until,
+                     instance_id)
+  local attempt = redis.call('HINCRBY', task, 'attempt', 1)
+  redis.call('HSET', task, 'state', 'running', 'owner', owner, 'instance', instance_id,
+    'lease', lease_until, 'claimed', now)
+  redis.call('ZADD', leases, lease_until, id)
+  redis.call('HINCRBY', instance, 'outstanding', 1)
+  redis.call('SADD', instance_tasks, id)
+  return attempt
+end
 
 -- Release a task's claim: lease, processing entry, and its slot on the instance.
 local function release(id, leases, processing, instance, instance_tasks, now)

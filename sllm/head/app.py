@@ -67,7 +67,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
         app.state.head_id = head_id
         app.state.store = fast
         app.state.rate_limits = RateLimits(fast.client, keys)
-        app.state.gateway = Gateway(fast, bus, settings, metrics, recent)
+        app.state.gateway = Gateway(fast, bus, settings, metrics, recent, dispatcher)
         app.state.models = ModelManager(fast, settings)
         app.state.workers = workers
         app.state.autoscaler = autoscaler

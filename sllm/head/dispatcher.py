@@ -2,7 +2,10 @@
 
 One claim loop per deployed model. A loop claims only when some ready instance has room,
 so queued work stays visible to the autoscaler, and every claim is a lease this head
-renews while the worker's ``/invoke`` call runs. A worker that cannot be reached, or
+renews while the worker's ``/invoke`` call runs. A new request that finds its model's
+queue empty skips it: the gateway offers it to this dispatcher's pick (``offer``), the
+enqueue script claims and stamps it in the same round trip when that instance still has
+room, and the dispatcher runs it (``adopt``) like any claim. A worker that cannot be reached, or
 that stops answering, sends the task back to the queue (requeue_task.lua decides
 whether attempts remain); that instance then gets no new task from this head for a few
 seconds, so the retry goes elsewhere. A task whose backend died under it may be what
@@ -15,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -27,7 +30,7 @@ from sllm.kv import RedisError
 from sllm.kv.client import BLOCK_TIMEOUT
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
-from sllm.kv.tasks import Claim
+from sllm.kv.tasks import Claim, Offer
 from sllm.metrics import HeadMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,34 @@ class Running:
     job: asyncio.Task[None]
 
 
+@dataclass
+class ModelView:
+    """What this head knows of a model's instances, shared by its claim loop and the
+    gateway's offers; fetched from Redis at most every VIEW_TTL, and kept counting this
+    head's own starts and ends in between."""
+
+    loads: list[InstanceLoad] = field(default_factory=list)
+    records: dict[str, InstanceRecord] = field(default_factory=dict)
+    fetched: float = 0.0  # monotonic; 0: refetch before the next pick
+    refresh: asyncio.Task[None] | None = None
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.fetched > VIEW_TTL
+
+    def count(self, instance_id: str, delta: int, now: float | None = None) -> None:
+        self.loads = [
+            InstanceLoad(
+                v.id,
+                v.state,
+                max(0, v.outstanding + delta),
+                v.last_active if now is None else now,
+            )
+            if v.id == instance_id
+            else v
+            for v in self.loads
+        ]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -65,6 +96,7 @@ class Dispatcher:
         self.metrics = metrics or HeadMetrics()
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._configs: dict[str, DeployConfig] = {}
+        self._views: dict[str, ModelView] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._running: dict[str, Running] = {}
         # Instance id -> monotonic time from which it is trusted again.
@@ -75,6 +107,7 @@ class Dispatcher:
         # Instance id -> such a task, retried there alone: it cannot take its neighbours
         # down twice, so a neighbour loses at most the one attempt it shared with it.
         self._exclusive: dict[str, str] = {}
+        self._stopping = False
 
     # -- supervision ------------------------------------------------------------------
 
@@ -96,6 +129,7 @@ class Dispatcher:
             self._configs[name] = DeployConfig.model_validate(record.config)
             if name not in self._loops or self._loops[name].done():
                 self._wakes.setdefault(name, asyncio.Event())
+                self._views.setdefault(name, ModelView())
                 self._loops[name] = asyncio.create_task(
                     self._claim_loop(name), name=f"claim:{name}"
                 )
@@ -104,18 +138,27 @@ class Dispatcher:
                 self._loops.pop(name).cancel()
                 self._configs.pop(name, None)
                 self._wakes.pop(name, None)
+                view = self._views.pop(name, None)
+                if view is not None and view.refresh is not None:
+                    view.refresh.cancel()
 
     async def _shutdown(self) -> None:
+        self._stopping = True
         for job in self._loops.values():
+            job.cancel()
+        refreshes = [v.refresh for v in self._views.values() if v.refresh is not None]
+        for job in refreshes:
             job.cancel()
         jobs = [r.job for r in self._running.values()]
         for job in jobs:
             job.cancel()
-        await asyncio.gather(*self._loops.values(), *jobs, return_exceptions=True)
+        await asyncio.gather(*self._loops.values(), *refreshes, *jobs, return_exceptions=True)
 
     async def on_control(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "instance":
+            for view in self._views.values():
+                view.fetched = 0.0
             for wake in self._wakes.values():
                 wake.set()
         elif kind == "cancel":
@@ -125,43 +168,76 @@ class Dispatcher:
 
     # -- claiming ---------------------------------------------------------------------
 
+    def offer(self, model: str) -> Offer | None:
+        """An offer to run a new task of ``model`` on this head's pick of its instances,
+        for the gateway's enqueue; None when this head has no instance with room for it."""
+        view, config = self._views.get(model), self._configs.get(model)
+        if view is None or config is None or self._stopping:
+            return None
+        if view.stale() and (view.refresh is None or view.refresh.done()):
+            # Picked from the view as it is; the next offer sees the fresh one.
+            view.refresh = asyncio.create_task(self._refresh(model, view))
+        limit = config.auto_scaling_config.max_concurrency
+        target = pick_instance(self._eligible(view.loads), limit)
+        if target is None:
+            return None
+        now = time.time()
+        return Offer(self.head_id, target.id, limit, now, now + self.settings.lease_seconds)
+
+    def adopt(self, claim: Claim, model: str, instance_id: str) -> None:
+        """Run a task the enqueue claimed for this head on the instance ``offer`` named;
+        left to its lease's expiry when that instance is no longer known here."""
+        view = self._views.get(model)
+        instance = view.records.get(instance_id) if view is not None else None
+        if view is None or instance is None or self._stopping:
+            log.warning("task %s: offered instance %s is gone here", claim.task_id, instance_id)
+            return
+        view.count(instance_id, +1, time.time())
+        self._start(claim, instance)
+
+    async def _refresh(self, model: str, view: ModelView) -> None:
+        try:
+            await self._fetch(model, view)
+        except RedisError as exc:
+            log.debug("could not refresh the instances of %s: %s", model, exc)
+
+    async def _fetch(self, model: str, view: ModelView) -> None:
+        instances = await self.store.registry.model_instances(model)
+        view.records = {i.id: i for i in instances}
+        view.loads = [
+            InstanceLoad(i.id, i.state, i.outstanding, i.last_active()) for i in instances
+        ]
+        view.fetched = time.monotonic()
+
     async def _claim_loop(self, model: str) -> None:
-        views: list[InstanceLoad] = []
-        records: dict[str, InstanceRecord] = {}
-        fetched = 0.0
+        view = self._views[model]
         wake = self._wakes[model]
         while True:
             try:
-                if time.monotonic() - fetched > VIEW_TTL:
-                    instances = await self.store.registry.model_instances(model)
-                    records = {i.id: i for i in instances}
-                    views = [
-                        InstanceLoad(i.id, i.state, i.outstanding, i.last_active())
-                        for i in instances
-                    ]
-                    fetched = time.monotonic()
+                if view.stale():
+                    await self._fetch(model, view)
                 config = self._configs.get(model)
                 limit = config.auto_scaling_config.max_concurrency if config else 1
-                target = pick_instance(self._eligible(views), limit)
+                target = pick_instance(self._eligible(view.loads), limit)
                 if target is None:
                     wake.clear()
                     try:
                         await asyncio.wait_for(wake.wait(), 1.0)
                     except TimeoutError:
                         pass
-                    fetched = 0.0
+                    view.fetched = 0.0
                     continue
                 task_id = await self.store.tasks.claim(model, BLOCK_TIMEOUT)
                 if task_id is None:
-                    fetched = 0.0
+                    view.fetched = 0.0
                     continue
-                eligible = self._eligible(views)
+                eligible = self._eligible(view.loads)
                 if target.id not in {v.id for v in eligible}:
                     # The target failed a call while this loop waited for a task.
                     target = pick_instance(eligible, limit)
                     if target is None:
                         await self.store.tasks.recover_claim(model, task_id)
-                        fetched = 0.0
+                        view.fetched = 0.0
                         continue
                 now = time.time()
                 status, claim = await self.store.tasks.stamp(
@@ -169,16 +245,13 @@ class Dispatcher:
                 )
                 if claim is None:
                     log.debug("claim of %s on %s: %s", task_id, target.id, status)
-                    fetched = 0.0
+                    view.fetched = 0.0
                     continue
                 # Count the new request locally until the next fetch sees it in Redis.
-                views = [
-                    InstanceLoad(v.id, v.state, v.outstanding + 1, now) if v.id == target.id else v
-                    for v in views
-                ]
+                view.count(target.id, +1, now)
                 if self._crashed.pop(claim.task_id, None) is not None:
                     self._exclusive[target.id] = claim.task_id
-                self._start(claim, records[target.id])
+                self._start(claim, view.records[target.id])
                 # Let the new task send its /invoke before this loop sends its next
                 # commands: a send costs a syscall that wakes another process, and those
                 # in front of the call were on every request's path.
@@ -211,6 +284,9 @@ class Dispatcher:
         if self._exclusive.get(instance.id) == task_id:
             del self._exclusive[instance.id]
         model = instance.model
+        view = self._views.get(model)
+        if view is not None:
+            view.count(instance.id, -1)
         # A slot came free: a loop waiting for room should look again now.
         wake = self._wakes.get(model)
         if wake is not None:

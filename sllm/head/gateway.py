@@ -25,6 +25,7 @@ from sllm.errors import (
     SllmError,
     TooManyRequests,
 )
+from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
 from sllm.head.recent import Recent
 from sllm.head.results import MessageLost, TaskResults
@@ -104,9 +105,12 @@ class Gateway:
         settings: HeadSettings,
         metrics: HeadMetrics,
         recent: Recent,
+        dispatcher: Dispatcher,
     ) -> None:
         self.store = store
         self.bus = bus
+        # A request that finds its queue empty goes straight to this head's dispatcher.
+        self.dispatcher = dispatcher
         self.settings = settings
         self.metrics = metrics
         self.recent = recent
@@ -138,12 +142,15 @@ class Gateway:
             request_id=request_id,
         )
         queue = self.bus.listen(task.id)
+        offer = self.dispatcher.offer(model)
         try:
             # Kept a while past the deadline, for the outcome to be read.
-            enq = await self.store.tasks.enqueue(task, int(deadline - now) * 2 + 60)
+            enq = await self.store.tasks.enqueue(task, int(deadline - now) * 2 + 60, offer)
         except BaseException:
             self.bus.forget(task.id)
             raise
+        if enq.claim is not None and offer is not None:
+            self.dispatcher.adopt(enq.claim, model, offer.instance_id)
         if enq.status != "ok":
             self.bus.forget(task.id)
             if enq.status == "missing":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 import redis.asyncio as redis
@@ -26,11 +27,15 @@ class NewTask:
     stream: bool = False
     request_id: str = ""
 
+    @cached_property
+    def body_json(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"))
+
     def fields(self) -> list[str]:
         pairs = {
             "model": self.model,
             "endpoint": self.endpoint,
-            "body": json.dumps(self.body, separators=(",", ":")),
+            "body": self.body_json,
             "reply_to": self.reply_to,
             "attempt": "0",
             "max_attempts": str(self.max_attempts),
@@ -44,11 +49,24 @@ class NewTask:
 
 
 @dataclass(frozen=True)
+class Offer:
+    """A head offering to run a new task itself, on an instance its dispatcher picked."""
+
+    owner: str
+    instance_id: str
+    max_concurrency: int
+    now: float
+    lease_until: float
+
+
+@dataclass(frozen=True)
 class Enqueued:
     status: str  # 'ok', 'missing', 'full', 'unschedulable' or the model's inactive state
     queue_length: int
     instances: int
     reason: str = ""  # why it is unschedulable
+    # Set when the offer was taken: the task skipped the queue, stamped for the offerer.
+    claim: Claim | None = None
 
 
 @dataclass(frozen=True)
@@ -71,18 +89,47 @@ class TaskStore:
         self._k = keys
         self._s = scripts
 
-    async def enqueue(self, task: NewTask, ttl: int) -> Enqueued:
+    async def enqueue(self, task: NewTask, ttl: int, offer: Offer | None = None) -> Enqueued:
+        """Queue ``task``; or, with ``offer`` and an empty queue, claim it for the offerer
+        on the offered instance if that is still ready with room."""
         k = self._k
-        status, length, instances, reason = await self._s.enqueue(
-            keys=[
-                k.model(task.model),
-                k.task(task.id),
-                k.queue(task.model),
-                k.model_instances(task.model),
-            ],
-            args=[task.id, ttl, *task.fields()],
+        keys = [
+            k.model(task.model),
+            k.task(task.id),
+            k.queue(task.model),
+            k.model_instances(task.model),
+        ]
+        offered: list[Any] = ["", "", 0, 0, 0]
+        if offer is not None:
+            keys += [
+                k.processing(task.model),
+                k.leases,
+                k.instance(offer.instance_id),
+                k.instance_tasks(offer.instance_id),
+            ]
+            offered = [
+                offer.owner,
+                offer.instance_id,
+                offer.max_concurrency,
+                offer.now,
+                offer.lease_until,
+            ]
+        status, length, instances, reason, attempt = await self._s.enqueue(
+            keys=keys, args=[task.id, ttl, *offered, *task.fields()]
         )
-        return Enqueued(str(status), int(length), int(instances), str(reason))
+        claim = None
+        if attempt:
+            claim = Claim(
+                task_id=task.id,
+                attempt=int(attempt),
+                endpoint=task.endpoint,
+                body=task.body_json,
+                reply_to=task.reply_to,
+                deadline=task.deadline,
+                stream=task.stream,
+                request_id=task.request_id,
+            )
+        return Enqueued(str(status), int(length), int(instances), str(reason), claim)
 
     async def claim(self, model: str, timeout: float) -> str | None:
         """Move the oldest queued task into the processing list (not yet leased)."""

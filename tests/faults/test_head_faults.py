@@ -28,11 +28,10 @@ def test_killing_one_of_two_heads_loses_no_request_of_the_other(cluster: Cluster
     wait_until(lambda: r.get(K.lock("autoscaler")) == doomed_id, 10, "the first head to lead")
     cluster.start_worker(survivor)
     cluster.start_worker(survivor)
-    cluster.deploy(
-        "m",
-        auto_scaling_config={"min_instances": 2, "max_instances": 2, "keep_alive": 60},
-        backend_config={"tokens_per_second": 10},
-    )
+    # Six slots for eight clients: requests wait in the queue, where either head's
+    # dispatcher claims them (one that finds the queue empty goes to its own head's).
+    scaling = {"min_instances": 2, "max_instances": 2, "keep_alive": 60, "max_concurrency": 3}
+    cluster.deploy("m", auto_scaling_config=scaling, backend_config={"tokens_per_second": 10})
     cluster.wait_ready("m", 2)
     recorder = Recorder()
     common = {"max_tokens": 8, "timeout": 60}

@@ -1,9 +1,10 @@
 """The task queue's Lua scripts as a state machine, against a real redis-server.
 
 Hypothesis interleaves what the gateway, the head's dispatchers and reaper, and the
-workers do to the queue (enqueue, claim, stamp, renew, finish, requeue, cancel, reap, a
-dispatcher dying or stalling between its BLMOVE and its stamp, a stamp on an instance that
-is not ready, late calls of stale attempts, SCRIPT FLUSH) under a simulated clock, and
+workers do to the queue (enqueue, with or without the gateway's offer to skip an empty
+queue, claim, stamp, renew, finish, requeue, cancel, reap, a dispatcher dying or stalling
+between its BLMOVE and its stamp, a stamp on an instance that is not ready, late calls of
+stale attempts, SCRIPT FLUSH) under a simulated clock, and
 after every step compares Redis with a model of what must be true: no task lost, none
 held twice or listed twice, attempts within bounds, an ended task never coming back or
 changing, and a stale attempt unable to touch a task that has moved on.
@@ -35,7 +36,7 @@ from sllm.head.reaper import Reaper
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
-from sllm.kv.tasks import NewTask
+from sllm.kv.tasks import NewTask, Offer
 from sllm.messages import ResultMessage
 
 MODEL = "m"
@@ -188,6 +189,23 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self._live_tasks()) < MAX_LIVE_TASKS)
     @rule(max_attempts=st.integers(1, 3))
     def enqueue(self, max_attempts: int) -> None:
+        self._enqueue(max_attempts, None)
+
+    @precondition(lambda self: len(self._live_tasks()) < MAX_LIVE_TASKS)
+    @rule(
+        max_attempts=st.integers(1, 3),
+        owner=st.sampled_from(OWNERS),
+        instance=st.sampled_from(["i1", "i2", "i3"]),
+        limit=st.integers(1, 2),
+    )
+    def enqueue_with_an_offer(
+        self, max_attempts: int, owner: str, instance: str, limit: int
+    ) -> None:
+        """The gateway offering its own dispatcher's pick: taken only with nothing queued,
+        on an instance that is ready with room."""
+        self._enqueue(max_attempts, Offer(owner, instance, limit, self.now, self.now + LEASE))
+
+    def _enqueue(self, max_attempts: int, offer: Offer | None) -> None:
         task_id = f"t{len(self.model)}"
         task = NewTask(
             id=task_id,
@@ -199,9 +217,17 @@ class QueueMachine(RuleBasedStateMachine):
             created=self.now,
             deadline=self.now + 600,
         )
-        got = self.run(self.store.tasks.enqueue(task, TTL))
-        self.queue.append(task_id)
-        self.model[task_id] = TaskModel(task_id, max_attempts)
+        got = self.run(self.store.tasks.enqueue(task, TTL, offer))
+        t = self.model[task_id] = TaskModel(task_id, max_attempts)
+        if offer is not None and self._takes(offer):
+            self.processing.append(task_id)
+            t.attempt, t.state, t.owner, t.instance = 1, "running", offer.owner, offer.instance_id
+            t.lease = offer.lease_until
+            assert got.claim is not None and (got.claim.task_id, got.claim.attempt) == (task_id, 1)
+            self.holdings.append(Holding(task_id, offer.owner, 1, offer.instance_id))
+        else:
+            self.queue.append(task_id)
+            assert got.claim is None
         assert (got.status, got.queue_length, got.instances) == (
             "ok",
             len(self.queue),
@@ -212,6 +238,14 @@ class QueueMachine(RuleBasedStateMachine):
         # for the reason time_passes gives.
         ghost = NewTask(task_id, "nope", "/v1/chat/completions", {}, "x", 9, self.now, 0.0)
         assert self.run(self.store.tasks.enqueue(ghost, TTL)).status == "missing"
+
+    def _takes(self, offer: Offer) -> bool:
+        held = sum(
+            1
+            for t in self.model.values()
+            if t.lease is not None and t.instance == offer.instance_id
+        )
+        return not self.queue and self.instances[offer.instance_id] and held < offer.max_concurrency
 
     # Every precondition below keeps a rule from running where it can change nothing: Hypothesis
     # runs whole examples of one rule (thirty cancels of one ended task, thirty clock ticks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ import redis as redis_sync
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
-from sllm.kv.tasks import NewTask
+from sllm.kv.tasks import NewTask, Offer
 from sllm.messages import ResultMessage
 
 MODEL = "m1"
@@ -115,6 +116,54 @@ async def test_expired_lease_requeues_then_fails_after_max_attempts(store: Store
     assert err.kind == "error" and err.data["error"]["code"] == "attempts_exhausted"
     assert await store.tasks.queued(MODEL) == [] and await store.tasks.processing(MODEL) == []
     assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
+
+
+def offer(instance_id: str = "i1", limit: int = 2, owner: str = "head-a") -> Offer:
+    now = time.time()
+    return Offer(owner, instance_id, limit, now, now + 30)
+
+
+async def test_an_offer_takes_a_task_past_an_empty_queue(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    enq = await store.tasks.enqueue(new_task("a"), 60, offer(limit=1))
+    assert (enq.status, enq.queue_length, enq.instances) == ("ok", 0, 1)
+    claim = enq.claim
+    assert claim is not None and claim.attempt == 1 and claim.task_id == "a"
+    assert (claim.endpoint, claim.reply_to) == ("/v1/completions", "t:results:h")
+    assert json.loads(claim.body) == {"model": MODEL, "prompt": "hi"}
+    # Stamped as a claim from the queue would be: the worker's finish ends it.
+    record = await store.tasks.get("a")
+    assert record is not None and (record.state, record.owner, record.instance) == (
+        "running",
+        "head-a",
+        "i1",
+    )
+    assert await store.tasks.processing(MODEL) == ["a"]
+    assert (await store.registry.get_instance("i1")).outstanding == 1  # type: ignore[union-attr]
+    assert await store.tasks.renew("a", "head-a", 1, time.time() + 30)
+    done = ResultMessage("a", 1, 0, "done", {}).encode()
+    assert await store.tasks.finish("a", MODEL, "i1", 1, "done", done, time.time(), 60)
+    assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
+
+
+async def test_an_offer_is_refused_where_a_claim_would_wait(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    assert (await store.tasks.enqueue(new_task("a"), 60, offer(limit=1))).claim is not None
+    # The instance is full: queued.
+    full = await store.tasks.enqueue(new_task("b"), 60, offer(limit=1))
+    assert (full.status, full.queue_length, full.claim) == ("ok", 1, None)
+    # Room again, but "b" waits in the queue: it goes first, "c" queues behind it.
+    behind = await store.tasks.enqueue(new_task("c"), 60, offer(limit=5))
+    assert (behind.queue_length, behind.claim) == (2, None)
+    assert await store.tasks.queued(MODEL) == ["b", "c"]
+    # An instance no longer ready takes nothing, even with an empty queue.
+    await store.client.delete(Keys("t").queue(MODEL))
+    assert await store.registry.set_instance_state("i1", "failed", reason="test")
+    gone = await store.tasks.enqueue(new_task("d"), 60, offer(limit=5))
+    assert (gone.queue_length, gone.claim) == (1, None)
+    # A retried enqueue of a task already in the system is not claimed a second time.
+    again = await store.tasks.enqueue(new_task("a"), 60, offer(limit=5))
+    assert again.claim is None and (await store.tasks.get("a")).attempt == 1  # type: ignore[union-attr]
 
 
 async def test_stamp_on_an_instance_that_is_not_ready_requeues(store: Store) -> None:
