@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from sllm.config import LogFormat
 
@@ -75,3 +75,9 @@ def prime_serving(app: FastAPI) -> None:
     protocols: 18 ms on the 2-core VM), done now: a warm process does it before it is
     asked for an instance."""
     uvicorn.Config(app, **_options("127.0.0.1", 0, "warning", False)).load()
+
+
+async def hung_up(request: Request) -> None:
+    """Returns once the client of ``request`` has closed its connection."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -43,7 +43,7 @@ from sllm.protocol import (
     ModelList,
     adapter_model_name,
 )
-from sllm.serving import log_fields
+from sllm.serving import hung_up, log_fields
 
 log = logging.getLogger(__name__)
 
@@ -466,16 +466,11 @@ class Gateway:
         return seconds
 
 
-async def _client_gone(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """What ``work`` returns (or raises); ClientGone, ``work`` being cancelled, when the
     client goes away first."""
     doing = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_client_gone(request))
+    gone = asyncio.ensure_future(hung_up(request))
     try:
         await asyncio.wait({doing, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -306,7 +306,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
                 "worker_not_ready",
                 type_="server_error",
             )
-        return await proxy.invoke(body)
+        return await proxy.invoke(body, request)
 
     return app
 

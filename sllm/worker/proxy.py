@@ -3,8 +3,9 @@
 Every backend speaks the same local OpenAI-compatible HTTP, so this one proxy serves
 them all. Chunks go to the task's reply channel as they come; the terminal outcome is
 stored and published in one step (finish_task.lua). The HTTP answer to the dispatcher
-is an NDJSON stream: a line every ``ALIVE_INTERVAL`` seconds while the attempt runs (so
-a frozen worker is told from a slow one), then the outcome.
+is NDJSON: the outcome line alone when the attempt ends within ``ALIVE_INTERVAL``, else a
+stream with a line every ``ALIVE_INTERVAL`` seconds while the attempt runs (so a frozen
+worker is told from a slow one), then the outcome.
 
 A dispatcher that hangs up without having cancelled the task has died (or is stopping):
 the attempt then goes on here, the worker renewing its lease, and its output still reaches
@@ -22,7 +23,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from fastapi.responses import StreamingResponse
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.registry import get_backend
@@ -30,11 +32,13 @@ from sllm.errors import error_body
 from sllm.kv import RedisError
 from sllm.kv.store import Store
 from sllm.messages import ResultMessage, encode_raw
+from sllm.serving import hung_up
 from sllm.worker.instance_manager import InstanceManager
 
 log = logging.getLogger(__name__)
 
 ALIVE_INTERVAL = 1.0
+NDJSON = "application/x-ndjson"
 # The body field of a resumed stream (sllm.head.stream_resume.CONTINUE_FIELD).
 CONTINUE_FIELD = "sllm_continue_from"
 
@@ -78,31 +82,41 @@ class Proxy:
         await asyncio.gather(*self._calls, *self._background, return_exceptions=True)
         await self.http.close()
 
-    async def invoke(self, call: InvokeBody) -> StreamingResponse:
+    async def invoke(self, call: InvokeBody, request: Request) -> Response:
         port = self.instances.port(call.instance_id)
         if port is None:
-            return _ndjson_once(
-                {"outcome": "retry", "error": f"instance {call.instance_id} is not on this worker"}
+            return Response(
+                _outcome("retry", f"instance {call.instance_id} is not on this worker"),
+                media_type=NDJSON,
             )
         job = asyncio.ensure_future(self._forward(call, port))
         self._calls.add(job)
         job.add_done_callback(self._calls.discard)
-        # The backend call goes out before this answer's headers: each send costs a
-        # syscall that wakes another process, and the backend's is the one on the path.
-        await asyncio.sleep(0)
-        return StreamingResponse(self._run(call, job), media_type="application/x-ndjson")
+        # Most attempts end within the first interval: the outcome line is then the whole
+        # answer, sent with its length in two writes, where a chunked stream takes three
+        # (on a VM each wakes the dispatcher's process) and a task group.
+        gone = asyncio.ensure_future(hung_up(request))
+        try:
+            await asyncio.wait(
+                {job, gone}, timeout=ALIVE_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            gone.cancel()
+        if job.done():
+            return Response(_outcome(*job.result()), media_type=NDJSON)
+        if gone.done() and not gone.cancelled():
+            self._detach(self._carry_on(call, job))  # as when the stream below is cut
+            return Response(status_code=499)  # nobody reads it
+        return StreamingResponse(self._run(call, job), media_type=NDJSON)
 
     async def _run(
         self, call: InvokeBody, job: asyncio.Future[tuple[str, str]]
     ) -> AsyncIterator[bytes]:
         try:
-            while True:
-                done, _ = await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
-                if done:
-                    break
+            while not job.done():
                 yield b'{"alive":true}\n'
-            outcome, error = job.result()
-            yield json.dumps({"outcome": outcome, "error": error}).encode() + b"\n"
+                await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
+            yield _outcome(*job.result())
         finally:
             if not job.done():
                 # The dispatcher hung up: its client is gone or its head died.
@@ -251,8 +265,6 @@ def _sse_data(line: bytes) -> str | None:
     return line[5:].strip().decode()
 
 
-def _ndjson_once(obj: dict[str, Any], status: int = 200) -> StreamingResponse:
-    async def one() -> AsyncIterator[bytes]:
-        yield json.dumps(obj).encode() + b"\n"
-
-    return StreamingResponse(one(), media_type="application/x-ndjson", status_code=status)
+def _outcome(outcome: str, error: str) -> bytes:
+    """The last NDJSON line of an attempt's answer."""
+    return json.dumps({"outcome": outcome, "error": error}).encode() + b"\n"
