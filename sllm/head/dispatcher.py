@@ -5,10 +5,10 @@ so queued work stays visible to the autoscaler, and every claim is a lease this 
 renews while the worker's ``/invoke`` call runs. A new request that finds its model's
 queue empty skips it: the gateway offers it to this dispatcher's pick (``offer``), the
 enqueue script claims and stamps it in the same round trip when that instance still has
-room, and the dispatcher runs it (``adopt``) like any claim. A worker that cannot be reached, or
-that stops answering, sends the task back to the queue (requeue_task.lua decides
-whether attempts remain); that instance then gets no new task from this head for a few
-seconds, so the retry goes elsewhere. A task whose backend died under it may be what
+room, and the dispatcher runs it (``adopt``) like any claim. A worker that cannot be
+reached, or that stops answering, sends the task back to the queue (requeue_task.lua
+decides whether attempts remain); that instance then gets no new task from this head for
+a few seconds, so the retry goes elsewhere. A task whose backend died under it may be what
 killed it: its retry runs alone on its instance, so it cannot take neighbours down twice.
 """
 
@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,8 @@ class Dispatcher:
         # down twice, so a neighbour loses at most the one attempt it shared with it.
         self._exclusive: dict[str, str] = {}
         self._stopping = False
+        # Requeues of offered tasks this head could not run (short: awaited at shutdown).
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- supervision ------------------------------------------------------------------
 
@@ -152,7 +155,9 @@ class Dispatcher:
         jobs = [r.job for r in self._running.values()]
         for job in jobs:
             job.cancel()
-        await asyncio.gather(*self._loops.values(), *refreshes, *jobs, return_exceptions=True)
+        await asyncio.gather(
+            *self._loops.values(), *refreshes, *jobs, *self._background, return_exceptions=True
+        )
 
     async def on_control(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -186,14 +191,20 @@ class Dispatcher:
 
     def adopt(self, claim: Claim, model: str, instance_id: str) -> None:
         """Run a task the enqueue claimed for this head on the instance ``offer`` named;
-        left to its lease's expiry when that instance is no longer known here."""
+        back to the queue, its attempt unspent, when this head can no longer run it."""
         view = self._views.get(model)
         instance = view.records.get(instance_id) if view is not None else None
         if view is None or instance is None or self._stopping:
-            log.warning("task %s: offered instance %s is gone here", claim.task_id, instance_id)
+            reason = f"this head no longer runs tasks on {instance_id}"
+            self._detach(self._requeue(claim, reason, unsent=True))
             return
         view.count(instance_id, +1, time.time())
         self._start(claim, instance)
+
+    def _detach(self, coro: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.create_task(coro)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
 
     async def _refresh(self, model: str, view: ModelView) -> None:
         try:
