@@ -7,6 +7,12 @@ minimal single-hop uvicorn app returning the same JSON, all measured in one run.
 Non-streaming: requests/s and latency p50/p99 per concurrency. Streaming: tokens/s and
 inter-token latency at concurrency 1 and 8. A raw asyncio responder measures the load
 generator's own ceiling first, so that the client is never what limits the figures.
+
+A path skeleton measures what the cluster's shape costs before any of its logic: a head
+and a worker process that do nothing but what every request must (the head stores the
+task in Redis and calls the worker, the worker calls the same dummy backend and stores
+the result), as plain ASGI apps on uvicorn with aiohttp and redis-py, the cluster's own
+libraries. No implementation of this design on these libraries does less per request.
 """
 
 from __future__ import annotations
@@ -121,6 +127,66 @@ def raw_responder_main(port: int) -> None:
     asyncio.run(serve())
 
 
+def skeleton_main(port: int, next_url: str, redis_url: str, role: str) -> None:
+    """One hop of the path skeleton: store in Redis and call ``next_url`` (the head), or
+    call ``next_url`` and store its answer (the worker); answer what came back."""
+    import uuid
+
+    import redis.asyncio as redis
+    import uvicorn
+
+    # One round trip each, as the enqueue and finish scripts are.
+    script = {
+        "head": "redis.call('HSET', KEYS[1], 'body', ARGV[1]) redis.call('EXPIRE', KEYS[1], 60)",
+        "worker": "redis.call('HSET', KEYS[1], 'result', ARGV[1])",
+    }[role]
+    state: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/health":
+            answer = b'{"status":"ok"}'
+        else:
+            if not state:
+                state["http"] = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+                )
+                # As many connections as concurrent requests, as the cluster's clients allow.
+                client = redis.Redis.from_url(redis_url, max_connections=512)
+                state["store"] = client.register_script(script)
+            http: aiohttp.ClientSession = state["http"]
+            store = state["store"]
+            headers = dict(scope["headers"])
+            key = headers.get(b"x-task", b"").decode() or f"skeleton:{uuid.uuid4().hex}"
+            if role == "head":
+                await store(keys=[key], args=[body])
+            async with http.post(
+                f"{next_url}{scope['path']}",
+                data=body,
+                headers={"content-type": "application/json", "x-task": key},
+            ) as resp:
+                answer = await resp.read()
+            if role == "worker":
+                await store(keys=[key], args=[answer])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+    )
+
+
 # -- load ------------------------------------------------------------------------------
 
 
@@ -232,6 +298,22 @@ def start_direct_dummy(work: Path) -> Child:
     return child
 
 
+def start_skeleton(work: Path, backend_url: str, redis_url: str) -> list[Child]:
+    """The path skeleton's worker (in front of ``backend_url``) and head: [head, worker]."""
+    children: list[Child] = []
+    next_url = backend_url
+    for role in ("worker", "head"):
+        port = free_port()
+        argv = [sys.executable, __file__, "--skeleton", str(port), next_url, redis_url, role]
+        child = spawn(
+            f"skeleton-{role}", argv, work / f"skeleton-{role}.log", f"http://127.0.0.1:{port}"
+        )
+        children.insert(0, child)
+        wait_healthy(child, 30)
+        next_url = child.url
+    return children
+
+
 def start_cluster(work: Path, instances: int = 1) -> list[Child]:
     redis = start_redis(free_port(), work / "redis")
     env = {"SLLM_LOG_LEVEL": "warning"}
@@ -282,11 +364,14 @@ def run(seconds: float, levels: list[int]) -> dict[str, Any]:
             children.append(direct)
             cluster = start_cluster(work)
             children.extend(cluster)
-            head = cluster[1]
+            head, redis = cluster[1], cluster[2]
+            skeleton = start_skeleton(work, direct.url, redis.url)
+            children.extend(skeleton)
             targets = {
                 "client ceiling (raw asyncio)": f"{raw.url}{PATH}",
                 "single-hop floor (uvicorn)": f"{floor.url}{PATH}",
                 "dummy backend direct": f"{direct.url}{PATH}",
+                "path skeleton": f"{skeleton[0].url}{PATH}",
                 "cluster": f"{head.url}{PATH}",
             }
             out: dict[str, Any] = {"seconds_per_level": seconds, "non_streaming": {}}
@@ -318,17 +403,15 @@ def report(out: dict[str, Any], levels: list[int]) -> None:
                 f"{name:<30}{c:>6}{r['requests_per_s']:>10.0f}{r['p50_ms'] or 0:>9.2f}"
                 f"{r['p99_ms'] or 0:>9.2f}{r['errors']:>8}"
             )
-    floor, cluster, direct = (
-        ns["single-hop floor (uvicorn)"],
-        ns["cluster"],
-        ns["dummy backend direct"],
-    )
-    if "64" in cluster:
-        share = cluster["64"]["requests_per_s"] / floor["64"]["requests_per_s"]
-        print(f"cluster / floor req/s at 64: {share:.2f} (target >= 0.25)")
-    if "1" in cluster:
-        added = cluster["1"]["p50_ms"] - direct["1"]["p50_ms"]
-        print(f"added median latency at 1: {added:.2f} ms (target < 2)")
+    floor, direct = ns["single-hop floor (uvicorn)"], ns["dummy backend direct"]
+    for name in ("cluster", "path skeleton"):
+        by_level = ns[name]
+        if "64" in by_level:
+            share = by_level["64"]["requests_per_s"] / floor["64"]["requests_per_s"]
+            print(f"{name} / floor req/s at 64: {share:.2f} (target >= 0.25)")
+        if "1" in by_level:
+            added = by_level["1"]["p50_ms"] - direct["1"]["p50_ms"]
+            print(f"{name}: added median latency at 1: {added:.2f} ms (target < 2)")
     print("streaming chat, 64 tokens")
     print(f"{'target':<30}{'conc':>6}{'tokens/s':>10}{'ITL p50 ms':>12}{'errors':>8}")
     for name, by_level in out["streaming"].items():
@@ -349,12 +432,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--floor-app", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--raw-responder", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--skeleton", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_app:
         floor_app_main(args.floor_app)
         return
     if args.raw_responder:
         raw_responder_main(args.raw_responder)
+        return
+    if args.skeleton:
+        port, next_url, redis_url, role = args.skeleton
+        skeleton_main(int(port), next_url, redis_url, role)
         return
     out = run(args.seconds, args.concurrency)
     report(out, args.concurrency)
