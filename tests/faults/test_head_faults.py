@@ -35,12 +35,20 @@ def test_killing_one_of_two_heads_loses_no_request_of_the_other(cluster: Cluster
     cluster.wait_ready("m", 2)
     recorder = Recorder()
     common = {"max_tokens": 8, "timeout": 60}
-    loads = [
-        Load(recorder, doomed.url, label="doomed", concurrency=3, **common),
-        Load(recorder, survivor.url, label="plain", concurrency=3, **common),
-        Load(recorder, survivor.url, label="stream", concurrency=2, stream=True, **common),
-    ]
+    loads = [Load(recorder, doomed.url, label="doomed", concurrency=3, **common)]
     try:
+        # A head keeps the slots it holds (each of its tasks that ends wakes its own claim
+        # loop first, while the other head looks once a second), so the doomed head takes
+        # its share before the survivor's clients come.
+        wait_until(
+            lambda: len([t for t in state.running(r) if t.owner == doomed_id]) == 3,
+            30,
+            "the doomed head to run its own clients' requests",
+        )
+        loads += [
+            Load(recorder, survivor.url, label="plain", concurrency=3, **common),
+            Load(recorder, survivor.url, label="stream", concurrency=2, stream=True, **common),
+        ]
         # Both heads dispatch from the one queue: wait for the doomed one to be running
         # some of the survivor's requests, one that began so lately (a request takes
         # 0.8 s) that it is still running when the kill lands.
