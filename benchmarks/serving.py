@@ -10,9 +10,10 @@ generator's own ceiling first, so that the client is never what limits the figur
 
 A path skeleton measures what the cluster's shape costs before any of its logic: a head
 and a worker process that do nothing but what every request must (the head stores the
-task in Redis and calls the worker, the worker calls the same dummy backend and stores
-the result), as plain ASGI apps on uvicorn with aiohttp and redis-py, the cluster's own
-libraries. No implementation of this design on these libraries does less per request.
+task in Redis and calls the worker, the worker calls the same dummy backend, answers and
+then stores the result), as plain ASGI apps on uvicorn with aiohttp and redis-py, the
+cluster's own libraries. No implementation of this design on these libraries does less
+per request.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def raw_responder_main(port: int) -> None:
 
 def skeleton_main(port: int, next_url: str, redis_url: str, role: str) -> None:
     """One hop of the path skeleton: store in Redis and call ``next_url`` (the head), or
-    call ``next_url`` and store its answer (the worker); answer what came back."""
+    call ``next_url`` and store its answer once it is sent (the worker); answer what came
+    back."""
     import uuid
 
     import redis.asyncio as redis
@@ -171,8 +173,6 @@ def skeleton_main(port: int, next_url: str, redis_url: str, role: str) -> None:
                 headers={"content-type": "application/json", "x-task": key},
             ) as resp:
                 answer = await resp.read()
-            if role == "worker":
-                await store(keys=[key], args=[answer])
         await send(
             {
                 "type": "http.response.start",
@@ -181,6 +181,8 @@ def skeleton_main(port: int, next_url: str, redis_url: str, role: str) -> None:
             }
         )
         await send({"type": "http.response.body", "body": answer})
+        if role == "worker" and scope["path"] != "/health":
+            await store(keys=[key], args=[answer])
 
     uvicorn.run(
         app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
