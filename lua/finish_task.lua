@@ -3,8 +3,7 @@
 -- KEYS[1] task hash, KEYS[2] leases zset, KEYS[3] processing list, KEYS[4] instance hash,
 -- KEYS[5] instance tasks set
 -- ARGV[1] task id, ARGV[2] attempt, ARGV[3] state ('done' or 'failed'),
--- ARGV[4] terminal message (JSON), ARGV[5] now, ARGV[6] ttl (s), ARGV[7] '0' when the
--- worker hands the message to its dispatcher itself (then it is stored, not published)
+-- ARGV[4] terminal message (JSON), ARGV[5] now, ARGV[6] ttl (s)
 -- Returns 1, or 0 when this attempt is stale or already ended (nothing changes).
 local t = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'reply_to')
 if t[2] ~= ARGV[2] or (t[1] ~= 'running' and t[1] ~= 'cancelled') then
@@ -24,7 +23,7 @@ if t[1] == 'cancelled' then
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4], 'finished', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-if t[3] and ARGV[7] ~= '0' then
+if t[3] then
   redis.call('PUBLISH', t[3], ARGV[4])
 end
 return 1

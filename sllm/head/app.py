@@ -58,7 +58,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
         )
         bus = ResultBus(patient.client, keys, head_id)
         workers = WorkerManager(patient, settings, http, beats=fast)
-        dispatcher = Dispatcher(patient, settings, head_id, http, metrics, bus)
+        dispatcher = Dispatcher(patient, settings, head_id, http, metrics)
         autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent)
         bus.on_control(dispatcher.on_control)
         bus.on_control(autoscaler.on_control)

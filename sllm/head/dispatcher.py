@@ -28,7 +28,6 @@ from sllm.config import DeployConfig, HeadSettings
 from sllm.head.routing import pick_instance
 from sllm.head.scaling import InstanceLoad
 from sllm.kv import RedisError
-from sllm.kv.bus import ResultBus
 from sllm.kv.client import BLOCK_TIMEOUT
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
@@ -90,15 +89,11 @@ class Dispatcher:
         head_id: str,
         http: aiohttp.ClientSession,
         metrics: HeadMetrics | None = None,
-        bus: ResultBus | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.head_id = head_id
         self.http = http
-        # This head's result bus: a non-streamed task whose client waits on this head gets
-        # its outcome in the worker's answer and hands it over here (no pub/sub hop).
-        self.bus = bus
         self.metrics = metrics or HeadMetrics()
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._configs: dict[str, DeployConfig] = {}
@@ -368,9 +363,6 @@ class Dispatcher:
             "deadline": claim.deadline,
             "owner": self.head_id,
             "lease_seconds": self.settings.lease_seconds,
-            "inline": self.bus is not None
-            and not claim.stream
-            and claim.reply_to == self.bus.channel,
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=INVOKE_SILENCE)
         try:
@@ -386,8 +378,6 @@ class Dispatcher:
                         last = json.loads(line)
                 outcome = str(last.get("outcome", ""))
                 if outcome in ("done", "failed"):
-                    if self.bus is not None and last.get("result"):
-                        self.bus.deliver(str(last["result"]))
                     return outcome, ""
                 if outcome in ("retry", "crashed"):
                     return outcome, str(last.get("error", "the backend was unavailable"))

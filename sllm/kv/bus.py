@@ -104,21 +104,16 @@ class ResultBus:
         for queue in self._listeners.values():
             queue.put_nowait(RESYNC)
 
-    def deliver(self, data: str) -> None:
-        """Hand a result message to its task's listener, if it still has one: what comes
-        on this head's channel, or what a worker answered this head's dispatcher."""
-        try:
-            message = ResultMessage.decode(data)
-        except (ValueError, KeyError, TypeError):
-            log.warning("dropped a malformed result message: %.200s", data)
-            return
-        queue = self._listeners.get(message.task)
-        if queue is not None:
-            queue.put_nowait(message)
-
     async def _deliver(self, channel: str, data: str) -> None:
         if channel == self.channel:
-            self.deliver(data)
+            try:
+                message = ResultMessage.decode(data)
+            except (ValueError, KeyError, TypeError):
+                log.warning("dropped a malformed result message: %.200s", data)
+                return
+            queue = self._listeners.get(message.task)
+            if queue is not None:
+                queue.put_nowait(message)
             return
         try:
             event = json.loads(data)

@@ -191,11 +191,8 @@ class TaskStore:
         message: str,
         now: float,
         ttl: int,
-        *,
-        publish: bool = True,
     ) -> bool:
-        """Store and publish the terminal message of this attempt (store only, when not
-        ``publish``); False if it is stale."""
+        """Store and publish the terminal message of this attempt; False if it is stale."""
         k = self._k
         return bool(
             await self._s.finish_task(
@@ -206,7 +203,7 @@ class TaskStore:
                     k.instance(instance_id),
                     k.instance_tasks(instance_id),
                 ],
-                args=[task_id, attempt, state, message, now, ttl, int(publish)],
+                args=[task_id, attempt, state, message, now, ttl],
             )
         )
 

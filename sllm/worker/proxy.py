@@ -5,9 +5,7 @@ them all. Chunks go to the task's reply channel as they come; the terminal outco
 stored and published in one step (finish_task.lua). The HTTP answer to the dispatcher
 is NDJSON: the outcome line alone when the attempt ends within ``ALIVE_INTERVAL``, else a
 stream with a line every ``ALIVE_INTERVAL`` seconds while the attempt runs (so a frozen
-worker is told from a slow one), then the outcome. A non-streamed call marked ``inline``
-(its client waits on the dispatcher's head) gets its terminal message in the outcome
-line instead of through pub/sub, and Redis stores it behind the answer.
+worker is told from a slow one), then the outcome.
 
 A dispatcher that hangs up without having cancelled the task has died (or is stopping):
 the attempt then goes on here, the worker renewing its lease, and its output still reaches
@@ -22,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 from fastapi import Request
@@ -62,9 +60,6 @@ class InvokeBody(BaseModel):
     # when that head goes away mid-attempt.
     owner: str = ""
     lease_seconds: float = Field(15.0, gt=0)
-    # The dispatcher is on the head that waits for the result: a non-streamed outcome's
-    # message goes back in the answer, not through Redis pub/sub.
-    inline: bool = False
 
 
 class Proxy:
@@ -77,7 +72,7 @@ class Proxy:
         )
         self._background: set[asyncio.Task[None]] = set()
         # The backend calls in flight: each ends with its answer's stream, or here.
-        self._calls: set[asyncio.Future[Outcome]] = set()
+        self._calls: set[asyncio.Future[tuple[str, str]]] = set()
 
     async def aclose(self) -> None:
         for call in self._calls:
@@ -91,7 +86,7 @@ class Proxy:
         port = self.instances.port(call.instance_id)
         if port is None:
             return Response(
-                Outcome("retry", f"instance {call.instance_id} is not on this worker").line(),
+                _outcome("retry", f"instance {call.instance_id} is not on this worker"),
                 media_type=NDJSON,
             )
         job = asyncio.ensure_future(self._forward(call, port))
@@ -108,24 +103,26 @@ class Proxy:
         finally:
             gone.cancel()
         if job.done():
-            return Response(job.result().line(), media_type=NDJSON)
+            return Response(_outcome(*job.result()), media_type=NDJSON)
         if gone.done() and not gone.cancelled():
             self._detach(self._carry_on(call, job))  # as when the stream below is cut
             return Response(status_code=499)  # nobody reads it
         return StreamingResponse(self._run(call, job), media_type=NDJSON)
 
-    async def _run(self, call: InvokeBody, job: asyncio.Future[Outcome]) -> AsyncIterator[bytes]:
+    async def _run(
+        self, call: InvokeBody, job: asyncio.Future[tuple[str, str]]
+    ) -> AsyncIterator[bytes]:
         try:
             while not job.done():
                 yield b'{"alive":true}\n'
                 await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
-            yield job.result().line()
+            yield _outcome(*job.result())
         finally:
             if not job.done():
                 # The dispatcher hung up: its client is gone or its head died.
                 self._detach(self._carry_on(call, job))
 
-    async def _carry_on(self, call: InvokeBody, job: asyncio.Future[Outcome]) -> None:
+    async def _carry_on(self, call: InvokeBody, job: asyncio.Future[tuple[str, str]]) -> None:
         """Hold the lease of an attempt whose dispatcher hung up, until the attempt ends.
         A cancelled task (its client left) or a claim that moved on is not renewed: its
         backend work stops, and a cancelled task is released."""
@@ -148,20 +145,20 @@ class Proxy:
         job.cancel()
         await self._release_if_cancelled(call)
 
-    async def _forward(self, call: InvokeBody, port: int) -> Outcome:
+    async def _forward(self, call: InvokeBody, port: int) -> tuple[str, str]:
         if not self._can_continue(call):
             await self._fail(
                 call,
                 "this backend cannot continue a stream from where another instance stopped",
                 "invalid_request",
             )
-            return Outcome("failed", "resume not supported by the backend")
+            return "failed", "resume not supported by the backend"
         url = f"http://127.0.0.1:{port}{call.endpoint}"
         headers = {"content-type": "application/json", "x-request-id": call.request_id}
         remaining = call.deadline - time.time()
         if remaining <= 0:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
-            return Outcome("failed", "deadline passed")
+            return "failed", "deadline passed"
         timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=2.0)
         seq = 0
         try:
@@ -170,17 +167,12 @@ class Proxy:
             ) as resp:
                 if resp.status != 200:
                     await self._fail_with_backend_error(call, resp.status, await resp.text())
-                    return Outcome("failed", f"backend answered {resp.status}")
+                    return "failed", f"backend answered {resp.status}"
                 if not call.stream:
                     message = encode_raw(call.task_id, call.attempt, 0, "done", await resp.text())
                     self.instances.first_output(call.instance_id)
-                    if call.inline:
-                        # Redis learns of it off the request's path: its round trip, and
-                        # the publish's hop to the head, were on every request's.
-                        self._detach(self._finish_behind(call, message))
-                        return Outcome("done", "", message)
                     await self._finish(call, "done", message)
-                    return Outcome("done")
+                    return "done", ""
                 async for line in resp.content:
                     data = _sse_data(line)
                     if data is None:
@@ -189,7 +181,7 @@ class Proxy:
                         break
                     if data.startswith('{"error"'):
                         await self._fail_with_backend_error(call, 500, data)
-                        return Outcome("failed", "backend error mid-stream")
+                        return "failed", "backend error mid-stream"
                     await self.store.tasks.publish(
                         call.reply_to, encode_raw(call.task_id, call.attempt, seq, "chunk", data)
                     )
@@ -198,19 +190,17 @@ class Proxy:
                     seq += 1
             done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
             await self._finish(call, "done", done)
-            return Outcome("done")
+            return "done", ""
         except TimeoutError:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
-            return Outcome("failed", "deadline passed")
+            return "failed", "deadline passed"
         except aiohttp.ClientError as exc:
             # The backend died or refused: another instance may serve it (the gateway
             # decides what to do with output it already relayed). "crashed", not "retry":
             # this request may be what killed it, so the head retries it alone.
-            return Outcome(
-                "crashed", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
-            )
+            return "crashed", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
         except RedisError as exc:
-            return Outcome("retry", f"worker lost Redis: {exc}")
+            return "retry", f"worker lost Redis: {exc}"
 
     def _can_continue(self, call: InvokeBody) -> bool:
         """False for a resumed stream (``sllm_continue_from``) sent to a backend that
@@ -222,9 +212,7 @@ class Proxy:
             return True
         return CONTINUE_FIELD not in json.loads(call.body)
 
-    async def _finish(
-        self, call: InvokeBody, state: str, message: str, *, publish: bool = True
-    ) -> None:
+    async def _finish(self, call: InvokeBody, state: str, message: str) -> None:
         await self.store.tasks.finish(
             call.task_id,
             call.model,
@@ -234,17 +222,7 @@ class Proxy:
             message,
             time.time(),
             self.result_ttl,
-            publish=publish,
         )
-
-    async def _finish_behind(self, call: InvokeBody, message: str) -> None:
-        """Store the outcome of an attempt whose message went to its dispatcher."""
-        try:
-            await self._finish(call, "done", message, publish=False)
-        except RedisError as exc:
-            # The client has its answer; the lease's expiry ends the attempt instead, and
-            # a rerun's output goes to a head that no longer listens for it.
-            log.warning("could not store the outcome of %s: %s", call.task_id, exc)
 
     async def _fail(self, call: InvokeBody, text: str, code: str) -> None:
         body = json.dumps(error_body(text, code))
@@ -287,17 +265,6 @@ def _sse_data(line: bytes) -> str | None:
     return line[5:].strip().decode()
 
 
-class Outcome(NamedTuple):
-    """How an attempt ended, and its terminal message when the worker hands that to
-    the dispatcher itself."""
-
-    kind: str
-    error: str = ""
-    result: str = ""
-
-    def line(self) -> bytes:
-        """The last NDJSON line of an attempt's answer."""
-        fields = {"outcome": self.kind, "error": self.error}
-        if self.result:
-            fields["result"] = self.result
-        return json.dumps(fields).encode() + b"\n"
+def _outcome(outcome: str, error: str) -> bytes:
+    """The last NDJSON line of an attempt's answer."""
+    return json.dumps({"outcome": outcome, "error": error}).encode() + b"\n"

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from sllm.config import DeployConfig, HeadSettings
 from sllm.head.dispatcher import Dispatcher, ModelView
-from sllm.kv.bus import ResultBus
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
 from sllm.kv.tasks import NewTask
-from sllm.messages import ResultMessage
 
 MODEL = "m1"
 
@@ -89,66 +83,3 @@ async def test_a_claim_this_head_cannot_run_goes_back_unspent(
     assert record.max_attempts == 3  # the attempt it never had is not counted
     assert await store.tasks.queued(MODEL) == ["a"]
     assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
-
-
-@pytest.fixture
-async def worker() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A worker's /invoke that records each call and answers a done outcome, its message
-    inline when the call asks for it."""
-    calls: list[dict[str, Any]] = []
-
-    async def invoke(request: web.Request) -> web.Response:
-        call = await request.json()
-        calls.append(call)
-        outcome: dict[str, Any] = {"outcome": "done", "error": ""}
-        if call["inline"]:
-            message = ResultMessage(call["task_id"], call["attempt"], 0, "done", {"ok": True})
-            outcome["result"] = message.encode()
-        return web.Response(text=json.dumps(outcome) + "\n")
-
-    app = web.Application()
-    app.router.add_post("/invoke", invoke)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", calls
-    await runner.cleanup()
-
-
-async def test_a_result_for_this_head_comes_back_in_the_workers_answer(
-    dispatcher: Dispatcher, store: Store, worker: tuple[str, list[dict[str, Any]]]
-) -> None:
-    url, calls = worker
-    bus = ResultBus(store.client, Keys("o"), "head-a")
-    dispatcher.bus = bus
-    view = dispatcher._views[MODEL]
-    await dispatcher._fetch(MODEL, view)
-    view.records["i1"] = replace(view.records["i1"], url=url)
-    other_head = "o:results:head-b"
-    for task_id, stream, reply_to in (
-        ("a", False, bus.channel),
-        ("b", True, bus.channel),
-        ("c", False, other_head),
-    ):
-        new = replace(task(task_id), stream=stream, reply_to=reply_to)
-        queue = bus.listen(task_id)
-        offer = dispatcher.offer(MODEL)
-        assert offer is not None
-        enq = await store.tasks.enqueue(new, 60, offer)
-        assert enq.claim is not None
-        dispatcher.adopt(enq.claim, MODEL, offer.instance_id)
-        await dispatcher._running[task_id].job
-        if task_id == "a":
-            # No pub/sub in between: the message is on the listener's queue already.
-            message = queue.get_nowait()
-            assert isinstance(message, ResultMessage)
-            assert (message.task, message.kind, message.data) == ("a", "done", {"ok": True})
-        else:
-            assert queue.empty()
-        # What the worker stores behind its answer, freeing the instance's one slot.
-        done = ResultMessage(task_id, 1, 0, "done", {}).encode()
-        await store.tasks.finish(task_id, MODEL, "i1", 1, "done", done, time.time(), 60)
-    # Streamed output, and a client waiting on another head, go through Redis.
-    assert [c["inline"] for c in calls] == [True, False, False]

@@ -95,25 +95,6 @@ async def test_claim_lease_finish_publishes_and_stores(store: Store) -> None:
     assert await store.tasks.expired_leases(time.time() + 100) == []
 
 
-async def test_a_finish_handed_to_the_dispatcher_is_stored_not_published(store: Store) -> None:
-    await deploy_with_ready_instance(store)
-    await store.tasks.enqueue(new_task("a"), 60)
-    pubsub = store.client.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe("t:results:h")
-    _, claim = await claim_and_stamp(store)
-    assert claim is not None
-    done = ResultMessage("a", 1, 0, "done", {"ok": True}).encode()
-    assert await store.tasks.finish(
-        "a", MODEL, "i1", 1, "done", done, time.time(), 60, publish=False
-    )
-    # A publish would be read within these reads (see the test above).
-    for _ in range(10):
-        assert await pubsub.get_message(timeout=0.1) is None
-    await pubsub.aclose()
-    assert await store.tasks.state_and_result("a") == ("done", done)
-    assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
-
-
 async def test_expired_lease_requeues_then_fails_after_max_attempts(store: Store) -> None:
     await deploy_with_ready_instance(store)
     await store.tasks.enqueue(new_task("a", max_attempts=2), 60)
