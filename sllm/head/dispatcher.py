@@ -243,8 +243,9 @@ class Dispatcher:
                     view.fetched = 0.0
                     continue
                 eligible = self._eligible(view.loads)
-                if target.id not in {v.id for v in eligible}:
-                    # The target failed a call while this loop waited for a task.
+                if pick_instance([v for v in eligible if v.id == target.id], limit) is None:
+                    # The target failed a call, or offered tasks filled it, while this loop
+                    # waited for a task.
                     target = pick_instance(eligible, limit)
                     if target is None:
                         await self.store.tasks.recover_claim(model, task_id)

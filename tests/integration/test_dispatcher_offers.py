@@ -83,3 +83,34 @@ async def test_a_claim_this_head_cannot_run_goes_back_unspent(
     assert record.max_attempts == 3  # the attempt it never had is not counted
     assert await store.tasks.queued(MODEL) == ["a"]
     assert (await store.registry.get_instance("i1")).outstanding == 0  # type: ignore[union-attr]
+
+
+async def test_a_claim_loop_does_not_overfill_an_instance_offers_filled(
+    dispatcher: Dispatcher, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(
+        dispatcher, "_start", lambda claim, _instance: started.append(claim.task_id)
+    )
+    dispatcher._wakes[MODEL] = asyncio.Event()
+    loop = asyncio.create_task(dispatcher._claim_loop(MODEL))
+    try:
+        # The loop picks i1 (one free slot) and waits for a task in the empty queue.
+        await asyncio.sleep(0.2)
+        offer = dispatcher.offer(MODEL)
+        assert offer is not None
+        enq = await store.tasks.enqueue(task("a"), 60, offer)
+        assert enq.claim is not None
+        dispatcher.adopt(enq.claim, MODEL, offer.instance_id)
+        # i1 is full now: the next request waits in the queue, where the loop takes it.
+        assert dispatcher.offer(MODEL) is None
+        assert (await store.tasks.enqueue(task("b"), 60)).status == "ok"
+        await asyncio.sleep(0.3)
+        assert started == ["a"]
+        record = await store.tasks.get("b")
+        assert record is not None and record.state == "queued"
+        assert await store.tasks.queued(MODEL) == ["b"]
+        assert (await store.registry.get_instance("i1")).outstanding == 1  # type: ignore[union-attr]
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
