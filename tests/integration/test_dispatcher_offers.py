@@ -96,13 +96,19 @@ async def test_a_claim_loop_does_not_overfill_an_instance_offers_filled(
     loop = asyncio.create_task(dispatcher._claim_loop(MODEL))
     try:
         # The loop picks i1 (one free slot) and waits for a task in the empty queue.
-        await asyncio.sleep(0.2)
+        for _ in range(100):
+            if any(c.get("cmd") == "blmove" for c in await store.client.client_list()):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the claim loop never waited on the queue")
         offer = dispatcher.offer(MODEL)
         assert offer is not None
         enq = await store.tasks.enqueue(task("a"), 60, offer)
         assert enq.claim is not None
         dispatcher.adopt(enq.claim, MODEL, offer.instance_id)
-        # i1 is full now: the next request waits in the queue, where the loop takes it.
+        # i1 is full now: the next request waits in the queue, and the loop, which picked
+        # i1 before, must not run it there.
         assert dispatcher.offer(MODEL) is None
         assert (await store.tasks.enqueue(task("b"), 60)).status == "ok"
         await asyncio.sleep(0.3)
