@@ -4,10 +4,9 @@ token, through a real cluster on this machine (Redis, head, worker), split into 
 phases the head and worker measure; against a fresh ``python -c`` that loads the same
 model with plain transformers and generates one token.
 
-    python benchmarks/cold_start.py [--repeat 5] [--json OUT]
+    python benchmarks/cold_start.py [--repeat 5] [--json OUT] [--warm-heap-gb N]
 
-The worker runs with ``--warm-heap-gb 0.5`` (``WARM_HEAP_GB``): the demo model's KV
-cache is allocated from its warm process's faulted-in heap.
+The worker runs with its defaults but for ``--warm-heap-gb`` when one is given here.
 
 Tiers, in the order they are measured:
 
@@ -62,7 +61,6 @@ from sllm.launcher import (
 MODEL = "demo"
 SOURCE = "smollm2-135m"
 KEEP_ALIVE = 1.0
-WARM_HEAP_GB = 0.5
 PHASES = ("placement", "process_start", "weight_load", "first_token")
 
 
@@ -91,8 +89,9 @@ ENV = {"SLLM_LOG_LEVEL": "warning"}
 
 
 class Bench:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, warm_heap_gb: float | None) -> None:
         self.work = work
+        self.warm_heap_gb = warm_heap_gb
         # Made once: building an httpx client (its TLS context) took 40-75 ms here, which
         # httpx.stream() paid inside each measured request.
         self.client = httpx.Client(timeout=900)
@@ -114,8 +113,9 @@ class Bench:
         httpx.post(f"{self.head.url}/register", json=config, timeout=30).raise_for_status()
 
     def _worker(self, *, memory_tier: bool) -> Child:
-        # The KV cache of the demo model (0.38 GB) is allocated from the warm heap.
-        env = {**ENV, "SLLM_HEARTBEAT_INTERVAL": "1", "SLLM_WARM_HEAP_GB": str(WARM_HEAP_GB)}
+        env = {**ENV, "SLLM_HEARTBEAT_INTERVAL": "1"}
+        if self.warm_heap_gb is not None:
+            env["SLLM_WARM_HEAP_GB"] = str(self.warm_heap_gb)
         if not memory_tier:
             env["SLLM_MEMORY_CACHE_GB"] = "0"
         return start_worker(free_port(), self.head.url, self.work, env)
@@ -227,9 +227,9 @@ def plain_transformers(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def run(repeat: int) -> dict[str, Any]:
+def run(repeat: int, warm_heap_gb: float | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), warm_heap_gb)
         runs: list[dict[str, Any]] = []
         try:
             runs.append(bench.cold("none"))
@@ -267,8 +267,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--warm-heap-gb", type=float, help="the worker's (default: its own)")
     args = parser.parse_args()
-    out = run(args.repeat)
+    out = run(args.repeat, args.warm_heap_gb)
     report(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

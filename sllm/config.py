@@ -194,12 +194,13 @@ class WorkerSettings(BaseSettings):
         "the page cache). A model larger than this is mapped; what a model leaves unused is "
         "given back once it is loaded.",
     )
-    warm_heap_gb: float = Field(
-        0.0,
+    warm_heap_gb: float | None = Field(
+        None,
         ge=0,
         description="Memory each warm process's malloc heap faults in while it waits, for "
         "what the CPU instance it becomes allocates as it starts (continuous batching's KV "
-        "cache: 0.38 GB for the demo model); the instance keeps its heap (0: none).",
+        "cache: 0.38 GB for the demo model); what the instance leaves unused is given back "
+        "once it is loaded (default: 0.5 on a worker without NVIDIA GPUs, else 0; 0: none).",
     )
     cluster_token: SecretStr | None = Field(
         None, description="Shared secret of every head <-> worker call (unset: none)."

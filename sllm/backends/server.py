@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from sllm.api_errors import install_error_handlers
+from sllm.backends import warm_heap
 from sllm.backends.engine import Engine, SamplingParams
 from sllm.backends.stops import StopScanner
 from sllm.errors import ModelNotFound, RequestError, SllmError, error_body
@@ -445,6 +446,7 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
         engine = build(args.model, args.instance_id, config, args.storage_path, adapters)
         load = (load_started, time.time() - load_started)
         arena.release()  # what of a warm process's arena the engine did not claim
+        warm_heap.release()
     except ValueError as exc:
         # The worker reports the log's last lines: make this one say it all.
         print(f"sllm {name} backend: cannot start: {exc}", file=sys.stderr)

@@ -14,21 +14,41 @@ page, and frees it. The instance's first allocations reuse those pages.
 
 glibc reads these variables when the process starts, so the worker starts its warm
 processes with them (``environment``); instances it starts cold keep glibc's defaults.
-The instance keeps what its heap grows to for its life: freed memory stays with it.
+Once the instance is loaded (``release``), what it left of the heap goes back to the
+system, and glibc returns and maps large blocks again, as its own defaults would after a
+while; the one arena stays (glibc sizes its arena limit once).
+
+On by default where the instance's KV cache is in host memory: a worker without GPUs
+(``CPU_DEFAULT_GB``). The cost is the idle warm process holding that much.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
+
+import psutil
 
 from sllm.store.arena import env_bytes
 
 log = logging.getLogger(__name__)
 
 ENV = "SLLM_WARM_HEAP_BYTES"
+# The demo model's KV cache (0.38 GB) and what its first allocations add, with room.
+CPU_DEFAULT_GB = 0.5
 # Larger than any allocation: none is served by a mapping of its own.
 _NEVER = str(1 << 62)
+# mallopt parameters (malloc.h), and after the load the values glibc's own dynamic
+# thresholds end at: blocks of 32 MiB and more mapped alone, the heap's top given back
+# past twice that.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_AFTER = 32 * 2**20
+_TRIM_AFTER = 2 * _MMAP_AFTER
+# Whether this process faulted a heap in (its environment is the instance's once it
+# becomes one).
+_faulted = False
 
 
 def environment(nbytes: int) -> dict[str, str]:
@@ -45,10 +65,27 @@ def environment(nbytes: int) -> dict[str, str]:
 
 def prefault() -> None:
     """A warm process's priming step: the heap ``SLLM_WARM_HEAP_BYTES`` asks for."""
+    global _faulted
     nbytes = env_bytes(ENV)
     if nbytes <= 0:
         return
+    _faulted = True
     started = time.perf_counter()
     heap = bytearray(nbytes)  # one malloc of n bytes, zeroed: every page written once
     del heap  # back to the heap, which keeps it
     log.info("warm heap: %.2f GB faulted in (%.2f s)", nbytes / 1e9, time.perf_counter() - started)
+
+
+def release() -> None:
+    """After the instance's build, in a process started with a warm heap: the heap's
+    unused pages go back, and later allocations follow thresholds near glibc's own."""
+    if not _faulted:
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_AFTER)
+    libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_AFTER)
+    before = psutil.Process().memory_info().rss
+    libc.malloc_trim(0)
+    log.info(
+        "warm heap: %.2f GB unused, given back", (before - psutil.Process().memory_info().rss) / 1e9
+    )

@@ -35,6 +35,7 @@ from sllm.procs import backend_environment
 from sllm.serving import serve, setup_logging
 from sllm.store import arena
 from sllm.worker.gpu_assignment import GpuDoesNotFit
+from sllm.worker.hardware import gpu_count
 from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 from sllm.worker.model_cache import WorkerCache, build_cache
@@ -104,7 +105,7 @@ class Worker:
             {
                 **backend_environment(),
                 arena.ENV: str(int(settings.warm_arena_gb * 1e9)),
-                **warm_heap.environment(int(settings.warm_heap_gb * 1e9)),
+                **warm_heap.environment(int((settings.warm_heap_gb or 0.0) * 1e9)),
             },
         )
         self.instances = InstanceManager(
@@ -170,7 +171,20 @@ def _worker(request: Request) -> Worker:
     return worker
 
 
+def _machine_defaults(settings: WorkerSettings) -> WorkerSettings:
+    """The settings whose default depends on the machine, filled in (NVML is asked here,
+    before the event loop runs, not on it)."""
+    if settings.warm_heap_gb is not None:
+        return settings
+    gpus = gpu_count()
+    heap = 0.0 if gpus else warm_heap.CPU_DEFAULT_GB
+    log.info("warm heap: %.2f GB per warm process (%d NVIDIA GPUs)", heap, gpus)
+    return settings.model_copy(update={"warm_heap_gb": heap})
+
+
 def create_app(settings: WorkerSettings) -> FastAPI:
+    settings = _machine_defaults(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(settings, app.state)

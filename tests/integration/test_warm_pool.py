@@ -233,3 +233,37 @@ def test_a_warm_heap_is_faulted_in_and_kept_for_the_instance() -> None:
     assert heap["MALLOC_ARENA_MAX"] == "1" and warm_heap.environment(0) == {}
     # Freed, the heap stays with the process: its pages, written once, are resident.
     assert resident_mb(heap) - resident_mb({}) > 200
+
+
+def test_once_the_instance_is_loaded_its_unused_heap_goes_back() -> None:
+    """What the instance left of the heap is given back, what it holds stays, and a
+    large block freed later goes back too (without ``release`` both would stay)."""
+    code = textwrap.dedent(
+        """
+        import psutil
+        from sllm.backends import warm_heap
+        def mb():
+            return psutil.Process().memory_info().rss / 2**20
+        warm_heap.prefault()
+        kv_cache = bytearray(b"x" * (64 * 2**20))  # what the instance allocates, from the heap
+        loaded = mb()
+        warm_heap.release()
+        released = mb()
+        block = bytearray(100 * 2**20)
+        del block
+        print(round(loaded), round(released), round(mb()), kv_cache.count(b"x") == len(kv_cache))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, **warm_heap.environment(256 * 2**20)},
+    )
+    assert out.returncode == 0, out.stderr
+    loaded, released, after_block, kept = out.stdout.split()
+    assert int(loaded) - int(released) > 150, out.stdout  # 192 MB of the heap unused
+    assert int(after_block) - int(released) < 20, out.stdout
+    assert kept == "True"

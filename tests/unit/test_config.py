@@ -37,3 +37,14 @@ def test_a_worker_takes_one_head_url_or_several() -> None:
     for bad in ("", " , ", "http://a:8343,b:8343"):
         with pytest.raises(ValidationError, match="head_url"):
             WorkerSettings(head_url=bad)
+
+
+@pytest.mark.parametrize(("gpus", "given", "heap"), [(0, None, 0.5), (2, None, 0.0), (2, 1.5, 1.5)])
+def test_the_warm_heap_defaults_on_where_kv_caches_are_in_host_memory(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, given: float | None, heap: float
+) -> None:
+    from sllm.worker import app
+
+    monkeypatch.setattr(app, "gpu_count", lambda: gpus)
+    settings = WorkerSettings(head_url="http://h:8343", warm_heap_gb=given)
+    assert app._machine_defaults(settings).warm_heap_gb == heap
