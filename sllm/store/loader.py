@@ -312,6 +312,8 @@ def _read_cuda(
     # done, so more would sit idle; the copies of the others overlap its next read.
     pool = BufferPool(threads, opts.segment_bytes, pin=True)
     stream = torch.cuda.Stream(device)
+    # dest was allocated on the current stream: the copies wait for what it queued there.
+    stream.wait_stream(torch.cuda.current_stream(device))
 
     def job(i: int, start: int, length: int) -> None:
         with pool.buffer() as buf:
