@@ -25,7 +25,6 @@ On by default where the instance's KV cache is in host memory: a worker without 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import time
 
@@ -81,7 +80,7 @@ def release() -> None:
     unused pages go back, and later allocations follow thresholds near glibc's own."""
     if not _faulted:
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc = ctypes.CDLL(None)
     libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_AFTER)
     libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_AFTER)
     before = psutil.Process().memory_info().rss

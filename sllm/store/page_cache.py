@@ -14,8 +14,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 if _LIBC is not None:
     _LIBC.syscall.restype = ctypes.c_long
     _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-# New system calls share one number on every architecture since 4.20; elsewhere (and on
-# 32-bit ones, where the number differs) the question is not asked.
+# cachestat's number in the table x86_64 and aarch64 share for calls added since Linux
+# 5.1; other architectures number it otherwise, and there the question is not asked.
 _CACHESTAT = 451 if platform.machine() in ("x86_64", "aarch64") else None
 _MADV_POPULATE_READ = 22
 
