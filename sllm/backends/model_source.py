@@ -16,6 +16,7 @@ What may be read or written where (sources come over the network, in deploy conf
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -23,6 +24,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,8 +229,9 @@ def _dequantize(files: ModelFiles, target: Path) -> None:
 
     started = time.monotonic()
     log.info("dequantizing %s into %s (once)", files.gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(files.path, gguf_file=files.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(files.path, gguf_file=files.gguf_file)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(files.path, gguf_file=files.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(files.path, gguf_file=files.gguf_file)
     partial = target.with_name(target.name + ".partial")
     # The weights are dequantized floats by now; the GGUF marker would refuse the save
     # and make later loads look for a GGUF file.
@@ -239,3 +243,21 @@ def _dequantize(files: ModelFiles, target: Path) -> None:
     tokenizer.save_pretrained(partial)
     partial.rename(target)  # atomic: a crash mid-save leaves no half-written model
     log.info("dequantized in %.1f s", time.monotonic() - started)
+
+
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """While a GGUF file is dequantized, the same answer for the same question: transformers
+    parses the file's metadata anew for the tokenizer, the config and the weights (the
+    49k-token vocabulary of SmolLM2 each time) and builds gguf's tensor name map once per
+    module (397 times for SmolLM2), together most of the 17 s its first start took on the
+    2-core VM. transformers imports both from ``gguf`` when it calls them."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.cache(reader)  # type: ignore[misc,assignment]
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map  # type: ignore[misc]

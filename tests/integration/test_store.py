@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
+from sllm.backends.model_source import packaged
 from sllm.cli import app
 from sllm.store import arena
 from sllm.store.catalog import ensure_stored, load_pretrained, save, store_dir
@@ -532,8 +533,17 @@ def test_smollm2_loads_and_generates_as_from_pretrained_does(tmp_path: Path) -> 
     want = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)  # the stored copy's tokenizer
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    # The dequantization (which answers transformers' repeated GGUF questions once) made
+    # what transformers makes of the GGUF file itself.
+    gguf = packaged("smollm2-135m")
+    direct = AutoModelForCausalLM.from_pretrained(
+        gguf.path, gguf_file=gguf.gguf_file, dtype=torch.float32
+    ).eval()
+    direct_tokenizer = AutoTokenizer.from_pretrained(gguf.path, gguf_file=gguf.gguf_file)
+    assert direct_tokenizer("The capital of France is", return_tensors="pt").input_ids.equal(ids)
     with torch.inference_mode():
         assert torch.equal(got(ids).logits, want(ids).logits)
+        assert torch.equal(direct(ids).logits, want(ids).logits)
         mine = got.generate(ids, max_new_tokens=16, do_sample=False)
         theirs = want.generate(ids, max_new_tokens=16, do_sample=False)
     assert torch.equal(mine, theirs)

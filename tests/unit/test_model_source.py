@@ -156,3 +156,16 @@ def test_a_home_of_no_user_is_a_clear_error_not_a_crash() -> None:
         with pytest.raises(ModelSourceError, match="no home directory for '~no-such-user-sllm'"):
             call()
     assert local_weights_bytes(source) is None
+
+
+def test_gguf_questions_are_answered_once_while_dequantizing_and_anew_after() -> None:
+    import gguf
+
+    from sllm.backends.model_source import _gguf_parsed_once
+
+    original = gguf.get_tensor_name_map
+    with _gguf_parsed_once():
+        first = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is first
+    assert gguf.get_tensor_name_map is original
+    assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is not first
