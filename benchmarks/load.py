@@ -314,16 +314,23 @@ def prepare(work: Work, size_gb: float) -> int:
     return index.nbytes
 
 
-def _timed(what: str, work: Work) -> tuple[float, float]:
-    """Seconds of one load in a process of its own, and the GB/s of a copy into touched
-    memory in that process right after."""
+def run_child(script: str, what: str, work: Work) -> dict[str, Any]:
+    """What ``script --child what`` printed last (a JSON line): one load, in a process of
+    its own."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", what, "--dir", str(work.root)],
+        [sys.executable, script, "--child", what, "--dir", str(work.root)],
         capture_output=True,
         text=True,
         check=True,
     )
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return got
+
+
+def _timed(what: str, work: Work) -> tuple[float, float]:
+    """Seconds of one load in a process of its own, and the GB/s of a copy into touched
+    memory in that process right after."""
+    got = run_child(__file__, what, work)
     return float(got["seconds"]), float(got.get("memcpy", 0.0))
 
 

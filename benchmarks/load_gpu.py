@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from load import GiB, Work, _evict, _warm, prepare
+from load import GiB, Work, _evict, _warm, prepare, run_child
 
 # name -> the files it reads (Work.files)
 CASES: dict[str, str] = {
@@ -97,13 +96,9 @@ def child(what: str, root: Path) -> None:
 
 
 def _timed(what: str, work: Work) -> tuple[float, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", what, "--dir", str(work.root)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    """Seconds of one load in a process of its own, and the GB/s of a pinned
+    host-to-device copy in that process right after."""
+    got = run_child(__file__, what, work)
     return float(got["seconds"]), float(got["h2d"])
 
 
