@@ -425,6 +425,7 @@ def load_model(
     if type(model).__name__ != index.model_class:
         built = type(model).__name__
         raise StoreLoadError(f"stored {index.model_class}, the config builds {built}")
+    skeleton = time.perf_counter()
     tensors = read_tensors(directory, index, device, options=options, into=into)
     read = time.perf_counter()
     _fill(model, tensors, index.aliases, device)
@@ -441,11 +442,12 @@ def load_model(
     model.config._name_or_path = str(directory)
     model.eval()
     log.info(
-        "loaded %s (%.2f GB) from the store in %.2f s (read %.2f s) to %s%s",
+        "loaded %s (%.2f GB) from the store in %.2f s (skeleton %.2f s, read %.2f s) to %s%s",
         index.model_class,
         index.nbytes / 1e9,
         time.perf_counter() - started,
-        read - started,
+        skeleton - started,
+        read - skeleton,
         torch.device(device),
         " (the warm process's memory)" if into is not None else "",
     )
