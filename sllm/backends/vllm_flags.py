@@ -21,7 +21,17 @@ class VllmKnobs(BaseModel):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=1)
     max_num_seqs: int | None = Field(None, ge=1)
-    enforce_eager: bool = False
+    enforce_eager: bool | None = Field(
+        None,
+        description="None: vLLM's choice on a GPU, eager on a CPU (compiled bfloat16 gave "
+        "wrong answers on x86 CPUs where eager was right).",
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="KV cache size; on a CPU, default a share of free memory."
+    )
+    cpu_threads: int | None = Field(
+        None, ge=1, description="Cores a CPU instance binds its threads to (default: a share)."
+    )
     enable_prefix_caching: bool | None = None
     quantization: str | None = Field(None, min_length=1)
     task: Literal["auto", "generate", "embed"] = "auto"
@@ -39,10 +49,32 @@ class VllmKnobs(BaseModel):
         return value
 
 
+# A CPU instance's KV cache, by default: this share of the memory free when it starts,
+# within these bounds (vLLM's own CPU default, 0.9 x RAM, refuses to start beside
+# anything else).
+CPU_KV_SHARE = 0.2
+CPU_KV_BOUNDS = (256 << 20, 16 << 30)
+
+
+def cpu_kv_cache_bytes(available: int) -> int:
+    """The default KV cache of a CPU instance when ``available`` bytes are free."""
+    low, high = CPU_KV_BOUNDS
+    return int(min(high, max(low, available * CPU_KV_SHARE)))
+
+
 def vllm_args(
-    knobs: VllmKnobs, served_name: str, port: int, num_gpus: int, lora: bool
+    knobs: VllmKnobs,
+    served_name: str,
+    port: int,
+    num_gpus: int,
+    lora: bool,
+    *,
+    on_cpu: bool = False,
+    available_memory: int = 0,
 ) -> list[str]:
-    """The arguments after ``python -m vllm.entrypoints.openai.api_server``."""
+    """The arguments after ``python -m vllm.entrypoints.openai.api_server``. ``on_cpu``:
+    the instance runs on vLLM's CPU build, whose defaults differ (eager, a KV cache sized
+    from ``available_memory``)."""
     args = [
         "--model",
         knobs.pretrained_model_name_or_path,
@@ -62,11 +94,16 @@ def vllm_args(
         ("--max-model-len", knobs.max_model_len),
         ("--max-num-seqs", knobs.max_num_seqs),
         ("--quantization", knobs.quantization),
+        (
+            "--kv-cache-memory-bytes",
+            knobs.kv_cache_memory_bytes
+            or (cpu_kv_cache_bytes(available_memory) if on_cpu else None),
+        ),
     ]
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]
-    if knobs.enforce_eager:
+    if knobs.enforce_eager or (knobs.enforce_eager is None and on_cpu):
         args.append("--enforce-eager")
     if knobs.enable_prefix_caching is not None:
         args.append(

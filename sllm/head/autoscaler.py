@@ -60,7 +60,9 @@ def capacities(
                 instances=len(mine),
                 total_gpus=len(w.resources.get("gpus", [])),
                 cache={c["source"]: Stored(c["tier"], int(c["bytes"])) for c in w.cache},
-                warm_processes=w.warm_processes,
+                # A worker that reports no pools is one from before there were several.
+                warm=w.warm_pools or {"sllm": w.warm_processes},
+                unavailable=w.unavailable,
                 cpu_percent=float(w.resources.get("cpu_percent", 0.0)),
             )
         )
@@ -69,17 +71,18 @@ def capacities(
 
 def requirement(config: DeployConfig, room: list[WorkerCapacity]) -> Requirement:
     """What a new instance of ``config`` needs, with its size as the workers report it."""
-    warm_start = bool(get_backend(config.backend).warm_prime)
+    backend = get_backend(config.backend)
+    warm_pool = backend.warm_pool if backend.warm_prime else None
     source = config.backend_config.get("pretrained_model_name_or_path")
     if not isinstance(source, str):
-        return Requirement(config.backend, gpus=config.num_gpus, warm_start=warm_start)
+        return Requirement(config.backend, gpus=config.num_gpus, warm_pool=warm_pool)
     sizes = [w.cache[source].bytes for w in room if source in w.cache]
     return Requirement(
         backend=config.backend,
         gpus=config.num_gpus,
         source=source,
         weights_bytes=max(sizes) if sizes else None,
-        warm_start=warm_start,
+        warm_pool=warm_pool,
     )
 
 

@@ -114,6 +114,8 @@ class ModelManager:
                     "instances": w.instances,
                     "cache": w.cache,
                     "warm_processes": w.warm_processes,
+                    "warm_pools": w.warm_pools,
+                    "unavailable": w.unavailable,
                 }
                 for w in workers
             ],

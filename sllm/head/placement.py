@@ -48,8 +48,11 @@ class WorkerCapacity:
     total_gpus: int = 0
     # Deployed source -> where the worker has it stored (its fastest tier).
     cache: Mapping[str, Stored] = field(default_factory=dict)
-    warm_processes: int = 0
+    # Idle warm processes by pool (Backend.warm_pool).
+    warm: Mapping[str, int] = field(default_factory=dict)
     cpu_percent: float = 0.0
+    # Backend -> why the worker cannot run it (as it reports).
+    unavailable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class Requirement:
     # largest size any worker reports for it; None when no worker has it.
     source: str | None = None
     weights_bytes: int | None = None
-    # Whether the backend starts from a warm process (vLLM runs its own interpreter).
-    warm_start: bool = True
+    # The pool of warm processes the backend starts from; None: it starts none.
+    warm_pool: str | None = "sllm"
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def estimate_ready(worker: WorkerCapacity, need: Requirement) -> Estimate:
     else:
         tier = stored.tier
         load = size / LOAD_BYTES_PER_S[tier]
-    warm = need.warm_start and worker.warm_processes > 0
+    warm = need.warm_pool is not None and worker.warm.get(need.warm_pool, 0) > 0
     start = WARM_PROCESS_START if warm else COLD_PROCESS_START
     penalty = worker.instances * PER_INSTANCE + BUSY_CPU * min(worker.cpu_percent, 100.0) / 100
     if tier != "memory" and worker.free_memory < size:
@@ -136,8 +139,14 @@ def _taken(worker: WorkerCapacity, need: Requirement) -> WorkerCapacity:
         free_memory=worker.free_memory - need.memory,
         free_gpus=worker.free_gpus - need.gpus,
         instances=worker.instances + 1,
-        warm_processes=worker.warm_processes - (need.warm_start and worker.warm_processes > 0),
+        warm=_one_warm_fewer(worker.warm, need.warm_pool),
     )
+
+
+def _one_warm_fewer(warm: Mapping[str, int], pool: str | None) -> Mapping[str, int]:
+    if pool is None or warm.get(pool, 0) <= 0:
+        return warm
+    return {**warm, pool: warm[pool] - 1}
 
 
 def after_placing(
@@ -158,9 +167,13 @@ def unservable(workers: list[WorkerCapacity], need: Requirement) -> str | None:
     able = [w for w in workers if need.backend in w.backends]
     if not able:
         advertised = sorted({b for w in workers for b in w.backends})
+        reasons = sorted(
+            {w.unavailable[need.backend] for w in workers if need.backend in w.unavailable}
+        )
         return (
             f"no live worker can run backend {need.backend!r} "
             f"(live workers run: {', '.join(advertised) or 'none; no worker is registered'})"
+            + "".join(f"; {why}" for why in reasons[:3])
         )
     if not any(w.total_gpus >= need.gpus for w in able):
         most = max(w.total_gpus for w in able)

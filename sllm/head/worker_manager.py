@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +48,13 @@ class HeartbeatBody(BaseModel):
     # processes: what placement estimates a start's time from.
     cache: list[CachedModel] = Field(default_factory=list, max_length=1000)
     warm_processes: int = Field(0, ge=0, le=1024)
+    # Why it cannot run each backend it does not advertise.
+    unavailable: dict[str, Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=dict, max_length=16
+    )
+    warm_pools: dict[str, Annotated[int, Field(ge=0, le=1024)]] = Field(
+        default_factory=dict, max_length=16
+    )
 
 
 class WorkerManager:
@@ -86,6 +93,8 @@ class WorkerManager:
             "storage_path": hb.storage_path,
             "cache": [c.model_dump() for c in hb.cache],
             "warm_processes": str(hb.warm_processes),
+            "warm_pools": hb.warm_pools,
+            "unavailable": hb.unavailable,
         }
         new = await self._beats.registry.heartbeat(node_id, info)
         if new:

@@ -91,6 +91,10 @@ class WorkerRecord:
     backends: list[str] = field(default_factory=list)
     cache: list[dict[str, Any]] = field(default_factory=list)
     warm_processes: int = 0
+    # Idle warm processes by pool (Backend.warm_pool); warm_processes is their sum.
+    warm_pools: dict[str, int] = field(default_factory=dict)
+    # Backend -> why the worker cannot run it.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> WorkerRecord:
@@ -104,6 +108,8 @@ class WorkerRecord:
             backends=json.loads(h.get("backends") or "[]"),
             cache=json.loads(h.get("cache") or "[]"),
             warm_processes=int(h.get("warm_processes") or 0),
+            warm_pools=json.loads(h.get("warm_pools") or "{}"),
+            unavailable=json.loads(h.get("unavailable") or "{}"),
         )
 
 

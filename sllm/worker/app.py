@@ -23,7 +23,7 @@ from sllm.api_errors import ERROR_RESPONSES, error_response, install_error_handl
 from sllm.backends import warm_heap
 from sllm.backends.base import BackendUnavailable
 from sllm.backends.model_source import ModelSourceError, check_source
-from sllm.backends.registry import warm_primes
+from sllm.backends.registry import warm_pools, warm_primes
 from sllm.body_limit import BodyLimit
 from sllm.config import WorkerSettings
 from sllm.guards import Guard, require_cluster_token
@@ -90,6 +90,28 @@ INVOKE_STREAM: dict[str, Any] = {
 }
 
 
+def _warm_pool(name: str, settings: WorkerSettings) -> WarmPool:
+    """The pool of warm processes for the backends of pool ``name``. sllm's own backends'
+    processes hold the warm arena and heap; vLLM's hold neither (its engine, forked
+    from the process, allocates its KV cache itself), and are kept only once this
+    worker has started a vLLM instance."""
+    env = backend_environment()
+    if name == "sllm":
+        env |= {
+            arena.ENV: str(int(settings.warm_arena_gb * 1e9)),
+            **warm_heap.environment(int((settings.warm_heap_gb or 0.0) * 1e9)),
+        }
+    log_name = "warm-pool.log" if name == "sllm" else f"warm-pool-{name}.log"
+    return WarmPool(
+        settings.warm_processes,
+        warm_primes(name),
+        settings.log_dir / log_name,
+        env,
+        # vLLM's warm processes take 0.6 GB each: kept once this worker has run vLLM.
+        on_demand=name != "sllm",
+    )
+
+
 class Worker:
     """What the routes share: instances, heartbeat and, once the head confirms, Redis."""
 
@@ -98,22 +120,13 @@ class Worker:
         self._state = state
         self.metrics = WorkerMetrics()
         self.cache = WorkerCache(build_cache(settings), self.metrics)
-        self.pool = WarmPool(
-            settings.warm_processes,
-            warm_primes(),
-            settings.log_dir / "warm-pool.log",
-            {
-                **backend_environment(),
-                arena.ENV: str(int(settings.warm_arena_gb * 1e9)),
-                **warm_heap.environment(int((settings.warm_heap_gb or 0.0) * 1e9)),
-            },
-        )
+        self.pools = {name: _warm_pool(name, settings) for name in warm_pools()}
         self.instances = InstanceManager(
             settings.log_dir,
             self.on_state,
             storage_path=settings.storage_path,
             metrics=self.metrics,
-            pool=self.pool,
+            pools=self.pools,
         )
         self.store_ahead = StoreAhead(
             settings.storage_path, settings.log_dir, lambda: self.heartbeat.beat_now()
@@ -158,7 +171,7 @@ class Worker:
         # Instances first: their "stopped" reports still need Redis.
         await self.instances.stop_all()
         await self.store_ahead.close()
-        await self.pool.close()
+        await asyncio.gather(*(pool.close() for pool in self.pools.values()))
         await self.cache.close()
         if self.proxy is not None:
             await self.proxy.aclose()
@@ -189,7 +202,8 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(settings, app.state)
         app.state.worker = worker
-        worker.pool.start()
+        for pool in worker.pools.values():
+            pool.start()
         beating = asyncio.create_task(worker.heartbeat.run())
         upkeep = asyncio.create_task(worker.cache.upkeep())
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from sllm.backends.registry import available_backends
+from sllm.backends.registry import available_backends, unavailable_backends
 from sllm.config import WorkerSettings
 from sllm.metrics import WorkerMetrics
 from sllm.worker import hardware
@@ -150,6 +150,7 @@ class Heartbeat:
             "url": self._url,
             "resources": resources,
             "backends": [] if self._draining else available_backends(),
+            "unavailable": unavailable_backends(),
             "draining": self._draining,
             "instances": [
                 {
@@ -165,4 +166,5 @@ class Heartbeat:
             # Which models this worker could start fastest, for placement.
             "cache": await self._cache.report() if self._cache is not None else [],
             "warm_processes": self._instances.warm_idle(),
+            "warm_pools": self._instances.warm_pools(),
         }

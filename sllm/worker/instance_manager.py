@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from sllm.backends.registry import get_backend
 from sllm.metrics import WorkerMetrics
 from sllm.procs import backend_environment, die_with_parent, open_log, signal_group
 from sllm.worker import hardware
+from sllm.worker.cpu_cores import choose_cores
 from sllm.worker.gpu_assignment import choose_gpus, needed_per_gpu
 from sllm.worker.warm_pool import WarmPool
 
@@ -128,11 +129,12 @@ class InstanceManager:
         *,
         storage_path: Path = Path("."),
         metrics: WorkerMetrics | None = None,
-        pool: WarmPool | None = None,
+        pools: Mapping[str, WarmPool] | None = None,
     ) -> None:
         self._log_dir = log_dir
-        # Warm processes instances of pooled backends start from, when one is idle.
-        self._pool = pool
+        # Warm processes instances of pooled backends start from, when one is idle: by
+        # the pool's name (Backend.warm_pool).
+        self._pools = dict(pools or {})
         self._on_state = on_state
         self._storage_path = storage_path
         self._metrics = metrics or WorkerMetrics()
@@ -141,6 +143,7 @@ class InstanceManager:
         # GPUs they will hold.
         self._reserved: set[str] = set()
         self._reserved_gpus: dict[str, tuple[int, ...]] = {}
+        self._reserved_cores: dict[str, tuple[int, ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -157,9 +160,14 @@ class InstanceManager:
     def list(self) -> list[LocalInstance]:
         return [dataclasses.replace(e.info) for e in self._entries.values()]
 
+    def warm_pools(self) -> dict[str, int]:
+        """Warm processes ready for an instance, by pool the worker keeps (an on-demand
+        pool not asked for yet is none of them)."""
+        return {name: pool.idle() for name, pool in self._pools.items() if pool.kept}
+
     def warm_idle(self) -> int:
         """Warm processes ready for an instance."""
-        return self._pool.idle() if self._pool is not None else 0
+        return sum(pool.idle() for pool in self._pools.values())
 
     # -- start ------------------------------------------------------------------------
 
@@ -188,23 +196,29 @@ class InstanceManager:
         if reason is not None:
             raise BackendUnavailable(reason)
         gpus = await self._assign_gpus(instance_id, backend_config, num_gpus)
+        spec = LaunchSpec(
+            instance_id=instance_id,
+            model=model,
+            port=_free_port(),
+            backend_config=backend_config,
+            num_gpus=num_gpus,
+            lora_adapters=lora_adapters,
+            storage_path=self._storage_path,
+        )
+        threads = impl.cpu_threads(spec, os.cpu_count() or 1)
+        if threads:
+            held = [e.spec.cpu_cores for e in self._entries.values()]
+            held += self._reserved_cores.values()
+            spec = dataclasses.replace(
+                spec, cpu_cores=choose_cores(os.cpu_count() or 1, held, threads)
+            )
+            log.info("instance %s binds CPU core(s) %s", instance_id, spec.cpu_cores)
         self._reserved.add(instance_id)
         self._reserved_gpus[instance_id] = gpus
+        self._reserved_cores[instance_id] = spec.cpu_cores
         self._loading(True)
         try:
-            entry = await self._spawn(
-                impl,
-                LaunchSpec(
-                    instance_id=instance_id,
-                    model=model,
-                    port=_free_port(),
-                    backend_config=backend_config,
-                    num_gpus=num_gpus,
-                    lora_adapters=lora_adapters,
-                    storage_path=self._storage_path,
-                ),
-                gpus,
-            )
+            entry = await self._spawn(impl, spec, gpus)
             self._entries[instance_id] = entry
         except BaseException:
             self._loading(False)
@@ -212,6 +226,7 @@ class InstanceManager:
         finally:
             self._reserved.discard(instance_id)
             self._reserved_gpus.pop(instance_id, None)
+            self._reserved_cores.pop(instance_id, None)
         entry.supervisor = self._spawn_task(self._supervise(entry, startup_timeout))
         if self._closing:
             # stop_all() took its list while we were spawning.
@@ -249,8 +264,9 @@ class InstanceManager:
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
         }
         proc = None
-        if self._pool is not None and impl.warm_prime and argv[0] == sys.executable:
-            proc = await self._pool.hand_over(argv[1:], env, log_path)
+        pool = self._pools.get(impl.warm_pool)
+        if pool is not None and impl.primes() and argv[0] == sys.executable:
+            proc = await pool.hand_over(argv[1:], env, log_path)
         if proc is not None:
             log.info(
                 "starting %s from warm process %d (log %s)", spec.instance_id, proc.pid, log_path
@@ -305,8 +321,9 @@ class InstanceManager:
     # -- supervision ------------------------------------------------------------------
 
     def _loading(self, began: bool) -> None:
-        if self._pool is not None:
-            (self._pool.loading_began if began else self._pool.loading_ended)()
+        # Every pool waits: a refill of any of them takes the CPU the load needs.
+        for pool in self._pools.values():
+            (pool.loading_began if began else pool.loading_ended)()
 
     async def _supervise(self, entry: _Entry, startup_timeout: float) -> None:
         try:

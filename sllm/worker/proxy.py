@@ -33,14 +33,13 @@ from sllm.kv import RedisError
 from sllm.kv.store import Store
 from sllm.messages import ResultMessage, encode_raw
 from sllm.serving import hung_up
+from sllm.worker.continuation import CONTINUE_FIELD, recounted, restated
 from sllm.worker.instance_manager import InstanceManager
 
 log = logging.getLogger(__name__)
 
 ALIVE_INTERVAL = 1.0
 NDJSON = "application/x-ndjson"
-# The body field of a resumed stream (sllm.head.stream_resume.CONTINUE_FIELD).
-CONTINUE_FIELD = "sllm_continue_from"
 
 
 class InvokeBody(BaseModel):
@@ -146,13 +145,6 @@ class Proxy:
         await self._release_if_cancelled(call)
 
     async def _forward(self, call: InvokeBody, port: int) -> tuple[str, str]:
-        if not self._can_continue(call):
-            await self._fail(
-                call,
-                "this backend cannot continue a stream from where another instance stopped",
-                "invalid_request",
-            )
-            return "failed", "resume not supported by the backend"
         url = f"http://127.0.0.1:{port}{call.endpoint}"
         headers = {"content-type": "application/json", "x-request-id": call.request_id}
         remaining = call.deadline - time.time()
@@ -162,9 +154,8 @@ class Proxy:
         timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=2.0)
         seq = 0
         try:
-            async with self.http.post(
-                url, data=call.body, headers=headers, timeout=timeout
-            ) as resp:
+            body, prior = await self._restated(call, port, timeout)
+            async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
                 if resp.status != 200:
                     await self._fail_with_backend_error(call, resp.status, await resp.text())
                     return "failed", f"backend answered {resp.status}"
@@ -182,6 +173,8 @@ class Proxy:
                     if data.startswith('{"error"'):
                         await self._fail_with_backend_error(call, 500, data)
                         return "failed", "backend error mid-stream"
+                    if prior:
+                        data = recounted(data, prior)
                     await self.store.tasks.publish(
                         call.reply_to, encode_raw(call.task_id, call.attempt, seq, "chunk", data)
                     )
@@ -202,15 +195,29 @@ class Proxy:
         except RedisError as exc:
             return "retry", f"worker lost Redis: {exc}"
 
-    def _can_continue(self, call: InvokeBody) -> bool:
-        """False for a resumed stream (``sllm_continue_from``) sent to a backend that
-        would ignore the field and start over, repeating what the client has."""
+    async def _restated(
+        self, call: InvokeBody, port: int, timeout: aiohttp.ClientTimeout
+    ) -> tuple[str, int]:
+        """The body to send and the tokens already produced: a resumed stream restated
+        for a backend that does not continue from ``sllm_continue_from`` itself (vLLM),
+        its produced text counted by the backend's own tokenizer (``/tokenize``)."""
         if CONTINUE_FIELD not in call.body:  # cheap: most bodies are not resumes
-            return True
+            return call.body, 0
         instance = self.instances.get(call.instance_id)
         if instance is None or get_backend(instance.backend).continues:
-            return True
-        return CONTINUE_FIELD not in json.loads(call.body)
+            return call.body, 0
+        body = json.loads(call.body)
+        if CONTINUE_FIELD not in body:
+            return call.body, 0
+        count = {"model": body.get("model"), "prompt": body[CONTINUE_FIELD]}
+        async with self.http.post(
+            f"http://127.0.0.1:{port}/tokenize",
+            json={**count, "add_special_tokens": False},
+            timeout=timeout,
+        ) as resp:
+            resp.raise_for_status()
+            prior = int((await resp.json())["count"])
+        return json.dumps(restated(call.endpoint, body, prior)), prior
 
     async def _finish(self, call: InvokeBody, state: str, message: str) -> None:
         await self.store.tasks.finish(

@@ -47,9 +47,19 @@ SETTLE = 1.0
 
 class WarmPool:
     def __init__(
-        self, size: int, primes: Sequence[str], log_path: Path, env: Mapping[str, str]
+        self,
+        size: int,
+        primes: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        *,
+        on_demand: bool = False,
     ) -> None:
         self.size = size
+        # Kept filled only once an instance asked for one (hand_over): a pool for a
+        # backend this worker may never run costs nothing until it does.
+        self._on_demand = on_demand
+        self._started = False
         self._primes = list(primes)
         self._log_path = log_path
         self._env = dict(env)
@@ -85,11 +95,22 @@ class WarmPool:
                 return
             await asyncio.sleep(left)
 
+    @property
+    def kept(self) -> bool:
+        """Whether the pool keeps itself filled (an on-demand pool: once asked)."""
+        return self._keeper is not None
+
     def idle(self) -> int:
         return sum(1 for p in self._idle if p.returncode is None)
 
     def start(self) -> None:
-        if self.size > 0 and self._primes and self._keeper is None:
+        self._started = True
+        if self._on_demand:
+            return
+        self._keep()
+
+    def _keep(self) -> None:
+        if self._started and self.size > 0 and self._primes and self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_filled(), name="warm-pool")
 
     async def _keep_filled(self) -> None:
@@ -187,6 +208,7 @@ class WarmPool:
         """A warm process turned into the instance ``argv`` (``-m MODULE ...``) with
         ``env``, logging to ``log_path``; None when none is idle or it died meanwhile
         (the caller then starts the instance cold)."""
+        self._keep()  # an on-demand pool's first demand
         proc = self.take()
         if proc is None:
             return None
@@ -205,6 +227,7 @@ class WarmPool:
         return proc
 
     async def close(self) -> None:
+        self._started = False  # a late hand_over starts nothing
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)

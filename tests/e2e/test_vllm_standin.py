@@ -70,9 +70,26 @@ def test_vllm_instances_start_serve_and_load_adapters(vllm_cluster: Cluster) -> 
     assert ask("m", lora_adapter_name="a1") == ask("m:a1")
     assert [m.id for m in client.models.list().data] == ["m", "m:a1"]
 
-    # vLLM would ignore the field and start over: a resume is refused, not repeated.
-    with pytest.raises(openai.BadRequestError, match="cannot continue"):
-        ask("m", sllm_continue_from="some words")
+    # vLLM would ignore the field and start over: a resume is restated with its
+    # continuation options, the produced text's tokens (its /tokenize) off the limit.
+    resumed = client.completions.create(
+        model="m", prompt="once upon", max_tokens=6, extra_body={"sllm_continue_from": " a time"}
+    )
+    assert resumed.model_extra is not None
+    assert resumed.model_extra["standin_prompt"] == "once upon a time"
+    assert len(resumed.choices[0].text.split()) == 4
+    went_on = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=6,
+        extra_body={"sllm_continue_from": "Hi there"},
+    )
+    assert went_on.model_extra is not None
+    assert went_on.model_extra["standin_prompt"] == "hello Hi there"
+    assert went_on.model_extra["standin_received"] == {
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }
 
     head = vllm_cluster.head
     assert head is not None
@@ -108,10 +125,11 @@ def test_a_dying_vllm_process_fails_its_instance_and_is_replaced(vllm_cluster: C
 
 def test_a_model_no_worker_can_run_is_refused_at_once(cluster: Cluster) -> None:
     cluster.start_head()
-    cluster.start_worker()  # no vLLM here, and no stand-in either
-    cluster.deploy("m", **CONFIG)
+    # No GPU here: whether vLLM's CPU build is installed or not, no worker runs this.
+    cluster.start_worker()
+    cluster.deploy("m", **CONFIG, num_gpus=1)
     wait_until(lambda: cluster.model_status("m")["unschedulable"], 10, "the status note")
-    assert "no live worker can run backend 'vllm'" in cluster.model_status("m")["unschedulable"]
+    assert "no live worker" in cluster.model_status("m")["unschedulable"]
     client = cluster.client()
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as refused:

@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from sllm.backends import vllm_backend
 from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec
 from sllm.backends.registry import get_backend
 from sllm.worker import hardware, instance_manager
@@ -213,7 +214,10 @@ async def test_stop_during_startup(manager: InstanceManager, recorder: Recorder)
     assert recorder.states("i-5") == ["stopped"]
 
 
-async def test_unavailable_backend_raises(manager: InstanceManager) -> None:
+async def test_unavailable_backend_raises(
+    manager: InstanceManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vllm_backend, "vllm_build", lambda: None)  # as where none is installed
     with pytest.raises(BackendUnavailable, match="needs vllm"):
         await manager.start(
             "i-6",

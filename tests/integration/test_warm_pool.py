@@ -136,6 +136,20 @@ async def test_closing_the_pool_leaves_no_process(pool: WarmPool) -> None:
     assert not any(alive(pid) for pid in pids)
 
 
+async def test_an_on_demand_pool_fills_once_an_instance_asks(tmp_path: Path) -> None:
+    pool = WarmPool(1, DUMMY_PRIMES, tmp_path / "warm.log", backend_environment(), on_demand=True)
+    pool.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert pool.idle() == 0 and not warm_children()
+        # The first instance starts cold (None); the next finds a process.
+        assert await pool.hand_over(["-m", "x"], {}, tmp_path / "i.log") is None
+        await until(lambda: pool.idle() == 1)
+    finally:
+        await pool.close()
+    assert pool.idle() == 0 and not warm_children()
+
+
 async def test_a_pool_that_cannot_start_backs_off(tmp_path: Path) -> None:
     pool = WarmPool(1, ["sllm.no_such_module"], tmp_path / "warm.log", backend_environment())
     pool.start()
@@ -149,7 +163,7 @@ async def test_an_instance_starts_from_a_warm_process(
     pool: WarmPool, tmp_path: Path, recorder: Recorder
 ) -> None:
     [warm] = pool._idle
-    manager = InstanceManager(tmp_path / "logs", recorder, pool=pool)
+    manager = InstanceManager(tmp_path / "logs", recorder, pools={"sllm": pool})
     try:
         await manager.start("i-1", "m", "dummy", {}, 0, {}, startup_timeout=30)
         await recorder.wait_for("i-1", "ready")
@@ -184,11 +198,13 @@ def recorder() -> Recorder:
     return Recorder()
 
 
-def test_every_backend_a_worker_runs_is_primed_once() -> None:
+def test_every_backend_a_worker_runs_is_primed_once_in_its_own_pool() -> None:
     primes = warm_primes()
     assert len(primes) == len(set(primes))
     assert set(DUMMY_PRIMES) <= set(primes)
-    assert not get_backend("vllm").warm_prime  # vLLM's own server starts cold
+    # vLLM's processes fork its engine: they never run what sllm's backends prime.
+    vllm = get_backend("vllm")
+    assert vllm.warm_pool != "sllm" and not set(vllm.warm_prime) & set(primes)
 
 
 def test_the_server_prime_leaves_uvicorn_nothing_to_import_when_it_serves() -> None:

@@ -69,3 +69,21 @@ def test_a_bad_cache_report_is_refused() -> None:
         beat("w", [{"source": "s", "tier": "gpu", "bytes": 1}], 0)
     with pytest.raises(ValueError):
         beat("w", [{"source": "s", "tier": "disk", "bytes": -1}], 0)
+
+
+async def test_warm_pools_and_unavailable_backends_reach_placement(
+    manager: WorkerManager,
+) -> None:
+    why = "the vllm backend needs vllm, not installed on this worker"
+    body = beat("w-a", [], 1).model_copy(
+        update={"warm_pools": {"sllm": 1, "vllm": 0}, "unavailable": {"vllm": why}}
+    )
+    await manager.heartbeat(body)
+    [worker] = await manager.store.registry.list_workers()
+    assert worker.warm_pools == {"sllm": 1, "vllm": 0} and worker.unavailable == {"vllm": why}
+    [room] = capacities([worker], [], {})
+    assert room.warm == {"sllm": 1, "vllm": 0} and room.unavailable == {"vllm": why}
+    # A worker from before pools reports its sllm processes alone.
+    await manager.heartbeat(beat("w-b", [], 2))
+    old = next(w for w in await manager.store.registry.list_workers() if w.node_id == "w-b")
+    assert capacities([old], [], {})[0].warm == {"sllm": 2}

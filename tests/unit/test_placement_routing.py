@@ -56,3 +56,13 @@ def test_unservable_names_the_missing_backend_or_gpus() -> None:
     # Busy GPUs are a wait, not a refusal: only the total counts.
     assert unservable([cpu, gpu], Requirement("vllm", gpus=2)) is None
     assert "4 GPU(s) (the most is 2)" in (unservable([gpu], Requirement("vllm", gpus=4)) or "")
+
+
+def test_unservable_says_why_the_workers_cannot_run_the_backend() -> None:
+    from sllm.head.placement import unservable
+
+    why = "the vllm backend needs vllm, not installed on this worker"
+    cpu = WorkerCapacity("a", ("dummy",), 1, 0, 0, unavailable={"vllm": why})
+    assert (unservable([cpu, cpu], Requirement("vllm")) or "").endswith(
+        f"(live workers run: dummy); {why}"
+    )

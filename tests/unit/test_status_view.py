@@ -77,6 +77,15 @@ def test_models_instances_and_workers_are_shown() -> None:
     assert "smollm2-135m (memory, 0.5 GiB)" in worker_row
 
 
+def test_a_worker_says_why_it_cannot_run_a_backend() -> None:
+    why = "the installed vllm is the CUDA build and this worker has no NVIDIA GPU"
+    worker = {**STATUS["workers"][0], "unavailable": {"vllm": why}}  # type: ignore[index]
+    text = render({**STATUS, "workers": [worker]})
+    row = next(line for line in text.splitlines() if "│ vllm " in line)
+    assert "n1" in row and why in row
+    assert "cannot run" not in render(STATUS)
+
+
 def test_an_empty_cluster_says_what_to_do() -> None:
     text = render({"models": [], "workers": []})
     assert "sllm deploy CONFIG.json" in text and "sllm worker --head-url" in text

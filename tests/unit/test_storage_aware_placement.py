@@ -34,7 +34,7 @@ def worker(
 ) -> WorkerCapacity:
     cache = {MODEL: Stored(tier, GB)} if tier else {}  # type: ignore[arg-type]
     return WorkerCapacity(
-        node, ("transformers",), free, 0, instances, cache=cache, warm_processes=warm,
+        node, ("transformers",), free, 0, instances, cache=cache, warm={"sllm": warm},
         cpu_percent=cpu,
     )  # fmt: skip
 
@@ -70,7 +70,7 @@ def test_a_warm_process_beats_a_cold_interpreter() -> None:
 
 
 def test_a_backend_that_starts_its_own_interpreter_gains_nothing_from_warm_processes() -> None:
-    vllm = dataclasses.replace(NEED, warm_start=False)
+    vllm = dataclasses.replace(NEED, warm_pool=None)
     warm, cold = worker("warm", "disk", warm=2), worker("cold", "disk", warm=0)
     assert estimate_ready(warm, vllm) == estimate_ready(cold, vllm)
     placements = place([warm], vllm, 2)
@@ -139,7 +139,7 @@ def test_placements_earlier_in_a_pass_use_up_room_for_later_models() -> None:
     first = place(one_gpu, need)
     assert [p.node_id for p in first] == ["a"]
     room = after_placing(one_gpu, need, first)
-    assert {w.node_id: (w.free_gpus, w.warm_processes, w.instances) for w in room} == {
+    assert {w.node_id: (w.free_gpus, w.warm["sllm"], w.instances) for w in room} == {
         "a": (0, 0, 1),
         "b": (1, 1, 0),
     }

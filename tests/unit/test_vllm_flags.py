@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sllm.backends.vllm_flags import VllmKnobs, vllm_args
+from sllm.backends.vllm_flags import VllmKnobs, cpu_kv_cache_bytes, vllm_args
 
 
 def test_the_launch_flags_come_from_the_spec_and_the_knobs() -> None:
@@ -61,3 +61,42 @@ def test_unknown_keys_and_flags_sllm_sets_are_refused() -> None:
         VllmKnobs(pretrained_model_name_or_path="m", extra_args=["--port=1"])
     with pytest.raises(ValidationError, match="pretrained_model_name_or_path"):
         VllmKnobs.model_validate({})
+
+
+def test_a_cpu_instance_runs_eager_with_a_kv_cache_from_free_memory() -> None:
+    knobs = VllmKnobs(pretrained_model_name_or_path="m")
+    args = vllm_args(knobs, "m", 1, num_gpus=0, lora=False, on_cpu=True, available_memory=20 << 30)
+    assert "--enforce-eager" in args
+    assert int(args[args.index("--kv-cache-memory-bytes") + 1]) == cpu_kv_cache_bytes(20 << 30)
+    assert cpu_kv_cache_bytes(20 << 30) == 4 << 30  # a fifth of what is free
+    assert cpu_kv_cache_bytes(0) == 256 << 20 and cpu_kv_cache_bytes(1 << 40) == 16 << 30
+    # What the config says wins; compiled mode stays possible on a CPU.
+    chosen = VllmKnobs(
+        pretrained_model_name_or_path="m", enforce_eager=False, kv_cache_memory_bytes=12345
+    )
+    args = vllm_args(chosen, "m", 1, num_gpus=0, lora=False, on_cpu=True, available_memory=1 << 30)
+    assert "--enforce-eager" not in args
+    assert args[args.index("--kv-cache-memory-bytes") + 1] == "12345"
+    # On a GPU, vLLM's own choices.
+    gpu = vllm_args(knobs, "m", 1, num_gpus=1, lora=False)
+    assert "--enforce-eager" not in gpu and "--kv-cache-memory-bytes" not in gpu
+
+
+def test_a_worker_runs_vllm_with_a_build_for_its_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sllm.backends import vllm_backend
+    from sllm.worker import hardware
+
+    backend = vllm_backend.VllmBackend(name="vllm", module="sllm.backends.vllm_server")
+    monkeypatch.delenv(vllm_backend.ENTRYPOINT_ENV, raising=False)
+    monkeypatch.setattr(hardware, "gpu_count", lambda: 0)
+    for build, why in [
+        ("cpu", None),
+        ("cuda", "the installed vllm is the CUDA build and this worker has no NVIDIA GPU"),
+        (None, "the vllm backend needs vllm, not installed on this worker"),
+    ]:
+        monkeypatch.setattr(vllm_backend, "vllm_build", lambda build=build: build)
+        reason = backend.unavailable_reason()
+        assert (reason is None) if why is None else (reason or "").startswith(why)
+    monkeypatch.setattr(hardware, "gpu_count", lambda: 1)
+    monkeypatch.setattr(vllm_backend, "vllm_build", lambda: "cuda")
+    assert backend.unavailable_reason() is None

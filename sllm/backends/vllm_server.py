@@ -1,0 +1,208 @@
+"""A vLLM instance: ``python -m sllm.backends.vllm_server --storage-path PATH --task TASK
+[--trust-remote-code] -- VLLM_ARGS``, where ``VLLM_ARGS`` is vLLM's OpenAI server's
+command line (``vllm_flags.vllm_args``) with ``--model`` naming the deployed source.
+
+Before vLLM's server runs, as ``__main__`` of this same process:
+
+* The model is resolved as the transformers backend resolves it (a packaged model, a
+  GGUF file dequantized once, a local directory, a hub id) and put in sllm's store;
+  vLLM gets the stored directory and ``--load-format sllm`` (``vllm_loader``), so the
+  store's integrity checks and the worker's cache tiers cover vLLM models too. A model
+  the store cannot hold goes to vLLM as its directory, read by vLLM's own loader.
+* On vLLM's CPU build, its engine processes fork from this one instead of starting new
+  interpreters (which import vLLM again: 12 s for each of the two on 2 cores). vLLM
+  spawns them because a process whose OpenMP threads run cannot fork safely; so this
+  forks only when nothing here has computed (the model was stored before, and a warm
+  process primes imports alone).
+
+``prime`` is what a warm process of the vLLM pool runs: the imports, nothing computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import runpy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("sllm.vllm_server")
+
+VLLM_SERVER = "vllm.entrypoints.openai.api_server"
+
+
+def prime() -> None:
+    """Imports an instance would do, run before it is asked for (10 s on 2 cores): the
+    server, the engine and the worker it starts, the store and transformers' tokenizer."""
+    import transformers  # noqa: F401  (its lazy modules follow)
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+    from vllm.entrypoints.openai import api_server  # noqa: F401
+    from vllm.platforms import current_platform
+    from vllm.v1.engine import core  # noqa: F401
+    from vllm.v1.executor import multiproc_executor  # noqa: F401
+
+    from sllm.backends import vllm_loader
+    from sllm.store import catalog  # noqa: F401
+
+    if current_platform.is_cpu():
+        from vllm.v1.worker import cpu_model_runner, cpu_worker  # noqa: F401
+    vllm_loader.register()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    model: str  # what vLLM's --model names
+    stored: bool  # a directory of sllm's store, for --load-format sllm
+    computed: bool  # this process dequantized a GGUF file or wrote the store's copy
+
+
+def stored_model(source: str, storage: Path, task: str, trust_remote_code: bool) -> Prepared:
+    """The model ``source`` put where vLLM loads it from."""
+    from sllm.backends import model_source
+    from sllm.store.catalog import auto_class_for, ensure_stored, store_dir
+    from sllm.store.format import StoreError
+    from sllm.store.integrity import check_directory
+    from sllm.store.tiers import record_use
+
+    files = model_source.resolve(source, storage)
+    computed = (
+        files.gguf_file is not None
+        and not (model_source.dequantized_dir(files, storage) / "config.json").is_file()
+    )
+    path = model_source.loadable_dir(files, storage)
+    auto_class = auto_class_for(path, "embed" if task == "embed" else "generate")
+    target = store_dir(path, storage, auto_class.__name__)
+    index, problems = check_directory(target, "quick")
+    computed = computed or index is None or bool(problems)
+    try:
+        directory, _ = ensure_stored(path, storage, auto_class, trust_remote_code=trust_remote_code)
+    except (OSError, StoreError, ValueError) as exc:
+        log.warning("sllm store cannot hold %s (%s): vLLM loads it from %s", source, exc, path)
+        return Prepared(str(path), stored=False, computed=computed)
+    record_use(directory, source)
+    return Prepared(str(directory), stored=True, computed=computed)
+
+
+def _fork_engine_processes() -> None:
+    """vLLM's CPU platform sets the spawn start method when it checks the config; set
+    fork after it. Without that hook (another vLLM), engines spawn as vLLM chooses."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.platforms.cpu import CpuPlatform
+
+    check = getattr(CpuPlatform.check_and_update_config, "__func__", None)
+    if check is None:
+        log.warning("vLLM's CPU platform changed: its engine processes start fresh")
+        return
+
+    def check_and_update_config(cls: type, vllm_config: object) -> None:
+        check(cls, vllm_config)
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+
+    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)  # type: ignore[method-assign,assignment]
+
+
+# What vLLM logs as its start goes on, and the name of the step each line ends.
+MILESTONES = (
+    ("non-default args", "args"),
+    ("Starting to load model", "load_begin"),
+    ("sllm store: loaded", "load_end"),
+    ("Loading weights took", "load_end"),
+    ("KV cache size", "kv_cache"),
+    ("init engine", "engine"),
+    ("Starting vLLM server", "serving"),
+)
+
+
+class Milestones(logging.Handler):
+    """Writes ``sllm milestone NAME EPOCH`` in the instance's log when vLLM reaches each
+    step of its start: vLLM's own lines show whole seconds, too coarse to tell where a
+    start of a few seconds goes (``benchmarks/cold_start.py`` reads these). Installed
+    on vLLM's logger through its logging config (``_log_milestones``), so its engine
+    processes have it too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.msg)
+        for marker, name in MILESTONES:
+            if marker in message:
+                milestone(name, record.created)
+                return
+
+
+def _log_milestones(log_dir: Path) -> None:
+    """vLLM's own logging config with ``Milestones`` beside its handler, in the file
+    ``VLLM_LOGGING_CONFIG_PATH`` names (unless the operator named one): vLLM applies its
+    config once it has parsed its arguments, replacing any handler set before."""
+    if os.environ.get("VLLM_LOGGING_CONFIG_PATH"):
+        return
+    from vllm.logger import DEFAULT_LOGGING_CONFIG
+
+    config = copy.deepcopy(DEFAULT_LOGGING_CONFIG)
+    # By name: run as __main__, this module is not "__main__" once vLLM's server is.
+    config["handlers"]["sllm_milestones"] = {"()": "sllm.backends.vllm_server.Milestones"}
+    config["loggers"]["vllm"]["handlers"].append("sllm_milestones")
+    path = log_dir / "vllm-logging.json"
+    # Every instance writes the same text; a rename leaves no half-written file.
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(config))
+    partial.replace(path)
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)
+
+
+def milestone(name: str, at: float | None = None) -> None:
+    sys.stderr.write(f"sllm milestone {name} {time.time() if at is None else at:.3f}\n")
+    sys.stderr.flush()
+
+
+def _replace_model(vllm_args: list[str], model: str, load_format: bool) -> list[str]:
+    """``vllm_args`` with ``--model`` naming ``model``; ``--load-format sllm`` added when
+    the store's loader reads it and the deployer chose no other."""
+    args = list(vllm_args)
+    args[args.index("--model") + 1] = model
+    if load_format and not any(a.split("=", 1)[0] == "--load-format" for a in args):
+        args += ["--load-format", "sllm"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        raise SystemExit("usage: python -m sllm.backends.vllm_server [OPTIONS] -- VLLM_ARGS")
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog="python -m sllm.backends.vllm_server")
+    parser.add_argument("--storage-path", type=Path, required=True)
+    parser.add_argument("--task", choices=["generate", "embed"], default="generate")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv[:split])
+    vllm_args = argv[split + 1 :]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    milestone("entry")
+    started = time.monotonic()
+    from sllm.backends import vllm_loader
+    from sllm.backends.model_source import ModelSourceError
+
+    source = vllm_args[vllm_args.index("--model") + 1]
+    try:
+        prepared = stored_model(source, args.storage_path, args.task, args.trust_remote_code)
+    except ModelSourceError as exc:
+        raise SystemExit(f"sllm: {exc}") from None
+    log.info("model %s at %s in %.2f s", source, prepared.model, time.monotonic() - started)
+    milestone("stored")
+    vllm_loader.register()
+    _log_milestones(args.storage_path)
+    if not prepared.computed:
+        _fork_engine_processes()
+    sys.argv = [VLLM_SERVER, *_replace_model(vllm_args, prepared.model, prepared.stored)]
+    runpy.run_module(VLLM_SERVER, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

