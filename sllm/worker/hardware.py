@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -77,6 +79,30 @@ def snapshot() -> dict[str, Any]:
         "memory_available": int(memory.available),
         "gpus": _gpus(),
     }
+
+
+# CPU flags of native bfloat16 arithmetic: x86's AVX-512 BF16 and AMX, Arm's BF16.
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (Linux's /proc/cpuinfo flags);
+    without it, bfloat16 is emulated and slower than float32."""
+    try:
+        return bf16_in_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+def bf16_in_cpuinfo(text: str) -> bool:
+    """Whether /proc/cpuinfo's ``text`` lists a bfloat16 flag (x86 ``flags``, Arm
+    ``Features``)."""
+    return any(
+        _BF16_FLAGS & set(line.partition(":")[2].split())
+        for line in text.splitlines()
+        if line.startswith(("flags", "Features"))
+    )
 
 
 def gpu_count() -> int:

@@ -100,3 +100,26 @@ def test_a_worker_runs_vllm_with_a_build_for_its_hardware(monkeypatch: pytest.Mo
     monkeypatch.setattr(hardware, "gpu_count", lambda: 1)
     monkeypatch.setattr(vllm_backend, "vllm_build", lambda: "cuda")
     assert backend.unavailable_reason() is None
+
+
+def test_a_cpu_without_bfloat16_instructions_computes_in_float32() -> None:
+    knobs = VllmKnobs(pretrained_model_name_or_path="m")
+
+    def dtype(knobs: VllmKnobs, **kw: object) -> str:
+        args = vllm_args(knobs, "m", 1, num_gpus=0, lora=False, **kw)  # type: ignore[arg-type]
+        return args[args.index("--dtype") + 1]
+
+    assert dtype(knobs, on_cpu=True, cpu_bf16=False) == "float32"
+    assert dtype(knobs, on_cpu=True, cpu_bf16=True) == "auto"
+    assert dtype(knobs, on_cpu=False, cpu_bf16=False) == "auto"  # a GPU's choice
+    chosen = VllmKnobs(pretrained_model_name_or_path="m", dtype="bfloat16")
+    assert dtype(chosen, on_cpu=True, cpu_bf16=False) == "bfloat16"
+
+
+def test_bfloat16_support_is_read_from_the_cpu_flags() -> None:
+    from sllm.worker.hardware import bf16_in_cpuinfo
+
+    assert not bf16_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n\n")
+    assert bf16_in_cpuinfo("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n")
+    assert bf16_in_cpuinfo("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert not bf16_in_cpuinfo("model name\t: bf16 in a name is no flag\n")
