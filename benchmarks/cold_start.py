@@ -38,11 +38,11 @@ pool of vLLM processes begins to fill), ``memory`` (from a warm vLLM process, th
 held in memory), and ``fresh process`` (a worker without warm processes: a new
 interpreter imports vLLM). The instance's own steps come from the milestones
 ``sllm.backends.vllm_server`` writes in its log: ``process_start`` (spawn or hand-over
-until sllm's entry runs), ``store`` (the store's check), ``imports`` (until vLLM's server
-parses its arguments), ``engine_build`` (config, the engine's processes, the model's
-skeleton), ``weight_load``, ``kv_cache`` (vLLM's profile run and the cache's sizing),
-``warm_up`` (the cache's allocation and the warm-up run), ``server`` (the API server's
-set-up until the worker saw it ready).
+until sllm's entry runs), ``imports`` (vLLM's and the store's; none left in a warm
+process), ``store`` (the store's check), ``engine_build`` (vLLM's config, its engine's
+processes, the model's skeleton), ``weight_load``, ``kv_cache`` (the weights' processing
+and the cache's sizing), ``warm_up`` (the cache's allocation, and a warm-up run where vLLM
+makes one), ``server`` (the API server's set-up until the worker saw it ready).
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ PHASES = ("placement", "process_start", "weight_load", "first_token")
 VLLM_PHASES = (
     "placement",
     "process_start",
-    "store",
     "imports",
+    "store",
     "engine_build",
     "weight_load",
     "kv_cache",
@@ -92,8 +92,8 @@ VLLM_PHASES = (
 # Steps of a vLLM instance's start, each ending at the milestone of that name.
 VLLM_STEPS = (
     ("process_start", "entry"),
+    ("imports", "imported"),
     ("store", "stored"),
-    ("imports", "args"),
     ("engine_build", "load_begin"),
     ("weight_load", "load_end"),
     ("kv_cache", "kv_cache"),

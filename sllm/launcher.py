@@ -123,8 +123,8 @@ def wait_warm_pools(head: Child, workers: list[Child], timeout: float = 120.0) -
         ready = {
             w["url"]
             for w in known
-            if w["last_heartbeat"] > since
-            and all(n >= 1 for n in (w.get("warm_pools") or {"sllm": 0}).values())
+            # Every pool it keeps (none on a worker without warm processes).
+            if w["last_heartbeat"] > since and all(n >= 1 for n in w["warm_pools"].values())
         }
         if urls <= ready:
             return

@@ -118,7 +118,6 @@ def _fork_engine_processes() -> None:
 
 # What vLLM logs as its start goes on, and the name of the step each line ends.
 MILESTONES = (
-    ("non-default args", "args"),
     ("Starting to load model", "load_begin"),
     ("sllm store: loaded", "load_end"),
     ("Loading weights took", "load_end"),
@@ -192,9 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     milestone("entry")
-    started = time.monotonic()
     prime()  # a cold start's imports; nothing left to do in a warm process
-    from sllm.backends import vllm_loader
+    milestone("imported")
+    started = time.monotonic()
     from sllm.backends.model_source import ModelSourceError
 
     source = vllm_args[vllm_args.index("--model") + 1]
@@ -204,7 +203,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"sllm: {exc}") from None
     log.info("model %s at %s in %.2f s", source, prepared.model, time.monotonic() - started)
     milestone("stored")
-    vllm_loader.register()
     _log_milestones(args.storage_path)
     if not prepared.computed:
         _fork_engine_processes()

@@ -5,7 +5,8 @@ that takes one costs loading the weights, not starting an interpreter.
 The pool owns its idle processes: it reaps one that dies and starts another, with a
 bounded backoff when they keep failing; ``close`` kills them. A process handed over
 belongs to the instance manager from then on. Each runs in its own process group and
-dies with the worker, like an instance.
+dies with the worker, like an instance. It keeps ``size`` processes, more for a while
+after starts came in a burst (``warm_demand``), as memory allows.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
 from sllm.procs import die_with_parent, kill_and_reap, open_log
+from sllm.worker.warm_demand import MAX_EXTRA, target
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,9 @@ QUIET_WAIT = 600.0
 # and a refill importing torch beside them made the demo model's first token from the
 # memory tier 0.1 s later on 2 cores (0.62-0.68 s vs 0.51 s, request to first token).
 SETTLE = 1.0
+# A pool grows past its size for bursts of starts only while this share of memory stays
+# free after one more process.
+KEEP_FREE = 0.25
 
 
 class WarmPool:
@@ -64,6 +72,10 @@ class WarmPool:
         self._log_path = log_path
         self._env = dict(env)
         self._idle: list[Process] = []
+        # When instances asked for a process (hand_over), for sizing to demand.
+        self._starts: deque[float] = deque(maxlen=64)
+        # Resident bytes of the last process that became ready: what one more costs.
+        self._process_bytes = 0
         self._changed = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         # Instances loading now: a refill waits for them, as importing torch would take
@@ -133,7 +145,13 @@ class WarmPool:
                 continue
             if failures and loop.time() - last_ready >= STAYS_UP:
                 failures = 0
-            if len(self._idle) < self.size:
+            want = self._target()
+            if len(self._idle) > want:  # a burst was forgotten: back to the size
+                extra = self._idle.pop()
+                await kill_and_reap(extra)
+                log.info("warm process %d ended: %d are kept now", extra.pid, want)
+                continue
+            if len(self._idle) < want:
                 # Bounded: a start-up that never reports back must not stop refills.
                 await self._settled()
                 try:
@@ -147,11 +165,21 @@ class WarmPool:
                 else:
                     last_ready = loop.time()
                     self._idle.append(proc)
+                    with contextlib.suppress(psutil.Error):
+                        self._process_bytes = psutil.Process(proc.pid).memory_info().rss
                 continue
             self._changed.clear()
             # Woken by take(); the timeout notices idle processes that died.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), CHECK_INTERVAL)
+
+    def _target(self) -> int:
+        """Processes to keep idle now (warm_demand): room for more beyond the size is
+        what memory allows while a quarter of it stays free."""
+        memory = psutil.virtual_memory()
+        spare = memory.available - memory.total * KEEP_FREE
+        room = int(spare // self._process_bytes) if self._process_bytes else MAX_EXTRA
+        return target(self.size, self._starts, time.monotonic(), room)
 
     @staticmethod
     async def _back_off(failures: int) -> None:
@@ -209,6 +237,7 @@ class WarmPool:
         ``env``, logging to ``log_path``; None when none is idle or it died meanwhile
         (the caller then starts the instance cold)."""
         self._keep()  # an on-demand pool's first demand
+        self._starts.append(time.monotonic())
         proc = self.take()
         if proc is None:
             return None

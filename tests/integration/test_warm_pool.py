@@ -21,7 +21,8 @@ import pytest
 
 from sllm.backends import warm_heap
 from sllm.backends.registry import get_backend, warm_primes
-from sllm.procs import backend_environment
+from sllm.procs import backend_environment, kill_and_reap
+from sllm.worker import warm_demand
 from sllm.worker.instance_manager import InstanceManager
 from sllm.worker.warm_pool import BACKOFF, SETTLE, WarmPool
 from tests.integration.test_instance_manager import Recorder
@@ -148,6 +149,18 @@ async def test_an_on_demand_pool_fills_once_an_instance_asks(tmp_path: Path) -> 
     finally:
         await pool.close()
     assert pool.idle() == 0 and not warm_children()
+
+
+async def test_after_a_burst_of_starts_the_pool_keeps_as_many_for_a_while(
+    pool: WarmPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = [await pool.hand_over(["-m", "x"], {}, tmp_path / f"{i}.log") for i in range(3)]
+    assert taken[0] is not None and taken[1:] == [None, None]  # two started cold
+    await until(lambda: pool.idle() == 3)
+    # Once the burst is older than the window, back to the pool's size.
+    monkeypatch.setattr(warm_demand, "WINDOW", 0.0)
+    await until(lambda: pool.idle() == 1)
+    await kill_and_reap(taken[0])
 
 
 async def test_a_pool_that_cannot_start_backs_off(tmp_path: Path) -> None:
