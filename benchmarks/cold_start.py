@@ -61,9 +61,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from sllm.backends.vllm_flags import VllmKnobs, vllm_args
+from sllm.backends.vllm_flags import VllmKnobs, cpu_kv_cache_bytes, vllm_args
 from sllm.launcher import (
     Child,
     free_port,
@@ -72,6 +73,7 @@ from sllm.launcher import (
     start_worker,
     wait_warm_pools,
 )
+from sllm.worker.hardware import cpu_has_bf16
 
 MODEL = "demo"
 SOURCE = "smollm2-135m"
@@ -99,8 +101,8 @@ VLLM_STEPS = (
     ("kv_cache", "kv_cache"),
     ("warm_up", "engine"),
 )
-# The same KV cache and context for sllm's instance and plain vLLM.
-VLLM_CONFIG = {"kv_cache_memory_bytes": 1 << 30, "max_model_len": 4096}
+# sllm's defaults; plain vLLM gets the flags and the KV cache sllm's instance gets.
+VLLM_CONFIG: dict[str, Any] = {}
 
 
 def _cold_start_sums(url: str) -> dict[str, float]:
@@ -315,7 +317,16 @@ def plain_vllm(path: Path, work: Path, num_gpus: int) -> dict[str, float]:
     ready (its model listed) and to the first token of one streamed request sent then."""
     port = free_port()
     knobs = VllmKnobs(pretrained_model_name_or_path=str(path), **VLLM_CONFIG)
-    flags = vllm_args(knobs, MODEL, port, num_gpus, lora=False, on_cpu=num_gpus == 0)
+    on_cpu = num_gpus == 0
+    flags = vllm_args(knobs, MODEL, port, num_gpus, False, on_cpu=on_cpu, cpu_bf16=cpu_has_bf16())
+    if on_cpu:  # as sllm's entry sizes it (vLLM's own default takes 0.9 x RAM)
+        config = json.loads((path / "config.json").read_text())
+        dtype = flags[flags.index("--dtype") + 1]
+        available = psutil.virtual_memory().available
+        flags += [
+            "--kv-cache-memory-bytes",
+            str(cpu_kv_cache_bytes(config, dtype, None, available)),
+        ]
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *flags]
     url = f"http://127.0.0.1:{port}"
     body = {

@@ -143,7 +143,7 @@ def vllm_run(
     ``rounds`` runs, the two alternating. Every stream makes ``max_tokens`` tokens
     (vLLM's ``ignore_eos``), so both sides do the same work."""
     extra = {"ignore_eos": True}
-    with cluster(work, "vllm", {"kv_cache_memory_bytes": 1 << 30, "max_model_len": 4096}) as head:
+    with cluster(work, "vllm", {}) as head:
         [worker] = httpx.get(f"{head.url}/status", timeout=10).json()["workers"]
         [instance] = worker["instances"]
         urls = {

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
-import psutil
 from pydantic import ValidationError
 
 from sllm.backends.base import Backend, LaunchSpec
@@ -72,7 +71,6 @@ class VllmBackend(Backend):
             spec.num_gpus,
             bool(spec.lora_adapters),
             on_cpu=on_cpu,
-            available_memory=psutil.virtual_memory().available if on_cpu else 0,
             cpu_bf16=on_cpu and hardware.cpu_has_bf16(),
         )
         entry = os.environ.get(ENTRYPOINT_ENV)

@@ -3,7 +3,7 @@ maps to. Pure: no vLLM import, so the head validates configs and tests run anywh
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,17 +49,33 @@ class VllmKnobs(BaseModel):
         return value
 
 
-# A CPU instance's KV cache, by default: this share of the memory free when it starts,
-# within these bounds (vLLM's own CPU default, 0.9 x RAM, refuses to start beside
-# anything else).
+# A CPU instance's KV cache, by default: room for the model's whole context, and at least
+# as many tokens as the transformers backend keeps on a CPU, at most this share of the
+# memory free when it starts. vLLM's own CPU default (0.9 x RAM) refuses to start beside
+# anything else, and vLLM zeroes the cache at start: 4 GiB took 5 s of a 9 s start here.
 CPU_KV_SHARE = 0.2
-CPU_KV_BOUNDS = (256 << 20, 16 << 30)
+CPU_KV_TOKENS = 8192
+CPU_KV_FLOOR = 64 << 20
+_DTYPE_BYTES = {"float32": 4, "float": 4}
 
 
-def cpu_kv_cache_bytes(available: int) -> int:
-    """The default KV cache of a CPU instance when ``available`` bytes are free."""
-    low, high = CPU_KV_BOUNDS
-    return int(min(high, max(low, available * CPU_KV_SHARE)))
+def cpu_kv_cache_bytes(
+    config: dict[str, Any], dtype: str, max_model_len: int | None, available: int
+) -> int:
+    """The default KV cache of a CPU instance of the model whose ``config.json`` is
+    ``config``, computing in ``dtype``, when ``available`` bytes are free."""
+    ceiling = int(available * CPU_KV_SHARE)
+    try:
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return max(CPU_KV_FLOOR, ceiling)  # not a decoder sllm can size: the share
+    per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 2)
+    context = max_model_len or int(config.get("max_position_embeddings") or CPU_KV_TOKENS)
+    wanted = per_token * max(context, CPU_KV_TOKENS)
+    return max(CPU_KV_FLOOR, min(wanted, ceiling))
 
 
 def vllm_args(
@@ -70,12 +86,11 @@ def vllm_args(
     lora: bool,
     *,
     on_cpu: bool = False,
-    available_memory: int = 0,
     cpu_bf16: bool = True,
 ) -> list[str]:
     """The arguments after ``python -m vllm.entrypoints.openai.api_server``. ``on_cpu``:
-    the instance runs on vLLM's CPU build, whose defaults differ (eager, a KV cache sized
-    from ``available_memory``, and float32 for ``dtype: auto`` where the CPU has no
+    the instance runs on vLLM's CPU build, whose defaults differ (eager, and float32 for
+    ``dtype: auto`` where the CPU has no
     bfloat16 instructions: vLLM would compute in emulated bfloat16, which took 0.5-0.8 s
     to the first token of a short chat on this project's AVX2 VM against 0.17 s)."""
     args = [
@@ -97,11 +112,8 @@ def vllm_args(
         ("--max-model-len", knobs.max_model_len),
         ("--max-num-seqs", knobs.max_num_seqs),
         ("--quantization", knobs.quantization),
-        (
-            "--kv-cache-memory-bytes",
-            knobs.kv_cache_memory_bytes
-            or (cpu_kv_cache_bytes(available_memory) if on_cpu else None),
-        ),
+        # On a CPU without one, sllm's entry sizes it from the model (cpu_kv_cache_bytes).
+        ("--kv-cache-memory-bytes", knobs.kv_cache_memory_bytes),
     ]
     for flag, value in optional:
         if value is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib
 import json
 import logging
 import os
@@ -32,9 +33,53 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from sllm.backends.vllm_flags import cpu_kv_cache_bytes
+
 log = logging.getLogger("sllm.vllm_server")
 
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
+
+# What vLLM 0.32's server imports only once it builds its app and engine client (199
+# modules: 0.3 s of a warm start on 2 cores), and the model code of the commonest family
+# (its engine processes fork from here). A name another vLLM lacks is skipped.
+LAZY_MODULES = (
+    "multiprocessing.popen_fork",
+    "pydantic.v1",
+    "prometheus_fastapi_instrumentator",
+    "model_hosting_container_standards.sagemaker",
+    "uvicorn.lifespan.on",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.websockets_sansio_impl",
+    "vllm.v1.engine.async_llm",
+    "vllm.v1.metrics.loggers",
+    "vllm.renderers.hf",
+    "vllm.transformers_utils.chat_templates.registry",
+    "vllm.plugins.lora_resolvers.filesystem_resolver",
+    "vllm.plugins.lora_resolvers.hf_hub_resolver",
+    "vllm.entrypoints.openai.chat_completion.api_router",
+    "vllm.entrypoints.openai.chat_completion.batch_serving",
+    "vllm.entrypoints.openai.completion.api_router",
+    "vllm.entrypoints.openai.models.api_router",
+    "vllm.entrypoints.openai.responses.api_router",
+    "vllm.entrypoints.anthropic.api_router",
+    "vllm.entrypoints.cohere.api_router",
+    "vllm.entrypoints.generate.api_router",
+    "vllm.entrypoints.generate.generative_scoring.api_router",
+    "vllm.entrypoints.generate.structured_decisions.api_router",
+    "vllm.entrypoints.scale_out.render.api_router",
+    "vllm.entrypoints.scale_out.derender.api_router",
+    "vllm.entrypoints.scale_out.token_in_token_out.api_router",
+    "vllm.entrypoints.serve.elastic_ep.api_router",
+    "vllm.entrypoints.serve.instrumentator.metrics",
+    "vllm.entrypoints.serve.instrumentator.offline_docs",
+    "vllm.entrypoints.serve.lora.api_router",
+    "vllm.entrypoints.serve.profile.api_router",
+    "vllm.entrypoints.serve.tokenize.api_router",
+    "vllm.entrypoints.serve.utils.orca_metrics",
+    "vllm.model_executor.models.llama",
+)
 
 
 def prime() -> None:
@@ -56,6 +101,11 @@ def prime() -> None:
 
     if current_platform.is_cpu():
         from vllm.v1.worker import cpu_model_runner, cpu_worker  # noqa: F401
+    for name in LAZY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            log.debug("not primed: %s (%s)", name, exc)
     vllm_loader.register()
     gc.collect()
     gc.freeze()
@@ -167,14 +217,45 @@ def milestone(name: str, at: float | None = None) -> None:
     sys.stderr.flush()
 
 
+def _flag(args: list[str], flag: str) -> str | None:
+    """The value ``args`` give ``flag`` (``--flag V`` or ``--flag=V``), None if absent."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def _replace_model(vllm_args: list[str], model: str, load_format: bool) -> list[str]:
     """``vllm_args`` with ``--model`` naming ``model``; ``--load-format sllm`` added when
     the store's loader reads it and the deployer chose no other."""
     args = list(vllm_args)
     args[args.index("--model") + 1] = model
-    if load_format and not any(a.split("=", 1)[0] == "--load-format" for a in args):
+    if load_format and _flag(args, "--load-format") is None:
         args += ["--load-format", "sllm"]
     return args
+
+
+def _cpu_kv_cache(vllm_args: list[str], model: str) -> list[str]:
+    """``vllm_args`` with a KV cache size for vLLM's CPU platform when none is given:
+    sized from the model's config (``cpu_kv_cache_bytes``) and the memory free now."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or _flag(vllm_args, "--kv-cache-memory-bytes"):
+        return vllm_args
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    length = _flag(vllm_args, "--max-model-len")
+    size = cpu_kv_cache_bytes(
+        config,
+        _flag(vllm_args, "--dtype") or "auto",
+        int(length) if length and length.isdigit() else None,
+        psutil.virtual_memory().available,
+    )
+    return [*vllm_args, "--kv-cache-memory-bytes", str(size)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     _log_milestones(args.storage_path)
     if not prepared.computed:
         _fork_engine_processes()
-    sys.argv = [VLLM_SERVER, *_replace_model(vllm_args, prepared.model, prepared.stored)]
+    vllm_args = _replace_model(vllm_args, prepared.model, prepared.stored)
+    sys.argv = [VLLM_SERVER, *_cpu_kv_cache(vllm_args, prepared.model)]
     runpy.run_module(VLLM_SERVER, run_name="__main__", alter_sys=True)
 
 

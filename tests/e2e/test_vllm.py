@@ -45,11 +45,8 @@ MODEL = "smol"
 KEEP_ALIVE = 3
 CONFIG: dict[str, Any] = {
     "backend": "vllm",
-    "backend_config": {
-        "pretrained_model_name_or_path": "smollm2-135m",
-        "kv_cache_memory_bytes": 512 << 20,
-        "max_model_len": 2048,
-    },
+    # vLLM's CPU defaults as sllm sets them: eager, float32 here, the KV cache and cores.
+    "backend_config": {"pretrained_model_name_or_path": "smollm2-135m"},
     "auto_scaling_config": {"min_instances": 0, "max_instances": 1, "keep_alive": KEEP_ALIVE},
     "startup_timeout": 400,
 }

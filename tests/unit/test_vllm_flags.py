@@ -63,23 +63,43 @@ def test_unknown_keys_and_flags_sllm_sets_are_refused() -> None:
         VllmKnobs.model_validate({})
 
 
-def test_a_cpu_instance_runs_eager_with_a_kv_cache_from_free_memory() -> None:
+def test_a_cpu_instance_runs_eager_unless_told_and_passes_a_chosen_kv_cache() -> None:
     knobs = VllmKnobs(pretrained_model_name_or_path="m")
-    args = vllm_args(knobs, "m", 1, num_gpus=0, lora=False, on_cpu=True, available_memory=20 << 30)
+    args = vllm_args(knobs, "m", 1, num_gpus=0, lora=False, on_cpu=True)
     assert "--enforce-eager" in args
-    assert int(args[args.index("--kv-cache-memory-bytes") + 1]) == cpu_kv_cache_bytes(20 << 30)
-    assert cpu_kv_cache_bytes(20 << 30) == 4 << 30  # a fifth of what is free
-    assert cpu_kv_cache_bytes(0) == 256 << 20 and cpu_kv_cache_bytes(1 << 40) == 16 << 30
-    # What the config says wins; compiled mode stays possible on a CPU.
+    assert "--kv-cache-memory-bytes" not in args  # sized by sllm's entry, from the model
     chosen = VllmKnobs(
         pretrained_model_name_or_path="m", enforce_eager=False, kv_cache_memory_bytes=12345
     )
-    args = vllm_args(chosen, "m", 1, num_gpus=0, lora=False, on_cpu=True, available_memory=1 << 30)
+    args = vllm_args(chosen, "m", 1, num_gpus=0, lora=False, on_cpu=True)
     assert "--enforce-eager" not in args
     assert args[args.index("--kv-cache-memory-bytes") + 1] == "12345"
     # On a GPU, vLLM's own choices.
     gpu = vllm_args(knobs, "m", 1, num_gpus=1, lora=False)
     assert "--enforce-eager" not in gpu and "--kv-cache-memory-bytes" not in gpu
+
+
+# SmolLM2-135M's shape: 30 layers, 3 KV heads of 64.
+SMOL = {
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+    "max_position_embeddings": 8192,
+}
+
+
+def test_a_cpu_kv_cache_holds_the_models_context_within_a_share_of_free_memory() -> None:
+    per_token = 2 * 30 * 3 * 64 * 4  # keys and values, float32
+    assert cpu_kv_cache_bytes(SMOL, "float32", None, 20 << 30) == per_token * 8192
+    assert cpu_kv_cache_bytes(SMOL, "bfloat16", None, 20 << 30) == per_token // 2 * 8192
+    # A shorter context still gets the transformers backend's 8192 tokens; a longer one all.
+    assert cpu_kv_cache_bytes(SMOL, "float32", 2048, 20 << 30) == per_token * 8192
+    assert cpu_kv_cache_bytes(SMOL, "float32", 32768, 20 << 30) == per_token * 32768
+    # Never past a fifth of what is free, nor under the floor; an unknown shape: the share.
+    assert cpu_kv_cache_bytes(SMOL, "float32", None, 1 << 30) == int((1 << 30) * 0.2)
+    assert cpu_kv_cache_bytes(SMOL, "float32", None, 0) == 64 << 20
+    assert cpu_kv_cache_bytes({}, "auto", None, 10 << 30) == 2 << 30
 
 
 def test_a_worker_runs_vllm_with_a_build_for_its_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
