@@ -50,8 +50,9 @@ class VllmKnobs(BaseModel):
 
 
 # A CPU instance's KV cache, by default: room for the model's whole context, and at least
-# as many tokens as the transformers backend keeps on a CPU, at most this share of the
-# memory free when it starts. vLLM's own CPU default (0.9 x RAM) refuses to start beside
+# as many tokens as the transformers backend keeps on a CPU, a quarter more (vLLM refused
+# a cache of exactly the context's size: its blocks take more), at most this share of
+# the memory free when it starts. vLLM's own CPU default (0.9 x RAM) refuses to start beside
 # anything else, and vLLM zeroes the cache at start: 4 GiB took 5 s of a 9 s start here.
 CPU_KV_SHARE = 0.2
 CPU_KV_TOKENS = 8192
@@ -74,7 +75,7 @@ def cpu_kv_cache_bytes(
         return max(CPU_KV_FLOOR, ceiling)  # not a decoder sllm can size: the share
     per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 2)
     context = max_model_len or int(config.get("max_position_embeddings") or CPU_KV_TOKENS)
-    wanted = per_token * max(context, CPU_KV_TOKENS)
+    wanted = per_token * max(context, CPU_KV_TOKENS) * 5 // 4
     return max(CPU_KV_FLOOR, min(wanted, ceiling))
 
 
