@@ -398,20 +398,26 @@ def run_vllm(repeat: int, num_gpus: int) -> dict[str, Any]:
     return {"backend": "vllm", "runs": runs, "plain_vllm": baseline}
 
 
+def _tier_table(runs: list[dict[str, Any]], cols: list[str], head: str, width: int) -> None:
+    """One row per tier: its runs' median first token and median of each phase."""
+    label = 20 if width > 12 else 14
+    print(
+        f"{'tier':<{label}} {'n':>2} {head:>16} " + " ".join(f"{c[:width]:>{width}}" for c in cols)
+    )
+    for tier in dict.fromkeys(r["tier"] for r in runs):
+        mine = [r for r in runs if r["tier"] == tier]
+        median = statistics.median(r["seconds"] for r in mine)
+        parts = " ".join(
+            f"{statistics.median(r['phases'][c] for r in mine):>{width}.3f}" for c in cols
+        )
+        print(f"{tier:<{label}} {len(mine):>2} {median:>16.3f} {parts}")
+
+
 def report(out: dict[str, Any]) -> None:
     if out.get("backend") == "vllm":
         report_vllm(out)
         return
-    tiers = list(dict.fromkeys(r["tier"] for r in out["runs"]))
-    cols = [*PHASES, "warm_up", "other"]
-    print(f"{'tier':<20} {'n':>2} {'first token (s)':>16} " + " ".join(f"{c:>13}" for c in cols))
-    for tier in tiers:
-        runs = [r for r in out["runs"] if r["tier"] == tier]
-        median = statistics.median(r["seconds"] for r in runs)
-        parts = [statistics.median(r["phases"][c] for r in runs) for c in cols]
-        print(
-            f"{tier:<20} {len(runs):>2} {median:>16.3f} " + " ".join(f"{p:>13.3f}" for p in parts)
-        )
+    _tier_table(out["runs"], [*PHASES, "warm_up", "other"], "first token (s)", 13)
     base = out["plain_transformers"]
     print(
         f"{'python -c (plain)':<20} {len(base):>2} {statistics.median(base):>16.3f}"
@@ -421,21 +427,12 @@ def report(out: dict[str, Any]) -> None:
 
 
 def report_vllm(out: dict[str, Any]) -> None:
-    tiers = list(dict.fromkeys(r["tier"] for r in out["runs"]))
-    cols = [*VLLM_PHASES, "other"]
-    print(f"{'tier':<14} {'n':>2} {'first token':>11} " + " ".join(f"{c[:12]:>12}" for c in cols))
-    for tier in tiers:
-        runs = [r for r in out["runs"] if r["tier"] == tier]
-        median = statistics.median(r["seconds"] for r in runs)
-        parts = [statistics.median(r["phases"][c] for r in runs) for c in cols]
-        print(
-            f"{tier:<14} {len(runs):>2} {median:>11.2f} " + " ".join(f"{p:>12.2f}" for p in parts)
-        )
+    _tier_table(out["runs"], [*VLLM_PHASES, "other"], "first token (s)", 12)
     base = out["plain_vllm"]
     ready = statistics.median(b["ready"] for b in base)
     first = statistics.median(b["first_token"] for b in base)
     print(
-        f"{'plain vLLM':<14} {len(base):>2} {first:>11.2f}   (fresh process; ready {ready:.2f} s)"
+        f"{'plain vLLM':<14} {len(base):>2} {first:>16.3f}   (fresh process, ready {ready:.2f} s)"
     )
     print("seconds, medians; phases as measured by the head, the worker and the instance's log")
 
