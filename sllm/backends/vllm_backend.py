@@ -76,7 +76,6 @@ class VllmBackend(Backend):
         entry = os.environ.get(ENTRYPOINT_ENV)
         if entry:
             return [sys.executable, "-m", entry, *args]
-        task = "embed" if knobs.task == "embed" else "generate"
         return [
             sys.executable,
             "-m",
@@ -84,7 +83,7 @@ class VllmBackend(Backend):
             "--storage-path",
             str(spec.storage_path),
             "--task",
-            task,
+            knobs.task,
             *(["--trust-remote-code"] if knobs.trust_remote_code else []),
             "--",
             *args,

@@ -5,15 +5,16 @@ command line (``vllm_flags.vllm_args``) with ``--model`` naming the deployed sou
 Before vLLM's server runs, as ``__main__`` of this same process:
 
 * The model is resolved as the transformers backend resolves it (a packaged model, a
-  GGUF file dequantized once, a local directory, a hub id) and put in sllm's store;
+  GGUF file dequantized once, a local directory, a hub id) and put in sllm's store (by
+  ``sllm store save`` in a child process, unless the worker stored it ahead, as the
+  head asks on deploy);
   vLLM gets the stored directory and ``--load-format sllm`` (``vllm_loader``), so the
   store's integrity checks and the worker's cache tiers cover vLLM models too. A model
   the store cannot hold goes to vLLM as its directory, read by vLLM's own loader.
 * On vLLM's CPU build, its engine processes fork from this one instead of starting new
   interpreters (which import vLLM again: 12 s for each of the two on 2 cores). vLLM
-  spawns them because a process whose OpenMP threads run cannot fork safely; so this
-  forks only when nothing here has computed (the model was stored before, and a warm
-  process primes imports alone).
+  spawns them because a process whose OpenMP threads run cannot fork safely; nothing
+  computes here (storing runs in a child, a warm process primes imports alone).
 
 ``prime`` is what a warm process of the vLLM pool runs: the imports, nothing computed.
 """
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import runpy
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from pathlib import Path
 import psutil
 
 from sllm.backends.vllm_flags import cpu_kv_cache_bytes
+from sllm.store.catalog import save_command
 
 log = logging.getLogger("sllm.vllm_server")
 
@@ -115,34 +118,60 @@ def prime() -> None:
 class Prepared:
     model: str  # what vLLM's --model names
     stored: bool  # a directory of sllm's store, for --load-format sllm
-    computed: bool  # this process dequantized a GGUF file or wrote the store's copy
 
 
 def stored_model(source: str, storage: Path, task: str, trust_remote_code: bool) -> Prepared:
-    """The model ``source`` put where vLLM loads it from."""
+    """The model ``source`` put where vLLM loads it from: its copy in the store, written
+    first by ``sllm store save`` in a child process when there is none (dequantizing a
+    GGUF file and writing the copy compute, which here would start OpenMP's threads and
+    keep vLLM's engine from forking); the source itself when the store cannot hold it."""
+    found = _stored(source, storage, task)
+    if found is not None:
+        return found
+    started = time.monotonic()
+    # Bounded by the instance's startup timeout: the worker then kills the instance's
+    # process group, this child with it.
+    done = subprocess.run(
+        save_command(source, storage, task, trust_remote_code),
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr,
+        stderr=sys.stderr,
+        check=False,
+    )
+    log.info(
+        "sllm store save of %s: exit %d in %.1f s",
+        source,
+        done.returncode,
+        time.monotonic() - started,
+    )
+    found = _stored(source, storage, task)
+    if found is not None:
+        return found
     from sllm.backends import model_source
-    from sllm.store.catalog import auto_class_for, ensure_stored, store_dir
-    from sllm.store.format import StoreError
+
+    files = model_source.resolve(source, storage)
+    path = files.path / files.gguf_file if files.gguf_file else files.path
+    log.warning("sllm store cannot hold %s: vLLM loads it from %s", source, path)
+    return Prepared(str(path), stored=False)
+
+
+def _stored(source: str, storage: Path, task: str) -> Prepared | None:
+    """``source``'s copy in the store, if it is there and sound; never writes one."""
+    from sllm.backends import model_source
+    from sllm.store.catalog import auto_class_for, store_dir
     from sllm.store.integrity import check_directory
     from sllm.store.tiers import record_use
 
-    files = model_source.resolve(source, storage)
-    computed = (
-        files.gguf_file is not None
-        and not (model_source.dequantized_dir(files, storage) / "config.json").is_file()
-    )
-    path = model_source.loadable_dir(files, storage)
-    auto_class = auto_class_for(path, "embed" if task == "embed" else "generate")
-    target = store_dir(path, storage, auto_class.__name__)
-    index, problems = check_directory(target, "quick")
-    computed = computed or index is None or bool(problems)
-    try:
-        directory, _ = ensure_stored(path, storage, auto_class, trust_remote_code=trust_remote_code)
-    except (OSError, StoreError, ValueError) as exc:
-        log.warning("sllm store cannot hold %s (%s): vLLM loads it from %s", source, exc, path)
-        return Prepared(str(path), stored=False, computed=computed)
+    files = model_source.resolve(source, storage)  # a hub id is downloaded: no compute
+    path = model_source.dequantized_dir(files, storage) if files.gguf_file else files.path
+    if not (path / "config.json").is_file():
+        return None
+    directory = store_dir(path, storage, auto_class_for(path, task).__name__)  # type: ignore[arg-type]
+    index, problems = check_directory(directory, "quick")
+    if index is None or problems:
+        return None
     record_use(directory, source)
-    return Prepared(str(directory), stored=True, computed=computed)
+    return Prepared(str(directory), stored=True)
 
 
 def _fork_engine_processes() -> None:
@@ -265,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     split = argv.index("--")
     parser = argparse.ArgumentParser(prog="python -m sllm.backends.vllm_server")
     parser.add_argument("--storage-path", type=Path, required=True)
-    parser.add_argument("--task", choices=["generate", "embed"], default="generate")
+    parser.add_argument("--task", choices=["auto", "generate", "embed"], default="auto")
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv[:split])
     vllm_args = argv[split + 1 :]
@@ -285,8 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("model %s at %s in %.2f s", source, prepared.model, time.monotonic() - started)
     milestone("stored")
     _log_milestones(args.storage_path)
-    if not prepared.computed:
-        _fork_engine_processes()
+    _fork_engine_processes()
     vllm_args = _replace_model(vllm_args, prepared.model, prepared.stored)
     sys.argv = [VLLM_SERVER, *_cpu_kv_cache(vllm_args, prepared.model)]
     runpy.run_module(VLLM_SERVER, run_name="__main__", alter_sys=True)

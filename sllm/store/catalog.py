@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,6 +175,18 @@ def save(
     )
     record_use(directory, source)
     return directory, index
+
+
+def save_command(source: str, storage: Path, task: str, trust_remote_code: bool) -> list[str]:
+    """``sllm store save`` of ``source`` as a command, for a child process to run: storing
+    computes (dequantizing, hashing) in a process of its own."""
+    argv = [
+        sys.executable, "-m", "sllm", "store", "save", "--storage-path", str(storage),
+        "--task", task,
+    ]  # fmt: skip
+    if trust_remote_code:
+        argv.append("--trust-remote-code")
+    return [*argv, "--", source]  # a source is never read as an option
 
 
 def verify(source: str, storage: Path, task: Task = "auto") -> tuple[Path, list[str]]:

@@ -9,11 +9,11 @@ import asyncio
 import logging
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from sllm.procs import backend_environment, die_with_parent, kill_and_reap, open_log
+from sllm.store.catalog import save_command
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,7 @@ class StoreAhead:
         return True
 
     async def _store(self, source: str, task: str, trust_remote_code: bool) -> None:
-        argv = [
-            sys.executable, "-m", "sllm", "store", "save",
-            "--storage-path", str(self._storage), "--task", task,
-        ]  # fmt: skip
-        if trust_remote_code:
-            argv.append("--trust-remote-code")
-        argv += ["--", source]  # a source is never read as an option
+        argv = save_command(source, self._storage, task, trust_remote_code)
         log_path = self._log_dir / f"store-{re.sub(r'[^A-Za-z0-9._-]', '_', source)[:100]}.log"
         log_file = await asyncio.to_thread(open_log, log_path)
         try:
