@@ -5,12 +5,12 @@ command line (``vllm_flags.vllm_args``) with ``--model`` naming the deployed sou
 Before vLLM's server runs, as ``__main__`` of this same process:
 
 * The model is resolved as the transformers backend resolves it (a packaged model, a
-  GGUF file dequantized once, a local directory, a hub id) and put in sllm's store (by
-  ``sllm store save`` in a child process, unless the worker stored it ahead, as the
-  head asks on deploy);
-  vLLM gets the stored directory and ``--load-format sllm`` (``vllm_loader``), so the
-  store's integrity checks and the worker's cache tiers cover vLLM models too. A model
-  the store cannot hold goes to vLLM as its directory, read by vLLM's own loader.
+  GGUF file dequantized once, a local directory, a hub id) and put in sllm's store, by
+  ``sllm store save`` in a child process unless the worker stored it ahead (the head
+  asks it to on deploy). vLLM gets the stored directory and ``--load-format sllm``
+  (``vllm_loader``), so the store's integrity checks and the worker's cache tiers cover
+  vLLM models too. A model the store cannot hold goes to vLLM as its directory (or GGUF
+  file), read by vLLM's own loader.
 * On vLLM's CPU build, its engine processes fork from this one instead of starting new
   interpreters (which import vLLM again: 12 s for each of the two on 2 cores). vLLM
   spawns them because a process whose OpenMP threads run cannot fork safely; nothing
