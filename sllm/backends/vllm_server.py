@@ -37,6 +37,7 @@ from pathlib import Path
 
 import psutil
 
+from sllm.backends import model_source
 from sllm.backends.vllm_flags import cpu_kv_cache_bytes
 from sllm.store.catalog import save_command
 
@@ -125,7 +126,8 @@ def stored_model(source: str, storage: Path, task: str, trust_remote_code: bool)
     first by ``sllm store save`` in a child process when there is none (dequantizing a
     GGUF file and writing the copy compute, which here would start OpenMP's threads and
     keep vLLM's engine from forking); the source itself when the store cannot hold it."""
-    found = _stored(source, storage, task)
+    files = model_source.resolve(source, storage)  # a hub id is downloaded: no compute
+    found = _stored(files, source, storage, task)
     if found is not None:
         return found
     started = time.monotonic()
@@ -144,25 +146,23 @@ def stored_model(source: str, storage: Path, task: str, trust_remote_code: bool)
         done.returncode,
         time.monotonic() - started,
     )
-    found = _stored(source, storage, task)
+    found = _stored(files, source, storage, task)
     if found is not None:
         return found
-    from sllm.backends import model_source
-
-    files = model_source.resolve(source, storage)
     path = files.path / files.gguf_file if files.gguf_file else files.path
     log.warning("sllm store cannot hold %s: vLLM loads it from %s", source, path)
     return Prepared(str(path), stored=False)
 
 
-def _stored(source: str, storage: Path, task: str) -> Prepared | None:
-    """``source``'s copy in the store, if it is there and sound; never writes one."""
-    from sllm.backends import model_source
+def _stored(
+    files: model_source.ModelFiles, source: str, storage: Path, task: str
+) -> Prepared | None:
+    """The copy in the store of ``files`` (deployed as ``source``), if it is there and
+    sound; never writes one."""
     from sllm.store.catalog import auto_class_for, store_dir
     from sllm.store.integrity import check_directory
     from sllm.store.tiers import record_use
 
-    files = model_source.resolve(source, storage)  # a hub id is downloaded: no compute
     path = model_source.dequantized_dir(files, storage) if files.gguf_file else files.path
     if not (path / "config.json").is_file():
         return None
@@ -304,12 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     prime()  # a cold start's imports; nothing left to do in a warm process
     milestone("imported")
     started = time.monotonic()
-    from sllm.backends.model_source import ModelSourceError
-
     source = vllm_args[vllm_args.index("--model") + 1]
     try:
         prepared = stored_model(source, args.storage_path, args.task, args.trust_remote_code)
-    except ModelSourceError as exc:
+    except model_source.ModelSourceError as exc:
         raise SystemExit(f"sllm: {exc}") from None
     log.info("model %s at %s in %.2f s", source, prepared.model, time.monotonic() - started)
     milestone("stored")

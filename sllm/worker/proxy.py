@@ -209,11 +209,13 @@ class Proxy:
         body = json.loads(call.body)
         if CONTINUE_FIELD not in body:
             return call.body, 0
-        count = {"model": body.get("model"), "prompt": body[CONTINUE_FIELD]}
+        count = {
+            "model": body.get("model"),
+            "prompt": body[CONTINUE_FIELD],
+            "add_special_tokens": False,
+        }
         async with self.http.post(
-            f"http://127.0.0.1:{port}/tokenize",
-            json={**count, "add_special_tokens": False},
-            timeout=timeout,
+            f"http://127.0.0.1:{port}/tokenize", json=count, timeout=timeout
         ) as resp:
             resp.raise_for_status()
             prior = int((await resp.json())["count"])
