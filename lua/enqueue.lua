@@ -7,12 +7,14 @@
 -- KEYS[8] instance tasks set
 -- ARGV[1] task id, ARGV[2] task ttl (s), ARGV[3] offering owner ('' for no offer),
 -- ARGV[4] offered instance id, ARGV[5] its max concurrency, ARGV[6] now,
--- ARGV[7] lease deadline, ARGV[8..] task hash field/value pairs
+-- ARGV[7] lease deadline, ARGV[8] the instance hashes' key prefix, ARGV[9..] task hash
+-- field/value pairs
 -- Returns {status, queue length, instance count, reason, attempt}; status 'ok', 'missing',
 -- 'full' (the config's max_queue_length are waiting), 'unschedulable' (no live worker can
 -- serve it, the reason says why) or the model state; attempt 1 when the offer was taken, else
 -- 0. A task already enqueued (a client retry whose first reply was lost) is not queued
--- again: 'ok' as before.
+-- again: 'ok' as before. A queued task's instance count leaves out sleeping instances: a
+-- model with none awake needs the autoscaler at once, to wake one.
 local model = redis.call('HMGET', KEYS[1], 'state', 'config', 'unschedulable')
 local state = model[1]
 if not state then
@@ -33,7 +35,7 @@ if limit and waiting >= limit then
   return {'full', waiting, redis.call('SCARD', KEYS[4]), '', 0}
 end
 local fields = {}
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[2], unpack(fields))
@@ -48,4 +50,10 @@ if ARGV[3] ~= '' and waiting == 0 then
   end
 end
 local length = redis.call('RPUSH', KEYS[3], ARGV[1])
-return {'ok', length, redis.call('SCARD', KEYS[4]), '', 0}
+local awake = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if redis.call('HGET', ARGV[8] .. id, 'state') ~= 'sleeping' then
+    awake = awake + 1
+  end
+end
+return {'ok', length, awake, '', 0}

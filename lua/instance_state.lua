@@ -1,5 +1,6 @@
--- Compare-and-set an instance's state. Draining also requires that the instance serves
--- nothing, so the scaler can never stop a busy instance (stamp_lease only uses 'ready').
+-- Compare-and-set an instance's state. Draining and sleeping also require that the
+-- instance serves nothing, so the scaler can never stop or put to sleep a busy instance
+-- (stamp_lease only uses 'ready').
 -- KEYS[1] instance hash
 -- ARGV[1] new state, ARGV[2] now, ARGV[3] reason, ARGV[4..] states it may move from
 -- Returns 1 when changed, 0 otherwise.
@@ -16,7 +17,7 @@ end
 if not allowed then
   return 0
 end
-if ARGV[1] == 'draining' and tonumber(cur[2] or '0') > 0 then
+if (ARGV[1] == 'draining' or ARGV[1] == 'sleeping') and tonumber(cur[2] or '0') > 0 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'state_reason', ARGV[3], 'updated', ARGV[2])

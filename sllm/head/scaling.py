@@ -1,11 +1,13 @@
-"""How many instances a model should have, and which idle ones to stop. Pure."""
+"""How many instances a model should have, which sleeping ones to wake, and which idle
+ones to stop or put to sleep. Pure."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-LIVE_STATES = ("starting", "ready")
+# Instances that serve or soon will; a sleeping one serves nothing until woken.
+LIVE_STATES = ("starting", "ready", "waking")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class InstanceLoad:
     state: str
     outstanding: int
     last_active: float
+    # Whether, once idle, it sleeps instead of stopping (vLLM's sleep mode on a GPU).
+    can_sleep: bool = False
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,12 @@ class ScalingDecision:
     desired: int
     start: int = 0
     stop: list[str] = field(default_factory=list)
+    # Sleeping instances to wake, before any start: a wake moves weights from host memory
+    # back to the GPU, faster than any new process.
+    wake: list[str] = field(default_factory=list)
+    # Idle instances to put to sleep instead of stopping (their worker may still refuse,
+    # lacking host memory: they are stopped then).
+    sleep: list[str] = field(default_factory=list)
 
 
 def desired_instances(queued: int, in_flight: int, policy: ScalingPolicy) -> int:
@@ -49,19 +59,27 @@ def decide(
     *,
     deleting: bool = False,
 ) -> ScalingDecision:
-    """Start enough instances for the load; stop only idle ones past keep_alive.
+    """Wake or start enough instances for the load; stop or put to sleep only idle
+    ones past keep_alive.
 
-    Starting instances count as live, so a burst of requests that all see no instance
-    leads to one scale-up, not one per request. A model being deleted wants none, and
-    any idle instance of it stops at once.
+    Starting and waking instances count as live, so a burst of requests that all see no
+    instance leads to one scale-up, not one per request. Sleeping ones are woken before
+    any is started, the most recently active first. A model being deleted wants none:
+    its idle and sleeping instances stop at once.
     """
     live = [i for i in instances if i.state in LIVE_STATES]
+    asleep = sorted(
+        (i for i in instances if i.state == "sleeping"), key=lambda i: (-i.last_active, i.id)
+    )
     if deleting:
-        return ScalingDecision(desired=0, stop=[i.id for i in live if i.outstanding == 0])
+        unused = [i.id for i in live if i.outstanding == 0] + [i.id for i in asleep]
+        return ScalingDecision(desired=0, stop=unused)
     in_flight = sum(i.outstanding for i in instances)
     desired = desired_instances(queued, in_flight, policy)
     if desired > len(live):
-        return ScalingDecision(desired=desired, start=desired - len(live))
+        missing = desired - len(live)
+        wake = [i.id for i in asleep[:missing]]
+        return ScalingDecision(desired=desired, start=missing - len(wake), wake=wake)
     surplus = len(live) - desired
     idle = sorted(
         (
@@ -72,5 +90,9 @@ def decide(
             and now - i.last_active >= policy.keep_alive
         ),
         key=lambda i: (i.last_active, i.id),
+    )[:surplus]
+    return ScalingDecision(
+        desired=desired,
+        stop=[i.id for i in idle if not i.can_sleep],
+        sleep=[i.id for i in idle if i.can_sleep],
     )
-    return ScalingDecision(desired=desired, stop=[i.id for i in idle[:surplus]])

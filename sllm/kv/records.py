@@ -6,14 +6,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-# Which states an instance may move to, from which. 'draining' also needs the instance
-# idle, which instance_state.lua checks atomically.
+# Which states an instance may move to, from which. 'draining' and 'sleeping' also need
+# the instance idle, which instance_state.lua checks atomically. A sleeping instance
+# (vLLM's sleep mode: weights in host memory, GPU memory free) serves nothing until it
+# has woken ('waking', then 'ready').
 TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "ready": ("starting",),
+    "ready": ("starting", "waking"),
+    "sleeping": ("ready",),
+    "waking": ("sleeping",),
     # A starting instance drains only when its model is deleted: it is never idle.
-    "draining": ("starting", "ready"),
-    "failed": ("starting", "ready", "draining"),
-    "stopped": ("starting", "ready", "draining", "failed"),
+    "draining": ("starting", "ready", "sleeping"),
+    "failed": ("starting", "ready", "draining", "sleeping", "waking"),
+    "stopped": ("starting", "ready", "draining", "failed", "sleeping", "waking"),
 }
 
 

@@ -91,7 +91,8 @@ class TaskStore:
 
     async def enqueue(self, task: NewTask, ttl: int, offer: Offer | None = None) -> Enqueued:
         """Queue ``task``; or, with ``offer`` and an empty queue, claim it for the offerer
-        on the offered instance if that is still ready with room."""
+        on the offered instance if that is still ready with room. A queued task's
+        ``instances`` are those awake (not sleeping)."""
         k = self._k
         keys = [
             k.model(task.model),
@@ -115,7 +116,7 @@ class TaskStore:
                 offer.lease_until,
             ]
         status, length, instances, reason, attempt = await self._s.enqueue(
-            keys=keys, args=[task.id, ttl, *offered, *task.fields()]
+            keys=keys, args=[task.id, ttl, *offered, k.instance(""), *task.fields()]
         )
         claim = None
         if attempt:

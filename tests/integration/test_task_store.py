@@ -182,6 +182,29 @@ async def test_draining_refuses_a_busy_instance(store: Store) -> None:
     assert not await store.registry.set_instance_state("i1", "draining")
 
 
+async def test_only_an_idle_instance_sleeps_and_asleep_it_takes_no_task(store: Store) -> None:
+    await deploy_with_ready_instance(store)
+    await store.tasks.enqueue(new_task("a"), 60)
+    await claim_and_stamp(store)
+    assert not await store.registry.set_instance_state("i1", "sleeping")  # busy
+    assert not await store.registry.set_instance_state("i1", "waking")  # not asleep
+    now = time.time()
+    await store.tasks.finish("a", MODEL, "i1", 1, "done", b"{}", now, 60)
+    assert await store.registry.set_instance_state("i1", "sleeping")
+    # Queued behind a sleeper, a task counts no instance: the gateway wakes the
+    # autoscaler at once; and the sleeper cannot be stamped.
+    enq = await store.tasks.enqueue(new_task("b"), 60)
+    assert (enq.status, enq.instances) == ("ok", 0)
+    status, claim = await claim_and_stamp(store)
+    assert (status, claim) == ("instance", None)
+    assert not await store.registry.set_instance_state("i1", "ready")  # only once woken
+    assert await store.registry.set_instance_state("i1", "waking")
+    assert (await store.tasks.enqueue(new_task("c"), 60)).instances == 1
+    assert await store.registry.set_instance_state("i1", "ready")
+    status, claim = await claim_and_stamp(store)
+    assert status == "ok" and claim is not None and claim.task_id == "b"
+
+
 async def test_unstamped_claim_is_recovered(store: Store) -> None:
     await deploy_with_ready_instance(store)
     await store.tasks.enqueue(new_task("a"), 60)

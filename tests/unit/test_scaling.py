@@ -65,8 +65,48 @@ def test_deleting_model_stops_every_idle_instance_at_once() -> None:
     assert decision.stop == ["a"] and decision.start == 0
 
 
+def test_idle_instances_that_can_sleep_sleep_and_the_others_stop() -> None:
+    insts = [
+        InstanceLoad("gpu", "ready", 0, last_active=100.0, can_sleep=True),
+        InstanceLoad("cpu", "ready", 0, last_active=200.0),
+    ]
+    decision = decide(POLICY, 0, insts, now=1000.0)
+    assert decision.sleep == ["gpu"] and decision.stop == ["cpu"]
+    # Not before keep_alive, and never a busy one.
+    assert decide(POLICY, 0, insts, now=150.0).sleep == []
+    busy = [InstanceLoad("gpu", "ready", 1, last_active=0.0, can_sleep=True)]
+    assert decide(POLICY, 0, busy, now=1e6).sleep == []
+
+
+def test_sleeping_instances_are_woken_before_any_start() -> None:
+    insts = [
+        InstanceLoad("old", "sleeping", 0, last_active=100.0),
+        InstanceLoad("new", "sleeping", 0, last_active=900.0),
+    ]
+    # Asleep, an instance serves nothing: an idle model asleep wants nothing done.
+    assert decide(POLICY, 0, insts, now=1000.0) == decide(POLICY, 0, [], now=1000.0)
+    one = decide(POLICY, 1, insts, now=1000.0)
+    assert one.wake == ["new"] and one.start == 0
+    three = decide(POLICY, 15, insts, now=1000.0)
+    assert three.wake == ["new", "old"] and three.start == 1
+    # A waking instance is live: the next pass does not wake another for the same load.
+    waking = [InstanceLoad("new", "waking", 0, 900.0), InstanceLoad("old", "sleeping", 0, 100.0)]
+    assert decide(POLICY, 1, waking, now=1000.0).wake == []
+
+
+def test_deleting_model_stops_its_sleeping_instances_too() -> None:
+    insts = [InstanceLoad("a", "sleeping", 0, 1.0), InstanceLoad("b", "ready", 0, 999.0)]
+    decision = decide(POLICY, 3, insts, now=1000.0, deleting=True)
+    assert sorted(decision.stop) == ["a", "b"] and decision.wake == [] and decision.start == 0
+
+
 def test_pure_decision_modules_import_no_io() -> None:
-    for name in ("sllm.head.scaling", "sllm.head.placement", "sllm.head.routing"):
+    for name in (
+        "sllm.head.scaling",
+        "sllm.head.placement",
+        "sllm.head.routing",
+        "sllm.worker.sleep_room",
+    ):
         for mod in [m for m in sys.modules if m.startswith(("redis", "httpx", "aiohttp"))]:
             del sys.modules[mod]
         sys.modules.pop(name, None)
