@@ -43,6 +43,10 @@ process), ``store`` (the store's check), ``engine_build`` (vLLM's config, its en
 processes, the model's skeleton), ``weight_load``, ``kv_cache`` (the weights' processing
 and the cache's sizing), ``warm_up`` (the cache's allocation, and a warm-up run where vLLM
 makes one), ``server`` (the API server's set-up until the worker saw it ready).
+With ``--num-gpus`` a fourth tier, ``sleeping``: a second model in vLLM's sleep mode,
+its idle instance put to sleep (weights in host memory), woken by the request; its
+``wake`` phase is the worker's ``sllm_sleep_seconds`` of the wake. The other tiers' model
+runs without sleep mode, so that it scales to zero.
 """
 
 from __future__ import annotations
@@ -102,20 +106,32 @@ VLLM_STEPS = (
     ("warm_up", "engine"),
 )
 # sllm's defaults; plain vLLM gets the flags and the KV cache sllm's instance gets.
-VLLM_CONFIG: dict[str, Any] = {}
+# Without sleep mode (on by default with GPUs), so that an idle instance stops.
+VLLM_CONFIG: dict[str, Any] = {"sleep_mode": False}
+SLEEPY = "demo-sleeps"
 
 
-def _cold_start_sums(url: str) -> dict[str, float]:
-    """sllm_cold_start_seconds_sum by phase, from a /metrics page."""
+def _sums(url: str, family_name: str, label: str, model: str) -> dict[str, float]:
+    """A histogram's sums by ``label``, for ``model``, from a /metrics page."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "sllm_cold_start_seconds":
+        if family.name != family_name:
             continue
         for sample in family.samples:
-            if sample.name.endswith("_sum") and sample.labels.get("model") == MODEL:
-                sums[sample.labels["phase"]] = sample.value
+            if sample.name.endswith("_sum") and sample.labels.get("model") == model:
+                sums[sample.labels[label]] = sample.value
     return sums
+
+
+def _cold_start_sums(url: str) -> dict[str, float]:
+    """sllm_cold_start_seconds_sum by phase."""
+    return _sums(url, "sllm_cold_start_seconds", "phase", MODEL)
+
+
+def _sleep_sums(url: str) -> dict[str, float]:
+    """sllm_sleep_seconds_sum of the sleeping model, by change (sleep, wake)."""
+    return _sums(url, "sllm_sleep_seconds", "change", SLEEPY)
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -142,7 +158,7 @@ class Bench:
         self.redis = start_redis(free_port(), work / "redis")
         self.head = start_head(free_port(), self.redis.url, work / "head.log", ENV)
         self.worker = self._worker(memory_tier=True)
-        config = {
+        self.config: dict[str, Any] = {
             "model": MODEL,
             "backend": backend,
             "num_gpus": num_gpus,
@@ -158,7 +174,7 @@ class Bench:
             "startup_timeout": 600,
         }
         _wait(lambda: bool(self.status()["workers"]), 30, "the worker's registration")
-        httpx.post(f"{self.head.url}/register", json=config, timeout=30).raise_for_status()
+        httpx.post(f"{self.head.url}/register", json=self.config, timeout=30).raise_for_status()
 
     def _worker(self, *, memory_tier: bool = True, warm: bool = True) -> Child:
         env = {**ENV, "SLLM_HEARTBEAT_INTERVAL": "1"}
@@ -189,9 +205,12 @@ class Bench:
         data: dict[str, Any] = httpx.get(f"{self.head.url}/status", timeout=10).json()
         return data
 
-    def instances(self) -> int:
-        model = next(m for m in self.status()["models"] if m["model"] == MODEL)
-        return len(model["instances"])
+    def instances(self, name: str = MODEL) -> int:
+        return len(self.states(name))
+
+    def states(self, name: str = MODEL) -> list[str]:
+        model = next(m for m in self.status()["models"] if m["model"] == name)
+        return [i["state"] for i in model["instances"]]
 
     @property
     def stored(self) -> list[Path]:
@@ -204,10 +223,10 @@ class Bench:
         cache = self._live_worker().get("cache") or []
         return next((c["tier"] for c in cache if c["source"] == SOURCE), None)
 
-    def first_token(self) -> float:
+    def first_token(self, name: str = MODEL) -> float:
         """Seconds from sending a streamed chat request to its first content."""
         body = {
-            "model": MODEL,
+            "model": name,
             "messages": [{"role": "user", "content": "Say hello."}],
             "max_tokens": 4,
             "stream": True,
@@ -266,6 +285,25 @@ class Bench:
             phases["warm_up"] = self._warm_up(new_logs)
             phases["other"] = seconds - sum(phases[p] for p in PHASES)
         return {"tier": tier, "seconds": seconds, "phases": phases}
+
+    def from_sleep(self, repeat: int) -> list[dict[str, Any]]:
+        """The sleeping tier: a model in sleep mode, started once, then ``repeat`` times
+        put to sleep by its keep_alive and woken by a request."""
+        _wait(lambda: self.instances() == 0, 120, "scale to zero")
+        config = {**self.config, "model": SLEEPY}
+        config["backend_config"] = {**config["backend_config"], "sleep_mode": True}
+        httpx.post(f"{self.head.url}/register", json=config, timeout=30).raise_for_status()
+        self.first_token(SLEEPY)
+        runs = []
+        for _ in range(repeat):
+            _wait(lambda: self.states(SLEEPY) == ["sleeping"], 120, "the instance to sleep")
+            before = _sleep_sums(self.worker.url)
+            seconds = self.first_token(SLEEPY)
+            wake = _sleep_sums(self.worker.url).get("wake", 0.0) - before.get("wake", 0.0)
+            phases = dict.fromkeys(VLLM_PHASES, 0.0) | {"wake": wake}
+            phases["other"] = seconds - wake
+            runs.append({"tier": "sleeping", "seconds": seconds, "phases": phases})
+        return runs
 
     def _vllm_phases(self, measured: dict[str, float], logs: set[Path]) -> dict[str, float]:
         """The worker's and head's figures, the instance's own steps from its log's
@@ -391,6 +429,8 @@ def run_vllm(repeat: int, num_gpus: int) -> dict[str, Any]:
             runs += [bench.cold("memory") for _ in range(repeat)]
             bench.replace_worker(warm=False)
             runs += [bench.cold("fresh process") for _ in range(repeat)]
+            if num_gpus:  # vLLM sleeps on CUDA only
+                runs += bench.from_sleep(repeat)
         finally:
             bench.close()
         dequantized = next((Path(tmp) / "models" / "gguf").glob("*/config.json")).parent
@@ -427,7 +467,9 @@ def report(out: dict[str, Any]) -> None:
 
 
 def report_vllm(out: dict[str, Any]) -> None:
-    _tier_table(out["runs"], [*VLLM_PHASES, "other"], "first token (s)", 12)
+    for run in out["runs"]:
+        run["phases"].setdefault("wake", 0.0)
+    _tier_table(out["runs"], [*VLLM_PHASES, "wake", "other"], "first token (s)", 12)
     base = out["plain_vllm"]
     ready = statistics.median(b["ready"] for b in base)
     first = statistics.median(b["first_token"] for b in base)

@@ -8,13 +8,12 @@ a fresh checkout, in under 8 minutes:
    index;
 2. serves SmolLM2 on the CUDA build of vLLM through sllm (Redis, a head, a worker, one
    GPU) and measures its cold start (``cold_start.py --backend vllm --num-gpus 1``:
-   first request after deploy, from a warm process, from a fresh one, against plain
-   vLLM started fresh);
+   first request after deploy, from a warm process, from a fresh one, woken from
+   vLLM's sleep mode, against plain vLLM started fresh);
 3. measures loading into GPU memory (``load_gpu.py``);
 4. prints one table.
 
-Sleep mode (an idle instance's weights kept in host memory, woken by its next request)
-is not built yet: the table says so instead of a figure. Exits 2 without a GPU.
+Exits 2 without a GPU.
 """
 
 from __future__ import annotations
@@ -96,7 +95,6 @@ def report(gpu: str, cold: dict[str, Any], load: Any, spent: dict[str, float]) -
     for key in ("ready", "first_token"):
         label = f"plain vLLM, fresh: {key.replace('_', ' ')}"
         print(f"{label:<40} {statistics.median([p[key] for p in plain]):>10.2f}")
-    print(f"{'cold start from sleep mode':<40} {'not built':>10}")
     print(f"load_gpu.py: {json.dumps(load)[:2000]}")
     print("time spent: " + ", ".join(f"{k} {v:.0f} s" for k, v in spent.items()))
 

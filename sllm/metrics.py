@@ -73,7 +73,8 @@ class HeadMetrics:
         self.workers = Gauge("sllm_workers", "Live workers.", registry=r)
         self.placements = Counter(
             "sllm_placements_total",
-            "New instances placed, by the cache tier the chosen worker had the model in.",
+            "New instances placed, by the cache tier the chosen worker had the model in "
+            '("sleeping": a sleeping instance woken).',
             ["model", "tier"],
             registry=r,
         )
@@ -147,6 +148,13 @@ class WorkerMetrics:
             "sllm_cold_start_seconds",
             "Cold-start phases of new instances (process start, weight load, first token).",
             ["model", "phase"],
+            buckets=_COLD,
+            registry=r,
+        )
+        self.sleep = Histogram(
+            "sllm_sleep_seconds",
+            "How long instances took to go to sleep and to wake (vLLM's sleep mode).",
+            ["model", "change"],
             buckets=_COLD,
             registry=r,
         )

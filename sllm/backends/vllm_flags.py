@@ -8,7 +8,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The flags sllm itself sets: passing them in extra_args would contradict the launch.
-_OWNED_FLAGS = ("--host", "--port", "--model", "--served-model-name", "--tensor-parallel-size")
+# (sleep_mode sets --enable-sleep-mode: the worker must know whether an instance sleeps.)
+_OWNED_FLAGS = (
+    "--host",
+    "--port",
+    "--model",
+    "--served-model-name",
+    "--tensor-parallel-size",
+    "--enable-sleep-mode",
+)
 
 
 class VllmKnobs(BaseModel):
@@ -32,6 +40,12 @@ class VllmKnobs(BaseModel):
     cpu_threads: int | None = Field(
         None, ge=1, description="Cores a CPU instance binds its threads to (default: a share)."
     )
+    sleep_mode: bool | None = Field(
+        None,
+        description="Put an idle instance to sleep (vLLM's sleep mode, level 1: weights to "
+        "host memory, GPU memory freed) instead of stopping it; None: on GPUs. vLLM sleeps "
+        "on CUDA only.",
+    )
     enable_prefix_caching: bool | None = None
     quantization: str | None = Field(None, min_length=1)
     task: Literal["auto", "generate", "embed"] = "auto"
@@ -45,7 +59,10 @@ class VllmKnobs(BaseModel):
     def _not_owned(cls, value: list[str]) -> list[str]:
         owned = [a for a in value if a.split("=", 1)[0] in _OWNED_FLAGS]
         if owned:
-            raise ValueError(f"extra_args may not set {', '.join(owned)}: sllm sets them")
+            raise ValueError(
+                f"extra_args may not set {', '.join(owned)}: sllm sets them "
+                "(sleep mode: the sleep_mode key)"
+            )
         return value
 
 
@@ -77,6 +94,11 @@ def cpu_kv_cache_bytes(
     context = max_model_len or int(config.get("max_position_embeddings") or CPU_KV_TOKENS)
     wanted = per_token * max(context, CPU_KV_TOKENS) * 5 // 4
     return max(CPU_KV_FLOOR, min(wanted, ceiling))
+
+
+def sleeps(knobs: VllmKnobs, num_gpus: int) -> bool:
+    """Whether the instance runs in sleep mode: as configured, by default on GPUs."""
+    return knobs.sleep_mode if knobs.sleep_mode is not None else num_gpus > 0
 
 
 def vllm_args(
@@ -127,6 +149,8 @@ def vllm_args(
             if knobs.enable_prefix_caching
             else "--no-enable-prefix-caching"
         )
+    if sleeps(knobs, num_gpus):
+        args.append("--enable-sleep-mode")
     if knobs.task == "embed":
         # vLLM >= 0.10 names pooling models' runner this way.
         args += ["--runner", "pooling"]

@@ -49,7 +49,9 @@ def capacities(
     """What each live worker has left, from its last heartbeat and the instances on it."""
     out = []
     for w in workers:
-        mine = [i for i in instances if i.node_id == w.node_id]
+        # A sleeping instance neither keeps its GPUs from a new one (the worker stops it
+        # for them) nor shares the CPU; its host memory is in the worker's figure.
+        mine = [i for i in instances if i.node_id == w.node_id and i.state != "sleeping"]
         gpus_used = sum(gpus_per_instance.get(i.model, 0) for i in mine)
         out.append(
             WorkerCapacity(
@@ -224,6 +226,12 @@ class Autoscaler:
         self.metrics.placements.labels(model, e.tier).inc()
         self.metrics.placement_estimate.labels(model).observe(e.seconds)
 
+    async def _wake_sleeper(self, inst: InstanceRecord) -> None:
+        """Wake a sleeping instance: the fastest tier a start can find."""
+        log.info("waking %s of %s on %s (sleeping tier)", inst.id, inst.model, inst.node_id)
+        self.metrics.placements.labels(inst.model, "sleeping").inc()
+        await self.workers.wake_instance(inst)
+
     @staticmethod
     def _lost(inst: InstanceRecord, config: DeployConfig, live_nodes: set[str], now: float) -> str:
         if inst.state in ("failed", "stopped"):
@@ -232,6 +240,8 @@ class Autoscaler:
             return f"worker {inst.node_id} is gone"
         if inst.state == "starting" and now - inst.created > config.startup_timeout + STARTUP_GRACE:
             return "start-up never finished"
+        if inst.state == "waking" and now - inst.updated > config.startup_timeout + STARTUP_GRACE:
+            return "waking never finished"
         return ""
 
     async def _scale(
@@ -249,9 +259,16 @@ class Autoscaler:
         policy = ScalingPolicy(
             asc.min_instances, asc.max_instances, asc.queue_per_instance_threshold, asc.keep_alive
         )
-        loads = [InstanceLoad(i.id, i.state, i.outstanding, i.last_active()) for i in instances]
+        can_sleep = get_backend(config.backend).sleeps(config.backend_config, config.num_gpus)
+        loads = [
+            InstanceLoad(i.id, i.state, i.outstanding, i.last_active(), can_sleep)
+            for i in instances
+        ]
         deleting = model.state == "deleting"
         decision = decide(policy, queued.get(model.name, 0), loads, now, deleting=deleting)
+        by_id = {i.id: i for i in instances}
+        if decision.wake:
+            await asyncio.gather(*(self._wake_sleeper(by_id[i]) for i in decision.wake))
         if decision.start:
             need = requirement(config, room)
             placements = place(room, need, decision.start)
@@ -277,9 +294,12 @@ class Autoscaler:
 
             await asyncio.gather(*(start(n) for n in nodes))
             room = after_placing(room, need, placements)
-        by_id = {i.id: i for i in instances}
         for inst_id in decision.stop:
             await self.workers.stop_instance(by_id[inst_id])
+        for inst_id in decision.sleep:
+            # In the background: copying the weights out takes seconds, and the next
+            # pass must not wait for it (Redis says "sleeping" from the first moment).
+            self.workers.detach(self.workers.sleep_instance(by_id[inst_id]))
         if deleting and not instances:
             if await self.store.registry.purge_model(model.name):
                 log.info("model %s deleted", model.name)

@@ -20,6 +20,10 @@ from sllm.kv.store import Store
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+# The worker answers once the instance sleeps: its weights copied to host memory, and
+# sleepers whose memory it needs stopped first.
+SLEEP_TIMEOUT = aiohttp.ClientTimeout(total=180.0)
+STOP_TIMEOUT = aiohttp.ClientTimeout(total=30.0)
 # An instance the worker does not report is only presumed gone after this long, so a
 # heartbeat racing a /start_instance call does not kill a fresh instance.
 REPORT_GRACE = 30.0
@@ -124,7 +128,7 @@ class WorkerManager:
                 if (
                     inst.node_id == node_id
                     and inst.id not in reported
-                    and inst.state in ("starting", "ready")
+                    and inst.state in ("starting", "ready", "sleeping", "waking")
                     and now - inst.created > REPORT_GRACE
                 ):
                     await self._beats.registry.set_instance_state(
@@ -257,6 +261,48 @@ class WorkerManager:
         await self._stop_on_worker(inst)
         await self.store.registry.remove_instance(inst.id, inst.model)
 
+    async def sleep_instance(self, inst: InstanceRecord) -> None:
+        """Put an idle instance to sleep instead of stopping it (refused by Redis if it
+        took a request); stopped when its worker cannot put it to sleep."""
+        registry = self.store.registry
+        if not await registry.set_instance_state(inst.id, "sleeping", reason="idle"):
+            return
+        log.info("putting idle instance %s of %s to sleep", inst.id, inst.model)
+        why = await self._ask(inst, "/sleep_instance", SLEEP_TIMEOUT)
+        if why is None:
+            log.info("instance %s of %s sleeps", inst.id, inst.model)
+            return
+        log.info("instance %s cannot sleep (%s): stopping it", inst.id, why)
+        # Refused when it was woken or ended meanwhile: that is then in hand.
+        if await registry.set_instance_state(inst.id, "draining", reason=f"idle; {why}"[:500]):
+            await self._stop_on_worker(inst)
+            await registry.remove_instance(inst.id, inst.model)
+
+    async def wake_instance(self, inst: InstanceRecord) -> bool:
+        """Have a sleeping instance woken; its worker reports it ready (or failed)."""
+        registry = self.store.registry
+        if not await registry.set_instance_state(inst.id, "waking", reason="needed"):
+            return False
+        why = await self._ask(inst, "/wake_instance", CALL_TIMEOUT)
+        if why is not None:
+            await registry.set_instance_state(inst.id, "failed", reason=f"waking: {why}"[:500])
+            return False
+        return True
+
+    async def _ask(
+        self, inst: InstanceRecord, path: str, timeout: aiohttp.ClientTimeout
+    ) -> str | None:
+        """POST ``path`` about ``inst`` to its worker: None when it agreed, else why not."""
+        try:
+            async with self.http.post(
+                f"{inst.url}{path}", json={"instance_id": inst.id}, timeout=timeout
+            ) as resp:
+                if resp.status < 300:
+                    return None
+                return f"worker answered {resp.status}: {(await resp.text())[:300]}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"worker unreachable: {exc!r}"
+
     async def retire(self, inst: InstanceRecord, reason: str) -> None:
         """Forget a failed or lost instance; the tasks it held go back to the queue.
 
@@ -288,15 +334,9 @@ class WorkerManager:
         self.detach(self._stop_on_worker(inst))
 
     async def _stop_on_worker(self, inst: InstanceRecord) -> None:
-        try:
-            async with self.http.post(
-                f"{inst.url}/stop_instance",
-                json={"instance_id": inst.id},
-                timeout=aiohttp.ClientTimeout(total=30.0),
-            ):
-                pass
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.info("could not reach %s to stop %s: %s", inst.node_id, inst.id, exc)
+        why = await self._ask(inst, "/stop_instance", STOP_TIMEOUT)
+        if why is not None:  # a 404: it was gone already
+            log.info("stopping %s on %s: %s", inst.id, inst.node_id, why)
 
     def detach(self, coro: Any) -> None:
         """Run ``coro`` in the background, logging its failure."""

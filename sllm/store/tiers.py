@@ -212,6 +212,9 @@ class ModelCache:
     def __init__(self, storage: Path, memory_limit: int, disk_limit: int | None = None) -> None:
         self.store_root = storage / "store"
         self.memory_limit = memory_limit
+        # Host memory that sleeping instances hold their weights in: the fastest tier,
+        # and within the same limit, so the memory tier keeps what is left.
+        self.asleep_bytes = 0
         # None: keep a tenth of the disk free.
         self.disk_limit = disk_limit
         self._pinned: dict[str, Pinned] = {}
@@ -256,6 +259,11 @@ class ModelCache:
         usage = shutil.disk_usage(self.store_root)
         return stored_bytes + usage.free - usage.total // 10
 
+    @property
+    def memory_room(self) -> int:
+        """What the memory tier may hold: its limit less what sleeping instances hold."""
+        return max(0, self.memory_limit - self.asleep_bytes)
+
     def _unpin(self, name: str) -> None:
         pinned = self._pinned.pop(name, None)
         if pinned is not None:
@@ -267,7 +275,7 @@ class ModelCache:
         removed: list[Cached] = []
         disk = self._disk()
         memory = self._in_memory(disk)
-        for entry in evictions(memory, self.memory_limit, self._served(memory, in_use)):
+        for entry in evictions(memory, self.memory_room, self._served(memory, in_use)):
             self._unpin(entry.name)
             removed.append(entry)
         limit = self._disk_limit(sum(e.bytes for e in disk)) if disk else 0
@@ -291,17 +299,17 @@ class ModelCache:
         nothing stored for it, it does not fit, or pages cannot be locked here."""
         disk = self._disk()
         stored = [e for e in disk if source in e.sources]
-        if not stored or self.memory_limit <= 0 or self._cannot_lock:
+        if not stored or self.memory_room <= 0 or self._cannot_lock:
             return None
         latest = max(stored, key=lambda e: e.last_used)
         if latest.name in self._pinned:
             return latest.path
-        if latest.bytes > self.memory_limit:
+        if latest.bytes > self.memory_room:
             log.info("%s (%.2f GB) is larger than the memory tier", source, latest.bytes / 1e9)
             return None
         memory = self._in_memory(disk)
         for entry in evictions(
-            memory, self.memory_limit - latest.bytes, self._served(memory, in_use)
+            memory, self.memory_room - latest.bytes, self._served(memory, in_use)
         ):
             self._unpin(entry.name)
         return latest.path if self._pin(latest) else None
@@ -336,7 +344,7 @@ class ModelCache:
         models that fit (``to_restore``), so that a restarted worker's hot models start
         from memory, not disk. What is held."""
         held: list[Cached] = []
-        for entry in to_restore(self._disk(), self.memory_limit):
+        for entry in to_restore(self._disk(), self.memory_room):
             if self._cannot_lock:
                 break
             if entry.name not in self._pinned and self._pin(entry):

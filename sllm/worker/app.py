@@ -1,4 +1,5 @@
-"""The worker's HTTP API: /start_instance /stop_instance /invoke /confirmation /health."""
+"""The worker's HTTP API: /start_instance /stop_instance /sleep_instance /wake_instance
+/invoke /confirmation /health."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from sllm.worker.heartbeat import Heartbeat
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 from sllm.worker.model_cache import WorkerCache, build_cache
 from sllm.worker.proxy import InvokeBody, Proxy
+from sllm.worker.sleepers import NoRoomToSleep, Sleepers
 from sllm.worker.store_ahead import StoreAhead
 from sllm.worker.warm_pool import WarmPool
 
@@ -74,7 +76,7 @@ class StoreModelBody(_Body):
     trust_remote_code: bool = False
 
 
-class StopInstanceBody(_Body):
+class InstanceBody(_Body):
     instance_id: InstanceId
 
 
@@ -128,6 +130,7 @@ class Worker:
             metrics=self.metrics,
             pools=self.pools,
         )
+        self.sleepers = Sleepers(self.instances, self.cache)
         self.store_ahead = StoreAhead(
             settings.storage_path, settings.log_dir, lambda: self.heartbeat.beat_now()
         )
@@ -156,6 +159,7 @@ class Worker:
             log.info("worker %s connected to Redis at %s", node_id, url)
 
     async def on_state(self, instance_id: str, state: str, reason: str) -> None:
+        self.sleepers.changed(instance_id, state)
         if state in ("stopped", "failed"):
             self.cache.ended(instance_id, state)
         try:
@@ -289,17 +293,33 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         return {"source": body.source, "state": "storing" if started else "already storing"}
 
     @app.post("/stop_instance", response_model=None, dependencies=from_head)
-    async def stop_instance(
-        body: StopInstanceBody, request: Request
-    ) -> dict[str, Any] | JSONResponse:
+    async def stop_instance(body: InstanceBody, request: Request) -> dict[str, Any] | JSONResponse:
         if not await _worker(request).instances.stop(body.instance_id):
-            return error_response(
-                404,
-                f"no instance {body.instance_id!r} here",
-                "instance_not_found",
-                param="instance_id",
-            )
+            return _no_instance(body.instance_id)
         return {"stopped": True}
+
+    @app.post("/sleep_instance", response_model=None, dependencies=from_head)
+    async def sleep_instance(body: InstanceBody, request: Request) -> dict[str, Any] | JSONResponse:
+        """Put an idle instance to sleep; answered once it sleeps. Any other answer
+        leaves it to the head to stop it."""
+        try:
+            await _worker(request).sleepers.put_to_sleep(body.instance_id)
+        except KeyError:
+            return _no_instance(body.instance_id)
+        except (BackendUnavailable, NoRoomToSleep) as exc:
+            return error_response(409, f"cannot sleep: {exc}", "cannot_sleep")
+        except RuntimeError as exc:
+            return error_response(409, str(exc), "cannot_sleep")
+        return {"instance_id": body.instance_id, "state": "sleeping"}
+
+    @app.post("/wake_instance", status_code=202, response_model=None, dependencies=from_head)
+    async def wake_instance(body: InstanceBody, request: Request) -> dict[str, Any] | JSONResponse:
+        """Wake a sleeping instance: "ready" (or "failed") is reported when it is."""
+        try:
+            _worker(request).instances.wake_soon(body.instance_id)
+        except KeyError:
+            return _no_instance(body.instance_id)
+        return {"instance_id": body.instance_id, "state": "waking"}
 
     @app.post("/update_adapters", response_model=None, dependencies=from_head)
     async def update_adapters(
@@ -308,9 +328,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         try:
             await _worker(request).instances.set_adapters(body.instance_id, body.lora_adapters)
         except KeyError:
-            return error_response(
-                404, f"no instance {body.instance_id!r} here", "instance_not_found"
-            )
+            return _no_instance(body.instance_id)
         except BackendUnavailable as exc:
             return error_response(409, str(exc), "adapters_need_restart")
         except (httpx.HTTPError, RuntimeError) as exc:
@@ -337,6 +355,12 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         return await proxy.invoke(body, request)
 
     return app
+
+
+def _no_instance(instance_id: str) -> JSONResponse:
+    return error_response(
+        404, f"no instance {instance_id!r} here", "instance_not_found", param="instance_id"
+    )
 
 
 @contextlib.contextmanager

@@ -6,6 +6,10 @@ with the worker even when the worker is SIGKILLed and never runs its shutdown.
 
 One supervisor task per instance reports every state change, so the states reach
 ``on_state`` in order: "ready" before "failed", and nothing after "stopped".
+
+A ready instance of a backend with a sleep mode (vLLM on GPUs) can be put to sleep and
+woken again, one change at a time. Its GPUs stay assigned while it sleeps; a start
+that finds no GPU free stops the sleepers that hold them, longest asleep first.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -33,7 +37,7 @@ from sllm.metrics import WorkerMetrics
 from sllm.procs import backend_environment, die_with_parent, open_log, signal_group
 from sllm.worker import hardware
 from sllm.worker.cpu_cores import choose_cores
-from sllm.worker.gpu_assignment import choose_gpus, needed_per_gpu
+from sllm.worker.gpu_assignment import GpuDoesNotFit, choose_gpus, needed_per_gpu
 from sllm.worker.warm_pool import WarmPool
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,9 @@ _LISTEN_POLL = 0.01
 _KILL_WAIT = 5.0
 # Loading an adapter reads its weights; vLLM does it in seconds.
 _ADAPTER_TIMEOUT = 120.0
+# Sleeping copies the weights to host memory and waking copies them back: seconds at
+# PCIe speed for the largest models one GPU holds.
+_SLEEP_TIMEOUT = 120.0
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 8192
 
@@ -67,10 +74,12 @@ class LocalInstance:
     backend: str
     port: int
     pid: int
-    state: str  # "starting" | "ready"
+    state: str  # "starting" | "ready" | "sleeping"
     started_at: float
     log_path: Path
     ready_at: float | None = None
+    asleep_since: float | None = None
+    gpus: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -87,6 +96,8 @@ class _Entry:
     ender: asyncio.Task[Any] | None = None
     gpus: tuple[int, ...] = ()
     first_output_seen: bool = False
+    # One sleep or wake at a time.
+    changing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 def _free_port() -> int:
@@ -156,6 +167,13 @@ class InstanceManager:
     def get(self, instance_id: str) -> LocalInstance | None:
         entry = self._entries.get(instance_id)
         return dataclasses.replace(entry.info) if entry else None
+
+    def asleep(self) -> list[LocalInstance]:
+        return [
+            dataclasses.replace(e.info)
+            for e in self._entries.values()
+            if e.info.state == "sleeping"
+        ]
 
     def list(self) -> list[LocalInstance]:
         return [dataclasses.replace(e.info) for e in self._entries.values()]
@@ -245,13 +263,33 @@ class InstanceManager:
             if isinstance(source, str)
             else None
         )
-        readings = await asyncio.to_thread(hardware.gpu_memory)
-        # No await from here to the reservation: concurrent starts see each other's GPUs.
-        taken = {g for e in self._entries.values() for g in e.gpus}
-        taken.update(g for gs in self._reserved_gpus.values() for g in gs)
-        chosen = choose_gpus(readings, taken, num_gpus, needed_per_gpu(weights, num_gpus))
-        log.info("instance %s gets GPU(s) %s", instance_id, chosen)
-        return tuple(chosen)
+        while True:
+            readings = await asyncio.to_thread(hardware.gpu_memory)
+            # No await from here to the reservation: concurrent starts see each other's GPUs.
+            taken = {g for e in self._entries.values() for g in e.gpus}
+            taken.update(g for gs in self._reserved_gpus.values() for g in gs)
+            try:
+                chosen = choose_gpus(readings, taken, num_gpus, needed_per_gpu(weights, num_gpus))
+            except GpuDoesNotFit:
+                sleeper = self._longest_asleep(with_gpus=True)
+                if sleeper is None:
+                    raise
+                # A sleeper's GPUs are the fastest start it has left; a start needs them now.
+                log.info("stopping sleeping instance %s: its GPUs are needed", sleeper)
+                await self.stop(sleeper, reason="stopped while asleep: its GPUs were needed")
+                continue
+            log.info("instance %s gets GPU(s) %s", instance_id, chosen)
+            return tuple(chosen)
+
+    def _longest_asleep(self, *, with_gpus: bool = False) -> str | None:
+        asleep = [
+            e.info
+            for e in self._entries.values()
+            if e.info.state == "sleeping" and e.ender is None and (e.gpus or not with_gpus)
+        ]
+        if not asleep:
+            return None
+        return min(asleep, key=lambda i: (i.asleep_since or 0.0, i.instance_id)).instance_id
 
     async def _spawn(self, impl: Backend, spec: LaunchSpec, gpus: tuple[int, ...]) -> _Entry:
         # Instance ids come from the network: keep them out of path syntax.
@@ -284,6 +322,7 @@ class InstanceManager:
                 state="starting",
                 started_at=time.time(),
                 log_path=log_path,
+                gpus=gpus,
             ),
             proc=proc,
             backend=impl,
@@ -343,6 +382,12 @@ class InstanceManager:
             if entry.ender is not None:
                 return
             why = f"backend exited with code {entry.proc.returncode}"
+        await self._fail(entry, why)
+
+    async def _fail(self, entry: _Entry, why: str) -> None:
+        """End the instance as failed, unless something else ends it already."""
+        if entry.ender is not None:
+            return
         entry.ender = asyncio.current_task()
         # Kills a backend that hung in start-up, and whatever an exited one left behind.
         await self._kill(entry, grace=0)
@@ -430,6 +475,70 @@ class InstanceManager:
             )
         entry.spec = dataclasses.replace(entry.spec, lora_adapters=dict(adapters))
 
+    # -- sleep ------------------------------------------------------------------------
+
+    def sleeps(self, instance_id: str) -> bool:
+        """Whether the instance was started in its backend's sleep mode (KeyError: unknown)."""
+        entry = self._entries[instance_id]
+        return entry.backend.sleeps(entry.spec.backend_config, entry.spec.num_gpus)
+
+    async def sleep(self, instance_id: str) -> None:
+        """Put a ready, idle instance to sleep. KeyError for an unknown id,
+        BackendUnavailable when it was not started in sleep mode, RuntimeError when it
+        is not ready, or its backend did not sleep (it is then ended as failed)."""
+        entry = self._entries[instance_id]
+        if not self.sleeps(instance_id):
+            raise BackendUnavailable(f"instance {instance_id!r} was not started in sleep mode")
+        async with entry.changing:
+            if entry.info.state == "sleeping":
+                return
+            if entry.info.state != "ready" or entry.ender is not None:
+                raise RuntimeError(f"instance {instance_id!r} is {entry.info.state}, not ready")
+            why = await self._sleep_or_wake(entry, "sleep")
+            if why is not None:
+                raise RuntimeError(why)
+            entry.info.state = "sleeping"
+            entry.info.asleep_since = time.time()
+        await self._report(instance_id, "sleeping", "idle")
+
+    async def _sleep_or_wake(self, entry: _Entry, change: Literal["sleep", "wake"]) -> str | None:
+        """Have the backend sleep or wake, timed: None once it has, else why not. One
+        that failed is ended as failed: half asleep, perhaps, it cannot be trusted."""
+        began = time.monotonic()
+        call = entry.backend.sleep if change == "sleep" else entry.backend.wake
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=_SLEEP_TIMEOUT) as client:
+                await call(client, f"http://127.0.0.1:{entry.spec.port}")
+        except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+            why = f"{'going to sleep' if change == 'sleep' else 'waking'} failed: {exc}"
+            await self._fail(entry, why)
+            return why
+        seconds = time.monotonic() - began
+        self._metrics.sleep.labels(entry.info.model, change).observe(seconds)
+        log.info("instance %s: %s took %.2f s", entry.info.instance_id, change, seconds)
+        return None
+
+    def wake_soon(self, instance_id: str) -> None:
+        """Wake in the background, reporting through on_state (KeyError: unknown)."""
+        if instance_id not in self._entries:
+            raise KeyError(instance_id)
+        self._spawn_task(self.wake(instance_id))
+
+    async def wake(self, instance_id: str) -> None:
+        """Wake a sleeping instance and report it ready; one that failed to wake is
+        ended and reported failed. KeyError for an unknown id."""
+        entry = self._entries[instance_id]
+        async with entry.changing:
+            if entry.info.state == "sleeping" and entry.ender is None:
+                if await self._sleep_or_wake(entry, "wake") is not None:
+                    return
+                entry.info.state = "ready"
+                entry.info.asleep_since = None
+            elif entry.info.state != "ready" or entry.ender is not None:
+                return  # ending: its end is reported
+        # Also when it never slept (its sleep failed): the head waits for "ready".
+        await self._report(instance_id, "ready", "")
+
     async def _kill(self, entry: _Entry, grace: float) -> None:
         """SIGTERM the group and wait up to ``grace``, then SIGKILL the group."""
         pid = entry.proc.pid
@@ -451,25 +560,25 @@ class InstanceManager:
 
     # -- stop -------------------------------------------------------------------------
 
-    async def stop(self, instance_id: str, grace: float = 5.0) -> bool:
+    async def stop(self, instance_id: str, grace: float = 5.0, reason: str = "") -> bool:
         """Stop an instance; False when it is unknown here."""
         entry = self._entries.get(instance_id)
         if entry is None:
             return False
         if entry.ender is None:
-            entry.ender = self._spawn_task(self._stop(entry, grace))
+            entry.ender = self._spawn_task(self._stop(entry, grace, reason))
         # Shielded: a cancelled caller must not leave the instance half stopped.
         await asyncio.shield(entry.ender)
         return True
 
-    async def _stop(self, entry: _Entry, grace: float) -> None:
+    async def _stop(self, entry: _Entry, grace: float, reason: str) -> None:
         await self._kill(entry, grace)
         if entry.supervisor is not None:
             # Lets a "ready" report in flight land before "stopped".
             await asyncio.wait({entry.supervisor}, timeout=_KILL_WAIT)
         self._entries.pop(entry.info.instance_id, None)
-        log.info("instance %s stopped", entry.info.instance_id)
-        await self._report(entry.info.instance_id, "stopped", "")
+        log.info("instance %s stopped%s", entry.info.instance_id, f": {reason}" if reason else "")
+        await self._report(entry.info.instance_id, "stopped", reason)
 
     async def stop_all(self, grace: float = 5.0) -> None:
         """Stop every instance at once; later starts are refused."""

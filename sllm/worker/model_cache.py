@@ -10,6 +10,7 @@ from typing import Any
 
 import psutil
 
+from sllm.backends.model_source import local_weights_bytes
 from sllm.config import WorkerSettings
 from sllm.metrics import WorkerMetrics
 from sllm.store.tiers import ModelCache, fastest
@@ -63,6 +64,31 @@ class WorkerCache:
                 await asyncio.to_thread(self.cache.keep_in_memory, source, self._in_use())
             except OSError as exc:
                 log.warning("keeping %s in memory failed: %s", source, exc)
+
+    async def weights_bytes(self, instance_id: str) -> int | None:
+        """Bytes of the weights an instance here serves: its stored copy's, else its
+        source's files'; None when neither is known."""
+        source = self._sources.get(instance_id)
+        if source is None:
+            return None
+        entries = await asyncio.to_thread(self.cache.entries)
+        stored = fastest(entries).get(source)
+        if stored is not None:
+            return stored.bytes
+        return await asyncio.to_thread(local_weights_bytes, source)
+
+    async def asleep(self, held: int) -> None:
+        """Sleeping instances now hold ``held`` bytes of host memory: the memory tier
+        keeps within what is left of its limit."""
+        grew = held > self.cache.asleep_bytes
+        self.cache.asleep_bytes = held
+        if not grew:
+            return
+        async with self._busy:
+            try:
+                await asyncio.to_thread(self.cache.evict, self._in_use())
+            except OSError as exc:
+                log.warning("cache eviction failed: %s", exc)
 
     async def upkeep(self) -> None:
         """Hold again what the memory tier held before the worker started, then evict to

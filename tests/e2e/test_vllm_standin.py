@@ -5,7 +5,9 @@ sampling fields, runtime LoRA adapters, a dying process, and a model no worker c
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -136,3 +138,70 @@ def test_a_model_no_worker_can_run_is_refused_at_once(cluster: Cluster) -> None:
         client.completions.create(model="m", prompt="hi", max_tokens=2)
     assert refused.value.status_code == 503 and refused.value.code == "model_unschedulable"
     assert time.monotonic() - started < 2
+
+
+def sleepy_config(tmp_path: Path) -> dict[str, Any]:
+    """A model in sleep mode that sleeps one second after its last request; its weights
+    (a file the stand-in never reads) have a size the worker can count."""
+    weights = tmp_path / "tiny"
+    weights.mkdir(exist_ok=True)
+    (weights / "model.safetensors").write_bytes(b"\0" * 1_000_000)
+    return {
+        "backend": "vllm",
+        "backend_config": {
+            "pretrained_model_name_or_path": str(weights),
+            "sleep_mode": True,
+            "extra_args": ["--standin-wake-delay", "0.5"],
+        },
+        "auto_scaling_config": {"keep_alive": 1},
+    }
+
+
+def instances(cluster: Cluster, model: str) -> list[tuple[str, str]]:
+    status = cluster.model_status(model)
+    return [(i["instance_id"], i["state"]) for i in status["instances"]] if status else []
+
+
+def test_an_idle_instance_sleeps_and_the_next_request_wakes_it(
+    vllm_cluster: Cluster, tmp_path: Path
+) -> None:
+    vllm_cluster.deploy("s", **sleepy_config(tmp_path))
+    client = vllm_cluster.client()
+    assert client.completions.create(model="s", prompt="hi", max_tokens=2).choices[0].text
+    [(first, _)] = instances(vllm_cluster, "s")
+    wait_until(lambda: instances(vllm_cluster, "s") == [(first, "sleeping")], 20, "sleep")
+
+    # Asleep, it serves nothing (the stand-in would answer 503); a request wakes it, and
+    # the same instance answers: no new process was started.
+    reply = client.completions.create(model="s", prompt="hi again", max_tokens=3)
+    assert reply.choices[0].text
+    assert instances(vllm_cluster, "s") == [(first, "ready")]
+    worker_url = vllm_cluster.status()["workers"][0]["url"]
+    text = httpx.get(f"{worker_url}/metrics", timeout=5).text
+    assert re.search(r'sllm_sleep_seconds_count\{change="wake",model="s"\} 1\.0', text), text
+    head = vllm_cluster.head
+    assert head is not None
+    head_text = httpx.get(f"{head.url}/metrics", timeout=5).text
+    assert re.search(r'sllm_placements_total\{model="s",tier="sleeping"\} 1\.0', head_text)
+
+    # Deleted while asleep, the model's instance stops and the model goes.
+    wait_until(lambda: instances(vllm_cluster, "s") == [(first, "sleeping")], 20, "sleep again")
+    resp = httpx.post(
+        f"{head.url}/delete", json={"model": "s"}, headers=vllm_cluster.admin_headers(), timeout=10
+    )
+    assert resp.status_code == 200, resp.text
+    wait_until(lambda: vllm_cluster.model_status("s") is None, 20, "the model gone")
+    wait_until(lambda: vllm_cluster.status()["workers"][0]["instances"] == [], 20, "the stop")
+
+
+def test_an_instance_without_room_to_sleep_is_stopped(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_head()
+    # No host memory given to keep models in: nothing may sleep.
+    cluster.start_worker(**{ENTRYPOINT_ENV: "tests.vllm_standin", "SLLM_MEMORY_CACHE_GB": "0"})
+    cluster.deploy("s", **sleepy_config(tmp_path))
+    client = cluster.client()
+    assert client.completions.create(model="s", prompt="hi", max_tokens=2).choices[0].text
+    wait_until(lambda: instances(cluster, "s") == [], 20, "the stop")
+    assert cluster.head is not None
+    assert "cannot sleep" in cluster.head.log.read_text()
+    assert client.completions.create(model="s", prompt="hi", max_tokens=2).choices[0].text

@@ -86,17 +86,24 @@ def test_a_stopped_model_is_held_in_memory_and_loads_from_the_same_files(
     assert locked_kib() == before
 
 
+def two_in_memory(models: list[Path], storage: Path) -> tuple[ModelCache, dict[str, Cached], int]:
+    """A memory tier with room for two of ``models``, holding lm0 then lm1; the stored
+    copies, and the size of the largest."""
+    disk = store_all(models, storage)
+    one = max(e.bytes for e in disk.values())
+    cache = ModelCache(storage, memory_limit=2 * one + one // 2)
+    for i, name in enumerate(["deployed-lm0", "deployed-lm1"]):
+        record_use(disk[name].path, name, now=1000.0 + i)
+        assert cache.keep_in_memory(name, in_use=set()) is not None
+    return cache, disk, one
+
+
 def test_the_memory_tier_keeps_its_limit_least_recently_used_first(
     models: list[Path], tmp_path: Path
 ) -> None:
     storage = tmp_path / "models"
-    disk = store_all(models, storage)
-    one = max(e.bytes for e in disk.values())
-    cache = ModelCache(storage, memory_limit=2 * one + one // 2)  # room for two
+    cache, disk, one = two_in_memory(models, storage)
     try:
-        for i, name in enumerate(["deployed-lm0", "deployed-lm1"]):
-            record_use(disk[name].path, name, now=1000.0 + i)
-            assert cache.keep_in_memory(name, in_use=set()) is not None
         # lm0 is the least recently used, but an instance serves it: lm1 goes instead.
         record_use(disk["deployed-lm2"].path, "deployed-lm2", now=1002.0)
         assert cache.keep_in_memory("deployed-lm2", in_use={"deployed-lm0"}) is not None
@@ -111,6 +118,26 @@ def test_the_memory_tier_keeps_its_limit_least_recently_used_first(
     # Larger than the whole tier: not held.
     small = ModelCache(storage, memory_limit=one // 2)
     assert small.keep_in_memory("deployed-lm1", in_use=set()) is None
+
+
+def test_sleeping_instances_take_their_memory_from_the_memory_tiers_limit(
+    models: list[Path], tmp_path: Path
+) -> None:
+    cache, _, one = two_in_memory(models, tmp_path / "models")
+    try:
+        cache.asleep_bytes = one
+        assert [e.sources[0] for e in cache.evict(in_use=set())] == ["deployed-lm0"]
+        # Room for one and a half now: the next model held pushes the other out.
+        assert cache.keep_in_memory("deployed-lm2", in_use=set()) is not None
+        assert [e.sources[0] for e in cache.entries() if e.tier == "memory"] == ["deployed-lm2"]
+        # Held by sleepers whole, it holds nothing more.
+        cache.asleep_bytes = cache.memory_limit
+        assert cache.memory_room == 0
+        assert cache.keep_in_memory("deployed-lm0", in_use=set()) is None
+        cache.evict(in_use=set())
+        assert [e for e in cache.entries() if e.tier == "memory"] == []
+    finally:
+        cache.close()
 
 
 def test_a_restarted_worker_holds_its_most_recently_used_models_in_memory_again(

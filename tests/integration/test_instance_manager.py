@@ -293,3 +293,99 @@ async def test_a_port_listens_once_something_accepts_on_it() -> None:
     server.close()
     await server.wait_closed()
     assert not await instance_manager._listening(port, 1.0)
+
+
+async def start_sleeper(
+    mgr: InstanceManager, instance_id: str, num_gpus: int, *extra: str, sleep_mode: bool = True
+) -> None:
+    """A vLLM instance of the stand-in, in sleep mode."""
+    await mgr.start(
+        instance_id,
+        model="m",
+        backend="vllm",
+        backend_config={
+            "pretrained_model_name_or_path": "org/tiny",
+            "sleep_mode": sleep_mode,
+            "extra_args": ["--standin-sleep-delay", "0.1", "--standin-wake-delay", "0.1", *extra],
+        },
+        num_gpus=num_gpus,
+        lora_adapters={},
+        startup_timeout=WAIT,
+    )
+
+
+async def test_an_instance_sleeps_and_wakes_and_asleep_generates_nothing(
+    manager: InstanceManager, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(vllm_backend.ENTRYPOINT_ENV, "tests.vllm_standin")
+    await start_sleeper(manager, "s", 0)
+    await recorder.wait_for("s", "ready")
+    port = manager.port("s")
+    body = {"model": "m", "prompt": "hi", "max_tokens": 2}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        await manager.sleep("s")
+        assert recorder.states("s") == ["ready", "sleeping"]
+        assert [i.instance_id for i in manager.asleep()] == ["s"]
+        assert (await client.get("/is_sleeping")).json() == {"is_sleeping": True}
+        assert (await client.post("/v1/completions", json=body)).status_code == 503
+        await manager.sleep("s")  # asleep already: nothing to do
+        await manager.wake("s")
+        assert recorder.states("s") == ["ready", "sleeping", "ready"]
+        assert manager.asleep() == []
+        assert (await client.post("/v1/completions", json=body)).status_code == 200
+        # A wake of an awake instance (its sleep failed) reports it ready again.
+        await manager.wake("s")
+        assert recorder.states("s")[-1] == "ready"
+
+    await start_sleeper(manager, "plain", 0, sleep_mode=False)
+    await recorder.wait_for("plain", "ready")
+    with pytest.raises(BackendUnavailable, match="not started in sleep mode"):
+        await manager.sleep("plain")
+
+
+async def test_an_instance_that_fails_to_sleep_or_wake_is_ended_as_failed(
+    manager: InstanceManager, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(vllm_backend.ENTRYPOINT_ENV, "tests.vllm_standin")
+    # vLLM without its development mode serves no /sleep: 404.
+    monkeypatch.setattr(
+        vllm_backend.VllmBackend, "env", lambda self, spec: {"VLLM_SERVER_DEV_MODE": "0"}
+    )
+    await start_sleeper(manager, "s", 0)
+    await recorder.wait_for("s", "ready")
+    with pytest.raises(RuntimeError, match="/sleep answered 404"):
+        await manager.sleep("s")
+    assert "going to sleep failed" in await recorder.wait_for("s", "failed")
+    assert manager.get("s") is None
+
+    monkeypatch.undo()
+    monkeypatch.setenv(vllm_backend.ENTRYPOINT_ENV, "tests.vllm_standin")
+    await start_sleeper(manager, "w", 0)
+    await recorder.wait_for("w", "ready")
+    await manager.sleep("w")
+    info = manager.get("w")
+    assert info is not None
+    os.kill(info.pid, signal.SIGSTOP)  # a wake that never answers...
+    monkeypatch.setattr(instance_manager, "_SLEEP_TIMEOUT", 0.5)
+    await manager.wake("w")
+    assert "waking failed" in await recorder.wait_for("w", "failed")
+    await wait_gone(info.pid)
+
+
+async def test_a_start_that_needs_a_sleepers_gpu_stops_the_sleeper(
+    manager: InstanceManager, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(vllm_backend.ENTRYPOINT_ENV, "tests.vllm_standin")
+    monkeypatch.setattr(hardware, "gpu_memory", lambda: [GpuMemory(0, 8 << 30)])
+    await start_sleeper(manager, "old", 1)
+    await recorder.wait_for("old", "ready")
+    # Awake, it keeps its GPU: the start is refused.
+    with pytest.raises(GpuDoesNotFit):
+        await start_sleeper(manager, "new", 1)
+    await manager.sleep("old")
+    await start_sleeper(manager, "new", 1)
+    reason = await recorder.wait_for("old", "stopped")
+    assert reason == "stopped while asleep: its GPUs were needed"
+    await recorder.wait_for("new", "ready")
+    info = manager.get("new")
+    assert info is not None and info.gpus == (0,)

@@ -63,6 +63,39 @@ def test_unknown_keys_and_flags_sllm_sets_are_refused() -> None:
         VllmKnobs.model_validate({})
 
 
+def test_gpu_instances_run_in_sleep_mode_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sllm.backends import vllm_backend
+    from sllm.backends.base import LaunchSpec
+
+    def args(num_gpus: int, **knobs: object) -> list[str]:
+        model = VllmKnobs(pretrained_model_name_or_path="m", **knobs)  # type: ignore[arg-type]
+        return vllm_args(model, "m", 1, num_gpus=num_gpus, lora=False)
+
+    assert "--enable-sleep-mode" in args(1)
+    assert "--enable-sleep-mode" not in args(1, sleep_mode=False)
+    assert "--enable-sleep-mode" not in args(0)
+    assert "--enable-sleep-mode" in args(0, sleep_mode=True)
+    with pytest.raises(ValidationError, match="sleep_mode"):
+        VllmKnobs(pretrained_model_name_or_path="m", extra_args=["--enable-sleep-mode"])
+
+    backend = vllm_backend.VllmBackend(name="vllm", module="sllm.backends.vllm_server")
+    config = {"pretrained_model_name_or_path": "m"}
+    assert backend.sleeps(config, 1) and not backend.sleeps(config, 0)
+    assert not backend.sleeps({"nonsense": 1}, 1)  # refused at launch, with the reason
+    spec = LaunchSpec("i", "m", 1, backend_config=config, num_gpus=1)
+    # vLLM serves the sleep endpoints in its development mode only.
+    assert backend.env(spec)["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "VLLM_SERVER_DEV_MODE" not in backend.env(LaunchSpec("i", "m", 1, config))
+    # The CPU build has no sleep mode: asked for, the launch is refused with why.
+    monkeypatch.delenv(vllm_backend.ENTRYPOINT_ENV, raising=False)
+    monkeypatch.setattr(vllm_backend, "vllm_build", lambda: "cpu")
+    cpu = LaunchSpec("i", "m", 1, backend_config={**config, "sleep_mode": True})
+    with pytest.raises(ValueError, match="sleep_mode needs vLLM's CUDA build"):
+        backend.command(cpu)
+
+
 def test_a_cpu_instance_runs_eager_unless_told_and_passes_a_chosen_kv_cache() -> None:
     knobs = VllmKnobs(pretrained_model_name_or_path="m")
     args = vllm_args(knobs, "m", 1, num_gpus=0, lora=False, on_cpu=True)
