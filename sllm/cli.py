@@ -221,20 +221,51 @@ def deploy(
     backend: Annotated[
         str, typer.Option(help="Backend for --model: dummy, transformers or vllm.")
     ] = "dummy",
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="What --model serves (transformers, vllm): a model directory, a .gguf file, "
+            "a hub id, or a packaged model (smollm2-135m, all-minilm-l6-v2)."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="generate or embed (default: from the model).")
+    ] = None,
     head_url: HeadUrl = DEFAULT_HEAD_URL,
     admin_key: AdminKey = None,
 ) -> None:
-    """Deploy a model from a JSON config, or a quick one with --model/--backend."""
+    """Deploy a model from a JSON config, or a quick one with --model/--backend/--source."""
     if (config is None) == (model is None):
         _fail("give either a CONFIG file or --model NAME", code=2)
-    cfg = (
-        _load_config(config)
-        if config is not None
-        else _validated({"model": model, "backend": backend}, "from --model/--backend")
-    )
+    if config is not None:
+        if source is not None or task is not None:
+            _fail("--source and --task go with --model, not with a CONFIG file", code=2)
+        cfg = _load_config(config)
+    else:
+        cfg = _validated(quick_config(model or "", backend, source, task), "from --model")
     with HeadClient(head_url, admin_key=admin_key) as client:
         _managing(lambda: client.deploy(cfg))
     typer.echo(f"deployed {cfg.model} ({cfg.backend})")
+
+
+def quick_config(model: str, backend: str, source: str | None, task: str | None) -> dict[str, Any]:
+    """The deploy config of ``sllm deploy --model``: the backend's defaults and ``source``."""
+    if backend == "dummy":
+        if source is not None or task is not None:
+            _fail("--source and --task are for the transformers and vllm backends", code=2)
+        return {"model": model, "backend": backend}
+    if source is None:
+        _fail(
+            f"--backend {backend} needs --source: a model directory, a .gguf file, a hub id, "
+            "or a packaged model (smollm2-135m, all-minilm-l6-v2)",
+            code=2,
+        )
+    knobs: dict[str, Any] = {"pretrained_model_name_or_path": source}
+    if task not in (None, "generate", "embed"):
+        _fail(f"--task is generate or embed, not {task!r}", code=2)
+    if task is not None:
+        knobs["task"] = task
+    return {"model": model, "backend": backend, "backend_config": knobs}
 
 
 @app.command()
@@ -275,7 +306,9 @@ def status(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    console = Console(width=max(Console().width, 120))
+    # The terminal's width; 100 columns when the output is not a terminal (a pipe).
+    terminal = Console()
+    console = Console(width=terminal.width if terminal.is_terminal else 100)
     for table in status_tables(data, time.time()):
         console.print(table)
 

