@@ -99,16 +99,16 @@ class Backend:
         resp = await client.get(f"{base_url}{self.health_path}")
         return resp.status_code == 200
 
-    async def load_timing(
-        self, client: httpx.AsyncClient, base_url: str
-    ) -> tuple[float, float] | None:
-        """(epoch when loading the weights began, seconds it took), as sllm's backend
-        server reports them on /health; None when the backend does not say."""
+    async def health(self, client: httpx.AsyncClient, base_url: str) -> dict[str, Any]:
+        """What the ready instance says of itself on its health route ({} when it says
+        nothing): sllm's backend server tells when loading the weights began and how
+        long it took (``load_started``, ``load_seconds``) and the model's sampling
+        defaults (``sampling_defaults``)."""
         try:
             body = (await client.get(f"{base_url}{self.health_path}")).json()
-            return float(body["load_started"]), float(body["load_seconds"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            return None
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
 
     async def set_adapters(
         self,

@@ -103,6 +103,7 @@ class DummyEngine:
         self.knobs = knobs
         # Adapter names only: nothing is loaded, but routing to them can be tested.
         self.adapters = adapters
+        self.sampling_defaults: dict[str, float] = {}
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         lines = [f"{m.role}: {m.text()}" for m in messages]

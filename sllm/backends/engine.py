@@ -7,7 +7,7 @@ embeddings. Everything about the wire (validation, ``n`` choices, stop strings,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +33,11 @@ class SamplingParams:
 class Engine(Protocol):
     # Names of the LoRA adapters a request may pick (empty without adapters).
     adapters: frozenset[str]
+
+    @property
+    def sampling_defaults(self) -> Mapping[str, float]:
+        """Sampling for requests that set none: the model's own (its generation config)."""
+        ...
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         """The prompt a chat renders to (the model's chat template)."""

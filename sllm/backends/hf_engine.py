@@ -15,6 +15,7 @@ from typing import Any
 from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import SamplingParams
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
+from sllm.backends.sampling_defaults import from_generation_config
 from sllm.backends.static_batching import StaticBatcher
 from sllm.backends.transformers_knobs import (
     CPU_KV_CACHE_TOKENS,
@@ -27,6 +28,8 @@ from sllm.store.catalog import load_pretrained
 
 log = logging.getLogger(__name__)
 
+# The sampling fields this backend implements, of those a generation config may set.
+SAMPLING_APPLIED = ("temperature", "top_p")
 # Per-request temperature divides the logits: 0 (greedy in OpenAI's API) becomes this.
 _GREEDY_TEMPERATURE = 1e-5
 
@@ -88,6 +91,8 @@ class TransformersEngine:
                 "cannot mix adapters in one batch"
             )
         self._ids = itertools.count()
+        # The model's generation config's sampling, for requests that set none.
+        self.sampling_defaults: dict[str, float] = {}
         self.manager: Any = None
         self.batcher: StaticBatcher | None = None
         if self.generative:
@@ -116,6 +121,7 @@ class TransformersEngine:
             model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
         self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        self.sampling_defaults = self._sampling_defaults(model.generation_config.to_diff_dict())
         self.model = self._with_adapters(model) if self.adapters else model
         static = self.knobs.batching == "static" or bool(self.adapters)
         failed: Exception | None = None
@@ -264,6 +270,17 @@ class TransformersEngine:
 
         asyncio.run(all_of_them())
         log.info("warmed up in %.2f s", time.monotonic() - started)
+
+    @staticmethod
+    def _sampling_defaults(diff: dict[str, Any]) -> dict[str, float]:
+        defaults = from_generation_config(diff)
+        unused = sorted(set(defaults) - set(SAMPLING_APPLIED))
+        if unused:
+            log.warning(
+                "the model's generation config sets %s, which this backend does not apply",
+                ", ".join(f"{k}={defaults[k]:g}" for k in unused),
+            )
+        return {k: v for k, v in defaults.items() if k in SAMPLING_APPLIED}
 
     def _load_encoder(self) -> None:
         from transformers import AutoModel

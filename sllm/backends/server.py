@@ -16,7 +16,7 @@ import struct
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +114,11 @@ async def _merged(engine: Engine, choices: list[_Choice]) -> AsyncIterator[tuple
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _or_default(value: float | None, defaults: Mapping[str, float], name: str) -> float | None:
+    """A request's sampling field, else the model's default for it (else None)."""
+    return value if value is not None else defaults.get(name)
+
+
 def _usage(prompt_tokens: int, choices: list[_Choice]) -> dict[str, int]:
     completion = sum(c.tokens + c.prior_tokens for c in choices)
     return Usage(
@@ -164,8 +169,8 @@ class OpenAIServer:
             prompt = self.engine.continuation_prompt(prompt, produced)
         params = SamplingParams(
             max_tokens=max(0, limit - prior),
-            temperature=req.temperature,
-            top_p=req.top_p,
+            temperature=_or_default(req.temperature, self.engine.sampling_defaults, "temperature"),
+            top_p=_or_default(req.top_p, self.engine.sampling_defaults, "top_p"),
             seed=req.seed,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
@@ -384,6 +389,7 @@ def create_app(
             "instance_id": instance_id,
             "load_started": load[0],
             "load_seconds": load[1],
+            "sampling_defaults": dict(engine.sampling_defaults),
         }
 
     @app.get("/v1/models")
@@ -448,8 +454,9 @@ def main(name: str, build: EngineFactory, argv: list[str] | None = None) -> None
         arena.release()  # what of a warm process's arena the engine did not claim
         warm_heap.release()
     except ValueError as exc:
-        # The worker reports the log's last lines: make this one say it all.
-        print(f"sllm {name} backend: cannot start: {exc}", file=sys.stderr)
+        # The worker reports the log's last lines, the head takes the last as the
+        # backend's message (head/start_failures.py): make this one line say it all.
+        print(f"sllm {name} backend: cannot start: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None
     serve(
         create_app(engine, args.model, args.instance_id, load),

@@ -65,6 +65,43 @@ def _gpus() -> list[dict[str, Any]]:
         return []
 
 
+def owned_memory(roots: list[int]) -> dict[str, int]:
+    """Memory sllm itself holds on this machine: the resident set of ``roots`` (the
+    worker, its instances, its warm processes) and all their children, and the GPU
+    memory NVML counts for those processes. Blocking: call it in a thread."""
+    procs: dict[int, psutil.Process] = {}
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                procs[proc.pid] = proc
+        except psutil.Error:
+            continue  # gone meanwhile
+    host = 0
+    for proc in procs.values():
+        try:
+            host += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return {"host": host, "gpu": _gpu_memory_of(set(procs))}
+
+
+def _gpu_memory_of(pids: set[int]) -> int:
+    nvml = _nvml_module()
+    if nvml is None or not pids:
+        return 0
+    used = 0
+    try:
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids and proc.usedGpuMemory:
+                    used += int(proc.usedGpuMemory)
+    except Exception as exc:  # a GPU that fell off the bus must not stop the heartbeat
+        log.warning("reading GPU processes failed: %s", exc)
+    return used
+
+
 def snapshot() -> dict[str, Any]:
     """CPU, memory (bytes) and GPU figures; never raises for a missing GPU stack.
 

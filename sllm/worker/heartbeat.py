@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -143,6 +144,8 @@ class Heartbeat:
     async def _payload(self) -> dict[str, Any]:
         # NVML calls can take a while on a busy machine; keep them off the loop.
         resources = await asyncio.to_thread(hardware.snapshot)
+        owned = [os.getpid(), *self._instances.pids()]
+        resources["sllm_memory"] = await asyncio.to_thread(hardware.owned_memory, owned)
         if self._metrics is not None:
             self._metrics.resources(resources)
         return {
@@ -159,6 +162,7 @@ class Heartbeat:
                     "backend": i.backend,
                     "state": i.state,
                     "port": i.port,
+                    "sampling_defaults": i.sampling_defaults,
                 }
                 for i in self._instances.list()
             ],
@@ -167,4 +171,5 @@ class Heartbeat:
             "cache": await self._cache.report() if self._cache is not None else [],
             "warm_processes": self._instances.warm_idle(),
             "warm_pools": self._instances.warm_pools(),
+            "cold_starts": self._instances.recent_starts(),
         }

@@ -15,6 +15,7 @@ that finds no GPU free stops the sleepers that hold them, longest asleep first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -60,6 +61,8 @@ _ADAPTER_TIMEOUT = 120.0
 # PCIe speed for the largest models one GPU holds.
 _SLEEP_TIMEOUT = 120.0
 _LOG_TAIL_LINES = 20
+# Cold starts the heartbeat reports with their phases, newest last.
+RECENT_STARTS = 20
 _LOG_TAIL_BYTES = 8192
 
 
@@ -80,6 +83,8 @@ class LocalInstance:
     ready_at: float | None = None
     asleep_since: float | None = None
     gpus: tuple[int, ...] = ()
+    # Sampling the instance applies to requests that set none, as it reports it.
+    sampling_defaults: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -157,6 +162,8 @@ class InstanceManager:
         self._reserved_cores: dict[str, tuple[int, ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # The latest cold starts and their phases (seconds), for the dashboard.
+        self._starts: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_STARTS)
 
     # -- queries ----------------------------------------------------------------------
 
@@ -167,6 +174,15 @@ class InstanceManager:
     def get(self, instance_id: str) -> LocalInstance | None:
         entry = self._entries.get(instance_id)
         return dataclasses.replace(entry.info) if entry else None
+
+    def recent_starts(self) -> list[dict[str, Any]]:
+        """The latest cold starts, newest last: when, which instance, and each phase."""
+        return [dict(start) for start in self._starts]
+
+    def pids(self) -> list[int]:
+        """The processes this worker owns: its instances' and its warm processes'."""
+        pids = [e.proc.pid for e in self._entries.values()]
+        return pids + [pid for pool in self._pools.values() for pid in pool.pids()]
 
     def asleep(self) -> list[LocalInstance]:
         return [
@@ -425,16 +441,35 @@ class InstanceManager:
 
     async def _observe_start(self, entry: _Entry, ready_at: float) -> None:
         """Cold-start phases: spawn until the weights began loading, the loading, and
-        (backends that do not tell) spawn until ready as the process start."""
+        (backends that do not tell) spawn until ready as the process start; and the
+        model's sampling defaults, where the backend says."""
         info = entry.info
         async with httpx.AsyncClient(trust_env=False, timeout=_POLL_TIMEOUT) as client:
-            timing = await entry.backend.load_timing(client, f"http://127.0.0.1:{entry.spec.port}")
+            health = await entry.backend.health(client, f"http://127.0.0.1:{entry.spec.port}")
+        defaults = health.get("sampling_defaults")
+        if isinstance(defaults, dict):
+            info.sampling_defaults = {str(k): float(v) for k, v in defaults.items()}
         phases = self._metrics.cold_start
-        if timing is None:
-            phases.labels(info.model, "process_start").observe(ready_at - info.started_at)
+        start: dict[str, Any] = {
+            "instance_id": info.instance_id,
+            "model": info.model,
+            "started_at": info.started_at,
+            "ready": ready_at - info.started_at,
+            "first_token": None,
+        }
+        self._starts.append(start)
+        try:
+            load_started, load_seconds = (
+                float(health["load_started"]),
+                float(health["load_seconds"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            start["process_start"] = ready_at - info.started_at
+            phases.labels(info.model, "process_start").observe(start["process_start"])
             return
-        load_started, load_seconds = timing
-        phases.labels(info.model, "process_start").observe(max(0.0, load_started - info.started_at))
+        start["process_start"] = max(0.0, load_started - info.started_at)
+        start["weight_load"] = load_seconds
+        phases.labels(info.model, "process_start").observe(start["process_start"])
         phases.labels(info.model, "weight_load").observe(load_seconds)
 
     def first_output(self, instance_id: str) -> None:
@@ -443,9 +478,11 @@ class InstanceManager:
         if entry is None or entry.info.ready_at is None or entry.first_output_seen:
             return
         entry.first_output_seen = True
-        self._metrics.cold_start.labels(entry.info.model, "first_token").observe(
-            time.time() - entry.info.ready_at
-        )
+        seconds = time.time() - entry.info.ready_at
+        self._metrics.cold_start.labels(entry.info.model, "first_token").observe(seconds)
+        for start in self._starts:
+            if start["instance_id"] == instance_id:
+                start["first_token"] = seconds
 
     async def _load_adapters(
         self, entry: _Entry, client: httpx.AsyncClient, base_url: str

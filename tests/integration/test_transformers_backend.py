@@ -292,3 +292,31 @@ def test_static_batching_serves_seeds_and_penalties(tmp_path: Path) -> None:
             assert len(penalised) == 2 and all(penalised)
     finally:
         child.stop()
+
+
+def test_the_models_generation_config_sets_the_sampling_a_request_leaves_out(
+    tmp_path: Path,
+) -> None:
+    model_dir = build_tiny_causal_lm(tmp_path / "lm")
+    # Greedy by its top_p (the most likely token alone is kept), and a field this backend
+    # cannot apply (logged, not reported).
+    (model_dir / "generation_config.json").write_text(
+        '{"do_sample": true, "top_p": 0.000001, "top_k": 5, "eos_token_id": 2}'
+    )
+    child = start(tmp_path, model_dir, default_max_tokens=12)
+    try:
+        health = httpx.get(f"{child.url}/health", timeout=10).json()
+        assert health["sampling_defaults"] == {"top_p": 0.000001}
+        with openai.OpenAI(base_url=f"{child.url}/v1", api_key="none", max_retries=0) as sdk:
+
+            def ask(**extra: Any) -> str:
+                reply = sdk.completions.create(model="tiny", prompt="hello", max_tokens=12, **extra)
+                return reply.choices[0].text
+
+            greedy = ask(temperature=0)
+            assert [ask() for _ in range(3)] == [greedy] * 3
+            # A request's own value wins: a random model's sampled answers differ.
+            assert len({ask(top_p=1.0) for _ in range(4)}) > 1
+    finally:
+        child.stop()
+    assert "sets top_k=5, which this backend does not apply" in child.log.read_text()
