@@ -1,4 +1,5 @@
--- Deploy a model, or update one that is deployed.
+-- Deploy a model, or update one that is deployed. An update clears the starts that failed
+-- on each worker: the new config may start where the old one could not.
 -- KEYS[1] model hash, KEYS[2] models set
 -- ARGV[1] name, ARGV[2] config (JSON), ARGV[3] now, ARGV[4] 'create' or 'update'
 -- Returns 'ok', 'exists' (create of a deployed model), 'missing' (update of an unknown one)
@@ -20,4 +21,5 @@ if not state then
   return 'missing'
 end
 redis.call('HSET', KEYS[1], 'config', ARGV[2], 'updated', ARGV[3])
+redis.call('HDEL', KEYS[1], 'start_failures')
 return 'ok'

@@ -15,6 +15,7 @@ from typing import Any
 
 from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
+from sllm.head import start_failures
 from sllm.head.placement import (
     Placement,
     Requirement,
@@ -142,37 +143,78 @@ class Autoscaler:
         live_nodes = {w.node_id for w in live_workers}
         configs = {m.name: DeployConfig.model_validate(m.config) for m in models}
 
+        given_up: dict[str, dict[str, str]] = {}
         for model in models:
             kept = []
+            failures = start_failures.parse(model.start_failures)
             for inst in by_model.get(model.name, []):
                 reason = self._lost(inst, configs[model.name], live_nodes, now)
                 if reason:
+                    if inst.state == "failed" and not inst.ready_at:  # a failed start
+                        before = failures.get(inst.node_id)
+                        failures[inst.node_id] = start_failures.after_failure(
+                            before, inst.id, reason
+                        )
                     await self.workers.retire(inst, reason)
                 else:
                     kept.append(inst)
+                    if inst.state == "ready":  # it starts there now
+                        failures.pop(inst.node_id, None)
             by_model[model.name] = kept
+            await self._note_start_failures(model, failures)
+            given_up[model.name] = start_failures.given_up(failures)
 
         all_instances = [i for insts in by_model.values() for i in insts]
         gpus = {name: c.num_gpus for name, c in configs.items()}
         room = capacities(live_workers, all_instances, gpus)
         for model in models:
-            await self._mark_servable(model, configs[model.name], room, now)
+            await self._mark_servable(model, configs[model.name], room, now, given_up[model.name])
         for model in models:
             # Each model's placements use up room the next model's must not count again.
             room = await self._scale(
-                model, configs[model.name], by_model[model.name], queued, now, room, live_workers
+                model,
+                configs[model.name],
+                by_model[model.name],
+                queued,
+                now,
+                room,
+                live_workers,
+                set(given_up[model.name]),
             )
         await self.reaper.reap(names, now)
 
-    async def _mark_servable(
-        self, model: ModelRecord, config: DeployConfig, room: list[WorkerCapacity], now: float
+    async def _note_start_failures(
+        self, model: ModelRecord, failures: dict[str, start_failures.StartFailure]
     ) -> None:
-        """Record in Redis whether any live worker could serve the model: while none can,
-        the gateway refuses its requests at once (503) and those queued fail, instead of
-        waiting for their deadline."""
+        noted = {n: f.to_dict() for n, f in failures.items()}
+        if noted == model.start_failures:
+            return
+        before = start_failures.given_up(start_failures.parse(model.start_failures))
+        for node, message in start_failures.given_up(failures).items():
+            if node not in before:
+                log.warning("%s is not placed on %s any more: %s", model.name, node, message)
+        await self.store.registry.set_start_failures(model.name, noted)
+        model.start_failures = noted
+
+    async def _mark_servable(
+        self,
+        model: ModelRecord,
+        config: DeployConfig,
+        room: list[WorkerCapacity],
+        now: float,
+        given_up: dict[str, str],
+    ) -> None:
+        """Record in Redis whether any live worker could serve the model: while none can
+        (or every one that could failed to start it the same way twice), the gateway
+        refuses its requests at once (503) and those queued fail, instead of waiting for
+        their deadline."""
         if model.state != "active":
             return
-        reason = unservable(room, Requirement(backend=config.backend, gpus=config.num_gpus)) or ""
+        need = Requirement(backend=config.backend, gpus=config.num_gpus)
+        reason = unservable(room, need) or ""
+        startable = [w for w in room if w.node_id not in given_up]
+        if not reason and given_up and unservable(startable, need):
+            reason = start_failures.why_unstartable(model.name, given_up)
         if reason == model.unschedulable:
             return
         await self.store.registry.set_unschedulable(model.name, reason)
@@ -253,8 +295,10 @@ class Autoscaler:
         now: float,
         room: list[WorkerCapacity],
         live_workers: list[WorkerRecord],
+        given_up: set[str],
     ) -> list[WorkerCapacity]:
-        """Start and stop instances of ``model``; the room left after its placements."""
+        """Start and stop instances of ``model``, never on the workers ``given_up`` on;
+        the room left after its placements."""
         asc = config.auto_scaling_config
         policy = ScalingPolicy(
             asc.min_instances, asc.max_instances, asc.queue_per_instance_threshold, asc.keep_alive
@@ -271,16 +315,20 @@ class Autoscaler:
             await asyncio.gather(*(self._wake_sleeper(by_id[i]) for i in decision.wake))
         if decision.start:
             need = requirement(config, room)
-            placements = place(room, need, decision.start)
+            placements = place([w for w in room if w.node_id not in given_up], need, decision.start)
             for p in placements:
                 self._observe_placement(model.name, p)
             nodes = [p.node_id for p in placements]
             if len(nodes) < decision.start:
-                self.unschedulable[model.name] = (
-                    f"no live worker can run backend {config.backend!r}"
-                    f" with {config.num_gpus} GPU(s)"
-                )
-                log.warning("%s: %s", model.name, self.unschedulable[model.name])
+                note = (
+                    f"no live worker has room for another instance of backend "
+                    f"{config.backend!r} with {config.num_gpus} GPU(s)"
+                    + (f" (not placed on {', '.join(sorted(given_up))}: see start_failures)"
+                       if given_up else "")
+                )  # fmt: skip
+                if self.unschedulable.get(model.name) != note:
+                    log.warning("%s: %s", model.name, note)
+                self.unschedulable[model.name] = note
             else:
                 self.unschedulable.pop(model.name, None)
             by_node = {w.node_id: w for w in live_workers}
@@ -294,6 +342,8 @@ class Autoscaler:
 
             await asyncio.gather(*(start(n) for n in nodes))
             room = after_placing(room, need, placements)
+        else:
+            self.unschedulable.pop(model.name, None)  # nothing waits to be placed
         for inst_id in decision.stop:
             await self.workers.stop_instance(by_id[inst_id])
         for inst_id in decision.sleep:

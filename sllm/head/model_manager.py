@@ -96,6 +96,8 @@ class ModelManager:
                         for i in by_model.get(m.name, [])
                     ],
                     "unschedulable": m.unschedulable or unschedulable.get(m.name),
+                    # Node id -> the backend's message and how many starts failed so.
+                    "start_failures": m.start_failures,
                     "config": m.config,
                     "created": m.created,
                     "updated": m.updated,
@@ -116,6 +118,7 @@ class ModelManager:
                     "warm_processes": w.warm_processes,
                     "warm_pools": w.warm_pools,
                     "unavailable": w.unavailable,
+                    "cold_starts": w.cold_starts,
                 }
                 for w in workers
             ],

@@ -59,6 +59,8 @@ class HeartbeatBody(BaseModel):
     warm_pools: dict[str, Annotated[int, Field(ge=0, le=1024)]] = Field(
         default_factory=dict, max_length=16
     )
+    # Its latest cold starts with their phases, for the dashboard.
+    cold_starts: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
 
 
 class WorkerManager:
@@ -99,6 +101,7 @@ class WorkerManager:
             "warm_processes": str(hb.warm_processes),
             "warm_pools": hb.warm_pools,
             "unavailable": hb.unavailable,
+            "cold_starts": hb.cold_starts,
         }
         new = await self._beats.registry.heartbeat(node_id, info)
         if new:

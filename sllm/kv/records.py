@@ -34,6 +34,9 @@ class ModelRecord:
     updated: float = 0.0
     # Why no live worker can serve it ("" while one can); set by the autoscaler.
     unschedulable: str = ""
+    # Node id -> how starts of it failed there (head/start_failures.py); set by the
+    # autoscaler, cleared by an update of the model.
+    start_failures: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> ModelRecord:
@@ -44,6 +47,7 @@ class ModelRecord:
             created=_f(h.get("created")),
             updated=_f(h.get("updated")),
             unschedulable=h.get("unschedulable", ""),
+            start_failures=json.loads(h.get("start_failures") or "{}"),
         )
 
 
@@ -99,6 +103,8 @@ class WorkerRecord:
     warm_pools: dict[str, int] = field(default_factory=dict)
     # Backend -> why the worker cannot run it.
     unavailable: dict[str, str] = field(default_factory=dict)
+    # Its latest cold starts with their phases (seconds), newest last.
+    cold_starts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> WorkerRecord:
@@ -114,6 +120,7 @@ class WorkerRecord:
             warm_processes=int(h.get("warm_processes") or 0),
             warm_pools=json.loads(h.get("warm_pools") or "{}"),
             unavailable=json.loads(h.get("unavailable") or "{}"),
+            cold_starts=json.loads(h.get("cold_starts") or "[]"),
         )
 
 

@@ -48,7 +48,12 @@ class Registry:
 
     async def set_unschedulable(self, name: str, reason: str) -> None:
         """Note why no worker can serve the model ("" clears it)."""
-        await self._s.note_unschedulable(keys=[self._k.model(name)], args=[reason])
+        await self._s.note_model(keys=[self._k.model(name)], args=["unschedulable", reason])
+
+    async def set_start_failures(self, name: str, failures: dict[str, Any]) -> None:
+        """Note how the model's starts failed, by worker ({} clears it)."""
+        value = _dumps(failures) if failures else ""
+        await self._s.note_model(keys=[self._k.model(name)], args=["start_failures", value])
 
     async def mark_deleting(self, name: str) -> bool:
         return bool(await self._s.delete_model(keys=[self._k.model(name)], args=[time.time()]))

