@@ -58,6 +58,12 @@ class HeadMetrics:
             buckets=_TOKEN,
             registry=r,
         )
+        self.generated_tokens = Counter(
+            "sllm_generated_tokens_total",
+            "Tokens generated for finished requests, by model (usage, else one per chunk).",
+            ["model"],
+            registry=r,
+        )
         self.queue_length = Gauge(
             "sllm_queue_length", "Requests waiting for a model.", ["model"], registry=r
         )

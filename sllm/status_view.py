@@ -21,10 +21,28 @@ def _gib(n: Any) -> str:
     return f"{float(n) / 2**30:.1f}" if isinstance(n, int | float) else "-"
 
 
+def _used_of(total: Any, free: Any) -> str:
+    """``used / total`` in GiB, as the dashboard shows memory."""
+    if not isinstance(total, int | float) or not isinstance(free, int | float):
+        return "-"
+    return f"{_gib(total - free)} / {_gib(total)}"
+
+
+def _gpu(gpu: dict[str, Any]) -> str:
+    return f"{gpu.get('index', '?')}: {_used_of(gpu.get('memory_total'), gpu.get('memory_free'))}"
+
+
+def _cpu(res: dict[str, Any]) -> str:
+    percent = res.get("cpu_percent")
+    cpus = res.get("cpu_count", "-")
+    return f"{percent:.0f}% of {cpus}" if isinstance(percent, int | float) else f"- of {cpus}"
+
+
 def _table(title: str, columns: list[str], rows: list[list[str]], empty: str) -> Table:
     table = Table(title=title, title_justify="left", caption=None if rows else empty)
     for column in columns:
-        table.add_column(column)
+        # Narrow terminals fold long cells (reasons, names) instead of cutting them.
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
@@ -66,28 +84,28 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
                 ]
             )
     worker_rows = []
+    cached_rows = []
     for w in workers:
         res = w.get("resources") or {}
         gpus = res.get("gpus") or []
+        owned = res.get("sllm_memory") or {}
         worker_rows.append(
             [
                 str(w.get("node_id")),
-                str(w.get("url")),
-                "yes" if w.get("healthy") else "no",
-                _age(w.get("seconds_since_heartbeat")),
+                ("ok " if w.get("healthy") else "silent ") + _age(w.get("seconds_since_heartbeat")),
                 str(len(w.get("instances") or [])),
-                str(res.get("cpu_count", "-")),
-                f"{_gib(res.get('memory_available'))}/{_gib(res.get('memory_total'))}",
-                ", ".join(f"{g.get('name')} {_gib(g.get('memory_free'))} GiB free" for g in gpus)
-                or "-",
+                _cpu(res),
+                _used_of(res.get("memory_total"), res.get("memory_available")),
+                _gib(owned.get("host"))
+                + (f" + GPU {_gib(owned['gpu'])}" if owned.get("gpu") else ""),
+                ", ".join(_gpu(g) for g in gpus) or "-",
                 str(w.get("warm_processes", 0)),
-                ", ".join(
-                    f"{c.get('source')} ({c.get('tier')}, {_gib(c.get('bytes'))} GiB)"
-                    for c in w.get("cache") or []
-                )
-                or "-",
             ]
         )
+        cached_rows += [
+            [str(w.get("node_id")), str(c.get("source")), str(c.get("tier")), _gib(c.get("bytes"))]
+            for c in w.get("cache") or []
+        ]
     cannot = [
         [str(w.get("node_id")), backend, str(why)]
         for w in workers
@@ -107,23 +125,14 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
             "no instances",
         ),
         _table(
-            "Workers",
-            [
-                "NODE",
-                "URL",
-                "HEALTHY",
-                "HEARTBEAT",
-                "INSTANCES",
-                "CPUS",
-                "MEM GiB",
-                "GPUS",
-                "WARM",
-                "CACHED",
-            ],
+            "Workers (memory in GiB, used / total; SLLM: what sllm's processes hold)",
+            ["NODE", "HEARTBEAT", "INST", "CPU", "MEMORY", "SLLM", "GPUS", "WARM"],
             worker_rows,
             "no workers: start one with sllm worker --head-url URL",
         ),
     ]
+    if cached_rows:
+        tables.append(_table("Stored models", ["NODE", "SOURCE", "TIER", "GiB"], cached_rows, ""))
     if cannot:
         tables.append(_table("Backends workers cannot run", ["NODE", "BACKEND", "WHY"], cannot, ""))
     return tables

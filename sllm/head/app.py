@@ -74,7 +74,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
         loops = [
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
             asyncio.create_task(autoscaler.run(), name="autoscaler"),
-            asyncio.create_task(gauges.run(patient, metrics), name="gauges"),
+            asyncio.create_task(gauges.run(patient, metrics, recent), name="gauges"),
         ]
         log.info("head %s serving on %s:%d", head_id, settings.host, settings.port)
         try:

@@ -37,10 +37,15 @@ async def dashboard_data(request: Request) -> dict[str, Any]:
     models: ModelManager = request.app.state.models
     autoscaler: Autoscaler = request.app.state.autoscaler
     recent: Recent = request.app.state.recent
+    status = await models.status(autoscaler.unschedulable)
+    now = time.time()
     return {
         "head_id": request.app.state.head_id,
-        "status": await models.status(autoscaler.unschedulable),
-        "series": recent.series(time.time()),
+        "now": now,
+        "status": status,
+        "series": recent.series(now),
+        # Deployed models only: the series' keys cannot grow past them.
+        "models": recent.model_series(now, [m["model"] for m in status["models"]]),
     }
 
 

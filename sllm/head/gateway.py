@@ -85,6 +85,10 @@ class Watch:
     chunks: int = 0
     instance: str = ""
     attempt: int = 0
+    # Tokens generated: the usage's count where the response has one, else one per
+    # relayed chunk with choices (a token each from every backend sllm runs).
+    tokens: int = 0
+    usage_tokens: int | None = None
 
     def chunk(self, data: dict[str, Any], itl: Histogram | None) -> None:
         now = time.perf_counter()
@@ -94,7 +98,18 @@ class Watch:
             itl.observe(now - self.last)
         self.last = now
         self.chunks += 1
+        if data.get("choices"):
+            self.tokens += 1
+        self.usage(data)
         self.instance = str(data.get("system_fingerprint") or self.instance)
+
+    def usage(self, data: dict[str, Any]) -> None:
+        usage = data.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.usage_tokens = usage["completion_tokens"]
+
+    def generated(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else self.tokens
 
 
 class Gateway:
@@ -190,6 +205,7 @@ class Gateway:
                 if message.terminal:
                     data: dict[str, Any] = message.data
                     pending.watch.instance = str(data.get("system_fingerprint") or "")
+                    pending.watch.usage(data)
                     return data
         except SllmError as exc:
             if exc.code == "deadline_exceeded":
@@ -431,8 +447,17 @@ class Gateway:
         m.latency.labels(watch.model, watch.endpoint).observe(seconds)
         if watch.first:
             m.ttft.labels(watch.model).observe(watch.first - watch.started)
+        if watch.generated():
+            m.generated_tokens.labels(watch.model).inc(watch.generated())
         m.stale_dropped.inc(pending.results.stale_dropped)
-        self.recent.request(time.time(), seconds, outcome == "ok")
+        self.recent.request(
+            time.time(),
+            seconds,
+            outcome == "ok",
+            model=watch.model,
+            ttft=watch.first - watch.started if watch.first else None,
+            tokens=watch.generated(),
+        )
         log.info(
             "request",
             extra=log_fields(

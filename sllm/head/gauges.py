@@ -8,6 +8,7 @@ import logging
 import time
 from collections import Counter
 
+from sllm.head.recent import Recent
 from sllm.kv import RedisError
 from sllm.kv.store import Store
 from sllm.metrics import HeadMetrics
@@ -17,7 +18,9 @@ log = logging.getLogger(__name__)
 REFRESH_INTERVAL = 2.0
 
 
-async def refresh(store: Store, metrics: HeadMetrics, now: float) -> None:
+async def refresh(
+    store: Store, metrics: HeadMetrics, now: float, recent: Recent | None = None
+) -> None:
     models = [m.name for m in await store.registry.list_models()]
     lengths = await store.tasks.queue_lengths(models)
     oldest = await store.tasks.oldest_queued(models)
@@ -29,6 +32,8 @@ async def refresh(store: Store, metrics: HeadMetrics, now: float) -> None:
     metrics.instances.clear()
     for model in models:
         metrics.queue_length.labels(model).set(lengths.get(model, 0))
+        if recent is not None:  # the dashboard's queue over time
+            recent.queue(now, model, lengths.get(model, 0))
         metrics.queue_oldest.labels(model).set(
             max(0.0, now - oldest[model]) if model in oldest else 0
         )
@@ -37,10 +42,10 @@ async def refresh(store: Store, metrics: HeadMetrics, now: float) -> None:
     metrics.workers.set(len(workers))
 
 
-async def run(store: Store, metrics: HeadMetrics) -> None:
+async def run(store: Store, metrics: HeadMetrics, recent: Recent | None = None) -> None:
     while True:
         try:
-            await refresh(store, metrics, time.time())
+            await refresh(store, metrics, time.time(), recent)
         except RedisError as exc:
             log.debug("gauges not refreshed: %s", exc)
         await asyncio.sleep(REFRESH_INTERVAL)

@@ -53,6 +53,8 @@ def test_metrics_and_request_logs(cluster: Cluster) -> None:
     assert sample(text, "sllm_time_to_first_token_seconds_count", model="m") == 1
     assert sample(text, "sllm_inter_token_latency_seconds_count", model="m") >= 3
     assert sample(text, "sllm_cold_start_seconds_count", model="m", phase="placement") == 1
+    # 5 by the chat's usage, 5 streamed chunks (no usage asked for).
+    assert sample(text, "sllm_generated_tokens_total", model="m") == 10
     wait_until(
         lambda: sample(head_metrics(), "sllm_instances", model="m", state="ready") == 1,
         10,

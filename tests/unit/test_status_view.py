@@ -49,7 +49,16 @@ STATUS = {
                 "cpu_count": 8,
                 "memory_total": 32 * 2**30,
                 "memory_available": 20 * 2**30,
-                "gpus": [{"name": "H100", "memory_free": 70 * 2**30}],
+                "cpu_percent": 25.0,
+                "gpus": [
+                    {
+                        "index": 0,
+                        "name": "H100",
+                        "memory_free": 70 * 2**30,
+                        "memory_total": 80 * 2**30,
+                    }
+                ],
+                "sllm_memory": {"host": 3 * 2**30, "gpu": 2 * 2**30},
             },
             "warm_processes": 1,
             "cache": [{"source": "smollm2-135m", "tier": "memory", "bytes": 2**29}],
@@ -72,9 +81,23 @@ def test_models_instances_and_workers_are_shown() -> None:
         assert f" {cell} " in chat_row
     assert "chat-1" in text and "chat-2" in text and "starting" in text
     assert "10s ago" in text  # chat-1 ready at 990, now 1000
-    worker_row = next(line for line in text.splitlines() if "10.0.0.5" in line)
-    assert "yes" in worker_row and "20.0/32.0" in worker_row and "H100 70.0 GiB free" in worker_row
-    assert "smollm2-135m (memory, 0.5 GiB)" in worker_row
+    worker_row = next(line for line in text.splitlines() if "│ n1 " in line and "ok" in line)
+    # Used / total, in GiB, as the dashboard shows them; and what sllm itself holds.
+    assert "12.0 / 32.0" in worker_row and "0: 10.0 / 80.0" in worker_row
+    assert "25% of 8" in worker_row and " 3.0 + GPU 2.0 " in worker_row
+    stored = next(line for line in text.splitlines() if "smollm2-135m" in line)
+    assert "memory" in stored and "0.5" in stored
+
+
+def test_the_tables_fit_a_100_column_terminal_and_fold_on_a_narrower_one() -> None:
+    for width in (100, 60):
+        console = Console(record=True, width=width)
+        for table in status_tables(STATUS, now=1000.0):
+            console.print(table)
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        if width >= 100:  # nothing folded: whole values on their lines
+            assert "chat-2" in text and "12.0 / 32.0" in text and "smollm2-135m" in text
 
 
 def test_a_worker_says_why_it_cannot_run_a_backend() -> None:
