@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,7 +40,9 @@ def test_metrics_and_request_logs(cluster: Cluster) -> None:
         extra_headers={"x-request-id": "req-observed-1"},
     )
     assert reply.headers["x-request-id"] == "req-observed-1"
-    list(client.completions.create(model="m", prompt="a b c", max_tokens=5, stream=True))
+    streamed = list(client.completions.create(model="m", prompt="a b c", max_tokens=5, stream=True))
+    chat_usage = reply.parse().usage
+    assert chat_usage is not None
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="missing", prompt="x")
 
@@ -53,8 +56,9 @@ def test_metrics_and_request_logs(cluster: Cluster) -> None:
     assert sample(text, "sllm_time_to_first_token_seconds_count", model="m") == 1
     assert sample(text, "sllm_inter_token_latency_seconds_count", model="m") >= 3
     assert sample(text, "sllm_cold_start_seconds_count", model="m", phase="placement") == 1
-    # 5 by the chat's usage, 5 streamed chunks (no usage asked for).
-    assert sample(text, "sllm_generated_tokens_total", model="m") == 10
+    # The chat's by its usage; the stream (no usage asked for) one per chunk with choices.
+    tokens = chat_usage.completion_tokens + sum(1 for c in streamed if c.choices)
+    assert sample(text, "sllm_generated_tokens_total", model="m") == tokens > 2
     wait_until(
         lambda: sample(head_metrics(), "sllm_instances", model="m", state="ready") == 1,
         10,
@@ -103,24 +107,52 @@ def test_the_dashboard_shows_models_and_workers_in_a_browser(
     [worker] = cluster.status()["workers"]
     node = worker["node_id"]
     assert [(c["source"], c["tier"]) for c in worker["cache"]] == [("tiny-lm", "disk")]
-    screenshot = tmp_path / "dashboard.png"
-    browser = [
-        "chromium",
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--window-size=1280,900",
-        # Lets the page's first poll land before the DOM is read.
-        "--virtual-time-budget=5000",
-    ]
+    # Where the screenshots go: SLLM_SCREENSHOTS names a folder to keep them in.
+    shots = Path(os.environ.get("SLLM_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
     url = f"{head.url}/dashboard"
-    dom = subprocess.run(
-        [*browser, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
+
+    def browser(width: int, height: int, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "chromium",
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                f"--window-size={width},{height}",
+                # Lets the page's first poll land before the DOM is read.
+                "--virtual-time-budget=5000",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    dom = browser(1366, 900, "--dump-dom").stdout
     assert re.search(r'<tr data-model="dash-model">', dom), dom[-2000:]
     assert f'<tr data-node="{node}">' in dom
     assert "tiny-lm (disk, " in dom
-    subprocess.run(
-        [*browser, f"--screenshot={screenshot}", url], capture_output=True, timeout=60, check=True
-    )
-    assert screenshot.stat().st_size > 10_000
+    # Per model over time, on charts with axes and current values.
+    for chart in ("rps", "latency", "ttft", "tokens", "queue"):
+        assert f'data-chart="{chart}-dash-model"' in dom, chart
+    assert ">-10 min</text>" in dom and ">now</text>" in dom
+    # Each instance, each cold start with its phases, and what sllm's processes hold.
+    assert re.search(r'<tr data-instance="dash-model-[0-9a-f]+"><td>dash-model-', dom)
+    start = re.search(r'<tr data-cold-start="dash-model-[0-9a-f]+">(.*?)</tr>', dom)
+    assert start is not None, dom[-3000:]
+    phases = re.findall(r'<td class="num">([\d.]+)</td>', start.group(1))
+    assert len(phases) == 4, start.group(1)  # process start, weight load, ready, first token
+    worker_row = re.search(rf'<tr data-node="{node}">(.*?)</tr>', dom)
+    assert worker_row is not None
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", worker_row.group(1))
+    assert re.fullmatch(r"\d+\.\d / \d+\.\d", cells[3]), cells  # memory, GiB used / total
+    assert re.fullmatch(r"\d+\.\d", cells[4]) and float(cells[4]) > 0, cells  # sllm's own
+
+    for name, (width, height) in {"laptop": (1366, 900), "phone": (390, 844)}.items():
+        screenshot = shots / f"dashboard-{name}.png"
+        browser(width, height, f"--screenshot={screenshot}")
+        assert screenshot.stat().st_size > 10_000

@@ -47,3 +47,23 @@ def test_metric_names_follow_prometheus_conventions() -> None:
             # prometheus-client adds _total to counters itself; durations must say seconds.
             if family.type == "histogram":
                 assert family.name.endswith("_seconds"), family.name
+
+
+def test_each_models_recent_traffic_has_percentiles_tokens_and_queue() -> None:
+    recent = Recent(bucket_seconds=5, window_seconds=60)
+    for i in range(100):  # 1 ms .. 100 ms, one each
+        recent.request(1001.0, (i + 1) / 1000, ok=i != 0, model="m", ttft=0.05, tokens=3)
+    recent.request(1001.0, 9.0, ok=True)  # a request of no model: the head's series only
+    recent.queue(1002.0, "m", 7)
+    recent.queue(1003.0, "m", 4)
+    series = recent.model_series(1004.0, ["m", "quiet"])
+    assert len(series["m"]) == 12 and all(p["rps"] == 0 for p in series["quiet"])
+    point = series["m"][-1]
+    assert point["rps"] == 100 / 5 and point["errors_per_s"] == 1 / 5
+    assert point["tokens_per_s"] == 300 / 5 and point["queue"] == 7
+    # Within the bins' resolution (a tenth of a decade).
+    assert 0.040 <= point["p50_s"] <= 0.063
+    assert 0.079 <= point["p99_s"] <= 0.126
+    assert 0.040 <= point["ttft_p50_s"] <= 0.063
+    assert series["m"][0]["p50_s"] == 0.0  # no samples
+    assert recent.series(1004.0)[-1]["rps"] == 101 / 5
