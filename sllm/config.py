@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sllm import names
+from sllm.edge import names
 
 BackendName = Literal["dummy", "transformers", "vllm"]
 LogFormat = Literal["text", "json"]

@@ -24,10 +24,10 @@ import httpx
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from sllm.auth import KeyConfigError, load_keys
 from sllm.backends.model_source import ModelSourceError, packaged
 from sllm.backends.registry import get_backend
 from sllm.config import AutoScalingConfig, DeployConfig, KeySettings
+from sllm.edge.auth import KeyConfigError, load_keys
 from sllm.head_client import HeadClient, HeadError
 from sllm.launcher import Child, free_port, start_head, start_redis, start_worker
 

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.engine import SamplingParams
 from sllm.backends.server import main as serve
-from sllm.errors import RequestError
-from sllm.protocol import ChatMessage
+from sllm.edge.errors import RequestError
+from sllm.edge.protocol import ChatMessage
 
 VOCAB = (
     "the a of and to in is it that was for on are with as his they be at one have "

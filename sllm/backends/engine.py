@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from sllm.protocol import ChatMessage
+from sllm.edge.protocol import ChatMessage
 
 
 @dataclass(frozen=True)

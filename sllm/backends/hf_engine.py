@@ -22,8 +22,8 @@ from sllm.backends.transformers_knobs import (
     CPU_MAX_BATCH_TOKENS,
     TransformersKnobs,
 )
-from sllm.errors import RequestError
-from sllm.protocol import ChatMessage
+from sllm.edge.errors import RequestError
+from sllm.edge.protocol import ChatMessage
 from sllm.store.catalog import load_pretrained
 
 log = logging.getLogger(__name__)

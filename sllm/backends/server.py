@@ -26,12 +26,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
-from sllm.api_errors import install_error_handlers
 from sllm.backends import warm_heap
 from sllm.backends.engine import Engine, SamplingParams
 from sllm.backends.stops import StopScanner
-from sllm.errors import ModelNotFound, RequestError, SllmError, error_body
-from sllm.protocol import (
+from sllm.edge.api_errors import install_error_handlers
+from sllm.edge.errors import ModelNotFound, RequestError, SllmError, error_body
+from sllm.edge.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -41,7 +41,7 @@ from sllm.protocol import (
     adapter_model_name,
     not_implemented,
 )
-from sllm.serving import prime_serving, serve, setup_logging
+from sllm.edge.serving import prime_serving, serve, setup_logging
 from sllm.store import arena
 
 log = logging.getLogger(__name__)

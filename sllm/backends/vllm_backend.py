@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from sllm.backends.base import Backend, LaunchSpec
 from sllm.backends.vllm_flags import VllmKnobs, sleeps, vllm_args
-from sllm.protocol import adapter_model_name
+from sllm.edge.protocol import adapter_model_name
 from sllm.worker import hardware
 from sllm.worker.cpu_cores import bind_list, default_threads
 

@@ -12,12 +12,13 @@ import aiohttp
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from sllm.api_errors import ERROR_RESPONSES, install_error_handlers
-from sllm.auth import KeyConfigError
-from sllm.body_limit import BodyLimit
 from sllm.config import HeadSettings
-from sllm.errors import ServiceUnavailable
-from sllm.guards import Guard, require_api_key
+from sllm.edge.api_errors import ERROR_RESPONSES, install_error_handlers
+from sllm.edge.auth import KeyConfigError
+from sllm.edge.body_limit import BodyLimit
+from sllm.edge.errors import ServiceUnavailable
+from sllm.edge.guards import Guard, require_api_key
+from sllm.edge.serving import serve, setup_logging
 from sllm.head import dashboard, gateway, gauges, management
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.dispatcher import Dispatcher
@@ -32,7 +33,6 @@ from sllm.kv.keys import Keys
 from sllm.kv.rate_limits import RateLimits
 from sllm.kv.store import Store
 from sllm.metrics import HeadMetrics
-from sllm.serving import serve, setup_logging
 
 log = logging.getLogger("sllm.head")
 

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 
-from sllm.guards import require_admin_key
+from sllm.edge.guards import require_admin_key
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.model_manager import ModelManager
 from sllm.head.recent import Recent

@@ -16,15 +16,24 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 from prometheus_client import Histogram
 
-from sllm import response_docs
 from sllm.config import HeadSettings
-from sllm.errors import (
+from sllm.edge import response_docs
+from sllm.edge.errors import (
     ModelNotFound,
     RequestError,
     ServiceUnavailable,
     SllmError,
     TooManyRequests,
 )
+from sllm.edge.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    adapter_model_name,
+)
+from sllm.edge.serving import hung_up, log_fields
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
 from sllm.head.recent import Recent
@@ -35,15 +44,6 @@ from sllm.kv.bus import ResultBus
 from sllm.kv.store import Store
 from sllm.kv.tasks import NewTask
 from sllm.metrics import HeadMetrics
-from sllm.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    ModelCard,
-    ModelList,
-    adapter_model_name,
-)
-from sllm.serving import hung_up, log_fields
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
-from sllm import names
 from sllm.config import DeployConfig
-from sllm.errors import RequestError
-from sllm.guards import require_admin_key, require_cluster_token
+from sllm.edge import names
+from sllm.edge.errors import RequestError
+from sllm.edge.guards import require_admin_key, require_cluster_token
+from sllm.edge.names import ModelName
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.model_manager import ModelManager
 from sllm.head.worker_manager import HeartbeatBody, WorkerManager
-from sllm.names import ModelName
 
 router = APIRouter()
 # The admin key guards every management route; /health stays open, and /heartbeat

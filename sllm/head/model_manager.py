@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sllm.backends.base import BackendUnavailable
 from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
-from sllm.errors import Conflict, ModelNotFound, RequestError
+from sllm.edge.errors import Conflict, ModelNotFound, RequestError
 from sllm.kv.store import Store
 
 

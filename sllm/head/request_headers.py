@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Header
 
-from sllm import names
-from sllm.errors import RequestError
+from sllm.edge import names
+from sllm.edge.errors import RequestError
 
 
 async def check_request_id(

@@ -14,11 +14,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sllm.errors import DeadlineExceeded, FatalError, ServiceUnavailable, error_from_body
+from sllm.edge.errors import DeadlineExceeded, FatalError, ServiceUnavailable, error_from_body
+from sllm.edge.messages import ResultMessage
 from sllm.kv import RedisError
 from sllm.kv.bus import RESYNC, Delivery
 from sllm.kv.tasks import TaskStore
-from sllm.messages import ResultMessage
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
+from sllm.edge.messages import ResultMessage
 from sllm.kv.keys import Keys
-from sllm.messages import ResultMessage
 
 log = logging.getLogger(__name__)
 

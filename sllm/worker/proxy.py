@@ -28,11 +28,11 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.registry import get_backend
-from sllm.errors import error_body
+from sllm.edge.errors import error_body
+from sllm.edge.messages import ResultMessage, encode_raw
+from sllm.edge.serving import hung_up
 from sllm.kv import RedisError
 from sllm.kv.store import Store
-from sllm.messages import ResultMessage, encode_raw
-from sllm.serving import hung_up
 from sllm.worker.continuation import CONTINUE_FIELD, recounted, restated
 from sllm.worker.instance_manager import InstanceManager
 

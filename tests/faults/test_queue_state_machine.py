@@ -32,12 +32,12 @@ from hypothesis.stateful import (
 )
 
 from sllm.config import HeadSettings
+from sllm.edge.messages import ResultMessage
 from sllm.head.reaper import Reaper
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
 from sllm.kv.tasks import NewTask, Offer
-from sllm.messages import ResultMessage
 
 MODEL = "m"
 OWNERS = ("head-a", "head-b")

@@ -6,10 +6,10 @@ import asyncio
 
 import redis as redis_sync
 
+from sllm.edge.messages import ResultMessage
 from sllm.kv.bus import RESYNC, ResultBus
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
-from sllm.messages import ResultMessage
 
 
 async def test_a_cut_subscription_resyncs_its_listeners_and_goes_on(redis_url: str) -> None:

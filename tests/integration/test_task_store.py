@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis as redis_sync
 
+from sllm.edge.messages import ResultMessage
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
 from sllm.kv.tasks import NewTask, Offer
-from sllm.messages import ResultMessage
 
 MODEL = "m1"
 

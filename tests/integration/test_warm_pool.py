@@ -226,7 +226,7 @@ def test_the_server_prime_leaves_uvicorn_nothing_to_import_when_it_serves() -> N
         import sys
         import uvicorn
         from sllm.backends import server
-        from sllm.serving import _options
+        from sllm.edge.serving import _options
 
         server.prime()
         before = set(sys.modules)

@@ -10,8 +10,9 @@ import pytest
 from pydantic import SecretStr
 from starlette.requests import Request
 
-import sllm.auth
-from sllm.auth import (
+import sllm.edge.auth
+from sllm.config import HeadSettings
+from sllm.edge.auth import (
     ApiKey,
     KeyConfigError,
     KeyRing,
@@ -23,9 +24,8 @@ from sllm.auth import (
     parse_entry,
     parse_keys,
 )
-from sllm.config import HeadSettings
-from sllm.errors import AuthenticationError
-from sllm.guards import Guard
+from sllm.edge.errors import AuthenticationError
+from sllm.edge.guards import Guard
 
 SECRET = "sk-very-secret-0123"
 
@@ -118,13 +118,13 @@ def test_key_ring_compares_with_every_key(monkeypatch: pytest.MonkeyPatch) -> No
     """The first key matching must not end the search early: that would tell a caller
     by the time taken where a key sits in the ring."""
     calls: list[tuple[bytes, bytes]] = []
-    real = sllm.auth.hmac.compare_digest
+    real = sllm.edge.auth.hmac.compare_digest
 
     def counting(x: bytes, y: bytes) -> bool:
         calls.append((x, y))
         return real(x, y)
 
-    monkeypatch.setattr(sllm.auth.hmac, "compare_digest", counting)
+    monkeypatch.setattr(sllm.edge.auth.hmac, "compare_digest", counting)
     ring = KeyRing([ApiKey(f"sk-{i}") for i in range(5)])
     for presented in ("sk-0", "sk-4", "nope"):
         calls.clear()
@@ -229,7 +229,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pure_modules_import_no_io() -> None:
     code = (
-        "import sys, sllm.auth, sllm.head.token_estimate\n"
+        "import sys, sllm.edge.auth, sllm.head.token_estimate\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('redis', 'httpx', 'aiohttp')]\n"
         "assert not bad, bad\n"
     )

@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-from sllm.api_errors import install_error_handlers
-from sllm.body_limit import BodyLimit
+from sllm.edge.api_errors import install_error_handlers
+from sllm.edge.body_limit import BodyLimit
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,7 +7,7 @@ import pytest
 
 from sllm.backends.dummy import DummyEngine, DummyKnobs
 from sllm.backends.engine import SamplingParams
-from sllm.errors import RequestError
+from sllm.edge.errors import RequestError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,9 +7,9 @@ import re
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from sllm import names
 from sllm.config import DeployConfig
-from sllm.protocol import ChatCompletionRequest
+from sllm.edge import names
+from sllm.edge.protocol import ChatCompletionRequest
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sllm.protocol import ChatCompletionRequest, CompletionRequest, not_implemented
+from sllm.edge.protocol import ChatCompletionRequest, CompletionRequest, not_implemented
 
 
 def chat(**extra: object) -> ChatCompletionRequest:

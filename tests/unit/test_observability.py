@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
+from sllm.edge.serving import _JsonFormatter, _TextFormatter, log_fields
 from sllm.head.recent import Recent
 from sllm.metrics import HeadMetrics, WorkerMetrics
-from sllm.serving import _JsonFormatter, _TextFormatter, log_fields
 
 
 def test_recent_traffic_is_bucketed_and_forgets_the_old() -> None:

@@ -8,11 +8,11 @@ from typing import Any, cast
 
 import pytest
 
-from sllm.errors import DeadlineExceeded, FatalError, SllmError
+from sllm.edge.errors import DeadlineExceeded, FatalError, SllmError
+from sllm.edge.messages import ResultMessage
 from sllm.head.results import AttemptRestarted, MessageLost, TaskResults
 from sllm.kv.bus import RESYNC, Delivery
 from sllm.kv.tasks import TaskStore
-from sllm.messages import ResultMessage
 
 
 class StoredOutcome:

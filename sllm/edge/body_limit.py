@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sllm.errors import RequestError
+from sllm.edge.errors import RequestError
 
 
 class BodyTooLarge(RequestError):

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from pydantic import SecretStr
 
-from sllm.auth import KeyRing, Limits, bearer_token, fingerprint, load_keys, matches
 from sllm.config import HeadSettings, WorkerSettings
-from sllm.errors import AuthenticationError, TooManyRequests
+from sllm.edge.auth import KeyRing, Limits, bearer_token, fingerprint, load_keys, matches
+from sllm.edge.errors import AuthenticationError, TooManyRequests
 from sllm.head.token_estimate import estimate_tokens
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sllm import names
-from sllm.errors import RequestError
+from sllm.edge import names
+from sllm.edge.errors import RequestError
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 

@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sllm.errors import SllmError, TooManyRequests
-from sllm.protocol import ErrorResponse
+from sllm.edge.errors import SllmError, TooManyRequests
+from sllm.edge.protocol import ErrorResponse
 
 # Every route may answer an error in this shape; declared on each app so that clients
 # and schema checkers (tests/faults/test_schemas.py) know it. "4XX" also stands in for

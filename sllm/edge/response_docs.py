@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sllm.protocol import (
+from sllm.edge.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
