@@ -69,7 +69,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from sllm.backends.vllm_flags import VllmKnobs, cpu_kv_cache_bytes, vllm_args
-from sllm.launcher import (
+from sllm.client.launcher import (
     Child,
     free_port,
     start_head,

@@ -30,8 +30,8 @@ import httpx
 
 from sllm.backends.engine import SamplingParams
 from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
+from sllm.client.launcher import Child, free_port, start_head, start_redis, start_worker
 from sllm.edge.protocol import ChatMessage
-from sllm.launcher import Child, free_port, start_head, start_redis, start_worker
 
 SOURCE = "smollm2-135m"
 PROMPT = "Write a short story about a lighthouse keeper."

@@ -33,7 +33,7 @@ import httpx
 
 from sllm.backends.base import LaunchSpec
 from sllm.backends.registry import get_backend
-from sllm.launcher import (
+from sllm.client.launcher import (
     Child,
     free_port,
     spawn,

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from sllm.launcher import free_port
+from sllm.client.launcher import free_port
 
 READY = re.compile(r"Ready in ([\d.]+) s \((.*)\)\.")
 PART = re.compile(r"(\w+) ([\d.]+) s")

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 from rich.console import Console
 
+from sllm.client.head_client import HeadClient, HeadError
+from sllm.client.status_view import status_tables
+from sllm.client.up import UpSettings
+from sllm.client.up import up as run_up
 from sllm.config import DeployConfig, HeadSettings, WorkerSettings
-from sllm.head_client import HeadClient, HeadError
-from sllm.status_view import status_tables
-from sllm.up import UpSettings
-from sllm.up import up as run_up
 
 app = typer.Typer(
     name="sllm",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sllm.launcher import Child, free_port, start_redis
+from sllm.client.launcher import Child, free_port, start_redis
 
 __all__ = ["free_port"]
 

@@ -24,6 +24,7 @@ from sllm.backends import warm_heap
 from sllm.backends.base import BackendUnavailable
 from sllm.backends.model_source import ModelSourceError, check_source
 from sllm.backends.registry import warm_pools, warm_primes
+from sllm.client.procs import backend_environment
 from sllm.config import WorkerSettings
 from sllm.edge.api_errors import ERROR_RESPONSES, error_response, install_error_handlers
 from sllm.edge.body_limit import BodyLimit
@@ -33,7 +34,6 @@ from sllm.edge.serving import serve, setup_logging
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
 from sllm.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, exposition
-from sllm.procs import backend_environment
 from sllm.store import arena
 from sllm.worker.gpu_assignment import GpuDoesNotFit
 from sllm.worker.hardware import gpu_count

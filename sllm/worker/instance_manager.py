@@ -34,8 +34,8 @@ import httpx
 from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec
 from sllm.backends.model_source import local_weights_bytes
 from sllm.backends.registry import get_backend
+from sllm.client.procs import backend_environment, die_with_parent, open_log, signal_group
 from sllm.metrics import WorkerMetrics
-from sllm.procs import backend_environment, die_with_parent, open_log, signal_group
 from sllm.worker import hardware
 from sllm.worker.cpu_cores import choose_cores
 from sllm.worker.gpu_assignment import GpuDoesNotFit, choose_gpus, needed_per_gpu

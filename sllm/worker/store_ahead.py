@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from sllm.procs import backend_environment, die_with_parent, kill_and_reap, open_log
+from sllm.client.procs import backend_environment, die_with_parent, kill_and_reap, open_log
 from sllm.store.catalog import save_command
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from sllm.procs import die_with_parent, kill_and_reap, open_log
+from sllm.client.procs import die_with_parent, kill_and_reap, open_log
 from sllm.worker.warm_demand import MAX_EXTRA, target
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from sllm.launcher import Child, free_port, start_head, start_worker
+from sllm.client.launcher import Child, free_port, start_head, start_worker
 
 # Short timers so the tests see leases, heartbeats and scaling happen in seconds.
 HEAD_ENV = {

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from sllm.launcher import free_port, start_worker
+from sllm.client.launcher import free_port, start_worker
 from tests.e2e.conftest import WORKER_ENV, Cluster, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ import openai
 import psutil
 import pytest
 
-from sllm.launcher import free_port
+from sllm.client.launcher import free_port
 
 pytestmark = pytest.mark.e2e
 

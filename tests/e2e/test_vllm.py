@@ -19,7 +19,7 @@ import pytest
 
 from sllm.backends.model_source import PACKAGED, _package_dir
 from sllm.backends.vllm_backend import vllm_build
-from sllm.launcher import Child
+from sllm.client.launcher import Child
 from tests.conftest import flush
 from tests.e2e.conftest import Cluster, wait_until
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sllm.launcher import Child, free_port, start_redis
+from sllm.client.launcher import Child, free_port, start_redis
 from tests.e2e.conftest import HEAD_ENV, Cluster, wait_until
 from tests.faults import state
 from tests.faults.recorder import Outcome, Recorder

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from sllm.launcher import Child
+from sllm.client.launcher import Child
 from tests.e2e.conftest import Cluster, wait_until
 from tests.faults import state
 from tests.faults.recorder import Load, Recorder

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sllm.launcher import Child
+from sllm.client.launcher import Child
 from tests.e2e.conftest import wait_until
 from tests.faults.conftest import Cluster
 

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from sllm.launcher import Child
+from sllm.client.launcher import Child
 from tests.e2e.conftest import HEAD_ENV, Cluster, wait_until
 from tests.faults import state
 from tests.faults.recorder import Load, Outcome, Recorder

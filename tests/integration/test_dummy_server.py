@@ -14,7 +14,7 @@ import pytest
 from sllm.backends.base import LaunchSpec
 from sllm.backends.dummy import words
 from sllm.backends.registry import get_backend
-from sllm.launcher import Child, free_port, spawn, wait_healthy
+from sllm.client.launcher import Child, free_port, spawn, wait_healthy
 
 
 def start(tmp_path: Path, config: dict[str, Any]) -> Child:

@@ -13,7 +13,7 @@ import pytest
 
 from sllm.backends.base import LaunchSpec
 from sllm.backends.registry import get_backend
-from sllm.launcher import Child, free_port, spawn, wait_healthy
+from sllm.client.launcher import Child, free_port, spawn, wait_healthy
 from tests.tiny_models import build_tiny_causal_lm, build_tiny_encoder, build_tiny_lora
 
 pytestmark = pytest.mark.timeout(180)

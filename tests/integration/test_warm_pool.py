@@ -21,7 +21,7 @@ import pytest
 
 from sllm.backends import warm_heap
 from sllm.backends.registry import get_backend, warm_primes
-from sllm.procs import backend_environment, kill_and_reap
+from sllm.client.procs import backend_environment, kill_and_reap
 from sllm.worker import warm_demand
 from sllm.worker.instance_manager import InstanceManager
 from sllm.worker.warm_pool import BACKOFF, SETTLE, WarmPool

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sllm.cli import _settings, app
+from sllm.client.launcher import free_port
 from sllm.config import HeadSettings
-from sllm.launcher import free_port
 
 runner = CliRunner()
 
@@ -79,7 +79,7 @@ def test_quick_deploy_serves_a_source_on_any_backend(dead_head: str) -> None:
 def test_up_names_the_command_that_runs_this_sllm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sllm.up import command_name
+    from sllm.client.up import command_name
 
     script = tmp_path / ".venv" / "bin" / "sllm"
     script.parent.mkdir(parents=True)

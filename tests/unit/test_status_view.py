@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from sllm.status_view import status_tables
+from sllm.client.status_view import status_tables
 
 STATUS = {
     "models": [

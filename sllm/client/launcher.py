@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from sllm.procs import die_with_parent, signal_group
+from sllm.client.procs import die_with_parent, signal_group
 
 
 def free_port() -> int:

@@ -26,10 +26,10 @@ from pydantic_settings import SettingsConfigDict
 
 from sllm.backends.model_source import ModelSourceError, packaged
 from sllm.backends.registry import get_backend
+from sllm.client.head_client import HeadClient, HeadError
+from sllm.client.launcher import Child, free_port, start_head, start_redis, start_worker
 from sllm.config import AutoScalingConfig, DeployConfig, KeySettings
 from sllm.edge.auth import KeyConfigError, load_keys
-from sllm.head_client import HeadClient, HeadError
-from sllm.launcher import Child, free_port, start_head, start_redis, start_worker
 
 DEMO_MODEL = "demo"
 DEMO_SOURCE = "smollm2-135m"
