@@ -28,7 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from sllm.backends.dummy import embedding, words
+from sllm.backends.dummy_engine import embedding, words
 
 # vLLM's own names for these fields; sllm must pass them through untouched.
 VLLM_FIELDS = ("top_k", "min_p", "repetition_penalty", "guided_json", "logprobs")

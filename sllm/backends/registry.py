@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sllm.backends.base import Backend, BackendUnavailable
-from sllm.backends.dummy import DummyKnobs
+from sllm.backends.dummy_engine import DummyKnobs
 from sllm.backends.transformers_knobs import TransformersKnobs
 from sllm.backends.vllm_backend import VllmBackend
 from sllm.backends.vllm_flags import VllmKnobs

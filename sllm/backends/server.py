@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from sllm.backends import warm_heap
+from sllm.backends.dummy_engine import DummyEngine, DummyKnobs
 from sllm.backends.engine import Engine, SamplingParams
 from sllm.backends.stops import StopScanner
 from sllm.edge.api_errors import install_error_handlers
@@ -418,8 +419,6 @@ def prime() -> None:
     (transformers' batching loop) hold the GIL so often that the same work took 0.24 s
     of each start, not 15 ms. A warm process runs it before it is even asked for an
     instance."""
-    from sllm.backends.dummy import DummyEngine, DummyKnobs
-
     prime_serving(create_app(DummyEngine(DummyKnobs()), "prime", "prime"))
 
 

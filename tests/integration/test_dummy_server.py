@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from sllm.backends.base import LaunchSpec
-from sllm.backends.dummy import words
+from sllm.backends.dummy_engine import words
 from sllm.backends.registry import get_backend
 from sllm.client.launcher import Child, free_port, spawn, wait_healthy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sllm.backends.dummy import DummyEngine, DummyKnobs
+from sllm.backends.dummy_engine import DummyEngine, DummyKnobs
 from sllm.backends.engine import SamplingParams
 from sllm.edge.errors import RequestError
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sllm.backends.dummy import END, DummyEngine, DummyKnobs, build, embedding, words
+from sllm.backends.dummy import build
+from sllm.backends.dummy_engine import END, DummyEngine, DummyKnobs, embedding, words
 from sllm.backends.engine import SamplingParams
 
 

@@ -1,0 +1,161 @@
+"""The dummy backend's engine: no model, for tests and benchmarks (its process is
+``sllm.backends.dummy``).
+
+Output is a function of the input alone: each next word is drawn by hashing the last
+three words of prompt-plus-output (with the choice index and seed), so a request
+continued from part of its output goes on exactly as the uninterrupted one would.
+A token is a word. Knobs in ``backend_config`` shape its timing and its failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import os
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sllm.backends.engine import SamplingParams
+from sllm.edge.errors import RequestError
+from sllm.edge.protocol import ChatMessage
+
+VOCAB = (
+    "the a of and to in is it that was for on are with as his they be at one have "
+    "this from by hot word but what some we can out other were all there when up use "
+    "your how said an each she which do their time if will way about many then them "
+    "write would like so these her long make thing see him two has look more day"
+).split()
+# Drawn like any word, so some outputs end early with finish_reason "stop".
+END = "END."
+_DRAW = (*VOCAB, END)
+_CONTEXT_WORDS = 3
+
+
+class DummyKnobs(BaseModel):
+    """``backend_config`` of a dummy model; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    startup_delay: float = Field(0.0, ge=0, description="Seconds before /health answers.")
+    ttft: float = Field(0.0, ge=0, description="Seconds before the first token.")
+    tokens_per_second: float = Field(0.0, ge=0, description="0: as fast as possible.")
+    crash_after_tokens: int | None = Field(
+        None, ge=0, description="Exit the process after emitting this many tokens."
+    )
+    crash_on_prompt: str | None = Field(
+        None, min_length=1, description="Exit the process on a prompt containing this."
+    )
+    hang: bool = Field(False, description="Never answer a generation (health stays up).")
+    default_max_tokens: int = Field(16, ge=1, description="Limit when a request names none.")
+    # Like a model's context: without it a huge max_tokens could run for as long as the
+    # request's deadline, since some word chains never draw END.
+    context_length: int = Field(
+        8192, ge=1, description="Words of prompt plus output a request may hold; past it, 400."
+    )
+    embedding_dim: int = Field(16, ge=1, le=4096)
+
+
+def next_word(context: list[str], index: int, seed: int | None, adapter: str | None = None) -> str:
+    """The word that follows ``context``; depends only on its last few words (and on
+    the LoRA adapter, so each adapter "speaks" differently)."""
+    tail = " ".join(context[-_CONTEXT_WORDS:])
+    salt = "" if adapter is None else f"|{adapter}"
+    digest = hashlib.sha256(f"{tail}|{index}|{seed}{salt}".encode()).digest()
+    return _DRAW[int.from_bytes(digest[:8], "big") % len(_DRAW)]
+
+
+def words(
+    prompt: str, index: int, seed: int | None, limit: int, adapter: str | None = None
+) -> list[str]:
+    """The whole generation, as ``generate`` would stream it."""
+    context = prompt.split()
+    out: list[str] = []
+    while len(out) < limit:
+        word = next_word(context, index, seed, adapter)
+        if word == END:
+            break
+        out.append(word)
+        context.append(word)
+    return out
+
+
+def embedding(text: str, dim: int) -> list[float]:
+    """A unit vector that depends only on the text."""
+    raw: list[float] = []
+    block = 0
+    while len(raw) < dim:
+        digest = hashlib.sha256(f"{block}|{text}".encode()).digest()
+        raw.extend(b / 127.5 - 1.0 for b in digest)
+        block += 1
+    vector = raw[:dim]
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+class DummyEngine:
+    def __init__(self, knobs: DummyKnobs, adapters: frozenset[str] = frozenset()) -> None:
+        self.knobs = knobs
+        # Adapter names only: nothing is loaded, but routing to them can be tested.
+        self.adapters = adapters
+        self.sampling_defaults: dict[str, float] = {}
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+        lines = [f"{m.role}: {m.text()}" for m in messages]
+        return "\n".join([*lines, "assistant:"])
+
+    def continuation_prompt(self, prompt: str, produced: str) -> str:
+        # Words are split on whitespace, so this gives the same context as generating.
+        return f"{prompt} {produced}"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def default_max_tokens(self, prompt_tokens: int) -> int:
+        room = self.knobs.context_length - prompt_tokens
+        return max(1, min(self.knobs.default_max_tokens, room))
+
+    def check(self, prompt_tokens: int, params: SamplingParams) -> None:
+        """The dummy accepts every sampling option (and ignores all but seed), within
+        its context, as the transformers engine does."""
+        if prompt_tokens + params.max_tokens > self.knobs.context_length:
+            raise RequestError(
+                f"prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceeds "
+                f"the model's context of {self.knobs.context_length} tokens",
+                param="max_tokens",
+            )
+
+    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
+        knobs = self.knobs
+        if knobs.crash_on_prompt is not None and knobs.crash_on_prompt in prompt:
+            os._exit(1)
+        if knobs.hang:
+            await asyncio.Event().wait()
+        if knobs.ttft:
+            await asyncio.sleep(knobs.ttft)
+        gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second else 0.0
+        context = prompt.split()
+        emitted = 0
+        while emitted < params.max_tokens:
+            if knobs.crash_after_tokens is not None and emitted >= knobs.crash_after_tokens:
+                # Let what was yielded reach the socket, so the crash is mid-stream.
+                await asyncio.sleep(0.05)
+                os._exit(1)
+            word = next_word(context, params.index, params.seed, params.adapter)
+            if word == END:
+                return
+            context.append(word)
+            yield word if emitted == 0 and not params.continuing else f" {word}"
+            emitted += 1
+            # Always yield to the loop, so that other requests interleave.
+            await asyncio.sleep(gap)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    async def embed(
+        self, texts: list[str], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        dim = dimensions or self.knobs.embedding_dim
+        return [embedding(t, dim) for t in texts], sum(self.count_tokens(t) for t in texts)
