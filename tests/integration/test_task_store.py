@@ -189,7 +189,7 @@ async def test_only_an_idle_instance_sleeps_and_asleep_it_takes_no_task(store: S
     assert not await store.registry.set_instance_state("i1", "sleeping")  # busy
     assert not await store.registry.set_instance_state("i1", "waking")  # not asleep
     now = time.time()
-    await store.tasks.finish("a", MODEL, "i1", 1, "done", b"{}", now, 60)
+    await store.tasks.finish("a", MODEL, "i1", 1, "done", "{}", now, 60)
     assert await store.registry.set_instance_state("i1", "sleeping")
     # Queued behind a sleeper, a task counts no instance: the gateway wakes the
     # autoscaler at once; and the sleeper cannot be stamped.
