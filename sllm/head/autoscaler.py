@@ -151,10 +151,11 @@ class Autoscaler:
                 reason = self._lost(inst, configs[model.name], live_nodes, now)
                 if reason:
                     if inst.state == "failed" and not inst.ready_at:  # a failed start
-                        before = failures.get(inst.node_id)
-                        failures[inst.node_id] = start_failures.after_failure(
-                            before, inst.id, reason
+                        noted = start_failures.after_failure(
+                            failures.get(inst.node_id), inst.id, reason
                         )
+                        if noted is not None:
+                            failures[inst.node_id] = noted
                     await self.workers.retire(inst, reason)
                 else:
                     kept.append(inst)

@@ -20,6 +20,8 @@ from typing import Any
 SAME_WAY_LIMIT = 2
 _TIMESTAMP = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:.,]+\]?\s*")
 _MESSAGE_CHARS = 500
+# The reasons of failed starts that count (worker/instance_manager.py, worker_manager.py).
+_BROKEN = ("backend exited with code", "worker refused: 400")
 # How sllm's backends (backends/server.py) say why they exit.
 _CANNOT_START = "backend: cannot start: "
 
@@ -57,8 +59,18 @@ def backend_message(reason: str) -> str:
     return (last or lines[0])[:_MESSAGE_CHARS]
 
 
-def after_failure(previous: StartFailure | None, instance: str, reason: str) -> StartFailure:
-    """The record once ``instance`` failed to start with ``reason``."""
+def counts(reason: str) -> bool:
+    """Whether a failed start says something about the model on that worker: its backend
+    exited while starting, or the worker refused the config (400). Not a worker shutting
+    down or out of reach, a start-up timeout, or GPUs busy (409): those pass."""
+    return reason.startswith(_BROKEN)
+
+
+def after_failure(previous: StartFailure | None, instance: str, reason: str) -> StartFailure | None:
+    """The record once ``instance`` failed to start with ``reason`` (``previous`` when
+    that failure does not count)."""
+    if not counts(reason):
+        return previous
     message = backend_message(reason)
     if previous is not None and previous.instance == instance:
         return previous

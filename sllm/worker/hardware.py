@@ -65,18 +65,17 @@ def _gpus() -> list[dict[str, Any]]:
         return []
 
 
-def owned_memory(roots: list[int]) -> dict[str, int]:
-    """Memory sllm itself holds on this machine: the resident set of ``roots`` (the
-    worker, its instances, its warm processes) and all their children, and the GPU
-    memory NVML counts for those processes. Blocking: call it in a thread."""
+def owned_memory(root: int) -> dict[str, int]:
+    """Memory sllm itself holds on this machine: the resident set of process ``root``
+    (the worker) and all its children (instances, warm processes, their engines), and
+    the GPU memory NVML counts for them. Blocking: call it in a thread."""
     procs: dict[int, psutil.Process] = {}
-    for pid in roots:
-        try:
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                procs[proc.pid] = proc
-        except psutil.Error:
-            continue  # gone meanwhile
+    try:
+        top = psutil.Process(root)
+        for proc in [top, *top.children(recursive=True)]:
+            procs[proc.pid] = proc
+    except psutil.Error:
+        pass  # gone meanwhile
     host = 0
     for proc in procs.values():
         try:

@@ -144,8 +144,8 @@ class Heartbeat:
     async def _payload(self) -> dict[str, Any]:
         # NVML calls can take a while on a busy machine; keep them off the loop.
         resources = await asyncio.to_thread(hardware.snapshot)
-        owned = [os.getpid(), *self._instances.pids()]
-        resources["sllm_memory"] = await asyncio.to_thread(hardware.owned_memory, owned)
+        # The worker's children: its instances, warm processes and stores in progress.
+        resources["sllm_memory"] = await asyncio.to_thread(hardware.owned_memory, os.getpid())
         if self._metrics is not None:
             self._metrics.resources(resources)
         return {

@@ -179,11 +179,6 @@ class InstanceManager:
         """The latest cold starts, newest last: when, which instance, and each phase."""
         return [dict(start) for start in self._starts]
 
-    def pids(self) -> list[int]:
-        """The processes this worker owns: its instances' and its warm processes'."""
-        pids = [e.proc.pid for e in self._entries.values()]
-        return pids + [pid for pool in self._pools.values() for pid in pool.pids()]
-
     def asleep(self) -> list[LocalInstance]:
         return [
             dataclasses.replace(e.info)

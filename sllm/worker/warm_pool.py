@@ -112,10 +112,6 @@ class WarmPool:
         """Whether the pool keeps itself filled (an on-demand pool: once asked)."""
         return self._keeper is not None
 
-    def pids(self) -> list[int]:
-        """The warm processes alive now."""
-        return [p.pid for p in self._idle if p.returncode is None]
-
     def idle(self) -> int:
         return sum(1 for p in self._idle if p.returncode is None)
 

@@ -34,15 +34,27 @@ def test_the_backends_own_message_is_its_last_log_line_without_a_timestamp() -> 
 
 def test_a_worker_is_given_up_on_after_failing_the_same_way_in_a_row() -> None:
     first = after_failure(None, "i1", MISSING)
-    assert first.count == 1 and given_up({"w1": first}) == {}
+    assert first is not None and first.count == 1 and given_up({"w1": first}) == {}
     # The same failure seen on a later pass is not counted again.
     assert after_failure(first, "i1", MISSING) == first
     second = after_failure(first, "i2", MISSING)
-    assert second.count == SAME_WAY_LIMIT
+    assert second is not None and second.count == SAME_WAY_LIMIT
     assert given_up({"w1": second, "w2": first}) == {"w1": backend_message(MISSING)}
     # Another way of failing starts the count again.
-    other = after_failure(second, "i3", "backend not ready within 300 s")
-    assert other.count == 1 and other.message == "backend not ready within 300 s"
+    other = after_failure(second, "i3", "backend exited with code 1 during start-up")
+    assert other is not None and other.count == 1
+    assert other.message == "backend exited with code 1 during start-up"
+    # What says nothing of the model on that worker does not count.
+    for passing in (
+        "its worker w1 is shutting down",
+        "worker unreachable: ClientConnectorError()",
+        "backend not ready within 300 s",
+        "worker refused: 409 GPU 0 has 8.0 GiB free",
+    ):
+        assert after_failure(first, "i9", passing) == first
+        assert after_failure(None, "i9", passing) is None
+    refused = after_failure(None, "i9", "worker refused: 400 the vllm backend needs vllm")
+    assert refused is not None and refused.count == 1
     assert parse({"w1": second.to_dict()}) == {"w1": second}
 
 
