@@ -104,6 +104,14 @@ def test_the_dashboard_shows_models_and_workers_in_a_browser(
     cluster.deploy("dash-model")
     client = cluster.client()
     client.completions.create(model="dash-model", prompt="hi", max_tokens=3)
+    # The cold start's first token reaches the head with the worker's next heartbeat.
+    wait_until(
+        lambda: any(
+            s["first_token"] is not None for s in cluster.status()["workers"][0]["cold_starts"]
+        ),
+        10,
+        "the cold start's first token in the heartbeat",
+    )
     [worker] = cluster.status()["workers"]
     node = worker["node_id"]
     assert [(c["source"], c["tier"]) for c in worker["cache"]] == [("tiny-lm", "disk")]
