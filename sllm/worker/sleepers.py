@@ -1,5 +1,6 @@
-"""Putting idle instances to sleep and waking them, within the host memory the worker
-may give their weights (``sleep_room``)."""
+"""Putting idle instances to sleep within the host memory the worker may give their
+weights (``sleep_room``), and keeping the memory tier's share of it in step; the sleep
+and the wake themselves are the instance manager's."""
 
 from __future__ import annotations
 
