@@ -124,7 +124,11 @@ def create_app(args: argparse.Namespace) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": m, "object": "model"} for m in [name, *loras]]}
+        data = [
+            {"id": m, "object": "model", "max_model_len": args.max_model_len or 2048}
+            for m in [name, *loras]
+        ]
+        return {"object": "list", "data": data}
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:

@@ -102,8 +102,8 @@ class Backend:
     async def health(self, client: httpx.AsyncClient, base_url: str) -> dict[str, Any]:
         """What the ready instance says of itself on its health route ({} when it says
         nothing): sllm's backend server tells when loading the weights began and how
-        long it took (``load_started``, ``load_seconds``) and the model's sampling
-        defaults (``sampling_defaults``)."""
+        long it took (``load_started``, ``load_seconds``), the model's sampling
+        defaults (``sampling_defaults``) and its context (``context_length``)."""
         try:
             body = (await client.get(f"{base_url}{self.health_path}")).json()
         except (httpx.HTTPError, ValueError):

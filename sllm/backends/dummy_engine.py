@@ -100,6 +100,7 @@ class DummyEngine:
         # Adapter names only: nothing is loaded, but routing to them can be tested.
         self.adapters = adapters
         self.sampling_defaults: dict[str, float] = {}
+        self.context_length = knobs.context_length
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         lines = [f"{m.role}: {m.text()}" for m in messages]

@@ -34,6 +34,9 @@ class Engine(Protocol):
     # Names of the LoRA adapters a request may pick (empty without adapters).
     adapters: frozenset[str]
 
+    # Tokens of prompt plus output a request may hold (for an encoder: its input).
+    context_length: int
+
     @property
     def sampling_defaults(self) -> Mapping[str, float]:
         """Sampling for requests that set none: the model's own (its generation config)."""

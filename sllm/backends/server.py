@@ -391,6 +391,7 @@ def create_app(
             "load_started": load[0],
             "load_seconds": load[1],
             "sampling_defaults": dict(engine.sampling_defaults),
+            "context_length": engine.context_length,
         }
 
     @app.get("/v1/models")

@@ -164,6 +164,16 @@ class VllmBackend(Backend):
             m.get("id") == spec.model for m in resp.json().get("data", [])
         )
 
+    async def health(self, client: httpx.AsyncClient, base_url: str) -> dict[str, Any]:
+        """vLLM's /health says nothing; its model list has the context (max_model_len)."""
+        try:
+            models = (await client.get(f"{base_url}/v1/models")).json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return {}
+        lengths = [m.get("max_model_len") for m in models if isinstance(m, dict)]
+        known = [n for n in lengths if isinstance(n, int)]
+        return {"context_length": known[0]} if known else {}
+
     async def set_adapters(
         self,
         client: httpx.AsyncClient,

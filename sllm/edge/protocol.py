@@ -208,10 +208,17 @@ class Usage(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """An entry of /v1/models, with the fields vLLM's server adds that clients read."""
+
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "sllm"
+    # What the model was deployed from, the base model of an adapter, and the tokens of
+    # prompt plus output a request may hold (None until an instance has said).
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):

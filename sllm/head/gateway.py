@@ -536,14 +536,39 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    models = await _gateway(request).store.registry.list_models()
+    return ModelList(data=await _model_cards(_gateway(request).store))
+
+
+@router.get("/v1/models/{model_id:path}", responses={404: {"description": "No such model."}})
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    for card in await _model_cards(_gateway(request).store):
+        if card.id == model_id:
+            return card
+    raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
+
+
+async def _model_cards(store: Store) -> list[ModelCard]:
+    """The active models and their adapters, each with its context as an instance of it
+    last reported it (vLLM's ``max_model_len``)."""
+    registry = store.registry
+    contexts: dict[str, int] = {}
+    for worker in await registry.list_workers():
+        for inst in worker.instances:
+            if isinstance(inst.get("context_length"), int):
+                contexts[str(inst.get("model"))] = inst["context_length"]
     cards = []
-    for m in models:
+    for m in await registry.list_models():
         if m.state != "active":
             continue
-        cards.append(ModelCard(id=m.name, created=int(m.created)))
+        base = ModelCard(
+            id=m.name,
+            created=int(m.created),
+            root=(m.config.get("backend_config") or {}).get("pretrained_model_name_or_path"),
+            max_model_len=contexts.get(m.name),
+        )
+        cards.append(base)
         cards.extend(
-            ModelCard(id=adapter_model_name(m.name, a), created=int(m.created))
+            base.model_copy(update={"id": adapter_model_name(m.name, a), "parent": m.name})
             for a in sorted(m.config.get("lora_adapters") or {})
         )
-    return ModelList(data=cards)
+    return cards

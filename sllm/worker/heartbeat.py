@@ -163,6 +163,7 @@ class Heartbeat:
                     "state": i.state,
                     "port": i.port,
                     "sampling_defaults": i.sampling_defaults,
+                    "context_length": i.context_length,
                 }
                 for i in self._instances.list()
             ],

@@ -83,8 +83,10 @@ class LocalInstance:
     ready_at: float | None = None
     asleep_since: float | None = None
     gpus: tuple[int, ...] = ()
-    # Sampling the instance applies to requests that set none, as it reports it.
+    # Sampling the instance applies to requests that set none, and the tokens a
+    # request may hold, as it reports them.
     sampling_defaults: dict[str, float] = dataclasses.field(default_factory=dict)
+    context_length: int | None = None
 
 
 @dataclasses.dataclass
@@ -444,6 +446,8 @@ class InstanceManager:
         defaults = health.get("sampling_defaults")
         if isinstance(defaults, dict):
             info.sampling_defaults = {str(k): float(v) for k, v in defaults.items()}
+        if isinstance(health.get("context_length"), int):
+            info.context_length = health["context_length"]
         phases = self._metrics.cold_start
         start: dict[str, Any] = {
             "instance_id": info.instance_id,

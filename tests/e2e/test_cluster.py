@@ -72,6 +72,34 @@ def test_chat_completions_embeddings_and_models(one_worker: Cluster) -> None:
     assert [m.id for m in client.models.list().data] == ["m"]
 
 
+def test_a_model_and_its_adapters_are_retrieved_with_their_context(one_worker: Cluster) -> None:
+    one_worker.deploy(
+        "m", backend_config={"context_length": 512}, lora_adapters={"a1": "/adapters/a1"}
+    )
+    client = one_worker.client()
+    # The context is the instance's to say: none has run yet.
+    card = client.models.retrieve("m")
+    assert (card.id, card.owned_by, card.model_extra) == (
+        "m",
+        "sllm",
+        {"root": None, "parent": None, "max_model_len": None},
+    )
+    assert card.created > 0
+    client.completions.create(model="m", prompt="hi", max_tokens=2)
+    wait_until(
+        lambda: client.models.retrieve("m").model_extra["max_model_len"] == 512,  # type: ignore[index]
+        10,
+        "the instance's context in the heartbeat",
+    )
+    adapter = client.models.retrieve("m:a1")
+    assert adapter.model_extra is not None
+    assert adapter.model_extra["parent"] == "m" and adapter.model_extra["max_model_len"] == 512
+    assert [m.id for m in client.models.list().data] == ["m", "m:a1"]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("nope")
+    assert missing.value.code == "model_not_found"
+
+
 def test_errors_are_openai_shaped(one_worker: Cluster) -> None:
     one_worker.deploy("m")
     client = one_worker.client()

@@ -134,6 +134,12 @@ def test_a_field_only_vllm_serves_passes_through(client: openai.OpenAI) -> None:
     logprobs = chat.choices[0].logprobs
     assert logprobs is not None and logprobs.content
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in logprobs.content)
+    # The context real vLLM lists reaches /v1/models/{id} (SmolLM2's: 8192 tokens).
+    wait_until(
+        lambda: client.models.retrieve(MODEL).model_extra["max_model_len"] == 8192,  # type: ignore[index]
+        10,
+        "vLLM's max_model_len",
+    )
 
 
 def test_scales_to_zero_and_back_from_a_warm_process(

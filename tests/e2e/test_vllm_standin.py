@@ -71,6 +71,12 @@ def test_vllm_instances_start_serve_and_load_adapters(vllm_cluster: Cluster) -> 
     assert ask("m:a1") != ask("m")
     assert ask("m", lora_adapter_name="a1") == ask("m:a1")
     assert [m.id for m in client.models.list().data] == ["m", "m:a1"]
+    # The context vLLM lists (max_model_len) reaches the head with the next heartbeat.
+    wait_until(
+        lambda: client.models.retrieve("m:a1").model_extra["max_model_len"] == 2048,  # type: ignore[index]
+        10,
+        "vLLM's max_model_len",
+    )
 
     # vLLM would ignore the field and start over: a resume is restated with its
     # continuation options, the produced text's tokens (its /tokenize) off the limit.
