@@ -103,6 +103,8 @@ class _Entry:
     ender: asyncio.Task[Any] | None = None
     gpus: tuple[int, ...] = ()
     first_output_seen: bool = False
+    # Its cold start's record (RECENT_STARTS), once it is ready.
+    start: dict[str, Any] = dataclasses.field(default_factory=dict)
     # One sleep or wake at a time.
     changing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
@@ -387,6 +389,15 @@ class InstanceManager:
         if why is None:
             entry.info.state = "ready"
             entry.info.ready_at = time.time()
+            # Recorded before the report: its first output may come before the figures.
+            entry.start = {
+                "instance_id": entry.info.instance_id,
+                "model": entry.info.model,
+                "started_at": entry.info.started_at,
+                "ready": entry.info.ready_at - entry.info.started_at,
+                "first_token": None,
+            }
+            self._starts.append(entry.start)
             # Reported first: a request waiting for the instance need not wait for the
             # figures' extra call to the backend.
             await self._report(entry.info.instance_id, "ready", "")
@@ -449,14 +460,7 @@ class InstanceManager:
         if isinstance(health.get("context_length"), int):
             info.context_length = health["context_length"]
         phases = self._metrics.cold_start
-        start: dict[str, Any] = {
-            "instance_id": info.instance_id,
-            "model": info.model,
-            "started_at": info.started_at,
-            "ready": ready_at - info.started_at,
-            "first_token": None,
-        }
-        self._starts.append(start)
+        start = entry.start
         try:
             load_started, load_seconds = (
                 float(health["load_started"]),
@@ -479,9 +483,7 @@ class InstanceManager:
         entry.first_output_seen = True
         seconds = time.time() - entry.info.ready_at
         self._metrics.cold_start.labels(entry.info.model, "first_token").observe(seconds)
-        for start in self._starts:
-            if start["instance_id"] == instance_id:
-                start["first_token"] = seconds
+        entry.start["first_token"] = seconds
 
     async def _load_adapters(
         self, entry: _Entry, client: httpx.AsyncClient, base_url: str
