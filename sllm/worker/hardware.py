@@ -69,13 +69,10 @@ def owned_memory(root: int) -> dict[str, int]:
     """Memory sllm itself holds on this machine: the resident set of process ``root``
     (the worker) and all its children (instances, warm processes, their engines), and
     the GPU memory NVML counts for them. Blocking: call it in a thread."""
-    procs: dict[int, psutil.Process] = {}
-    try:
-        top = psutil.Process(root)
-        for proc in [top, *top.children(recursive=True)]:
-            procs[proc.pid] = proc
-    except psutil.Error:
-        pass  # gone meanwhile
+    # ``root`` is the calling worker itself: it exists; a child that ends meanwhile is
+    # skipped below.
+    top = psutil.Process(root)
+    procs = {proc.pid: proc for proc in [top, *top.children(recursive=True)]}
     host = 0
     for proc in procs.values():
         try:
