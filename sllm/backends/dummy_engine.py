@@ -57,23 +57,46 @@ class DummyKnobs(BaseModel):
     embedding_dim: int = Field(16, ge=1, le=4096)
 
 
-def next_word(context: list[str], index: int, seed: int | None, adapter: str | None = None) -> str:
+def next_word(
+    context: list[str],
+    index: int,
+    seed: int | None,
+    adapter: str | None = None,
+    may_end: bool = True,
+) -> str:
     """The word that follows ``context``; depends only on its last few words (and on
-    the LoRA adapter, so each adapter "speaks" differently)."""
+    the LoRA adapter, so each adapter "speaks" differently). Where it may not end
+    (``min_tokens``, ``ignore_eos``, the first word), END's draw gives a word instead."""
     tail = " ".join(context[-_CONTEXT_WORDS:])
     salt = "" if adapter is None else f"|{adapter}"
     digest = hashlib.sha256(f"{tail}|{index}|{seed}{salt}".encode()).digest()
-    return _DRAW[int.from_bytes(digest[:8], "big") % len(_DRAW)]
+    draw = int.from_bytes(digest[:8], "big")
+    word = _DRAW[draw % len(_DRAW)]
+    return word if may_end or word != END else VOCAB[draw % len(VOCAB)]
+
+
+def min_words(params: SamplingParams) -> int:
+    """Words before END may be drawn: never an empty answer (unless none was asked for);
+    a continued generation already has its first word."""
+    return params.min_tokens if params.continuing else max(params.min_tokens, 1)
 
 
 def words(
-    prompt: str, index: int, seed: int | None, limit: int, adapter: str | None = None
+    prompt: str,
+    index: int,
+    seed: int | None,
+    limit: int,
+    adapter: str | None = None,
+    floor: int = 1,
+    ignore_eos: bool = False,
 ) -> list[str]:
-    """The whole generation, as ``generate`` would stream it."""
+    """The whole generation, as ``generate`` would stream it; ``floor``: the words
+    before END may end it (``min_words``)."""
     context = prompt.split()
     out: list[str] = []
     while len(out) < limit:
-        word = next_word(context, index, seed, adapter)
+        may_end = not ignore_eos and len(out) >= floor
+        word = next_word(context, index, seed, adapter, may_end)
         if word == END:
             break
         out.append(word)
@@ -118,8 +141,9 @@ class DummyEngine:
         return max(1, min(self.knobs.default_max_tokens, room))
 
     def check(self, prompt_tokens: int, params: SamplingParams) -> None:
-        """The dummy accepts every sampling option (and ignores all but seed), within
-        its context, as the transformers engine does."""
+        """The dummy accepts every sampling option within its context. It is no
+        language model: temperature, top_p, top_k and the penalties shape nothing; seed,
+        min_tokens, ignore_eos and the token limit shape its output exactly."""
         if prompt_tokens + params.max_tokens > self.knobs.context_length:
             raise RequestError(
                 f"prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceeds "
@@ -137,13 +161,15 @@ class DummyEngine:
             await asyncio.sleep(knobs.ttft)
         gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second else 0.0
         context = prompt.split()
+        floor = min_words(params)
         emitted = 0
         while emitted < params.max_tokens:
             if knobs.crash_after_tokens is not None and emitted >= knobs.crash_after_tokens:
                 # Let what was yielded reach the socket, so the crash is mid-stream.
                 await asyncio.sleep(0.05)
                 os._exit(1)
-            word = next_word(context, params.index, params.seed, params.adapter)
+            may_end = not params.ignore_eos and emitted >= floor
+            word = next_word(context, params.index, params.seed, params.adapter, may_end)
             if word == END:
                 return
             context.append(word)

@@ -22,6 +22,12 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    # End of sequence is not drawn before this many tokens, nor ever with ignore_eos.
+    min_tokens: int = 0
+    ignore_eos: bool = False
     # Which of the request's ``n`` choices this is: choices of one request must differ.
     index: int = 0
     # The LoRA adapter to generate with; None is the base model.

@@ -28,8 +28,6 @@ from sllm.store.catalog import load_pretrained
 
 log = logging.getLogger(__name__)
 
-# The sampling fields this backend implements, of those a generation config may set.
-SAMPLING_APPLIED = ("temperature", "top_p")
 # Per-request temperature divides the logits: 0 (greedy in OpenAI's API) becomes this.
 _GREEDY_TEMPERATURE = 1e-5
 
@@ -95,6 +93,10 @@ class TransformersEngine:
         self.sampling_defaults: dict[str, float] = {}
         self.manager: Any = None
         self.batcher: StaticBatcher | None = None
+        # Under continuous batching: the static batcher for requests it cannot sample
+        # (``_rows_only``), started on the first such request.
+        self.side: StaticBatcher | None = None
+        self._continuous_top_k = False
         if self.generative:
             self._load_generator()
         else:
@@ -121,7 +123,8 @@ class TransformersEngine:
             model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
         self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
-        self.sampling_defaults = self._sampling_defaults(model.generation_config.to_diff_dict())
+        self.sampling_defaults = from_generation_config(model.generation_config.to_diff_dict())
+        self.vocab_size = int(model.config.vocab_size)
         self.model = self._with_adapters(model) if self.adapters else model
         static = self.knobs.batching == "static" or bool(self.adapters)
         failed: Exception | None = None
@@ -153,16 +156,20 @@ class TransformersEngine:
             log.warning("continuous batching failed to start (%s): using static batching", failed)
             static = True
         if static:
-            self.batcher = StaticBatcher(
-                self.model,
-                self.device,
-                self.pad_id,
-                self.eos_ids,
-                self.knobs.max_batch_size,
-                adapters=bool(self.adapters),
-            )
-            self.batcher.start()
+            self.batcher = self._static_batcher()
             self._warm_up_static()
+
+    def _static_batcher(self) -> StaticBatcher:
+        batcher = StaticBatcher(
+            self.model,
+            self.device,
+            self.pad_id,
+            self.eos_ids,
+            self.knobs.max_batch_size,
+            adapters=bool(self.adapters),
+        )
+        batcher.start()
+        return batcher
 
     def _load_tokenizer(self, model: Any) -> None:
         """From where the weights came: the stored copy (checked with them, its config
@@ -202,11 +209,16 @@ class TransformersEngine:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         # Non-default temperature and top_p make transformers build the processors
-        # that each request then sets for itself.
+        # that each request then sets for itself. Top-k's sorts every row's logits at
+        # every step (17 ms for 8 rows of SmolLM2's vocabulary on the 2-core VM): it is
+        # built only for a model whose own defaults set top_k; for the others a request
+        # with top_k takes the static batcher.
+        self._continuous_top_k = "top_k" in self.sampling_defaults
         generation = GenerationConfig(
             do_sample=True,
             temperature=0.7,
             top_p=0.95,
+            top_k=self.vocab_size if self._continuous_top_k else None,
             max_new_tokens=self.knobs.default_max_tokens,
             eos_token_id=eos,
         )
@@ -271,17 +283,6 @@ class TransformersEngine:
         asyncio.run(all_of_them())
         log.info("warmed up in %.2f s", time.monotonic() - started)
 
-    @staticmethod
-    def _sampling_defaults(diff: dict[str, Any]) -> dict[str, float]:
-        defaults = from_generation_config(diff)
-        unused = sorted(set(defaults) - set(SAMPLING_APPLIED))
-        if unused:
-            log.warning(
-                "the model's generation config sets %s, which this backend does not apply",
-                ", ".join(f"{k}={defaults[k]:g}" for k in unused),
-            )
-        return {k: v for k, v in defaults.items() if k in SAMPLING_APPLIED}
-
     def _load_encoder(self) -> None:
         from transformers import AutoModel
 
@@ -306,8 +307,9 @@ class TransformersEngine:
 
     def close(self) -> None:
         self._stop_continuous()
-        if self.batcher is not None:
-            self.batcher.stop(timeout=10)
+        for batcher in (self.batcher, self.side):
+            if batcher is not None:
+                batcher.stop(timeout=10)
 
     # -- Engine -----------------------------------------------------------------------
 
@@ -343,32 +345,37 @@ class TransformersEngine:
                 f"the model's context of {self.context_length} tokens",
                 param="max_tokens",
             )
-        if self.batcher is not None:
-            return  # static batching samples each row on its own: everything goes
-        hint = "; deploy with backend_config batching 'static' for it"
-        if params.seed is not None and (params.temperature is None or params.temperature > 0):
-            raise RequestError(
-                "seed with sampling is not supported under continuous batching, which draws "
-                "every request from one generator; use temperature 0" + hint,
-                param="seed",
-            )
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(params, name):
-                raise RequestError(
-                    f"{name} is not supported under continuous batching" + hint, param=name
-                )
+
+    def _rows_only(self, params: SamplingParams) -> bool:
+        """Whether a request needs the static batcher's per-row sampling: continuous
+        batching draws every request from one generator and applies only temperature,
+        top_p and (``_start_continuous``) top_k."""
+        sampled = params.temperature is None or params.temperature > 0
+        return bool(
+            (params.seed is not None and sampled)
+            or params.presence_penalty
+            or params.frequency_penalty
+            or params.min_p
+            or params.repetition_penalty not in (None, 1.0)
+            or params.min_tokens
+            or (params.top_k and params.top_k > 0 and not self._continuous_top_k)
+        )
 
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
         ids = self._encode(prompt)
-        tokens: AsyncGenerator[int, None] = (
-            self.batcher.tokens(ids, params)
-            if self.batcher is not None
-            else self._continuous_tokens(ids, params)
-        )
+        tokens: AsyncGenerator[int, None]
+        if self.batcher is not None:
+            tokens = self.batcher.tokens(ids, params)
+        elif self._rows_only(params):
+            if self.side is None:
+                self.side = self._static_batcher()
+            tokens = self.side.tokens(ids, params)
+        else:
+            tokens = self._continuous_tokens(ids, params)
         decoder = IncrementalDecoder(self.tokenizer)
         try:
             async for token in tokens:
-                if token in self.eos_ids:
+                if token in self.eos_ids and not params.ignore_eos:
                     return
                 yield decoder.push(token)
             # A character left incomplete by the last token would only decode to U+FFFD.
@@ -382,14 +389,22 @@ class TransformersEngine:
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         self.manager.register_result_handler(request_id, outputs.put_nowait)
         temperature = 1.0 if params.temperature is None else params.temperature
+        kwargs: dict[str, Any] = {
+            "temperature": max(temperature, _GREEDY_TEMPERATURE),
+            "top_p": 1.0 if params.top_p is None else params.top_p,
+        }
+        if self._continuous_top_k:
+            # The vocabulary's size keeps every token.
+            top_k = params.top_k if params.top_k and params.top_k > 0 else self.vocab_size
+            kwargs["top_k"] = min(top_k, self.vocab_size)
         self.manager.add_request(
             ids,
             request_id=request_id,
             max_new_tokens=params.max_tokens,
             streaming=True,
-            eos_token_id=self._eos_list(),
-            temperature=max(temperature, _GREEDY_TEMPERATURE),
-            top_p=1.0 if params.top_p is None else params.top_p,
+            # -1: no token ends it (the manager's default is its own end tokens).
+            eos_token_id=-1 if params.ignore_eos else self._eos_list(),
+            **kwargs,
         )
         seen = 0
         finished = False

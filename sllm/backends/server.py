@@ -168,13 +168,20 @@ class OpenAIServer:
             # A resumed stream: the limit and usage count what was produced before.
             prior = self.engine.count_tokens(produced)
             prompt = self.engine.continuation_prompt(prompt, produced)
+        defaults = self.engine.sampling_defaults
+        top_k = _or_default(req.top_k, defaults, "top_k")
         params = SamplingParams(
             max_tokens=max(0, limit - prior),
-            temperature=_or_default(req.temperature, self.engine.sampling_defaults, "temperature"),
-            top_p=_or_default(req.top_p, self.engine.sampling_defaults, "top_p"),
+            temperature=_or_default(req.temperature, defaults, "temperature"),
+            top_p=_or_default(req.top_p, defaults, "top_p"),
             seed=req.seed,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
+            top_k=None if top_k is None else int(top_k),
+            min_p=_or_default(req.min_p, defaults, "min_p"),
+            repetition_penalty=_or_default(req.repetition_penalty, defaults, "repetition_penalty"),
+            min_tokens=max(0, (req.min_tokens or 0) - prior),
+            ignore_eos=req.ignore_eos,
             index=index % req.n,
             adapter=adapter,
             continuing=bool(produced),

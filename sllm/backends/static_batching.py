@@ -1,6 +1,7 @@
 """Batched generation with ``model.generate``: the path for what continuous batching
 cannot do. Requests waiting when a batch starts run together, each row with its own
-sampling (temperature, top_p, seed, presence/frequency penalties), its own token limit
+sampling (every field of ``SamplingParams``: seeds, penalties, top_k, min_p,
+min_tokens, ignore_eos), its own token limit
 and, on a peft model, its own LoRA adapter; requests arriving meanwhile wait for the
 next batch.
 
@@ -15,7 +16,7 @@ import asyncio
 import logging
 import secrets
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # peft's name for "no adapter" in a mixed batch.
 BASE_ADAPTER = "__base__"
 _END = object()
+_NO_TOKEN = -1
 
 
 @dataclass(eq=False)
@@ -46,11 +48,29 @@ class _Row:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
-def sample_row(
-    logits: torch.Tensor, generated: torch.Tensor, params: SamplingParams, gen: torch.Generator
-) -> int:
-    """One token for one row: OpenAI's penalties, then temperature (0 is greedy), top_p."""
+def processed_logits(
+    logits: torch.Tensor,
+    prompt: torch.Tensor,
+    generated: torch.Tensor,
+    params: SamplingParams,
+    eos_ids: Sequence[int] = (),
+) -> torch.Tensor:
+    """One row's logits after what a request asks, in vLLM's order: end of sequence
+    masked while it may not end, the penalties, then temperature, min_p and top_k
+    (top_p works on probabilities: ``sample_row``). Temperature 0 leaves them as they are."""
     logits = logits.float()
+    if eos_ids and generated.numel() < params.min_tokens:
+        logits = logits.clone()
+        logits[list(eos_ids)] = float("-inf")
+    if params.repetition_penalty not in (None, 1.0):
+        # As vLLM and transformers do: over the prompt and the output, divide positive
+        # logits by the penalty and multiply negative ones.
+        seen = torch.unique(torch.cat([prompt, generated]))
+        chosen = logits[seen]
+        logits = logits.clone()
+        logits[seen] = torch.where(
+            chosen > 0, chosen / params.repetition_penalty, chosen * params.repetition_penalty
+        )
     if (params.presence_penalty or params.frequency_penalty) and generated.numel():
         counts = torch.bincount(generated, minlength=logits.shape[-1])[: logits.shape[-1]]
         counts = counts.to(logits.dtype)
@@ -58,8 +78,35 @@ def sample_row(
         logits = logits - (params.presence_penalty or 0.0) * (counts > 0).to(logits.dtype)
     temperature = 1.0 if params.temperature is None else params.temperature
     if temperature == 0:
+        return logits
+    logits = logits / temperature
+    if params.min_p:
+        # Tokens less likely than min_p times the likeliest are dropped.
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    if params.top_k and 0 < params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
+def sample_row(
+    logits: torch.Tensor,
+    generated: torch.Tensor,
+    params: SamplingParams,
+    gen: torch.Generator,
+    prompt: torch.Tensor | None = None,
+    eos_ids: Sequence[int] = (),
+) -> int:
+    """One token for one row: ``processed_logits``, then greedy at temperature 0, else
+    a draw from the top_p nucleus with the row's own generator."""
+    empty = torch.empty(0, dtype=torch.long)
+    logits = processed_logits(
+        logits, empty if prompt is None else prompt, generated, params, eos_ids
+    )
+    if params.temperature == 0:
         return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax(logits, dim=-1)
     top_p = 1.0 if params.top_p is None else params.top_p
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
@@ -74,9 +121,10 @@ def sample_row(
 class _RowSampler:
     """A logits processor that samples each live row and masks all but its choice."""
 
-    def __init__(self, rows: list[_Row], prompt_width: int) -> None:
+    def __init__(self, rows: list[_Row], prompt_width: int, eos_ids: set[int]) -> None:
         self.rows = rows
         self.width = prompt_width
+        self.eos_ids = sorted(eos_ids)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         chosen = torch.full_like(scores, float("-inf"))
@@ -85,7 +133,14 @@ class _RowSampler:
             token = (
                 0
                 if row.done
-                else sample_row(scores[i], input_ids[i, self.width :], row.params, row.generator)
+                else sample_row(
+                    scores[i],
+                    input_ids[i, self.width :],
+                    row.params,
+                    row.generator,
+                    prompt=input_ids[i, self.width - len(row.ids) : self.width],
+                    eos_ids=self.eos_ids,
+                )
             )
             chosen[i, token] = 0.0
         return chosen
@@ -105,7 +160,7 @@ class _RowEmitter:
         for row, token in zip(self.rows, last, strict=True):
             if row.done:
                 continue
-            if row.cancelled or token in self.eos_ids:
+            if row.cancelled or (token in self.eos_ids and not row.params.ignore_eos):
                 row.done = True
                 continue
             row.send(token)
@@ -201,10 +256,13 @@ class StaticBatcher:
         kwargs: dict[str, Any] = {}
         if self.adapters:
             kwargs["adapter_names"] = [r.params.adapter or BASE_ADAPTER for r in rows]
+        # Each row ends where _RowEmitter says (ignore_eos rows go on past end of
+        # sequence): an end token that no token is, as generate fills an unset one from
+        # the model's generation config.
         config = GenerationConfig(
             do_sample=False,
             max_new_tokens=max(r.params.max_tokens for r in rows),
-            eos_token_id=sorted(self.eos_ids) or None,
+            eos_token_id=_NO_TOKEN,
             pad_token_id=self.pad_id,
         )
         with torch.inference_mode():
@@ -212,7 +270,7 @@ class StaticBatcher:
                 input_ids=input_ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 generation_config=config,
-                logits_processor=LogitsProcessorList([_RowSampler(rows, width)]),
+                logits_processor=LogitsProcessorList([_RowSampler(rows, width, self.eos_ids)]),
                 stopping_criteria=StoppingCriteriaList([_RowEmitter(rows, self.eos_ids)]),
                 **kwargs,
             )

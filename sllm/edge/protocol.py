@@ -127,6 +127,14 @@ class _Sampling(_Request):
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # vLLM's sampling extensions, with its bounds: top_k -1 or 0 keeps every token.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    # Tokens generated before end of sequence may end a choice (stop strings still do).
+    min_tokens: int | None = Field(default=None, ge=0)
+    # Generate through end of sequence, to the token limit (load tools set it).
+    ignore_eos: bool = False
     # Text this request's one choice has already produced: the backend goes on after it
     # as if it had generated it itself (the gateway's stream resume sets it).
     sllm_continue_from: str | None = None
@@ -143,6 +151,16 @@ class _Sampling(_Request):
         if self.sllm_continue_from is not None and self.n != 1:
             raise ValueError("sllm_continue_from needs n = 1")
         return self
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> _Sampling:
+        limit = self.token_limit()
+        if self.min_tokens and limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds the token limit ({limit})")
+        return self
+
+    def token_limit(self) -> int | None:
+        return self.max_tokens
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -183,9 +201,6 @@ class CompletionRequest(_Sampling):
         if self.sllm_continue_from is not None and (self.echo or not isinstance(self.prompt, str)):
             raise ValueError("sllm_continue_from needs one prompt string and no echo")
         return self
-
-    def token_limit(self) -> int | None:
-        return self.max_tokens
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)

@@ -53,3 +53,22 @@ def test_unknown_or_bad_knobs_are_refused_with_the_field_named() -> None:
         build("m", "i", {"colour": "red"}, Path("."), {})
     with pytest.raises(ValueError, match="ttft"):
         build("m", "i", {"ttft": -1}, Path("."), {})
+
+
+async def generated(params: SamplingParams, prompt: str) -> list[str]:
+    return [p async for p in DummyEngine(DummyKnobs()).generate(prompt, params)]
+
+
+async def test_the_dummy_never_answers_empty_and_gives_exact_lengths() -> None:
+    # Prompts whose first draw is END: answered with a word all the same.
+    ending = [p for p in (f"p{i}" for i in range(400)) if not words(p, 0, None, 1, floor=0)]
+    assert ending, "some prompt must draw END first"
+    for prompt in ending[:5]:
+        assert len(await generated(SamplingParams(max_tokens=4), prompt)) >= 1
+    short = [p for p in (f"q{i}" for i in range(400)) if len(words(p, 0, None, 50)) < 10]
+    assert short, "some prompt must end early"
+    for prompt in short[:5]:
+        assert len(await generated(SamplingParams(max_tokens=30, ignore_eos=True), prompt)) == 30
+        at_least = await generated(SamplingParams(max_tokens=30, min_tokens=12), prompt)
+        assert 12 <= len(at_least) <= 30
+    assert await generated(SamplingParams(max_tokens=0), "x") == []

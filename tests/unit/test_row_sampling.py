@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sllm.backends.engine import SamplingParams  # noqa: E402
-from sllm.backends.static_batching import sample_row  # noqa: E402
+from sllm.backends.static_batching import processed_logits, sample_row  # noqa: E402
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -53,3 +53,31 @@ def test_a_seeded_generator_reproduces_its_draws() -> None:
     first = [sample_row(LOGITS, empty, params, g) for g in [gen(3)] * 20]
     again = [sample_row(LOGITS, empty, params, g) for g in [gen(3)] * 20]
     assert first == again and len(set(first)) > 1
+
+
+EMPTY = torch.tensor([], dtype=torch.long)
+
+
+def test_top_k_and_min_p_cut_the_tail() -> None:
+    top2 = SamplingParams(max_tokens=1, temperature=5.0, top_k=2)
+    assert {sample_row(LOGITS, EMPTY, top2, gen(s)) for s in range(200)} == {2, 3}
+    # min_p 0.5: only tokens at least half as likely as token 2 (2.9 at 5.0 is close).
+    min_p = SamplingParams(max_tokens=1, temperature=1.0, min_p=0.5)
+    assert {sample_row(LOGITS, EMPTY, min_p, gen(s)) for s in range(200)} == {2, 3}
+    off = SamplingParams(max_tokens=1, temperature=5.0, top_k=-1, min_p=0.0)
+    assert len({sample_row(LOGITS, EMPTY, off, gen(s)) for s in range(200)}) == 5
+
+
+def test_repetition_penalty_counts_the_prompt_and_divides_or_multiplies() -> None:
+    params = SamplingParams(max_tokens=1, temperature=0, repetition_penalty=1.1)
+    # Token 2 (3.0) seen in the prompt falls to 2.73 < 2.9.
+    assert sample_row(LOGITS, EMPTY, params, gen(), prompt=torch.tensor([2])) == 3
+    assert sample_row(LOGITS, EMPTY, params, gen()) == 2
+    # A negative logit is multiplied, pushed further down.
+    assert processed_logits(LOGITS, torch.tensor([4]), EMPTY, params)[4] == pytest.approx(-1.1)
+
+
+def test_end_of_sequence_waits_for_min_tokens() -> None:
+    params = SamplingParams(max_tokens=5, temperature=0, min_tokens=2)
+    assert sample_row(LOGITS, torch.tensor([0]), params, gen(), eos_ids=[2]) == 3
+    assert sample_row(LOGITS, torch.tensor([0, 1]), params, gen(), eos_ids=[2]) == 2
