@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.engine import SamplingParams
 from sllm.edge.errors import RequestError
-from sllm.edge.protocol import ChatMessage
+from sllm.edge.protocol import ChatMessage, Prompt
 
 VOCAB = (
     "the a of and to in is it that was for on are with as his they be at one have "
@@ -133,8 +133,21 @@ class DummyEngine:
         # Words are split on whitespace, so this gives the same context as generating.
         return f"{prompt} {produced}"
 
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(prompt) if isinstance(prompt, list) else len(prompt.split())
+
+    def decode(self, ids: list[int], param: str = "prompt") -> str:
+        """A dummy token is a word: token id i is VOCAB[i]."""
+        outside = [i for i in ids if i >= len(VOCAB)]
+        if outside:
+            raise RequestError(
+                f"token id {outside[0]} is outside the vocabulary (0-{len(VOCAB) - 1})",
+                param=param,
+            )
+        return " ".join(VOCAB[i] for i in ids)
+
+    def _text(self, prompt: Prompt, param: str = "prompt") -> str:
+        return self.decode(prompt, param) if isinstance(prompt, list) else prompt
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
         room = self.knobs.context_length - prompt_tokens
@@ -151,7 +164,8 @@ class DummyEngine:
                 param="max_tokens",
             )
 
-    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str]:
+        prompt = self._text(prompt)
         knobs = self.knobs
         if knobs.crash_on_prompt is not None and knobs.crash_on_prompt in prompt:
             os._exit(1)
@@ -182,7 +196,8 @@ class DummyEngine:
         """Nothing to release."""
 
     async def embed(
-        self, texts: list[str], dimensions: int | None
+        self, texts: list[Prompt], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
         dim = dimensions or self.knobs.embedding_dim
-        return [embedding(t, dim) for t in texts], sum(self.count_tokens(t) for t in texts)
+        vectors = [embedding(self._text(t, "input"), dim) for t in texts]
+        return vectors, sum(self.count_tokens(t) for t in texts)

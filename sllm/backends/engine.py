@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from sllm.edge.protocol import ChatMessage
+from sllm.edge.protocol import ChatMessage, Prompt
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,12 @@ class Engine(Protocol):
         (transformers' ``continue_final_message``: the partial answer is appended)."""
         ...
 
-    def count_tokens(self, text: str) -> int: ...
+    def count_tokens(self, prompt: Prompt) -> int: ...
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (a prompt's, for echo); RequestError naming ``prompt``
+        for an id outside the vocabulary."""
+        ...
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
         """The limit when a request names none."""
@@ -67,7 +72,7 @@ class Engine(Protocol):
         """Raise RequestError for what this engine cannot do, before any output."""
         ...
 
-    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
+    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str]:
         """One text piece per generated token (possibly empty while a character is
         incomplete), at most ``params.max_tokens``; ends early at end of sequence.
         Closing the iterator stops the work."""
@@ -78,7 +83,8 @@ class Engine(Protocol):
         ...
 
     async def embed(
-        self, texts: list[str], dimensions: int | None
+        self, texts: list[Prompt], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
-        """One vector per text, and the number of prompt tokens read."""
+        """One vector per text (or token ids), and the number of prompt tokens read;
+        RequestError naming ``input`` for an id outside the vocabulary."""
         ...

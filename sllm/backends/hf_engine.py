@@ -23,7 +23,7 @@ from sllm.backends.transformers_knobs import (
     TransformersKnobs,
 )
 from sllm.edge.errors import RequestError
-from sllm.edge.protocol import ChatMessage
+from sllm.edge.protocol import ChatMessage, Prompt
 from sllm.store.catalog import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -331,8 +331,21 @@ class TransformersEngine:
         # goes straight after it, as continue_final_message would render it.
         return prompt + produced
 
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(prompt) if isinstance(prompt, list) else len(self._encode(prompt))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(self._known(ids, "prompt")))
+
+    def _known(self, ids: list[int], param: str) -> list[int]:
+        """``ids``, once each is in the tokenizer's vocabulary."""
+        size = len(self.tokenizer)
+        outside = next((i for i in ids if i >= size), None)
+        if outside is not None:
+            raise RequestError(
+                f"token id {outside} is outside the vocabulary (0-{size - 1})", param=param
+            )
+        return ids
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
         return max(1, min(self.knobs.default_max_tokens, self.context_length - prompt_tokens))
@@ -361,8 +374,8 @@ class TransformersEngine:
             or (params.top_k and params.top_k > 0 and not self._continuous_top_k)
         )
 
-    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
-        ids = self._encode(prompt)
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str]:
+        ids = self._known(prompt, "prompt") if isinstance(prompt, list) else self._encode(prompt)
         tokens: AsyncGenerator[int, None]
         if self.batcher is not None:
             tokens = self.batcher.tokens(ids, params)
@@ -423,9 +436,12 @@ class TransformersEngine:
                 self.manager.cancel_request(request_id)
 
     async def embed(
-        self, texts: list[str], dimensions: int | None
+        self, texts: list[Prompt], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
         self._need(generative=False)
+        for text in texts:
+            if isinstance(text, list):
+                self._known(text, "input")
         return await asyncio.to_thread(self._embed_sync, texts, dimensions)
 
     # -- helpers ----------------------------------------------------------------------
@@ -443,18 +459,27 @@ class TransformersEngine:
                 param="model",
             )
 
+    def _batch(self, texts: list[Prompt]) -> Any:
+        """Inputs as the model reads them, cut to its context: texts through the
+        tokenizer, token ids as they are (a request sends one kind, as OpenAI's API has it)."""
+        if all(isinstance(t, str) for t in texts):
+            return self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.context_length,
+                return_tensors="pt",
+            )
+        # The protocol allows one kind per request: these are all lists of ids.
+        ids = [t[: self.context_length] for t in texts if isinstance(t, list)]
+        return self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+
     def _embed_sync(
-        self, texts: list[str], dimensions: int | None
+        self, texts: list[Prompt], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
         import torch
 
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.context_length,
-            return_tensors="pt",
-        ).to(self.device)
+        batch = self._batch(texts).to(self.device)
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -38,6 +38,7 @@ from sllm.edge.protocol import (
     EmbeddingRequest,
     ModelCard,
     ModelList,
+    Prompt,
     Usage,
     adapter_model_name,
     not_implemented,
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Choice:
     index: int
-    prompt: str
+    prompt: Prompt
     params: SamplingParams
     stops: list[str]
     echo: str = ""
@@ -155,16 +156,18 @@ class OpenAIServer:
     def _choice(
         self,
         req: ChatCompletionRequest | CompletionRequest,
-        prompt: str,
+        prompt: Prompt,
         index: int,
         adapter: str | None,
-        echo: str,
+        echo: bool,
     ) -> _Choice:
         prompt_tokens = self.engine.count_tokens(prompt)
         limit = req.token_limit() or self.engine.default_max_tokens(prompt_tokens)
         produced = req.sllm_continue_from
         prior = 0
-        if produced is not None:
+        # Token ids are checked against the vocabulary here, before any output.
+        text = self.engine.decode(prompt) if isinstance(prompt, list) else prompt
+        if produced is not None and isinstance(prompt, str):
             # A resumed stream: the limit and usage count what was produced before.
             prior = self.engine.count_tokens(produced)
             prompt = self.engine.continuation_prompt(prompt, produced)
@@ -192,14 +195,14 @@ class OpenAIServer:
             prompt=prompt,
             params=params,
             stops=req.stop_list(),
-            echo=echo,
+            echo=text if echo else "",
             prior_tokens=prior,
         )
 
     def _choices(
         self,
         req: ChatCompletionRequest | CompletionRequest,
-        prompts: list[str],
+        prompts: list[Prompt],
         echo: bool,
         adapter: str | None,
     ) -> list[_Choice]:
@@ -210,7 +213,7 @@ class OpenAIServer:
                 param=unsupported[0],
             )
         return [
-            self._choice(req, prompt, p * req.n + j, adapter, prompt if echo else "")
+            self._choice(req, prompt, p * req.n + j, adapter, echo)
             for p, prompt in enumerate(prompts)
             for j in range(req.n)
         ]

@@ -8,7 +8,7 @@ declared here are the ones sllm itself validates or reads.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -192,9 +192,30 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens or self.max_tokens
 
 
+# A prompt or an embedding input: text, or token ids of the model's own vocabulary (as
+# vLLM takes them; evaluation harnesses and LangChain's embeddings send ids).
+TokenIds = list[Annotated[int, Field(ge=0)]]
+Prompt = str | TokenIds
+
+
+def _prompt_list(value: str | list[str] | TokenIds | list[TokenIds]) -> list[Prompt]:
+    """One prompt, or a batch of them, as a list of prompts."""
+    if isinstance(value, str) or (value and isinstance(value[0], int)):
+        return [value]  # type: ignore[list-item]  # one text or one list of ids
+    return list(value)  # type: ignore[arg-type]  # a batch of texts or of id lists
+
+
+def _no_empty_prompt(value: Any) -> Any:
+    if isinstance(value, list) and any(isinstance(v, list) and not v for v in value):
+        raise ValueError("a list of token ids must not be empty")
+    return value
+
+
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(min_length=1)
     echo: bool = False
+
+    _prompt_ids = field_validator("prompt")(_no_empty_prompt)
 
     @model_validator(mode="after")
     def _continuable_prompt(self) -> CompletionRequest:
@@ -202,18 +223,20 @@ class CompletionRequest(_Sampling):
             raise ValueError("sllm_continue_from needs one prompt string and no echo")
         return self
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[Prompt]:
+        return _prompt_list(self.prompt)
 
 
 class EmbeddingRequest(_Request):
-    input: str | list[str] = Field(min_length=1)
+    input: str | list[str] | TokenIds | list[TokenIds] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     # Bounded: a backend builds a vector this long for every input.
     dimensions: int | None = Field(default=None, ge=1, le=65536)
 
-    def inputs(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+    _input_ids = field_validator("input")(_no_empty_prompt)
+
+    def inputs(self) -> list[Prompt]:
+        return _prompt_list(self.input)
 
 
 class Usage(BaseModel):

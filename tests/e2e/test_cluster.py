@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from sllm.backends.dummy_engine import VOCAB
 from tests.e2e.conftest import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -281,3 +282,28 @@ def test_lora_adapters_are_called_as_base_colon_adapter(one_worker: Cluster) -> 
         ask("m:zz")
     with pytest.raises(openai.BadRequestError, match="contradicts"):
         ask("m:a1", adapter_field="a2")
+
+
+def test_token_id_prompts_and_exact_lengths_through_the_head(one_worker: Cluster) -> None:
+    """What evaluation harnesses and load tools send: token-id prompts (a dummy token is
+    a word of its vocabulary), embedding inputs as ids, and lengths fixed by ignore_eos."""
+    one_worker.deploy("m")
+    client = one_worker.client()
+    ids = [VOCAB.index(w) for w in ("one", "day", "a", "word")]
+    as_text = client.completions.create(model="m", prompt="one day a word", max_tokens=6)
+    as_ids = client.completions.create(model="m", prompt=ids, max_tokens=6, echo=True)
+    assert as_ids.choices[0].text == "one day a word" + as_text.choices[0].text
+    batch = client.completions.create(model="m", prompt=[ids, ids[:2]], max_tokens=3)
+    assert sorted(c.index for c in batch.choices) == [0, 1]
+    assert batch.usage is not None and batch.usage.prompt_tokens == 6
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        client.completions.create(model="m", prompt=[1, 10**6], max_tokens=3)
+    by_ids = client.embeddings.create(model="m", input=[ids])
+    by_text = client.embeddings.create(model="m", input="one day a word")
+    assert by_ids.data[0].embedding == by_text.data[0].embedding
+    for n in (1, 40, 200):
+        reply = client.completions.create(
+            model="m", prompt="hi", max_tokens=n, extra_body={"ignore_eos": True}
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == n
+        assert reply.choices[0].finish_reason == "length"

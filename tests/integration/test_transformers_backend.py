@@ -154,6 +154,23 @@ def test_continuous_batching_serves_every_sampling_field(sdk: openai.OpenAI) -> 
     assert ask(extra_body={"top_k": 1}) == [greedy.choices[0].text] * 2
 
 
+def test_token_id_prompts_answer_as_their_text(sdk: openai.OpenAI, lm: Child) -> None:
+    path = Path(lm.popen.args[lm.popen.args.index("--config") + 1].split('"')[3])
+    ids = tokenizer(path).encode("the quick brown fox", add_special_tokens=False)
+    text = sdk.completions.create(
+        model="tiny", prompt="the quick brown fox", max_tokens=6, temperature=0
+    )
+    by_ids = sdk.completions.create(
+        model="tiny", prompt=ids, max_tokens=6, temperature=0, echo=True
+    )
+    assert by_ids.choices[0].text == "the quick brown fox" + text.choices[0].text
+    batch = sdk.completions.create(model="tiny", prompt=[ids, ids[:2]], max_tokens=2, temperature=0)
+    assert batch.usage is not None and batch.usage.prompt_tokens == len(ids) + 2
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary") as refused:
+        sdk.completions.create(model="tiny", prompt=[1, 10**6], max_tokens=2)
+    assert refused.value.body["param"] == "prompt"  # type: ignore[index]
+
+
 def eos_first(model_dir: Path, prompt: str) -> Path:
     """The model, told that the token it greedily puts first after ``prompt`` ends a
     sequence: its greedy answer to ``prompt`` is then empty."""
@@ -208,8 +225,16 @@ def test_encoder_embeddings_match_a_direct_computation(tmp_path: Path) -> None:
     try:
         with openai.OpenAI(base_url=f"{child.url}/v1", api_key="x", max_retries=0) as client:
             got = client.embeddings.create(model="tiny", input=texts)
+            # The same inputs as the tokenizer's ids (with its special tokens), as
+            # LangChain's embeddings send them; an id outside the vocabulary is a 400.
+            ids = tokenizer(path)(texts)["input_ids"]
+            by_ids = client.embeddings.create(model="tiny", input=ids)
+            with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+                client.embeddings.create(model="tiny", input=[[1, 10**6]])
     finally:
         child.stop()
+    for text, token in zip(got.data, by_ids.data, strict=True):
+        assert text.embedding == pytest.approx(token.embedding, abs=1e-5)
     tok = tokenizer(path)
     model = AutoModel.from_pretrained(path).eval()
     batch = tok(texts, padding=True, return_tensors="pt")
