@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sllm.backends.engine import SamplingParams
+from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
 from sllm.edge.errors import RequestError
 from sllm.edge.protocol import ChatMessage, Prompt
 
@@ -67,12 +67,50 @@ def next_word(
     """The word that follows ``context``; depends only on its last few words (and on
     the LoRA adapter, so each adapter "speaks" differently). Where it may not end
     (``min_tokens``, ``ignore_eos``, the first word), END's draw gives a word instead."""
-    tail = " ".join(context[-_CONTEXT_WORDS:])
-    salt = "" if adapter is None else f"|{adapter}"
-    digest = hashlib.sha256(f"{tail}|{index}|{seed}{salt}".encode()).digest()
-    draw = int.from_bytes(digest[:8], "big")
+    draw = int.from_bytes(_digest(context, index, seed, adapter)[:8], "big")
     word = _DRAW[draw % len(_DRAW)]
     return word if may_end or word != END else VOCAB[draw % len(VOCAB)]
+
+
+def _digest(context: list[str], index: int, seed: int | None, adapter: str | None) -> bytes:
+    tail = " ".join(context[-_CONTEXT_WORDS:])
+    salt = "" if adapter is None else f"|{adapter}"
+    return hashlib.sha256(f"{tail}|{index}|{seed}{salt}".encode()).digest()
+
+
+def word_logprob(
+    context: list[str],
+    word: str,
+    index: int,
+    seed: int | None,
+    adapter: str | None,
+    top: int,
+    lead: str = " ",
+) -> TokenLogprob:
+    """``word``'s log-probability after ``context`` in a made-up distribution that is a
+    function of the context alone: the word the dummy draws there has probability
+    0.5-0.9, the others share the rest, halving from one to the next in an order the
+    context fixes. Probabilities sum to under 1; the ``top`` likeliest come along. Tokens
+    are shown as in the text, after ``lead`` (the space before a word but the first)."""
+    digest = _digest(context, index, seed, adapter)
+    first = next_word(context, index, seed, adapter, may_end=True)
+    drawn = [first] if first != END else []
+    # A word that may not end draws its replacement: both head the list.
+    drawn.append(next_word(context, index, seed, adapter, may_end=False))
+    p0 = 0.5 + 0.4 * digest[8] / 255
+    order = sorted(
+        (w for w in _DRAW if w not in drawn),
+        key=lambda w: hashlib.sha256(digest + w.encode()).digest(),
+    )
+    ranked = [*dict.fromkeys(drawn), *order]
+    probs = [p0, *((1 - p0) * 0.5**r for r in range(1, len(ranked)))]
+    # A word outside the vocabulary (a prompt's) gets less than any word in it.
+    prob = dict(zip(ranked, probs, strict=True)).get(word, probs[-1] / 2)
+    return TokenLogprob(
+        token=lead + word,
+        logprob=math.log(prob),
+        top=tuple((lead + w, math.log(p)) for w, p in zip(ranked[:top], probs, strict=False)),
+    )
 
 
 def min_words(params: SamplingParams) -> int:
@@ -164,7 +202,7 @@ class DummyEngine:
                 param="max_tokens",
             )
 
-    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str]:
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Piece]:
         prompt = self._text(prompt)
         knobs = self.knobs
         if knobs.crash_on_prompt is not None and knobs.crash_on_prompt in prompt:
@@ -186,11 +224,30 @@ class DummyEngine:
             word = next_word(context, params.index, params.seed, params.adapter, may_end)
             if word == END:
                 return
+            text = word if emitted == 0 and not params.continuing else f" {word}"
+            logprob = None
+            if params.logprobs is not None:
+                lead = text[: -len(word)]
+                logprob = word_logprob(
+                    context, word, params.index, params.seed, params.adapter, params.logprobs, lead
+                )
             context.append(word)
-            yield word if emitted == 0 and not params.continuing else f" {word}"
+            yield Piece(text, logprob)
             emitted += 1
             # Always yield to the loop, so that other requests interleave.
             await asyncio.sleep(gap)
+
+    async def prompt_logprobs(
+        self, prompt: Prompt, top: int, adapter: str | None
+    ) -> list[TokenLogprob]:
+        # As a base model reads a prompt: choice 0, no seed.
+        words = self._text(prompt).split()
+        if not words:
+            return []
+        return [
+            TokenLogprob(words[0], None),
+            *(word_logprob(words[:i], w, 0, None, adapter, top) for i, w in enumerate(words) if i),
+        ]
 
     def close(self) -> None:
         """Nothing to release."""

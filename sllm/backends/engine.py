@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sllm.edge.protocol import ChatMessage, Prompt
 
@@ -34,6 +34,27 @@ class SamplingParams:
     adapter: str | None = None
     # The output goes on after text the choice already produced (a resumed stream).
     continuing: bool = False
+    # Log-probabilities of each generated token and of this many likeliest alternatives
+    # (None: none). As vLLM's default, of the model's raw output, before sampling's changes.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability, and the likeliest tokens at its place."""
+
+    token: str
+    # None: a prompt's first token, which nothing comes before.
+    logprob: float | None
+    top: tuple[tuple[str, float], ...] = ()
+
+
+class Piece(NamedTuple):
+    """What ``Engine.generate`` yields per token: its text (empty while a character is
+    incomplete) and, when asked for, its log-probability."""
+
+    text: str
+    logprob: TokenLogprob | None = None
 
 
 class Engine(Protocol):
@@ -72,10 +93,16 @@ class Engine(Protocol):
         """Raise RequestError for what this engine cannot do, before any output."""
         ...
 
-    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str]:
-        """One text piece per generated token (possibly empty while a character is
-        incomplete), at most ``params.max_tokens``; ends early at end of sequence.
-        Closing the iterator stops the work."""
+    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Piece]:
+        """One piece per generated token, at most ``params.max_tokens``; ends early at
+        end of sequence. Closing the iterator stops the work."""
+        ...
+
+    async def prompt_logprobs(
+        self, prompt: Prompt, top: int, adapter: str | None
+    ) -> list[TokenLogprob]:
+        """Each prompt token's log-probability given the tokens before it (the first's
+        is None: nothing comes before it), for ``echo`` with ``logprobs``."""
         ...
 
     def close(self) -> None:

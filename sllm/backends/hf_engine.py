@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sllm.backends.detokenize import IncrementalDecoder
-from sllm.backends.engine import SamplingParams
+from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
 from sllm.backends.sampling_defaults import from_generation_config
-from sllm.backends.static_batching import StaticBatcher
+from sllm.backends.static_batching import BASE_ADAPTER, RawLogprob, StaticBatcher, raw_logprob
 from sllm.backends.transformers_knobs import (
     CPU_KV_CACHE_TOKENS,
     CPU_MAX_BATCH_TOKENS,
@@ -371,12 +371,15 @@ class TransformersEngine:
             or params.min_p
             or params.repetition_penalty not in (None, 1.0)
             or params.min_tokens
+            # The manager's log-probability is the sampled token's after temperature,
+            # top_k and top_p, without alternatives.
+            or params.logprobs is not None
             or (params.top_k and params.top_k > 0 and not self._continuous_top_k)
         )
 
-    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str]:
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Piece]:
         ids = self._known(prompt, "prompt") if isinstance(prompt, list) else self._encode(prompt)
-        tokens: AsyncGenerator[int, None]
+        tokens: AsyncGenerator[tuple[int, RawLogprob | None], None]
         if self.batcher is not None:
             tokens = self.batcher.tokens(ids, params)
         elif self._rows_only(params):
@@ -387,17 +390,50 @@ class TransformersEngine:
             tokens = self._continuous_tokens(ids, params)
         decoder = IncrementalDecoder(self.tokenizer)
         try:
-            async for token in tokens:
+            async for token, raw in tokens:
                 if token in self.eos_ids and not params.ignore_eos:
                     return
-                yield decoder.push(token)
+                yield Piece(decoder.push(token), None if raw is None else self._logprob(token, raw))
             # A character left incomplete by the last token would only decode to U+FFFD.
         finally:
             await tokens.aclose()
 
+    def _logprob(self, token: int, raw: RawLogprob) -> TokenLogprob:
+        """A token's log-probability with its text, as vLLM shows it: each token decoded
+        alone."""
+        lp, top = raw
+        text = self._token_text
+        return TokenLogprob(text(token), lp, tuple((text(i), v) for i, v in top))
+
+    def _token_text(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
+
+    async def prompt_logprobs(
+        self, prompt: Prompt, top: int, adapter: str | None
+    ) -> list[TokenLogprob]:
+        ids = self._known(prompt, "prompt") if isinstance(prompt, list) else self._encode(prompt)
+        if not ids:
+            return []
+        raws = await asyncio.to_thread(self._prompt_logprobs_sync, ids, top, adapter)
+        first = TokenLogprob(self._token_text(ids[0]), None)
+        return [first, *(self._logprob(t, r) for t, r in zip(ids[1:], raws, strict=True))]
+
+    def _prompt_logprobs_sync(
+        self, ids: list[int], top: int, adapter: str | None
+    ) -> list[RawLogprob]:
+        """One forward pass over the prompt: the logits at each place give the next token's."""
+        import torch
+
+        kwargs: dict[str, Any] = {}
+        if self.adapters:
+            kwargs["adapter_names"] = [adapter or BASE_ADAPTER]
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids], device=self.device), **kwargs).logits[0]
+        return [raw_logprob(logits[i], ids[i + 1], top) for i in range(len(ids) - 1)]
+
     async def _continuous_tokens(
         self, ids: list[int], params: SamplingParams
-    ) -> AsyncGenerator[int, None]:
+    ) -> AsyncGenerator[tuple[int, None], None]:
         request_id = f"r{next(self._ids)}"
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         self.manager.register_result_handler(request_id, outputs.put_nowait)
@@ -428,7 +464,7 @@ class TransformersEngine:
                     raise RuntimeError(f"generation failed: {out.error}")
                 finished = out.is_finished()
                 for token in out.generated_tokens[seen:]:
-                    yield int(token)
+                    yield int(token), None
                 seen = len(out.generated_tokens)
         finally:
             if not finished:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
-from sllm.backends import warm_heap
+from sllm.backends import logprobs_format, warm_heap
 from sllm.backends.dummy_engine import DummyEngine, DummyKnobs
-from sllm.backends.engine import Engine, SamplingParams
+from sllm.backends.engine import Engine, SamplingParams, TokenLogprob
 from sllm.backends.stops import StopScanner
 from sllm.edge.api_errors import install_error_handlers
 from sllm.edge.errors import ModelNotFound, RequestError, SllmError, error_body
@@ -60,27 +60,41 @@ class _Choice:
     # Tokens produced before a resume: counted in usage, not generated again.
     prior_tokens: int = 0
     finish_reason: str | None = None
+    # With echo and logprobs: the prompt's; and where a streamed choice's next token
+    # begins in its text.
+    echo_logprobs: list[TokenLogprob] = field(default_factory=list)
+    text_offset: int = 0
 
 
-async def _pieces(engine: Engine, choice: _Choice) -> AsyncIterator[str]:
-    """The choice's text as it may be shown: stop strings cut, nothing after them."""
+# Text a choice may show now, with the log-probabilities of the tokens it completes.
+_Chunk = tuple[str, list[TokenLogprob]]
+
+
+async def _pieces(engine: Engine, choice: _Choice) -> AsyncIterator[_Chunk]:
+    """The choice's text as it may be shown: stop strings cut, nothing after them. A
+    token's log-probability goes out with the first text at or after it; those of the
+    tokens a stop string cut away are dropped with their text."""
     if choice.params.max_tokens == 0:
         choice.finish_reason = "length"  # a resume after the whole limit was produced
         return
     scanner = StopScanner(choice.stops)
+    waiting: list[TokenLogprob] = []
     generated = engine.generate(choice.prompt, choice.params)
     try:
         async for piece in generated:
             choice.tokens += 1
-            text = scanner.feed(piece)
+            if piece.logprob is not None:
+                waiting.append(piece.logprob)
+            text = scanner.feed(piece.text)
             if text:
-                yield text
+                yield text, waiting
+                waiting = []
             if scanner.stopped:
                 choice.finish_reason = "stop"
                 return
         tail = scanner.flush()
-        if tail:
-            yield tail
+        if tail or waiting:
+            yield tail, waiting
         choice.finish_reason = "length" if choice.tokens >= choice.params.max_tokens else "stop"
     finally:
         aclose = getattr(generated, "aclose", None)
@@ -88,15 +102,17 @@ async def _pieces(engine: Engine, choice: _Choice) -> AsyncIterator[str]:
             await aclose()
 
 
-async def _merged(engine: Engine, choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, str]]:
-    """(choice, text) from all choices as they come; ("" marks a choice's end)."""
-    queue: asyncio.Queue[tuple[_Choice, str | BaseException]] = asyncio.Queue()
+async def _merged(
+    engine: Engine, choices: list[_Choice]
+) -> AsyncIterator[tuple[_Choice, _Chunk | None]]:
+    """(choice, chunk) from all choices as they come; None marks a choice's end."""
+    queue: asyncio.Queue[tuple[_Choice, _Chunk | BaseException | None]] = asyncio.Queue()
 
     async def pump(choice: _Choice) -> None:
         try:
-            async for text in _pieces(engine, choice):
-                await queue.put((choice, text))
-            await queue.put((choice, ""))
+            async for chunk in _pieces(engine, choice):
+                await queue.put((choice, chunk))
+            await queue.put((choice, None))
         except Exception as exc:
             await queue.put((choice, exc))
 
@@ -108,7 +124,7 @@ async def _merged(engine: Engine, choices: list[_Choice]) -> AsyncIterator[tuple
                 if isinstance(item, BaseException):
                     raise item
                 yield choice, item
-                if item == "":
+                if item is None:
                     break
     finally:
         for task in tasks:
@@ -188,6 +204,7 @@ class OpenAIServer:
             index=index % req.n,
             adapter=adapter,
             continuing=bool(produced),
+            logprobs=req.logprob_count(),
         )
         self.engine.check(prompt_tokens + prior, params)
         return _Choice(
@@ -236,16 +253,16 @@ class OpenAIServer:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             envelope = self._envelope("chatcmpl", "chat.completion.chunk", adapter)
             return _sse(self._chat_events(envelope, choices, prompt_tokens, include_usage))
-        texts = await self._complete_all(choices)
+        outputs = await self._complete_all(choices)
         body = self._envelope("chatcmpl", "chat.completion", adapter)
         body["choices"] = [
             {
                 "index": c.index,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs_format.chat(entries) if req.logprobs else None,
                 "finish_reason": c.finish_reason,
             }
-            for c, text in zip(choices, texts, strict=True)
+            for c, (text, entries) in zip(choices, outputs, strict=True)
         ]
         body["usage"] = _usage(prompt_tokens, choices)
         return JSONResponse(body)
@@ -255,20 +272,27 @@ class OpenAIServer:
         prompts = req.prompts()
         choices = self._choices(req, prompts, echo=req.echo, adapter=adapter)
         prompt_tokens = sum(self.engine.count_tokens(p) for p in prompts)
+        if req.echo and req.logprobs is not None:
+            # The prompt's own, once per prompt, for every choice of it.
+            read = [await self.engine.prompt_logprobs(p, req.logprobs, adapter) for p in prompts]
+            for c in choices:
+                c.echo_logprobs = read[c.index // req.n]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             envelope = self._envelope("cmpl", "text_completion", adapter)
             return _sse(self._completion_events(envelope, choices, prompt_tokens, include_usage))
-        texts = await self._complete_all(choices)
+        outputs = await self._complete_all(choices)
         body = self._envelope("cmpl", "text_completion", adapter)
         body["choices"] = [
             {
                 "index": c.index,
                 "text": c.echo + text,
-                "logprobs": None,
+                "logprobs": None
+                if req.logprobs is None
+                else logprobs_format.completion([*c.echo_logprobs, *entries], 0)[0],
                 "finish_reason": c.finish_reason,
             }
-            for c, text in zip(choices, texts, strict=True)
+            for c, (text, entries) in zip(choices, outputs, strict=True)
         ]
         body["usage"] = _usage(prompt_tokens, choices)
         return JSONResponse(body)
@@ -290,9 +314,15 @@ class OpenAIServer:
             }
         )
 
-    async def _complete_all(self, choices: list[_Choice]) -> list[str]:
-        async def one(choice: _Choice) -> str:
-            return "".join([t async for t in _pieces(self.engine, choice)])
+    async def _complete_all(self, choices: list[_Choice]) -> list[_Chunk]:
+        """Each choice's whole text and log-probabilities."""
+
+        async def one(choice: _Choice) -> _Chunk:
+            text, entries = [], []
+            async for piece, logprobs in _pieces(self.engine, choice):
+                text.append(piece)
+                entries.extend(logprobs)
+            return "".join(text), entries
 
         # Concurrently, so that a batching engine sees all choices at once.
         return list(await asyncio.gather(*(one(c) for c in choices)))
@@ -304,11 +334,13 @@ class OpenAIServer:
         prompt_tokens: int,
         include_usage: bool,
     ) -> AsyncIterator[dict[str, Any]]:
-        def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def chunk(
+            index: int, delta: dict[str, Any], finish: str | None, logprobs: Any = None
+        ) -> dict[str, Any]:
             body = {
                 **envelope,
                 "choices": [
-                    {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
                 ],
             }
             if include_usage:
@@ -317,11 +349,13 @@ class OpenAIServer:
 
         for c in choices:
             yield chunk(c.index, {"role": "assistant", "content": ""}, None)
-        async for c, text in _merged(self.engine, choices):
-            if text:
-                yield chunk(c.index, {"content": text}, None)
-            else:
+        async for c, item in _merged(self.engine, choices):
+            if item is None:
                 yield chunk(c.index, {}, c.finish_reason)
+                continue
+            text, entries = item
+            logprobs = logprobs_format.chat(entries) if c.params.logprobs is not None else None
+            yield chunk(c.index, {"content": text}, None, logprobs)
         if include_usage:
             yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
 
@@ -332,11 +366,16 @@ class OpenAIServer:
         prompt_tokens: int,
         include_usage: bool,
     ) -> AsyncIterator[dict[str, Any]]:
-        def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
+        def chunk(
+            c: _Choice, text: str, finish: str | None, entries: list[TokenLogprob]
+        ) -> dict[str, Any]:
+            logprobs = None
+            if c.params.logprobs is not None:
+                logprobs, c.text_offset = logprobs_format.completion(entries, c.text_offset)
             body = {
                 **envelope,
                 "choices": [
-                    {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+                    {"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": finish}
                 ],
             }
             if include_usage:
@@ -345,9 +384,13 @@ class OpenAIServer:
 
         for c in choices:
             if c.echo:
-                yield chunk(c.index, c.echo, None)
-        async for c, text in _merged(self.engine, choices):
-            yield chunk(c.index, text, None if text else c.finish_reason)
+                yield chunk(c, c.echo, None, c.echo_logprobs)
+        async for c, item in _merged(self.engine, choices):
+            if item is None:
+                yield chunk(c, "", c.finish_reason, [])
+            else:
+                text, entries = item
+                yield chunk(c, text, None, entries)
         if include_usage:
             yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
 

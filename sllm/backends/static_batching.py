@@ -32,6 +32,22 @@ _END = object()
 _NO_TOKEN = -1
 
 
+# A token's raw log-probability and the likeliest (token id, log-probability) pairs at
+# its place.
+RawLogprob = tuple[float, list[tuple[int, float]]]
+
+
+def raw_logprob(logits: torch.Tensor, token: int, top: int) -> RawLogprob:
+    """``token``'s log-probability under ``logits`` as the model gave them (vLLM's default
+    ``raw_logprobs``: before penalties and temperature), with the ``top`` likeliest."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    alternatives: list[tuple[int, float]] = []
+    if top:
+        values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]))
+        alternatives = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return float(logprobs[token]), alternatives
+
+
 @dataclass(eq=False)
 class _Row:
     ids: list[int]
@@ -43,6 +59,8 @@ class _Row:
     done: bool = False
     # Set from the event loop when the client goes away; read by the generating thread.
     cancelled: bool = False
+    # The log-probability of the token sampled this step, when the request asks for them.
+    logprob: RawLogprob | None = None
 
     def send(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -142,6 +160,8 @@ class _RowSampler:
                     eos_ids=self.eos_ids,
                 )
             )
+            if row.params.logprobs is not None and not row.done:
+                row.logprob = raw_logprob(scores[i], token, row.params.logprobs)
             chosen[i, token] = 0.0
         return chosen
 
@@ -163,7 +183,7 @@ class _RowEmitter:
             if row.cancelled or (token in self.eos_ids and not row.params.ignore_eos):
                 row.done = True
                 continue
-            row.send(token)
+            row.send((token, row.logprob))
             row.generated += 1
             row.done = row.generated >= row.params.max_tokens
         return torch.tensor([r.done for r in self.rows], device=input_ids.device)
@@ -203,8 +223,11 @@ class StaticBatcher:
             self._wake.notify()
         self._thread.join(timeout)
 
-    async def tokens(self, ids: list[int], params: SamplingParams) -> AsyncGenerator[int, None]:
-        """Token ids as the batch generates them; closing the iterator ends the row."""
+    async def tokens(
+        self, ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[tuple[int, RawLogprob | None], None]:
+        """Token ids as the batch generates them, each with its log-probability when
+        ``params.logprobs`` asks; closing the iterator ends the row."""
         row = _Row(ids, params, asyncio.get_running_loop(), asyncio.Queue(), _generator(params))
         with self._wake:
             if self._stopping:
@@ -264,6 +287,9 @@ class StaticBatcher:
             max_new_tokens=max(r.params.max_tokens for r in rows),
             eos_token_id=_NO_TOKEN,
             pad_token_id=self.pad_id,
+            # generate fills what is unset from the model's generation config: a
+            # repetition penalty there would be applied before _RowSampler applies it.
+            repetition_penalty=1.0,
         )
         with torch.inference_mode():
             self.model.generate(

@@ -87,8 +87,6 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "functions": _NOTHING,
     "function_call": (*_NOTHING, "none", "auto"),
     "response_format": (*_NOTHING, {"type": "text"}),
-    "logprobs": _NOTHING,
-    "top_logprobs": _NOTHING,
     "logit_bias": _NOTHING,
     "best_of": (*_NOTHING, 1),
     "suffix": _NOTHING,
@@ -184,9 +182,25 @@ class ChatMessage(BaseModel):
         return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
 
 
+# The most alternatives a request may ask for at each place (vLLM's --max-logprobs).
+MAX_LOGPROBS = 20
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def logprob_count(self) -> int | None:
+        """Alternatives per place when log-probabilities are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -214,6 +228,11 @@ def _no_empty_prompt(value: Any) -> Any:
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | TokenIds | list[TokenIds] = Field(min_length=1)
     echo: bool = False
+    # The legacy API's: log-probabilities with this many alternatives at each place.
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     _prompt_ids = field_validator("prompt")(_no_empty_prompt)
 

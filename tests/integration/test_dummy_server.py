@@ -152,3 +152,51 @@ def test_continuations_of_several_choices_are_refused(backend: Child) -> None:
     body = {"model": "m", "prompt": "x", "n": 2, "sllm_continue_from": "y"}
     resp = httpx.post(f"{backend.url}/v1/completions", json=body, timeout=10)
     assert resp.status_code == 400 and "n = 1" in resp.text
+
+
+def test_logprobs_are_deterministic_sum_under_one_and_stream_as_they_answer(
+    sdk: openai.OpenAI,
+) -> None:
+    import math
+
+    messages: Any = [{"role": "user", "content": "tell me about redis"}]
+    ask = dict(model="m", messages=messages, max_tokens=8, logprobs=True, top_logprobs=3)
+    chat = sdk.chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert chat == sdk.chat.completions.create(**ask).model_copy(  # type: ignore[call-overload]
+        update={"id": chat.id, "created": chat.created}
+    )
+    content = chat.choices[0].logprobs.content
+    text = chat.choices[0].message.content
+    assert "".join(e.token for e in content) == text  # a token is a word
+    assert len(content) == chat.usage.completion_tokens
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.logprob < 0
+        assert sum(math.exp(t.logprob) for t in entry.top_logprobs) < 1
+    streamed = [
+        e
+        for c in sdk.chat.completions.create(**ask, stream=True)  # type: ignore[call-overload]
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert streamed == content
+
+    # echo: the prompt's words first, the first without a log-probability.
+    done = sdk.completions.create(
+        model="m", prompt="one day a word", max_tokens=4, logprobs=2, echo=True
+    )
+    lp = done.choices[0].logprobs
+    assert lp.tokens[:4] == ["one", " day", " a", " word"] and lp.token_logprobs[0] is None
+    assert all(v < 0 for v in lp.token_logprobs[1:]) and lp.top_logprobs[0] is None
+    assert len(lp.tokens) == 4 + done.usage.completion_tokens
+    assert "".join(lp.tokens) == done.choices[0].text
+    assert lp.text_offset[:5] == [0, 3, 7, 9, 14]
+    chunks = list(
+        sdk.completions.create(
+            model="m", prompt="one day a word", max_tokens=4, logprobs=2, echo=True, stream=True
+        )
+    )
+    assert [
+        t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens
+    ] == lp.tokens
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        sdk.chat.completions.create(model="m", messages=messages, top_logprobs=2)

@@ -48,7 +48,7 @@ def build(
 def greedy(engine: TransformersEngine, max_tokens: int = 6) -> str:
     async def run() -> str:
         params = SamplingParams(max_tokens=max_tokens, temperature=0)
-        return "".join([piece async for piece in engine.generate("hello world", params)])
+        return "".join([piece.text async for piece in engine.generate("hello world", params)])
 
     return asyncio.run(asyncio.wait_for(run(), 60))
 

@@ -59,6 +59,11 @@ def tokenizer(path: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(path)
 
 
+def model_dir(child: Child) -> Path:
+    """The model directory a backend was started with (from its --config)."""
+    return Path(child.popen.args[child.popen.args.index("--config") + 1].split('"')[3])
+
+
 MESSAGES: Any = [{"role": "user", "content": "hello world"}]
 
 
@@ -89,7 +94,7 @@ def test_usage_is_counted_with_the_tokenizer(sdk: openai.OpenAI, lm: Child) -> N
     prompt = "the quick brown fox"
     reply = sdk.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0)
     assert reply.usage is not None
-    path = Path(lm.popen.args[lm.popen.args.index("--config") + 1].split('"')[3])
+    path = model_dir(lm)
     expected = len(tokenizer(path).encode(prompt, add_special_tokens=False))
     assert reply.usage.prompt_tokens == expected
     assert reply.usage.completion_tokens == 5 and reply.choices[0].finish_reason == "length"
@@ -155,7 +160,7 @@ def test_continuous_batching_serves_every_sampling_field(sdk: openai.OpenAI) -> 
 
 
 def test_token_id_prompts_answer_as_their_text(sdk: openai.OpenAI, lm: Child) -> None:
-    path = Path(lm.popen.args[lm.popen.args.index("--config") + 1].split('"')[3])
+    path = model_dir(lm)
     ids = tokenizer(path).encode("the quick brown fox", add_special_tokens=False)
     text = sdk.completions.create(
         model="tiny", prompt="the quick brown fox", max_tokens=6, temperature=0
@@ -169,6 +174,60 @@ def test_token_id_prompts_answer_as_their_text(sdk: openai.OpenAI, lm: Child) ->
     with pytest.raises(openai.BadRequestError, match="outside the vocabulary") as refused:
         sdk.completions.create(model="tiny", prompt=[1, 10**6], max_tokens=2)
     assert refused.value.body["param"] == "prompt"  # type: ignore[index]
+
+
+def test_logprobs_are_the_models_own(sdk: openai.OpenAI, lm: Child) -> None:
+    """Greedy tokens' log-probabilities and an echoed prompt's, against one forward pass
+    of the model over the same ids; under continuous batching such a request runs in the
+    static batcher beside it, as the stream does."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = model_dir(lm)
+    tok = tokenizer(path)
+    reply = sdk.completions.create(
+        model="tiny",
+        prompt="the quick brown fox",
+        max_tokens=5,
+        temperature=0,
+        logprobs=3,
+        echo=True,
+    )
+    lp = reply.choices[0].logprobs
+    assert lp is not None and lp.token_logprobs is not None and lp.top_logprobs is not None
+    ids = tok.encode("the quick brown fox", add_special_tokens=False)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.inference_mode():
+        full = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0].tolist()
+        expected = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), -1)
+    out = full[len(ids) :]
+    assert lp.tokens == [tok.decode([t]) for t in full]
+    assert lp.token_logprobs[0] is None
+    for place, token in enumerate(full[1:], start=1):
+        assert lp.token_logprobs[place] == pytest.approx(
+            float(expected[place - 1, token]), abs=1e-4
+        )
+    for place in range(len(ids), len(full)):
+        # Greedy: each output token is the likeliest, first among its alternatives.
+        top = lp.top_logprobs[place]
+        assert top is not None and len(top) >= 3
+        assert max(top.values()) == pytest.approx(lp.token_logprobs[place], abs=1e-6)
+    assert len(out) == 5
+    chat = dict(
+        model="tiny", messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
+    whole = sdk.chat.completions.create(**chat)  # type: ignore[call-overload]
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    assert all(len(e.top_logprobs) == 2 for e in content)
+    streamed = [
+        e
+        for c in sdk.chat.completions.create(**chat, stream=True)  # type: ignore[call-overload]
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-5)
 
 
 def eos_first(model_dir: Path, prompt: str) -> Path:

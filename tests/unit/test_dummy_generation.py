@@ -37,7 +37,7 @@ def test_limit_is_honoured_and_end_word_never_shown() -> None:
 async def test_engine_streams_the_same_words() -> None:
     engine = DummyEngine(DummyKnobs())
     params = SamplingParams(max_tokens=10, seed=5)
-    pieces = [p async for p in engine.generate("hello world", params)]
+    pieces = [p.text async for p in engine.generate("hello world", params)]
     assert "".join(pieces) == " ".join(words("hello world", 0, 5, 10))
 
 
@@ -56,7 +56,7 @@ def test_unknown_or_bad_knobs_are_refused_with_the_field_named() -> None:
 
 
 async def generated(params: SamplingParams, prompt: str) -> list[str]:
-    return [p async for p in DummyEngine(DummyKnobs()).generate(prompt, params)]
+    return [p.text async for p in DummyEngine(DummyKnobs()).generate(prompt, params)]
 
 
 async def test_the_dummy_never_answers_empty_and_gives_exact_lengths() -> None:
