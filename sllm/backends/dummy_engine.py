@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
+import json
 import math
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sllm.backends import dummy_json
 from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
 from sllm.edge.errors import RequestError
 from sllm.edge.protocol import ChatMessage, Prompt
@@ -155,6 +159,45 @@ def embedding(text: str, dim: int) -> list[float]:
     return [x / norm for x in vector]
 
 
+def _word_pieces(prompt: str, params: SamplingParams) -> Iterator[Piece]:
+    """The dummy's words after ``prompt``, a piece each, until it draws END."""
+    context = prompt.split()
+    floor = min_words(params)
+    emitted = 0
+    while True:
+        may_end = not params.ignore_eos and emitted >= floor
+        word = next_word(context, params.index, params.seed, params.adapter, may_end)
+        if word == END:
+            return
+        text = word if emitted == 0 and not params.continuing else f" {word}"
+        logprob = None
+        if params.logprobs is not None:
+            lead = text[: -len(word)]
+            logprob = word_logprob(
+                context, word, params.index, params.seed, params.adapter, params.logprobs, lead
+            )
+        context.append(word)
+        yield Piece(text, logprob)
+        emitted += 1
+
+
+# A structured answer's tokens: each run of non-space characters with the spaces before it.
+_JSON_TOKEN = re.compile(r"\s*\S+")
+_JSON_LOGPROB = math.log(0.9)
+
+
+def _json_pieces(prompt: str, params: SamplingParams) -> Iterator[Piece]:
+    """An instance of the request's schema (``dummy_json``), a piece per token."""
+    assert params.json_schema is not None
+    seed = f"{prompt}|{params.index}|{params.seed}"
+    for token in _JSON_TOKEN.findall(json.dumps(dummy_json.instance(params.json_schema, seed))):
+        logprob = None
+        if params.logprobs is not None:
+            top = ((token, _JSON_LOGPROB),) if params.logprobs else ()
+            logprob = TokenLogprob(token, _JSON_LOGPROB, top)
+        yield Piece(token, logprob)
+
+
 class DummyEngine:
     def __init__(self, knobs: DummyKnobs, adapters: frozenset[str] = frozenset()) -> None:
         self.knobs = knobs
@@ -212,28 +255,15 @@ class DummyEngine:
         if knobs.ttft:
             await asyncio.sleep(knobs.ttft)
         gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second else 0.0
-        context = prompt.split()
-        floor = min_words(params)
-        emitted = 0
-        while emitted < params.max_tokens:
+        pieces = (
+            _json_pieces(prompt, params) if params.json_schema else _word_pieces(prompt, params)
+        )
+        for emitted, piece in enumerate(itertools.islice(pieces, params.max_tokens)):
             if knobs.crash_after_tokens is not None and emitted >= knobs.crash_after_tokens:
                 # Let what was yielded reach the socket, so the crash is mid-stream.
                 await asyncio.sleep(0.05)
                 os._exit(1)
-            may_end = not params.ignore_eos and emitted >= floor
-            word = next_word(context, params.index, params.seed, params.adapter, may_end)
-            if word == END:
-                return
-            text = word if emitted == 0 and not params.continuing else f" {word}"
-            logprob = None
-            if params.logprobs is not None:
-                lead = text[: -len(word)]
-                logprob = word_logprob(
-                    context, word, params.index, params.seed, params.adapter, params.logprobs, lead
-                )
-            context.append(word)
-            yield Piece(text, logprob)
-            emitted += 1
+            yield piece
             # Always yield to the loop, so that other requests interleave.
             await asyncio.sleep(gap)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sllm.edge.protocol import ChatMessage, Prompt
 
@@ -34,6 +34,8 @@ class SamplingParams:
     adapter: str | None = None
     # The output goes on after text the choice already produced (a resumed stream).
     continuing: bool = False
+    # The JSON schema the output must be an instance of (structured outputs), or None.
+    json_schema: dict[str, Any] | None = None
     # Log-probabilities of each generated token and of this many likeliest alternatives
     # (None: none). As vLLM's default, of the model's raw output, before sampling's changes.
     logprobs: int | None = None

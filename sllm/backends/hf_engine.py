@@ -17,6 +17,7 @@ from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
 from sllm.backends.sampling_defaults import from_generation_config
 from sllm.backends.static_batching import BASE_ADAPTER, RawLogprob, StaticBatcher, raw_logprob
+from sllm.backends.structured import Grammars, RowGrammar
 from sllm.backends.transformers_knobs import (
     CPU_KV_CACHE_TOKENS,
     CPU_MAX_BATCH_TOKENS,
@@ -143,6 +144,7 @@ class TransformersEngine:
             raise
         eos = model.generation_config.eos_token_id or self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.grammars = Grammars(self.tokenizer, self.vocab_size, self.eos_ids)
         self.pad_id = int(self.tokenizer.pad_token_id or next(iter(self.eos_ids), 0))
         if not static and failed is None:
             try:
@@ -358,6 +360,8 @@ class TransformersEngine:
                 f"the model's context of {self.context_length} tokens",
                 param="max_tokens",
             )
+        if params.json_schema is not None:
+            self.grammars.check(params.json_schema)
 
     def _rows_only(self, params: SamplingParams) -> bool:
         """Whether a request needs the static batcher's per-row sampling: continuous
@@ -374,18 +378,23 @@ class TransformersEngine:
             # The manager's log-probability is the sampled token's after temperature,
             # top_k and top_p, without alternatives.
             or params.logprobs is not None
+            or params.json_schema is not None
             or (params.top_k and params.top_k > 0 and not self._continuous_top_k)
         )
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Piece]:
         ids = self._known(prompt, "prompt") if isinstance(prompt, list) else self._encode(prompt)
         tokens: AsyncGenerator[tuple[int, RawLogprob | None], None]
+        grammar = None
+        if params.json_schema is not None:
+            # In a thread: the grammar engine's first use takes in the vocabulary.
+            grammar = await asyncio.to_thread(self._row_grammar, params.json_schema)
         if self.batcher is not None:
-            tokens = self.batcher.tokens(ids, params)
+            tokens = self.batcher.tokens(ids, params, grammar)
         elif self._rows_only(params):
             if self.side is None:
                 self.side = self._static_batcher()
-            tokens = self.side.tokens(ids, params)
+            tokens = self.side.tokens(ids, params, grammar)
         else:
             tokens = self._continuous_tokens(ids, params)
         decoder = IncrementalDecoder(self.tokenizer)
@@ -397,6 +406,9 @@ class TransformersEngine:
             # A character left incomplete by the last token would only decode to U+FFFD.
         finally:
             await tokens.aclose()
+
+    def _row_grammar(self, schema: dict[str, Any]) -> RowGrammar:
+        return RowGrammar(self.grammars.matcher(self.grammars.check(schema)), self.vocab_size)
 
     def _logprob(self, token: int, raw: RawLogprob) -> TokenLogprob:
         """A token's log-probability with its text, as vLLM shows it: each token decoded

@@ -30,6 +30,7 @@ from sllm.backends import logprobs_format, warm_heap
 from sllm.backends.dummy_engine import DummyEngine, DummyKnobs
 from sllm.backends.engine import Engine, SamplingParams, TokenLogprob
 from sllm.backends.stops import StopScanner
+from sllm.backends.structured import schema_of
 from sllm.edge.api_errors import install_error_handlers
 from sllm.edge.errors import ModelNotFound, RequestError, SllmError, error_body
 from sllm.edge.protocol import (
@@ -205,6 +206,7 @@ class OpenAIServer:
             adapter=adapter,
             continuing=bool(produced),
             logprobs=req.logprob_count(),
+            json_schema=schema_of((req.model_extra or {}).get("response_format")),
         )
         self.engine.check(prompt_tokens + prior, params)
         return _Choice(

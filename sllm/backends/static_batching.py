@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from sllm.backends.engine import SamplingParams
+from sllm.backends.structured import RowGrammar
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class _Row:
     cancelled: bool = False
     # The log-probability of the token sampled this step, when the request asks for them.
     logprob: RawLogprob | None = None
+    # Holds the row to a JSON schema (structured outputs).
+    grammar: RowGrammar | None = None
 
     def send(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -148,19 +151,20 @@ class _RowSampler:
         chosen = torch.full_like(scores, float("-inf"))
         for i, row in enumerate(self.rows):
             # A finished row still gets a token from generate; any token will do.
-            token = (
-                0
-                if row.done
-                else sample_row(
-                    scores[i],
-                    input_ids[i, self.width :],
-                    row.params,
-                    row.generator,
-                    prompt=input_ids[i, self.width - len(row.ids) : self.width],
-                    eos_ids=self.eos_ids,
-                )
+            if row.done:
+                chosen[i, 0] = 0.0
+                continue
+            token = sample_row(
+                scores[i] if row.grammar is None else row.grammar.allowed(scores[i]),
+                input_ids[i, self.width :],
+                row.params,
+                row.generator,
+                prompt=input_ids[i, self.width - len(row.ids) : self.width],
+                eos_ids=self.eos_ids,
             )
-            if row.params.logprobs is not None and not row.done:
+            if row.grammar is not None:
+                row.grammar.consume(token)
+            if row.params.logprobs is not None:
                 row.logprob = raw_logprob(scores[i], token, row.params.logprobs)
             chosen[i, token] = 0.0
         return chosen
@@ -224,11 +228,13 @@ class StaticBatcher:
         self._thread.join(timeout)
 
     async def tokens(
-        self, ids: list[int], params: SamplingParams
+        self, ids: list[int], params: SamplingParams, grammar: RowGrammar | None = None
     ) -> AsyncGenerator[tuple[int, RawLogprob | None], None]:
         """Token ids as the batch generates them, each with its log-probability when
-        ``params.logprobs`` asks; closing the iterator ends the row."""
+        ``params.logprobs`` asks, held to ``grammar`` when given; closing the iterator
+        ends the row."""
         row = _Row(ids, params, asyncio.get_running_loop(), asyncio.Queue(), _generator(params))
+        row.grammar = grammar
         with self._wake:
             if self._stopping:
                 raise RuntimeError("the backend is shutting down")

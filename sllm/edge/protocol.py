@@ -86,7 +86,6 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "tool_choice": (*_NOTHING, "none", "auto"),
     "functions": _NOTHING,
     "function_call": (*_NOTHING, "none", "auto"),
-    "response_format": (*_NOTHING, {"type": "text"}),
     "logit_bias": _NOTHING,
     "best_of": (*_NOTHING, 1),
     "suffix": _NOTHING,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
+from typing import Any, Literal
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from sllm.backends.dummy_engine import VOCAB
@@ -307,3 +310,34 @@ def test_token_id_prompts_and_exact_lengths_through_the_head(one_worker: Cluster
         )
         assert reply.usage is not None and reply.usage.completion_tokens == n
         assert reply.choices[0].finish_reason == "length"
+
+
+class Answer(pydantic.BaseModel):
+    city: Literal["Paris", "Berlin"]
+    population: int = pydantic.Field(ge=1)
+    landmarks: list[str]
+
+
+def test_structured_outputs_and_logprobs_through_the_head(one_worker: Cluster) -> None:
+    """The dummy answers a schema with a valid instance, so client code that parses
+    answers can be tested against it; logprobs travel through the head untouched."""
+    one_worker.deploy("m")
+    client = one_worker.client()
+    messages: Any = [{"role": "user", "content": "a city"}]
+    parsed = client.chat.completions.parse(model="m", messages=messages, response_format=Answer)
+    assert isinstance(parsed.choices[0].message.parsed, Answer)
+    stream = client.chat.completions.create(
+        model="m",
+        messages=messages,
+        response_format={"type": "json_object"},
+        stream=True,
+        logprobs=True,
+        top_logprobs=1,
+    )
+    chunks = [c for c in stream if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert isinstance(json.loads(text), dict)
+    tokens = [
+        e.token for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
+    assert "".join(tokens) == text
