@@ -17,6 +17,7 @@ import math
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -206,9 +207,16 @@ class DummyEngine:
         self.sampling_defaults: dict[str, float] = {}
         self.context_length = knobs.context_length
 
-    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+    def chat_prompt(
+        self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None
+    ) -> str:
         lines = [f"{m.role}: {m.text()}" for m in messages]
         return "\n".join([*lines, "assistant:"])
+
+    def must_call(self, messages: list[ChatMessage]) -> bool:
+        """Given tools, the dummy calls one (a made-up call of a listed tool), unless it
+        has just been given a tool's result: then it answers, so a round trip ends."""
+        return messages[-1].role != "tool"
 
     def continuation_prompt(self, prompt: str, produced: str) -> str:
         # Words are split on whitespace, so this gives the same context as generating.

@@ -71,8 +71,16 @@ class Engine(Protocol):
         """Sampling for requests that set none: the model's own (its generation config)."""
         ...
 
-    def chat_prompt(self, messages: list[ChatMessage]) -> str:
-        """The prompt a chat renders to (the model's chat template)."""
+    def chat_prompt(
+        self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The prompt a chat renders to (the model's chat template), with the tools the
+        model may call (OpenAI's ``tools``) when given."""
+        ...
+
+    def must_call(self, messages: list[ChatMessage]) -> bool:
+        """Under ``tool_choice`` auto, whether this engine calls a tool whatever it
+        would write (the dummy, which is no model); a model decides for itself."""
         ...
 
     def continuation_prompt(self, prompt: str, produced: str) -> str:

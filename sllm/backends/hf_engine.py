@@ -10,8 +10,9 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from sllm.backends import tool_calls
 from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
@@ -315,18 +316,29 @@ class TransformersEngine:
 
     # -- Engine -----------------------------------------------------------------------
 
-    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+    def chat_prompt(
+        self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None
+    ) -> str:
         self._need(generative=True)
-        if not getattr(self.tokenizer, "chat_template", None):
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not template:
             raise RequestError(
                 "this model has no chat template: use /v1/completions", param="messages"
             )
+        turns = [_turn(m) for m in messages]
+        if tools and "tools" not in str(template):
+            # A template that knows no tools: sllm tells the model of them itself.
+            turns, tools = tool_calls.without_tool_support(turns, tools), None
         rendered = self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.text()} for m in messages],
+            tool_calls.template_messages(turns),
+            tools=cast(Any, tools),
             tokenize=False,
             add_generation_prompt=True,
         )
         return str(rendered)
+
+    def must_call(self, messages: list[ChatMessage]) -> bool:
+        return False
 
     def continuation_prompt(self, prompt: str, produced: str) -> str:
         # The chat template already opened the assistant's turn: the partial answer
@@ -567,3 +579,13 @@ def _sentence_transformers_pooling(path: Path) -> tuple[str, bool]:
             elif config.get("pooling_mode_max_tokens"):
                 pooling = "max"
     return pooling, normalize
+
+
+def _turn(message: ChatMessage) -> dict[str, Any]:
+    """A chat message as a template reads it: its text, and the fields of tool use."""
+    turn: dict[str, Any] = {"role": message.role, "content": message.text()}
+    for name in ("tool_calls", "tool_call_id", "name"):
+        value = getattr(message, name, None)
+        if value is not None:
+            turn[name] = value
+    return turn

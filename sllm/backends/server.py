@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
-from sllm.backends import logprobs_format, warm_heap
+from sllm.backends import logprobs_format, tool_calls, warm_heap
 from sllm.backends.dummy_engine import DummyEngine, DummyKnobs
 from sllm.backends.engine import Engine, SamplingParams, TokenLogprob
 from sllm.backends.stops import StopScanner
@@ -177,6 +177,7 @@ class OpenAIServer:
         index: int,
         adapter: str | None,
         echo: bool,
+        schema: dict[str, Any] | None,
     ) -> _Choice:
         prompt_tokens = self.engine.count_tokens(prompt)
         limit = req.token_limit() or self.engine.default_max_tokens(prompt_tokens)
@@ -206,7 +207,7 @@ class OpenAIServer:
             adapter=adapter,
             continuing=bool(produced),
             logprobs=req.logprob_count(),
-            json_schema=schema_of((req.model_extra or {}).get("response_format")),
+            json_schema=schema,
         )
         self.engine.check(prompt_tokens + prior, params)
         return _Choice(
@@ -224,15 +225,23 @@ class OpenAIServer:
         prompts: list[Prompt],
         echo: bool,
         adapter: str | None,
+        call: dict[str, Any] | None = None,
     ) -> list[_Choice]:
+        """``call``: the schema of a tool call the request forces."""
         unsupported = not_implemented(req.model_extra)
         if unsupported:
             raise RequestError(
                 f"not supported by this model's backend: {', '.join(unsupported)}",
                 param=unsupported[0],
             )
+        schema = schema_of((req.model_extra or {}).get("response_format"))
+        if call is not None and schema is not None:
+            raise RequestError(
+                "a forced tool call and a response_format schema cannot both hold the answer",
+                param="response_format",
+            )
         return [
-            self._choice(req, prompt, p * req.n + j, adapter, echo)
+            self._choice(req, prompt, p * req.n + j, adapter, echo, call or schema)
             for p, prompt in enumerate(prompts)
             for j in range(req.n)
         ]
@@ -248,24 +257,32 @@ class OpenAIServer:
 
     async def chat(self, req: ChatCompletionRequest) -> Response:
         adapter = self._adapter(req)
-        prompt = self.engine.chat_prompt(req.messages)
-        choices = self._choices(req, [prompt], echo=False, adapter=adapter)
+        extra = req.model_extra or {}
+        tools = tool_calls.plan(extra.get("tools"), extra.get("tool_choice"))
+        prompt = self.engine.chat_prompt(req.messages, tools.tools if tools else None)
+        call = None
+        if tools is not None:
+            call = tool_calls.call_schema(tools, forced=self.engine.must_call(req.messages))
+        choices = self._choices(req, [prompt], echo=False, adapter=adapter, call=call)
         prompt_tokens = self.engine.count_tokens(prompt)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             envelope = self._envelope("chatcmpl", "chat.completion.chunk", adapter)
-            return _sse(self._chat_events(envelope, choices, prompt_tokens, include_usage))
+            events = self._chat_events(envelope, choices, prompt_tokens, include_usage, tools)
+            return _sse(events)
         outputs = await self._complete_all(choices)
         body = self._envelope("chatcmpl", "chat.completion", adapter)
-        body["choices"] = [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs_format.chat(entries) if req.logprobs else None,
-                "finish_reason": c.finish_reason,
-            }
-            for c, (text, entries) in zip(choices, outputs, strict=True)
-        ]
+        body["choices"] = []
+        for c, (text, entries) in zip(choices, outputs, strict=True):
+            message, finish = _answer(text, c.finish_reason, tools is not None)
+            body["choices"].append(
+                {
+                    "index": c.index,
+                    "message": message,
+                    "logprobs": logprobs_format.chat(entries) if req.logprobs else None,
+                    "finish_reason": finish,
+                }
+            )
         body["usage"] = _usage(prompt_tokens, choices)
         return JSONResponse(body)
 
@@ -335,7 +352,11 @@ class OpenAIServer:
         choices: list[_Choice],
         prompt_tokens: int,
         include_usage: bool,
+        tools: tool_calls.ToolPlan | None,
     ) -> AsyncIterator[dict[str, Any]]:
+        """With tools, a choice's text is held to its end: only then is it known to be
+        a call (it goes out as one ``tool_calls`` delta) or an answer."""
+
         def chunk(
             index: int, delta: dict[str, Any], finish: str | None, logprobs: Any = None
         ) -> dict[str, Any]:
@@ -349,15 +370,35 @@ class OpenAIServer:
                 body["usage"] = None
             return body
 
+        def logprobs(c: _Choice, entries: list[TokenLogprob]) -> Any:
+            return logprobs_format.chat(entries) if c.params.logprobs is not None else None
+
+        held: dict[int, tuple[list[str], list[TokenLogprob]]] = {c.index: ([], []) for c in choices}
         for c in choices:
             yield chunk(c.index, {"role": "assistant", "content": ""}, None)
         async for c, item in _merged(self.engine, choices):
-            if item is None:
+            if item is not None and tools is None:
+                yield chunk(c.index, {"content": item[0]}, None, logprobs(c, item[1]))
+            elif item is not None:
+                held[c.index][0].append(item[0])
+                held[c.index][1].extend(item[1])
+            elif tools is None:
                 yield chunk(c.index, {}, c.finish_reason)
-                continue
-            text, entries = item
-            logprobs = logprobs_format.chat(entries) if c.params.logprobs is not None else None
-            yield chunk(c.index, {"content": text}, None, logprobs)
+            else:
+                texts, entries = held[c.index]
+                message, finish = _answer("".join(texts), c.finish_reason, True)
+                calls = message.pop("tool_calls", None)
+                if message["content"] or entries:
+                    yield chunk(
+                        c.index, {"content": message["content"] or ""}, None, logprobs(c, entries)
+                    )
+                if calls:
+                    yield chunk(
+                        c.index,
+                        {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]},
+                        None,
+                    )
+                yield chunk(c.index, {}, finish)
         if include_usage:
             yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
 
@@ -395,6 +436,22 @@ class OpenAIServer:
                 yield chunk(c, text, None, entries)
         if include_usage:
             yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
+
+
+def _answer(text: str, finish: str | None, tools: bool) -> tuple[dict[str, Any], str | None]:
+    """An assistant message and its finish reason: with tools, the calls in its text
+    become ``tool_calls`` (finish ``tool_calls``) and the rest its content."""
+    if not tools:
+        return {"role": "assistant", "content": text}, finish
+    content, calls = tool_calls.parse(text)
+    if not calls:
+        return {"role": "assistant", "content": text}, finish
+    message = {
+        "role": "assistant",
+        "content": content or None,
+        "tool_calls": [call.to_openai() for call in calls],
+    }
+    return message, "tool_calls"
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The flags sllm itself sets: passing them in extra_args would contradict the launch.
 # (sleep_mode sets --enable-sleep-mode: the worker must know whether an instance sleeps.)
@@ -52,7 +52,22 @@ class VllmKnobs(BaseModel):
     max_lora_rank: int | None = Field(None, ge=1)
     max_loras: int | None = Field(None, ge=1)
     trust_remote_code: bool = False
+    tool_call_parser: str | None = Field(
+        None,
+        min_length=1,
+        description="vLLM's parser of the model's tool calls (hermes, llama3_json, mistral, "
+        "...): tool_choice required and named work without it, auto needs it.",
+    )
+    enable_auto_tool_choice: bool | None = Field(
+        None, description="tool_choice auto (the models decides); None: on with a parser."
+    )
     extra_args: list[str] = Field(default_factory=list, description="Passed through verbatim.")
+
+    @model_validator(mode="after")
+    def _auto_needs_a_parser(self) -> VllmKnobs:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser (vLLM's rule)")
+        return self
 
     @field_validator("extra_args")
     @classmethod
@@ -156,6 +171,10 @@ def vllm_args(
         args += ["--runner", "pooling"]
     if knobs.trust_remote_code:
         args.append("--trust-remote-code")
+    if knobs.tool_call_parser is not None:
+        args += ["--tool-call-parser", knobs.tool_call_parser]
+        if knobs.enable_auto_tool_choice is not False:
+            args.append("--enable-auto-tool-choice")
     if lora:
         args.append("--enable-lora")
         if knobs.max_lora_rank is not None:

@@ -82,8 +82,6 @@ class _Request(BaseModel):
 # and not be. vLLM's own server implements them and never runs this check.
 _NOTHING: tuple[Any, ...] = (None, False, "", [], {})
 NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "tools": _NOTHING,
-    "tool_choice": (*_NOTHING, "none", "auto"),
     "functions": _NOTHING,
     "function_call": (*_NOTHING, "none", "auto"),
     "logit_bias": _NOTHING,

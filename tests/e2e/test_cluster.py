@@ -341,3 +341,51 @@ def test_structured_outputs_and_logprobs_through_the_head(one_worker: Cluster) -
         e.token for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content
     ]
     assert "".join(tokens) == text
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
+    },
+}
+
+
+def test_a_tool_call_round_trip_with_the_sdk(one_worker: Cluster) -> None:
+    """The dummy calls a listed tool with valid arguments, then answers the tool's
+    result: what client code for tools needs to be tested against."""
+    one_worker.deploy("m")
+    client = one_worker.client()
+    messages: Any = [{"role": "user", "content": "weather in Oslo?"}]
+    first = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL])
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert call.function.name == "weather" and set(arguments) == {"city", "days"}  # type: ignore[union-attr]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    final = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL])
+    assert final.choices[0].finish_reason in ("stop", "length")
+    assert final.choices[0].message.content and not final.choices[0].message.tool_calls
+    # Streamed: the call comes as a tool_calls delta the SDK puts together.
+    with client.chat.completions.stream(
+        model="m", messages=messages[:1], tools=[WEATHER_TOOL], tool_choice="required"
+    ) as stream:
+        done = stream.get_final_completion()
+    assert done.choices[0].message.tool_calls[0].function.name == "weather"  # type: ignore[index]
+    assert done.choices[0].finish_reason == "tool_calls"
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        client.chat.completions.create(
+            model="m",
+            messages=messages[:1],
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "function": {"name": "stocks"}},
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -274,6 +275,49 @@ def test_structured_outputs_parse_and_validate_however_random_the_model(
             },
         )
     assert refused.value.body["param"] == "response_format"  # type: ignore[index]
+
+
+PICK: Any = {
+    "type": "function",
+    "function": {
+        "name": "pick",
+        "parameters": {
+            "type": "object",
+            "properties": {"colour": {"enum": ["red", "blue"]}, "n": {"type": "boolean"}},
+            "required": ["colour", "n"],
+        },
+    },
+}
+
+
+def test_forced_tool_calls_are_valid_calls_and_results_feed_back(sdk: openai.OpenAI) -> None:
+    """A random model, made to call: the grammar holds it to a listed tool with valid
+    arguments. Its template knows no tools: sllm tells the model of them, and of the
+    call and result when they come back."""
+    for choice in ("required", {"type": "function", "function": {"name": "pick"}}):
+        reply = sdk.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            tools=[PICK],
+            tool_choice=choice,  # type: ignore[arg-type]
+            # The tiny tokenizer writes the call in about 50 tokens.
+            max_tokens=100,
+            temperature=1.0,
+        )
+        assert reply.choices[0].finish_reason == "tool_calls", reply
+        call = reply.choices[0].message.tool_calls[0]  # type: ignore[index]
+        assert call.function.name == "pick"  # type: ignore[union-attr]
+        arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+        assert arguments["colour"] in ("red", "blue") and isinstance(arguments["n"], bool)
+    back: Any = [
+        *MESSAGES,
+        reply.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "done"},
+    ]
+    answer = sdk.chat.completions.create(
+        model="tiny", messages=back, tools=[PICK], max_tokens=8, temperature=0
+    )
+    assert answer.usage is not None and answer.usage.prompt_tokens > 0
 
 
 def eos_first(model_dir: Path, prompt: str) -> Path:

@@ -12,9 +12,9 @@ def chat(**extra: object) -> ChatCompletionRequest:
 
 
 def test_fields_that_ask_for_something_unimplemented_are_named_in_order() -> None:
-    req = chat(logit_bias={"1": 2}, tools=[{"type": "function"}], foo=5)
+    req = chat(logit_bias={"1": 2}, functions=[{"name": "f"}], foo=5)
     # An unknown field goes to the backend as sent (vLLM may know it).
-    assert not_implemented(req.model_extra) == ["tools", "logit_bias"]
+    assert not_implemented(req.model_extra) == ["functions", "logit_bias"]
     assert not_implemented(chat(suffix="x").model_extra) == ["suffix"]
     assert not_implemented(
         CompletionRequest.model_validate({"model": "m", "prompt": "p", "best_of": 3}).model_extra
@@ -23,8 +23,8 @@ def test_fields_that_ask_for_something_unimplemented_are_named_in_order() -> Non
 
 def test_values_that_ask_for_nothing_pass() -> None:
     nothing = chat(
-        tools=[],
-        tool_choice="none",
+        functions=[],
+        function_call="none",
         logprobs=False,
         top_logprobs=0,
         logit_bias={},

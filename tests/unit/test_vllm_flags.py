@@ -177,3 +177,17 @@ def test_bfloat16_support_is_read_from_the_cpu_flags() -> None:
     assert bf16_in_cpuinfo("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n")
     assert bf16_in_cpuinfo("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
     assert not bf16_in_cpuinfo("model name\t: bf16 in a name is no flag\n")
+
+
+def test_tool_parser_options_reach_vllm() -> None:
+    model = "Qwen/Qwen2.5-0.5B-Instruct"
+    plain = vllm_args(VllmKnobs(pretrained_model_name_or_path=model), "q", 1, 0, lora=False)
+    assert "--tool-call-parser" not in plain and "--enable-auto-tool-choice" not in plain
+    hermes = VllmKnobs(pretrained_model_name_or_path=model, tool_call_parser="hermes")
+    args = vllm_args(hermes, "q", 1, 0, lora=False)
+    assert args[args.index("--tool-call-parser") + 1] == "hermes"
+    assert "--enable-auto-tool-choice" in args
+    forced_only = hermes.model_copy(update={"enable_auto_tool_choice": False})
+    assert "--enable-auto-tool-choice" not in vllm_args(forced_only, "q", 1, 0, lora=False)
+    with pytest.raises(ValidationError, match="needs tool_call_parser"):
+        VllmKnobs(pretrained_model_name_or_path=model, enable_auto_tool_choice=True)
