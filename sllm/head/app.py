@@ -19,7 +19,7 @@ from sllm.edge.body_limit import BodyLimit
 from sllm.edge.errors import ServiceUnavailable
 from sllm.edge.guards import Guard, require_api_key
 from sllm.edge.serving import serve, setup_logging
-from sllm.head import dashboard, gateway, gauges, management
+from sllm.head import dashboard, gateway, gauges, management, model_cards
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.gateway import Gateway
@@ -95,9 +95,8 @@ def create_app(settings: HeadSettings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.guard = guard
     # Keys and rate limits are checked here, before any gateway logic runs.
-    app.include_router(
-        gateway.router, dependencies=[Depends(require_api_key), Depends(check_request_id)]
-    )
+    for api in (gateway.router, model_cards.router):
+        app.include_router(api, dependencies=[Depends(require_api_key), Depends(check_request_id)])
     app.include_router(management.router)
     app.include_router(dashboard.router)
     # Both outlive a Redis outage: /metrics and the page answer without it.

@@ -8,13 +8,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from dataclasses import dataclass, field
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
-from prometheus_client import Histogram
 
 from sllm.config import HeadSettings
 from sllm.edge import response_docs
@@ -29,16 +29,16 @@ from sllm.edge.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    ModelCard,
-    ModelList,
     adapter_model_name,
 )
 from sllm.edge.serving import hung_up, log_fields
+from sllm.head.cancels import Cancels
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
 from sllm.head.recent import Recent
 from sllm.head.results import MessageLost, TaskResults
 from sllm.head.stream_resume import Relay, continuation, goes_on, resumable
+from sllm.head.watch import Watch
 from sllm.kv import RedisError
 from sllm.kv.bus import ResultBus
 from sllm.kv.store import Store
@@ -51,9 +51,6 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 KEEPALIVE = b": keep-alive\n\n"
 # A full queue drains at the speed of generation: a second is a fair first wait.
 QUEUE_FULL_RETRY_AFTER = 1
-# Cancels kept for replay while Redis is away; past this the oldest are given up
-# (their deadlines still end them).
-MAX_UNSENT_CANCELS = 10_000
 
 router = APIRouter()
 
@@ -70,46 +67,6 @@ class Pending:
     results: TaskResults
     request_id: str
     watch: Watch
-
-
-@dataclass
-class Watch:
-    """One request's timings and outcome, for its metrics and its log line."""
-
-    request_id: str
-    model: str
-    endpoint: str
-    started: float = field(default_factory=time.perf_counter)
-    first: float = 0.0
-    last: float = 0.0
-    chunks: int = 0
-    instance: str = ""
-    attempt: int = 0
-    # Tokens generated: the usage's count where the response has one, else one per
-    # relayed chunk with choices (a token each from every backend sllm runs).
-    tokens: int = 0
-    usage_tokens: int | None = None
-
-    def chunk(self, data: dict[str, Any], itl: Histogram | None) -> None:
-        now = time.perf_counter()
-        if not self.first:
-            self.first = now
-        elif itl is not None:
-            itl.observe(now - self.last)
-        self.last = now
-        self.chunks += 1
-        if data.get("choices"):
-            self.tokens += 1
-        self.usage(data)
-        self.instance = str(data.get("system_fingerprint") or self.instance)
-
-    def usage(self, data: dict[str, Any]) -> None:
-        usage = data.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.usage_tokens = usage["completion_tokens"]
-
-    def generated(self) -> int:
-        return self.usage_tokens if self.usage_tokens is not None else self.tokens
 
 
 class Gateway:
@@ -129,9 +86,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics
         self.recent = recent
-        self._background: set[asyncio.Task[None]] = set()
-        self._unsent_cancels: dict[str, NewTask] = {}
-        self._replaying: asyncio.Task[None] | None = None
+        self.cancels = Cancels(store, settings.result_ttl)
 
     async def submit(
         self,
@@ -215,9 +170,21 @@ class Gateway:
 
     async def stream(self, pending: Pending) -> AsyncGenerator[bytes | SllmError, None]:
         """SSE events of a streamed request, an error being the error itself, ending in
-        ``[DONE]``. When the instance dies after output began, the request goes on from
-        what was relayed on another instance (up to ``max_attempts`` resumes) and the
-        client sees one stream."""
+        ``[DONE]``."""
+        # Closed with this one (a client gone): the task is cancelled at once.
+        async with aclosing(self.events(pending)) as events:
+            async for event in events:
+                if isinstance(event, SllmError):
+                    yield event
+                else:
+                    yield format_sse_event(data_str=json.dumps(event))
+        yield format_sse_event(data_str="[DONE]")
+
+    async def events(self, pending: Pending) -> AsyncGenerator[dict[str, Any] | SllmError, None]:
+        """The chunks of a streamed request, an error being the error itself (and the
+        last). When the instance dies after output began, the request goes on from what
+        was relayed on another instance (up to ``max_attempts`` resumes) and the client
+        sees one stream."""
         task = pending.task
         relay = Relay(chat=task.endpoint == "/v1/chat/completions")
         can_resume = resumable(task.endpoint, task.body)
@@ -233,7 +200,7 @@ class Gateway:
                             chunk = relay.relay(message.data)
                             if chunk is not None:
                                 pending.watch.chunk(chunk, itl)
-                                yield format_sse_event(data_str=json.dumps(chunk))
+                                yield chunk
                     finished = True
                     outcome = "ok"
                 except SllmError as exc:
@@ -253,7 +220,6 @@ class Gateway:
                     outcome = exc.code
                     yield exc
                 break
-            yield format_sse_event(data_str="[DONE]")
         finally:
             if not finished:
                 self.cancel(pending)
@@ -289,54 +255,12 @@ class Gateway:
             return None
 
     def cancel(self, pending: Pending) -> None:
-        """Cancel a task whose client is gone. Runs detached: the caller may itself be
-        inside a cancelled scope where nothing more can be awaited."""
-        job = asyncio.create_task(self._cancel(pending.task))
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-
-    async def _cancel(self, task: NewTask) -> None:
-        try:
-            await self._send_cancel(task)
-        except Exception as exc:
-            # Redis is away: without the cancel the task would still run once it is back,
-            # ahead of live requests. Kept (bounded) and replayed until its deadline.
-            log.warning("could not cancel task %s: %s; will retry", task.id, exc)
-            self._unsent_cancels[task.id] = task
-            while len(self._unsent_cancels) > MAX_UNSENT_CANCELS:
-                self._unsent_cancels.pop(next(iter(self._unsent_cancels)))
-            if self._replaying is None or self._replaying.done():
-                self._replaying = asyncio.create_task(self._replay_cancels())
+        """Cancel a task whose client is gone (detached: the caller may itself be inside
+        a cancelled scope)."""
+        self.cancels.cancel(pending.task)
 
     async def close(self) -> None:
-        if self._replaying is not None:
-            self._replaying.cancel()
-            await asyncio.gather(self._replaying, return_exceptions=True)
-
-    async def _send_cancel(self, task: NewTask) -> None:
-        state = await self.store.tasks.cancel(
-            task.id, task.model, time.time(), int(self.settings.result_ttl)
-        )
-        if state == "running":
-            await self.store.registry.publish_control({"type": "cancel", "task": task.id})
-
-    async def _replay_cancels(self) -> None:
-        delay = 0.5
-        while self._unsent_cancels:
-            await asyncio.sleep(delay)
-            now = time.time()
-            for task_id, task in list(self._unsent_cancels.items()):
-                if task.deadline < now:  # its deadline ends it anyway
-                    self._unsent_cancels.pop(task_id, None)
-                    continue
-                try:
-                    await self._send_cancel(task)
-                except Exception:
-                    delay = min(delay * 2, 5.0)
-                    break
-                self._unsent_cancels.pop(task_id, None)
-            else:
-                delay = 0.5
+        await self.cancels.close()
 
     async def _check_adapter(self, model: str, adapter: str) -> None:
         record = await self.store.registry.get_model(model)
@@ -350,17 +274,43 @@ class Gateway:
                 param="model",
             )
 
+    async def start(
+        self, endpoint: str, model: str, body: dict[str, Any], request: Request
+    ) -> Pending:
+        """Queue a request's task (its id from ``x-request-id``, its deadline from
+        ``X-Request-Timeout``); a refusal is counted and raised."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        deadline = time.time() + self._timeout(request)
+        watch = Watch(request_id, model, endpoint)
+        try:
+            return await self.submit(endpoint, model, body, request_id, deadline, watch)
+        except SllmError as exc:
+            # Refused before queueing; names that match no model share one label, so
+            # random names cannot grow the series without bound.
+            known = "" if isinstance(exc, ModelNotFound) else model
+            self.metrics.requests.labels(known, endpoint, exc.code).inc()
+            raise
+
+    async def answer(self, pending: Pending, request: Request) -> dict[str, Any]:
+        """A non-streamed request's response (ClientGone when its client left first)."""
+        outcome = "client_gone"
+        try:
+            answer = await self.collect(pending, request)
+            outcome = "ok"
+            return answer
+        except SllmError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            self._done(pending, outcome)
+
     async def handle(
         self,
         endpoint: str,
         req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
         request: Request,
     ) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        headers = {"x-request-id": request_id}
-        deadline = time.time() + self._timeout(request)
         model, adapter = req.target()
-        watch = Watch(request_id, model, endpoint)
         if adapter is not None:
             await self._check_adapter(model, adapter)
         body = _body(req)
@@ -368,37 +318,28 @@ class Gateway:
             # One spelling for every backend: vLLM knows adapters by the model name only.
             body["model"] = adapter_model_name(model, adapter)
             body.pop("lora_adapter_name", None)
-        try:
-            pending = await self.submit(endpoint, model, body, request_id, deadline, watch)
-        except SllmError as exc:
-            # Refused before queueing; names that match no model share one label, so
-            # random names cannot grow the series without bound.
-            known = "" if isinstance(exc, ModelNotFound) else model
-            self.metrics.requests.labels(known, endpoint, exc.code).inc()
-            raise
-        outcome = "client_gone"
+        pending = await self.start(endpoint, model, body, request)
+        headers = {"x-request-id": pending.request_id}
         try:
             if pending.task.stream:
-                return await self._open_stream(pending, request, headers)
-            try:
-                answer = await self.collect(pending, request)
-                outcome = "ok"
-            except SllmError as exc:
-                outcome = exc.code
-                raise
-            finally:
-                self._done(pending, outcome)
+                return await self.open_stream(pending, request, headers, self.stream(pending))
+            answer = await self.answer(pending, request)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it
         return JSONResponse(answer, headers=headers)
 
-    async def _open_stream(
-        self, pending: Pending, request: Request, headers: dict[str, str]
+    async def open_stream(
+        self,
+        pending: Pending,
+        request: Request,
+        headers: dict[str, str],
+        stream: AsyncGenerator[bytes | SllmError, None],
     ) -> Response:
-        """A streamed request's response. Its status waits for the first event, for at most
-        one keep-alive interval: a request refused before any output (a backend's 400) gets
-        the error's own status, as when not streamed, not a 200 with one error event."""
-        events = ReadAhead(self.stream(pending))
+        """A streamed request's response, its body ``stream`` (the task's SSE events,
+        or what they are made into). Its status waits for the first event, for at most
+        one keep-alive interval: a request refused before any output (a backend's 400)
+        gets the error's own status, as when not streamed, not a 200 with one error event."""
+        events = ReadAhead(stream)
         first: bytes | SllmError | None
         try:
             first = await _unless_gone(request, events.next(self.settings.stream_keepalive))
@@ -532,43 +473,3 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
     if req.model_extra and req.model_extra.get("stream"):
         raise RequestError("embeddings cannot be streamed", param="stream")
     return await _gateway(request).handle("/v1/embeddings", req, request)
-
-
-@router.get("/v1/models")
-async def list_models(request: Request) -> ModelList:
-    return ModelList(data=await _model_cards(_gateway(request).store))
-
-
-@router.get("/v1/models/{model_id:path}", responses={404: {"description": "No such model."}})
-async def retrieve_model(model_id: str, request: Request) -> ModelCard:
-    for card in await _model_cards(_gateway(request).store):
-        if card.id == model_id:
-            return card
-    raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
-
-
-async def _model_cards(store: Store) -> list[ModelCard]:
-    """The active models and their adapters, each with its context as an instance of it
-    last reported it (vLLM's ``max_model_len``)."""
-    registry = store.registry
-    contexts: dict[str, int] = {}
-    for worker in await registry.list_workers():
-        for inst in worker.instances:
-            if isinstance(inst.get("context_length"), int):
-                contexts[str(inst.get("model"))] = inst["context_length"]
-    cards = []
-    for m in await registry.list_models():
-        if m.state != "active":
-            continue
-        base = ModelCard(
-            id=m.name,
-            created=int(m.created),
-            root=(m.config.get("backend_config") or {}).get("pretrained_model_name_or_path"),
-            max_model_len=contexts.get(m.name),
-        )
-        cards.append(base)
-        cards.extend(
-            base.model_copy(update={"id": adapter_model_name(m.name, a), "parent": m.name})
-            for a in sorted(m.config.get("lora_adapters") or {})
-        )
-    return cards
