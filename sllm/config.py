@@ -125,6 +125,15 @@ class HeadSettings(KeySettings):
     heartbeat_timeout: float = Field(60.0, gt=0, description="Silence that prunes a worker.")
     autoscale_interval: float = Field(1.0, gt=0, description="Seconds between scaling passes.")
     result_ttl: float = Field(300.0, gt=0, description="Seconds a finished task is kept.")
+    responses_ttl: float = Field(
+        86400.0, gt=0, le=30 * 86400, description="Seconds a stored response is kept."
+    )
+    responses_max_bytes: int = Field(
+        1 << 20, gt=0, description="Largest stored response (with its input); larger: not stored."
+    )
+    responses_max_count: int = Field(
+        100_000, gt=0, description="Most stored responses; past it the oldest are dropped."
+    )
     worker_redis_url: str | None = Field(
         None, description="Redis URL handed to workers, when it differs from redis_url."
     )

@@ -60,7 +60,8 @@ def plan(tools: Any, tool_choice: Any) -> ToolPlan | None:
         return None
     if not isinstance(tools, list) or not all(_is_function(t) for t in tools):
         raise RequestError(
-            'tools must be a list of {"type": "function", "function": {"name": ...}}',
+            'tools must be a list of {"type": "function", "function": {"name": ..., '
+            '"parameters": {...}}}',
             param="tools",
         )
     names = [t["function"]["name"] for t in tools]
@@ -90,6 +91,7 @@ def _is_function(tool: Any) -> bool:
         and tool.get("type", "function") == "function"
         and isinstance(function.get("name"), str)
         and bool(function["name"])
+        and isinstance(function.get("parameters", {}), dict)
     )
 
 

@@ -50,6 +50,13 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class NotFound(RequestError):
+    """Something other than a model is not there (a stored response)."""
+
+    status = 404
+    code = "not_found"
+
+
 class Conflict(RequestError):
     status = 409
     code = "conflict"
@@ -119,6 +126,7 @@ CODES: dict[str, ErrorKind] = {
     "invalid_request": ErrorKind(400, "invalid_request_error"),
     "invalid_api_key": ErrorKind(401, "invalid_request_error"),
     "model_not_found": ErrorKind(404, "invalid_request_error"),
+    "not_found": ErrorKind(404, "invalid_request_error"),
     "model_deleted": ErrorKind(410, "invalid_request_error"),
     "attempts_exhausted": ErrorKind(502, "server_error"),
     "backend_error": ErrorKind(502, "server_error"),

@@ -20,6 +20,7 @@ from sllm.edge.protocol import (
     EmbeddingList,
     ErrorResponse,
 )
+from sllm.edge.responses_api import ResponseEvent, ResponseObject
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -84,3 +85,4 @@ def generation(complete: type[BaseModel], chunk: type[BaseModel]) -> Responses:
 CHAT_COMPLETIONS: Responses = generation(ChatCompletion, ChatCompletionChunk)
 COMPLETIONS: Responses = generation(Completion, Completion)
 EMBEDDINGS: Responses = {200: {"model": EmbeddingList, "description": "The embeddings."}}
+RESPONSES: Responses = generation(ResponseObject, ResponseEvent)

@@ -19,7 +19,7 @@ from sllm.edge.body_limit import BodyLimit
 from sllm.edge.errors import ServiceUnavailable
 from sllm.edge.guards import Guard, require_api_key
 from sllm.edge.serving import serve, setup_logging
-from sllm.head import dashboard, gateway, gauges, management, model_cards
+from sllm.head import dashboard, gateway, gauges, management, model_cards, responses
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.gateway import Gateway
@@ -95,7 +95,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.guard = guard
     # Keys and rate limits are checked here, before any gateway logic runs.
-    for api in (gateway.router, model_cards.router):
+    for api in (gateway.router, model_cards.router, responses.router):
         app.include_router(api, dependencies=[Depends(require_api_key), Depends(check_request_id)])
     app.include_router(management.router)
     app.include_router(dashboard.router)

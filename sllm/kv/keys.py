@@ -59,6 +59,15 @@ class Keys:
     def results(self, head_id: str) -> str:
         return f"{self.prefix}:results:{head_id}"
 
+    def response(self, response_id: str) -> str:
+        """A stored response of the Responses API, with the input it answered."""
+        return f"{self.prefix}:response:{response_id}"
+
+    @property
+    def responses(self) -> str:
+        """Stored responses by when they were stored (bounds their number)."""
+        return f"{self.prefix}:responses"
+
     @property
     def control(self) -> str:
         return f"{self.prefix}:control"

@@ -9,6 +9,7 @@ import redis.asyncio as redis
 from sllm.kv.client import connect
 from sllm.kv.keys import Keys
 from sllm.kv.registry import Registry
+from sllm.kv.responses import ResponseStore
 from sllm.kv.scripts import Scripts
 from sllm.kv.tasks import TaskStore
 
@@ -19,12 +20,19 @@ class Store:
     keys: Keys
     tasks: TaskStore
     registry: Registry
+    responses: ResponseStore
 
     @classmethod
     def connect(cls, url: str, keys: Keys, *, patient: bool) -> Store:
         client = connect(url, patient=patient)
         scripts = Scripts(client)
-        return cls(client, keys, TaskStore(client, keys, scripts), Registry(client, keys, scripts))
+        return cls(
+            client,
+            keys,
+            TaskStore(client, keys, scripts),
+            Registry(client, keys, scripts),
+            ResponseStore(client, keys, scripts),
+        )
 
     async def ping(self) -> None:
         await self.client.ping()

@@ -187,17 +187,16 @@ def test_features_the_backend_lacks_are_refused_not_ignored(cluster: Cluster) ->
     cluster.start_worker()
     cluster.deploy("m")
     url = f"{head.url}/v1/chat/completions"
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     for extra, param in (
-        ({"tools": [tool]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"suffix": "x"}, "suffix"),
     ):
         for stream in (False, True):
             resp = httpx.post(url, json={**CHAT, **extra, "stream": stream}, timeout=60)
             error = assert_error(resp, 400, param)
             assert "not supported" in error["message"], error
     # Values that ask for nothing are served.
-    nothing = {"tools": [], "response_format": {"type": "text"}, "logprobs": False}
+    nothing = {"functions": [], "logit_bias": {}, "suffix": ""}
     resp = httpx.post(url, json={**CHAT, **nothing}, timeout=60)
     assert resp.status_code == 200, resp.text

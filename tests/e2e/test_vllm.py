@@ -142,6 +142,35 @@ def test_a_field_only_vllm_serves_passes_through(client: openai.OpenAI) -> None:
     )
 
 
+def test_the_responses_api_is_vllms_own_with_sllms_conversation_store(
+    client: openai.OpenAI,
+) -> None:
+    """vLLM answers /v1/responses itself; sllm keeps the stored responses, so a follow-up
+    by previous_response_id works whichever instance serves it."""
+    question = QUESTION[0]["content"]
+    first = client.responses.create(
+        model=MODEL, input=question, temperature=0, max_output_tokens=24
+    )
+    assert "Paris" in first.output_text, first.output_text
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    follow = client.responses.create(
+        model=MODEL,
+        input="Repeat the city's name.",
+        previous_response_id=first.id,
+        temperature=0,
+        max_output_tokens=8,
+    )
+    assert follow.previous_response_id == first.id
+    assert follow.usage is not None and first.usage is not None
+    assert follow.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    with client.responses.stream(
+        model=MODEL, input=question, temperature=0, max_output_tokens=24
+    ) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == first.output_text
+    assert client.responses.retrieve(final.id).output_text == final.output_text
+
+
 def test_scales_to_zero_and_back_from_a_warm_process(
     vllm_cluster: Cluster, client: openai.OpenAI
 ) -> None:

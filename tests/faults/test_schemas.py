@@ -61,7 +61,7 @@ CHECKS: list[CheckFunction] = [
 ]
 EXAMPLES = int(os.environ.get("SLLM_SCHEMA_EXAMPLES", "40"))
 WARM = "echo"
-GENERATION = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+GENERATION = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 
 # How a generated case is steered, by a number Hypothesis draws in [0, 3).
 Steer = Callable[[Case, int], None]
