@@ -36,6 +36,20 @@ class AutoScalingConfig(BaseModel):
         return self
 
 
+class ResponseCacheConfig(BaseModel):
+    """A model's response cache: deterministic requests answered from Redis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl: float = Field(300.0, gt=0, le=7 * 86400, description="Seconds an answer is kept.")
+    max_entries: int = Field(
+        10_000, ge=1, le=1_000_000, description="Answers kept; past it the oldest go."
+    )
+    max_bytes: int = Field(
+        1 << 20, ge=1, le=64 << 20, description="Largest answer kept (larger: not cached)."
+    )
+
+
 class DeployConfig(BaseModel):
     """What ``sllm deploy`` sends and ``POST /register`` accepts."""
 
@@ -66,6 +80,11 @@ class DeployConfig(BaseModel):
     )
     max_queue_length: int = Field(
         1000, ge=1, description="Requests waiting for the model; past it, 429 with Retry-After."
+    )
+    response_cache: ResponseCacheConfig | None = Field(
+        None,
+        description="Answer deterministic requests (greedy, or sampled with a seed) from "
+        "Redis when this model version saw the same request; off when unset.",
     )
 
     @field_validator("model")

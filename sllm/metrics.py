@@ -104,6 +104,12 @@ class HeadMetrics:
             ["model"],
             registry=r,
         )
+        self.response_cache = Counter(
+            "sllm_response_cache_total",
+            "Lookups in models' response caches, by model and result (hit or miss).",
+            ["model", "result"],
+            registry=r,
+        )
         self.stale_dropped = Counter(
             "sllm_stale_messages_dropped_total",
             "Result messages of an older attempt, dropped by the gateway.",

@@ -36,6 +36,8 @@ from sllm.head.cancels import Cancels
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
 from sllm.head.recent import Recent
+from sllm.head.response_cache import HEADER as CACHE_HEADER
+from sllm.head.response_cache import CacheEntry, ResponseCache, replayed
 from sllm.head.results import MessageLost, TaskResults
 from sllm.head.stream_resume import Relay, continuation, goes_on, resumable
 from sllm.head.watch import Watch
@@ -87,6 +89,7 @@ class Gateway:
         self.metrics = metrics
         self.recent = recent
         self.cancels = Cancels(store, settings.result_ttl)
+        self.cache = ResponseCache(store, metrics)
 
     async def submit(
         self,
@@ -168,16 +171,25 @@ class Gateway:
             raise
         raise AssertionError("a result stream ended without a terminal message")
 
-    async def stream(self, pending: Pending) -> AsyncGenerator[bytes | SllmError, None]:
+    async def stream(
+        self, pending: Pending, entry: CacheEntry | None = None
+    ) -> AsyncGenerator[bytes | SllmError, None]:
         """SSE events of a streamed request, an error being the error itself, ending in
-        ``[DONE]``."""
+        ``[DONE]``; a whole stream's chunks go into the model's response cache at
+        ``entry``."""
+        chunks: list[dict[str, Any]] | None = [] if entry is not None else None
         # Closed with this one (a client gone): the task is cancelled at once.
         async with aclosing(self.events(pending)) as events:
             async for event in events:
                 if isinstance(event, SllmError):
+                    chunks = None
                     yield event
-                else:
-                    yield format_sse_event(data_str=json.dumps(event))
+                    continue
+                if chunks is not None:
+                    chunks.append(event)
+                yield format_sse_event(data_str=json.dumps(event))
+        if entry is not None and chunks is not None:
+            await self.cache.put(entry, json.dumps(chunks))
         yield format_sse_event(data_str="[DONE]")
 
     async def events(self, pending: Pending) -> AsyncGenerator[dict[str, Any] | SllmError, None]:
@@ -318,14 +330,24 @@ class Gateway:
             # One spelling for every backend: vLLM knows adapters by the model name only.
             body["model"] = adapter_model_name(model, adapter)
             body.pop("lora_adapter_name", None)
+        entry = await self.cache.entry(model, endpoint, body)
+        cached = await self.cache.lookup(entry) if entry is not None else None
+        if cached is not None:
+            self.metrics.requests.labels(model, endpoint, "ok").inc()
+            return replayed(cached, bool(body.get("stream")), request)
         pending = await self.start(endpoint, model, body, request)
         headers = {"x-request-id": pending.request_id}
+        if entry is not None:
+            headers[CACHE_HEADER] = "miss"
         try:
             if pending.task.stream:
-                return await self.open_stream(pending, request, headers, self.stream(pending))
+                stream = self.stream(pending, entry)
+                return await self.open_stream(pending, request, headers, stream)
             answer = await self.answer(pending, request)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it
+        if entry is not None:
+            await self.cache.put(entry, json.dumps(answer))
         return JSONResponse(answer, headers=headers)
 
     async def open_stream(

@@ -68,6 +68,14 @@ class Keys:
         """Stored responses by when they were stored (bounds their number)."""
         return f"{self.prefix}:responses"
 
+    def cached(self, model: str, key: str) -> str:
+        """A cached answer of a model (its response cache)."""
+        return f"{self.prefix}:cache:{model}:{key}"
+
+    def cache_index(self, model: str) -> str:
+        """A model's cached answers by when they were stored (bounds their number)."""
+        return f"{self.prefix}:cacheidx:{model}"
+
     @property
     def control(self) -> str:
         return f"{self.prefix}:control"

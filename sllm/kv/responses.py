@@ -24,12 +24,12 @@ class ResponseStore:
     async def save(
         self, response_id: str, record: dict[str, Any], ttl: int, max_bytes: int, max_count: int
     ) -> bool:
-        """Store ``record`` (``lua/store_response.lua``); False when it is over
+        """Store ``record`` (``lua/store_bounded.lua``); False when it is over
         ``max_bytes`` (not stored)."""
         data = json.dumps(record)
         if len(data.encode()) > max_bytes:
             return False
-        await self.scripts.store_response(
+        await self.scripts.store_bounded(
             keys=[self.keys.response(response_id), self.keys.responses],
             args=[response_id, data, ttl, time.time(), max_count, self.keys.response("")],
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 
+from sllm.kv.answer_cache import AnswerCache
 from sllm.kv.client import connect
 from sllm.kv.keys import Keys
 from sllm.kv.registry import Registry
@@ -21,6 +22,7 @@ class Store:
     tasks: TaskStore
     registry: Registry
     responses: ResponseStore
+    answers: AnswerCache
 
     @classmethod
     def connect(cls, url: str, keys: Keys, *, patient: bool) -> Store:
@@ -32,6 +34,7 @@ class Store:
             TaskStore(client, keys, scripts),
             Registry(client, keys, scripts),
             ResponseStore(client, keys, scripts),
+            AnswerCache(client, keys, scripts),
         )
 
     async def ping(self) -> None:

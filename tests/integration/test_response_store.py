@@ -1,4 +1,4 @@
-"""Stored responses (store_response.lua) against a real redis-server: TTL, size and
+"""Stored responses (store_bounded.lua) against a real redis-server: TTL, size and
 count bounds."""
 
 from __future__ import annotations
@@ -47,3 +47,14 @@ async def test_the_store_is_bounded_in_size_and_number(store: Store) -> None:
         True,
     ]
     assert await store.client.zcard(store.keys.responses) == 3
+
+
+async def test_a_models_answer_cache_is_bounded_and_kept_apart(store: Store) -> None:
+    answers = store.answers
+    assert await answers.put("m", "k1", "one", ttl=60, max_entries=2, max_bytes=10)
+    assert not await answers.put("m", "big", "x" * 11, ttl=60, max_entries=2, max_bytes=10)
+    assert await answers.get("m", "k1") == "one" and await answers.get("other", "k1") is None
+    for key in ("k2", "k3"):
+        assert await answers.put("m", key, key, ttl=60, max_entries=2, max_bytes=10)
+    assert [await answers.get("m", k) for k in ("k1", "k2", "k3")] == [None, "k2", "k3"]
+    assert 0 < await store.client.ttl(store.keys.cached("m", "k3")) <= 60

@@ -1,9 +1,9 @@
--- Store a response of the Responses API and keep the store bounded: its key expires
--- after the TTL, the index (by time) forgets what expired, and past the count bound the
--- oldest are deleted.
--- KEYS[1] the response's key, KEYS[2] the index
--- ARGV[1] response id, ARGV[2] record (JSON), ARGV[3] TTL seconds, ARGV[4] now,
--- ARGV[5] most responses kept, ARGV[6] the key prefix of a response
+-- Store a value in a bounded store (stored responses, a model's response cache): its key
+-- expires after the TTL, the index (by time) forgets what expired, and past the count
+-- bound the oldest are deleted.
+-- KEYS[1] the value's key, KEYS[2] the index
+-- ARGV[1] id, ARGV[2] value, ARGV[3] TTL seconds, ARGV[4] now, ARGV[5] most values kept,
+-- ARGV[6] the key prefix of a value (prefix .. id is its key)
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[3]))
