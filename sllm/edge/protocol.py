@@ -90,6 +90,18 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "audio": _NOTHING,
     "modalities": (*_NOTHING, ["text"]),
     "prediction": _NOTHING,
+    # vLLM's own extensions that sllm's backends do not do (response_format, tools,
+    # min_tokens, top_k... they do).
+    "guided_json": _NOTHING,
+    "guided_regex": _NOTHING,
+    "guided_choice": _NOTHING,
+    "guided_grammar": _NOTHING,
+    "structured_outputs": _NOTHING,
+    "stop_token_ids": _NOTHING,
+    "bad_words": _NOTHING,
+    "allowed_token_ids": _NOTHING,
+    "prompt_logprobs": _NOTHING,
+    "truncate_prompt_tokens": _NOTHING,
 }
 
 

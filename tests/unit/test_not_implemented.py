@@ -16,6 +16,8 @@ def test_fields_that_ask_for_something_unimplemented_are_named_in_order() -> Non
     # An unknown field goes to the backend as sent (vLLM may know it).
     assert not_implemented(req.model_extra) == ["functions", "logit_bias"]
     assert not_implemented(chat(suffix="x").model_extra) == ["suffix"]
+    # vLLM's extensions are vLLM's: refused by sllm's own backends, not ignored.
+    assert not_implemented(chat(guided_json={"type": "object"}).model_extra) == ["guided_json"]
     assert not_implemented(
         CompletionRequest.model_validate({"model": "m", "prompt": "p", "best_of": 3}).model_extra
     ) == ["best_of"]
