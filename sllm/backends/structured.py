@@ -2,13 +2,13 @@
 engine that holds a transformers model's decoding to it.
 
 The engine is llguidance, picked by measurement (``benchmarks/grammar_engines.py``, on
-the demo model's 49,152-token vocabulary on the 2-core VM): 0.14 ms a token to compute
-and apply the allowed-token mask and advance, 1.7 ms to compile a schema, against
-xgrammar's 0.18 ms and 7.5 ms and outlines-core's 0.16 ms median with a 15 ms p90 and
-182 ms a schema; and it is 8 MB with no dependencies, where xgrammar pulls in triton
-(1 GB). Its one cost is the first use in a process (taking in the vocabulary, then the
-first mask: about 4 s for SmolLM2), paid by the first structured request, not by every
-cold start.
+the demo model's 49,152-token vocabulary on the 2-core VM, steady state): 0.18 ms a
+token median (0.27 p90) to compute and apply the allowed-token mask and advance, and
+1.5 ms to compile a schema, against xgrammar's 0.25 ms (0.29 p90) and 9.8 ms and
+outlines-core's 0.10 ms median but 9.7 ms p90 and 115 ms a schema; and it is 8 MB with
+no dependencies, where xgrammar pulls in triton (1 GB). Its one cost is its first use in
+a process (taking in the vocabulary, then the first mask: about 4 s for SmolLM2, against
+xgrammar's 0.4 s), paid by the first structured request, not by every cold start.
 """
 
 from __future__ import annotations
