@@ -352,8 +352,9 @@ class TransformersEngine:
         return str(self.tokenizer.decode(self._known(ids, "prompt")))
 
     def _known(self, ids: list[int], param: str) -> list[int]:
-        """``ids``, once each is in the tokenizer's vocabulary."""
-        size = len(self.tokenizer)
+        """``ids``, once each is in the vocabulary: the tokenizer's, and the model's
+        embeddings (a tokenizer may list tokens past them)."""
+        size = min(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 1 << 62))
         outside = next((i for i in ids if i >= size), None)
         if outside is not None:
             raise RequestError(
