@@ -43,7 +43,7 @@ class ResponseCacheConfig(BaseModel):
 
     ttl: float = Field(300.0, gt=0, le=7 * 86400, description="Seconds an answer is kept.")
     max_entries: int = Field(
-        10_000, ge=1, le=1_000_000, description="Answers kept; past it the oldest go."
+        1_000, ge=1, le=1_000_000, description="Answers kept; past it the oldest go."
     )
     max_bytes: int = Field(
         1 << 20, ge=1, le=64 << 20, description="Largest answer kept (larger: not cached)."
@@ -150,8 +150,9 @@ class HeadSettings(KeySettings):
     responses_max_bytes: int = Field(
         1 << 20, gt=0, description="Largest stored response (with its input); larger: not stored."
     )
+    # Worst case, max_count x max_bytes of Redis memory (10 GiB); a few KB each is usual.
     responses_max_count: int = Field(
-        100_000, gt=0, description="Most stored responses; past it the oldest are dropped."
+        10_000, gt=0, description="Most stored responses; past it the oldest are dropped."
     )
     worker_redis_url: str | None = Field(
         None, description="Redis URL handed to workers, when it differs from redis_url."
