@@ -39,13 +39,12 @@ class ToolCall:
     name: str
     arguments: str  # JSON text, as OpenAI sends it
 
-    def to_openai(self, index: int | None = None) -> dict[str, Any]:
-        call: dict[str, Any] = {
+    def to_openai(self) -> dict[str, Any]:
+        return {
             "id": f"call_{uuid.uuid4().hex[:24]}",
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
-        return call if index is None else {"index": index, **call}
 
 
 def plan(tools: Any, tool_choice: Any) -> ToolPlan | None:
@@ -69,7 +68,8 @@ def plan(tools: Any, tool_choice: Any) -> ToolPlan | None:
         return ToolPlan(tools, "auto")
     if tool_choice == "required":
         return ToolPlan(tools, "required")
-    named = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+    function = tool_choice.get("function") if isinstance(tool_choice, dict) else None
+    named = function.get("name") if isinstance(function, dict) else None
     if not isinstance(named, str):
         raise RequestError(
             'tool_choice must be "none", "auto", "required" or '
@@ -91,7 +91,7 @@ def _is_function(tool: Any) -> bool:
         and tool.get("type", "function") == "function"
         and isinstance(function.get("name"), str)
         and bool(function["name"])
-        and isinstance(function.get("parameters", {}), dict)
+        and isinstance(function.get("parameters") or {}, dict)
     )
 
 

@@ -36,6 +36,8 @@ def test_plans_follow_tool_choice_and_refuse_what_cannot_be() -> None:
     bad: list[tuple[Any, Any, str]] = [
         ([WEATHER], {"type": "function", "function": {"name": "nope"}}, "tool_choice"),
         ([WEATHER], "sometimes", "tool_choice"),
+        ([WEATHER], {"type": "function", "function": "weather"}, "tool_choice"),
+        ([{"type": "function", "function": {"name": "f", "parameters": [1]}}], "auto", "tools"),
         ([{"type": "function"}], "auto", "tools"),
         ("weather", "auto", "tools"),
         (None, "required", "tool_choice"),
