@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from sllm.backends import logprobs_format, tool_calls, warm_heap
+from sllm.backends.choices import Choice, Chunk, merged, pieces, usage_of
 from sllm.backends.dummy_engine import DummyEngine, DummyKnobs
 from sllm.backends.engine import Engine, SamplingParams, TokenLogprob
-from sllm.backends.stops import StopScanner
 from sllm.backends.structured import schema_of
 from sllm.edge.api_errors import install_error_handlers
 from sllm.edge.errors import ModelNotFound, RequestError, SllmError, error_body
@@ -40,7 +39,6 @@ from sllm.edge.protocol import (
     ModelCard,
     ModelList,
     Prompt,
-    Usage,
     adapter_model_name,
     not_implemented,
 )
@@ -50,101 +48,9 @@ from sllm.store import arena
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Choice:
-    index: int
-    prompt: Prompt
-    params: SamplingParams
-    stops: list[str]
-    echo: str = ""
-    tokens: int = 0
-    # Tokens produced before a resume: counted in usage, not generated again.
-    prior_tokens: int = 0
-    finish_reason: str | None = None
-    # With echo and logprobs: the prompt's; and where a streamed choice's next token
-    # begins in its text.
-    echo_logprobs: list[TokenLogprob] = field(default_factory=list)
-    text_offset: int = 0
-
-
-# Text a choice may show now, with the log-probabilities of the tokens it completes.
-_Chunk = tuple[str, list[TokenLogprob]]
-
-
-async def _pieces(engine: Engine, choice: _Choice) -> AsyncIterator[_Chunk]:
-    """The choice's text as it may be shown: stop strings cut, nothing after them. A
-    token's log-probability goes out with the first text at or after it; those of the
-    tokens a stop string cut away are dropped with their text."""
-    if choice.params.max_tokens == 0:
-        choice.finish_reason = "length"  # a resume after the whole limit was produced
-        return
-    scanner = StopScanner(choice.stops)
-    waiting: list[TokenLogprob] = []
-    generated = engine.generate(choice.prompt, choice.params)
-    try:
-        async for piece in generated:
-            choice.tokens += 1
-            if piece.logprob is not None:
-                waiting.append(piece.logprob)
-            text = scanner.feed(piece.text)
-            if text:
-                yield text, waiting
-                waiting = []
-            if scanner.stopped:
-                choice.finish_reason = "stop"
-                return
-        tail = scanner.flush()
-        if tail or waiting:
-            yield tail, waiting
-        choice.finish_reason = "length" if choice.tokens >= choice.params.max_tokens else "stop"
-    finally:
-        aclose = getattr(generated, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def _merged(
-    engine: Engine, choices: list[_Choice]
-) -> AsyncIterator[tuple[_Choice, _Chunk | None]]:
-    """(choice, chunk) from all choices as they come; None marks a choice's end."""
-    queue: asyncio.Queue[tuple[_Choice, _Chunk | BaseException | None]] = asyncio.Queue()
-
-    async def pump(choice: _Choice) -> None:
-        try:
-            async for chunk in _pieces(engine, choice):
-                await queue.put((choice, chunk))
-            await queue.put((choice, None))
-        except Exception as exc:
-            await queue.put((choice, exc))
-
-    tasks = [asyncio.create_task(pump(c)) for c in choices]
-    try:
-        for _ in range(len(choices)):
-            while True:
-                choice, item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield choice, item
-                if item is None:
-                    break
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def _or_default(value: float | None, defaults: Mapping[str, float], name: str) -> float | None:
     """A request's sampling field, else the model's default for it (else None)."""
     return value if value is not None else defaults.get(name)
-
-
-def _usage(prompt_tokens: int, choices: list[_Choice]) -> dict[str, int]:
-    completion = sum(c.tokens + c.prior_tokens for c in choices)
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion,
-        total_tokens=prompt_tokens + completion,
-    ).model_dump()
 
 
 class OpenAIServer:
@@ -178,7 +84,7 @@ class OpenAIServer:
         adapter: str | None,
         echo: bool,
         schema: dict[str, Any] | None,
-    ) -> _Choice:
+    ) -> Choice:
         prompt_tokens = self.engine.count_tokens(prompt)
         limit = req.token_limit() or self.engine.default_max_tokens(prompt_tokens)
         produced = req.sllm_continue_from
@@ -210,7 +116,7 @@ class OpenAIServer:
             json_schema=schema,
         )
         self.engine.check(prompt_tokens + prior, params)
-        return _Choice(
+        return Choice(
             index=index,
             prompt=prompt,
             params=params,
@@ -226,7 +132,7 @@ class OpenAIServer:
         echo: bool,
         adapter: str | None,
         call: dict[str, Any] | None = None,
-    ) -> list[_Choice]:
+    ) -> list[Choice]:
         """``call``: the schema of a tool call the request forces."""
         unsupported = not_implemented(req.model_extra)
         if unsupported:
@@ -283,7 +189,7 @@ class OpenAIServer:
                     "finish_reason": finish,
                 }
             )
-        body["usage"] = _usage(prompt_tokens, choices)
+        body["usage"] = usage_of(prompt_tokens, choices)
         return JSONResponse(body)
 
     async def completions(self, req: CompletionRequest) -> Response:
@@ -313,7 +219,7 @@ class OpenAIServer:
             }
             for c, (text, entries) in zip(choices, outputs, strict=True)
         ]
-        body["usage"] = _usage(prompt_tokens, choices)
+        body["usage"] = usage_of(prompt_tokens, choices)
         return JSONResponse(body)
 
     async def embeddings(self, req: EmbeddingRequest) -> Response:
@@ -333,12 +239,12 @@ class OpenAIServer:
             }
         )
 
-    async def _complete_all(self, choices: list[_Choice]) -> list[_Chunk]:
+    async def _complete_all(self, choices: list[Choice]) -> list[Chunk]:
         """Each choice's whole text and log-probabilities."""
 
-        async def one(choice: _Choice) -> _Chunk:
+        async def one(choice: Choice) -> Chunk:
             text, entries = [], []
-            async for piece, logprobs in _pieces(self.engine, choice):
+            async for piece, logprobs in pieces(self.engine, choice):
                 text.append(piece)
                 entries.extend(logprobs)
             return "".join(text), entries
@@ -349,7 +255,7 @@ class OpenAIServer:
     async def _chat_events(
         self,
         envelope: dict[str, Any],
-        choices: list[_Choice],
+        choices: list[Choice],
         prompt_tokens: int,
         include_usage: bool,
         tools: tool_calls.ToolPlan | None,
@@ -370,13 +276,13 @@ class OpenAIServer:
                 body["usage"] = None
             return body
 
-        def logprobs(c: _Choice, entries: list[TokenLogprob]) -> Any:
+        def logprobs(c: Choice, entries: list[TokenLogprob]) -> Any:
             return logprobs_format.chat(entries) if c.params.logprobs is not None else None
 
         held: dict[int, tuple[list[str], list[TokenLogprob]]] = {c.index: ([], []) for c in choices}
         for c in choices:
             yield chunk(c.index, {"role": "assistant", "content": ""}, None)
-        async for c, item in _merged(self.engine, choices):
+        async for c, item in merged(self.engine, choices):
             if item is not None and tools is None:
                 yield chunk(c.index, {"content": item[0]}, None, logprobs(c, item[1]))
             elif item is not None:
@@ -400,17 +306,17 @@ class OpenAIServer:
                     )
                 yield chunk(c.index, {}, finish)
         if include_usage:
-            yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
+            yield {**envelope, "choices": [], "usage": usage_of(prompt_tokens, choices)}
 
     async def _completion_events(
         self,
         envelope: dict[str, Any],
-        choices: list[_Choice],
+        choices: list[Choice],
         prompt_tokens: int,
         include_usage: bool,
     ) -> AsyncIterator[dict[str, Any]]:
         def chunk(
-            c: _Choice, text: str, finish: str | None, entries: list[TokenLogprob]
+            c: Choice, text: str, finish: str | None, entries: list[TokenLogprob]
         ) -> dict[str, Any]:
             logprobs = None
             if c.params.logprobs is not None:
@@ -428,14 +334,14 @@ class OpenAIServer:
         for c in choices:
             if c.echo:
                 yield chunk(c, c.echo, None, c.echo_logprobs)
-        async for c, item in _merged(self.engine, choices):
+        async for c, item in merged(self.engine, choices):
             if item is None:
                 yield chunk(c, "", c.finish_reason, [])
             else:
                 text, entries = item
                 yield chunk(c, text, None, entries)
         if include_usage:
-            yield {**envelope, "choices": [], "usage": _usage(prompt_tokens, choices)}
+            yield {**envelope, "choices": [], "usage": usage_of(prompt_tokens, choices)}
 
 
 def _answer(text: str, finish: str | None, tools: bool) -> tuple[dict[str, Any], str | None]:
