@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ LogFormat = Literal["text", "json"]
 
 
 class AutoScalingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_instances: int = Field(0, ge=0, le=1024, description="Instances kept even when idle.")
     max_instances: int = Field(1, ge=1, le=1024, description="Upper bound on instances.")
@@ -39,7 +40,7 @@ class AutoScalingConfig(BaseModel):
 class ResponseCacheConfig(BaseModel):
     """A model's response cache: deterministic requests answered from Redis."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ttl: float = Field(300.0, gt=0, le=7 * 86400, description="Seconds an answer is kept.")
     max_entries: int = Field(
@@ -53,7 +54,7 @@ class ResponseCacheConfig(BaseModel):
 class DeployConfig(BaseModel):
     """What ``sllm deploy`` sends and ``POST /register`` accepts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(
         description="Name clients call the model by.",
@@ -94,6 +95,14 @@ class DeployConfig(BaseModel):
             raise ValueError(names.MODEL_RULE)
         return value
 
+    @field_validator("backend_config")
+    @classmethod
+    def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # JSON's 1e309 parses as infinity, which Redis would store as "Infinity" (not
+        # JSON) and /status would show as null: a config that no longer redeploys.
+        _refuse_non_finite(value, "backend_config")
+        return value
+
     @field_validator("lora_adapters")
     @classmethod
     def _valid_adapters(cls, value: dict[str, str]) -> dict[str, str]:
@@ -105,11 +114,22 @@ class DeployConfig(BaseModel):
         return value
 
 
+def _refuse_non_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}; numbers must be finite")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{where}[{index}]")
+
+
 class KeySettings(BaseSettings):
     """Keys of a cluster (README, "Keys and limits"). The secrets are read from the
     environment or a file, never from flags: a command line is visible to every user."""
 
-    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore", allow_inf_nan=False)
 
     api_keys: SecretStr | None = Field(
         None, description="Comma-separated API keys guarding /v1 (unset: /v1 is open)."
@@ -126,7 +146,7 @@ class KeySettings(BaseSettings):
 
 
 class HeadSettings(KeySettings):
-    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore", allow_inf_nan=False)
 
     host: str = Field("0.0.0.0", description="Address the head listens on.")
     port: int = Field(8343, description="Port of the OpenAI API and the management API.")
@@ -171,7 +191,7 @@ class HeadSettings(KeySettings):
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore", allow_inf_nan=False)
 
     host: str = Field("0.0.0.0", description="Address the worker listens on.")
     port: int = Field(8001, description="Port of the worker API.")

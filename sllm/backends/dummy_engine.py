@@ -41,7 +41,7 @@ _CONTEXT_WORDS = 3
 class DummyKnobs(BaseModel):
     """``backend_config`` of a dummy model; unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     startup_delay: float = Field(0.0, ge=0, description="Seconds before /health answers.")
     ttft: float = Field(0.0, ge=0, description="Seconds before the first token.")

@@ -14,7 +14,7 @@ CPU_MAX_BATCH_TOKENS = 1024
 class TransformersKnobs(BaseModel):
     """``backend_config`` of a transformers model; unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pretrained_model_name_or_path: str = Field(min_length=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

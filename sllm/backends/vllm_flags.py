@@ -22,7 +22,7 @@ _OWNED_FLAGS = (
 class VllmKnobs(BaseModel):
     """Unknown keys are refused; ``extra_args`` carries anything else, verbatim."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pretrained_model_name_or_path: str = Field(min_length=1, description="Hub id or local path.")
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"

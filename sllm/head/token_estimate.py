@@ -3,9 +3,12 @@
 The charge is taken when the request arrives, from its body alone: the prompt's
 estimated tokens plus the most it may generate. The prompt estimate is its characters
 / 4, rounded up (a common rule of thumb for English with BPE tokenizers); the output
-is ``max_completion_tokens`` or ``max_tokens`` (``DEFAULT_COMPLETION_TOKENS`` when the
-request names neither) times ``n``. So the limit bounds what clients may ask for; it
-is never refunded when a response is shorter.
+is ``max_completion_tokens``, ``max_tokens`` or the Responses API's
+``max_output_tokens`` (``DEFAULT_COMPLETION_TOKENS`` when the request names none) times
+``n``. Those numbers are read as the request's validation reads them (pydantic's lax
+mode: ``"1000"`` and ``1000.0`` are 1000), so a request is charged what it will be
+allowed to generate. The limit bounds what clients may ask for; it is never refunded
+when a response is shorter.
 """
 
 from __future__ import annotations
@@ -13,10 +16,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 CHARS_PER_TOKEN = 4
 # Charged as the output of a request that sets no limit (the transformers backend's default).
 DEFAULT_COMPLETION_TOKENS = 256
-PROMPT_FIELDS = ("messages", "prompt", "input")
+PROMPT_FIELDS = ("messages", "prompt", "input", "instructions")
+LIMIT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_INT = TypeAdapter(int)
+
+
+def _count(value: Any) -> int | None:
+    """``value`` as the request models validate an int field, or None where they would
+    refuse it (the request then fails validation and runs nothing)."""
+    if value is None:
+        return None
+    try:
+        return _INT.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def _chars(value: Any) -> int:
@@ -37,9 +55,9 @@ def _chars(value: Any) -> int:
 
 
 def _limit(body: dict[str, Any]) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    for name in LIMIT_FIELDS:
+        value = _count(body.get(name))
+        if value is not None and value >= 0:
             return value
     return DEFAULT_COMPLETION_TOKENS
 
@@ -51,6 +69,6 @@ def estimate_tokens(path: str, body: Any) -> int:
     prompt = math.ceil(sum(_chars(body.get(f)) for f in PROMPT_FIELDS) / CHARS_PER_TOKEN)
     if path.endswith("/embeddings"):
         return prompt
-    n = body.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    n = _count(body.get("n"))
+    choices = n if n is not None and n > 0 else 1
     return prompt + _limit(body) * choices

@@ -201,6 +201,19 @@ def test_rate_limits_answer_429_with_retry_after(cluster: Cluster, tmp_path: Pat
     _assert_no_secrets(cluster)
 
 
+def test_token_limits_charge_numbers_as_validation_reads_them(cluster: Cluster) -> None:
+    head = cluster.start_head(SLLM_RATE_LIMIT_TPM="2000")
+    url = f"{head.url}/v1/chat/completions"
+    messages = [{"role": "user", "content": "hi"}]
+    statuses = []
+    for extra in ({"max_tokens": "999"}, {"max_tokens": 249, "n": "4"}, {"max_tokens": "10"}):
+        body = {"model": "nope", "messages": messages, **extra}
+        statuses.append(httpx.post(url, json=body, timeout=10).status_code)
+    # Validation reads "999" as 999 and "4" as 4: two requests of about 1,000 tokens fill
+    # the 2,000 a minute, and the third waits (charged as 256, six would have passed).
+    assert statuses == [404, 404, 429]
+
+
 def test_without_keys_limits_apply_per_client_address(cluster: Cluster) -> None:
     cluster.start_head(SLLM_RATE_LIMIT_RPM="1")
     client = cluster.client()

@@ -200,3 +200,28 @@ def test_features_the_backend_lacks_are_refused_not_ignored(cluster: Cluster) ->
     nothing = {"functions": [], "logit_bias": {}, "suffix": ""}
     resp = httpx.post(url, json={**CHAT, **nothing}, timeout=60)
     assert resp.status_code == 200, resp.text
+
+
+def test_configs_refuse_non_finite_numbers_and_status_redeploys_unchanged(
+    cluster: Cluster,
+) -> None:
+    head = cluster.start_head()
+    for path in ("/register", "/update"):
+        for bad in (
+            b'{"model": "x", "auto_scaling_config": {"keep_alive": 1e309}}',
+            b'{"model": "x", "startup_timeout": NaN}',
+            b'{"model": "x", "backend": "vllm", "backend_config": {"extra_args": [1, -Infinity]}}',
+        ):
+            error = assert_error(httpx.post(f"{head.url}{path}", content=bad, headers=JSON), 400)
+            assert "finite" in error["message"], error
+
+    cluster.deploy("m", backend_config={"ttft": 0.25}, auto_scaling_config={"keep_alive": 1e300})
+    shown = cluster.model_status("m")
+    assert shown is not None
+    # What /status shows is a config: deploying it again (here, as an update and under
+    # a new name) stores exactly it.
+    config = shown["config"]
+    assert httpx.post(f"{head.url}/update", json=config).status_code == 200
+    assert httpx.post(f"{head.url}/register", json={**config, "model": "m2"}).status_code == 200
+    assert cluster.model_status("m")["config"] == config  # type: ignore[index]
+    assert cluster.model_status("m2")["config"] == {**config, "model": "m2"}  # type: ignore[index]

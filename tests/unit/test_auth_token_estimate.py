@@ -48,3 +48,23 @@ def test_embeddings_charge_their_input_only() -> None:
 @pytest.mark.parametrize("body", [None, [], "text", {"messages": None, "max_tokens": True}])
 def test_odd_bodies_do_not_fail(body: Any) -> None:
     assert estimate_tokens(CHAT, body) >= 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [], "max_tokens": "1000"},
+        {"messages": [], "max_tokens": 1000.0},
+        {"messages": [], "max_completion_tokens": " 500 ", "n": "2"},
+        {"messages": [], "max_tokens": 250, "n": 4.0},
+    ],
+)
+def test_numbers_are_read_as_validation_reads_them(body: dict[str, Any]) -> None:
+    # A string or float the request models accept as an int is charged as that int,
+    # never as the default (which let 6,000 tokens through a 2,000 limit).
+    assert estimate_tokens(CHAT, body) == 1000
+
+
+def test_responses_api_output_limit_and_instructions() -> None:
+    body = {"input": "x" * 40, "instructions": "y" * 8, "max_output_tokens": "30"}
+    assert estimate_tokens("/v1/responses", body) == 12 + 30
