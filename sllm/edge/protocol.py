@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sllm.edge import names
 from sllm.edge.errors import RequestError
+from sllm.edge.unicode_text import first_invalid
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 
@@ -42,6 +43,20 @@ class _Request(BaseModel):
         max_length=names.ADAPTER_MAX,
         json_schema_extra={"pattern": f"^$|{names.ADAPTER_PATTERN}"},
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: Any) -> Any:
+        where = first_invalid(data)
+        if where is not None:
+            # A RequestError, not a ValueError: pydantic lets it through as it is, so
+            # the 400 names the field itself (a ValueError here would name the body).
+            raise RequestError(
+                f"{where}: the text is not valid Unicode (a lone surrogate such as "
+                "\\ud800); send UTF-8 text or a valid surrogate pair",
+                param=where,
+            )
+        return data
 
     @field_validator("model")
     @classmethod

@@ -225,3 +225,41 @@ def test_configs_refuse_non_finite_numbers_and_status_redeploys_unchanged(
     assert httpx.post(f"{head.url}/register", json={**config, "model": "m2"}).status_code == 200
     assert cluster.model_status("m")["config"] == config  # type: ignore[index]
     assert cluster.model_status("m2")["config"] == {**config, "model": "m2"}  # type: ignore[index]
+
+
+def test_text_that_is_not_valid_unicode_is_a_400_naming_its_field(cluster: Cluster) -> None:
+    head = cluster.start_head()
+    cluster.start_worker()
+    cluster.deploy("m")
+    lone = '"a \\ud800 b"'  # JSON's escape of a lone surrogate: no UTF-8 encodes it
+    cases = [
+        (
+            "/v1/chat/completions",
+            '{"model": "m", "messages": [{"role": "user", "content": %s}]}',
+            "messages.0.content",
+        ),
+        (
+            "/v1/chat/completions",
+            '{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}], '
+            '"stop": ["x", %s]}',
+            "stop.1",
+        ),
+        ("/v1/completions", '{"model": "m", "prompt": %s, "max_tokens": 3}', "prompt"),
+        ("/v1/embeddings", '{"model": "m", "input": ["ok", %s]}', "input.1"),
+        ("/v1/responses", '{"model": "m", "input": %s}', "input"),
+        (
+            "/v1/chat/completions",
+            '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": %s}',
+            "user",
+        ),
+    ]
+    for path, template, param in cases:
+        resp = httpx.post(f"{head.url}{path}", content=template % lone, headers=JSON, timeout=30)
+        error = assert_error(resp, 400, param)
+        assert error["param"] == param and "not valid Unicode" in error["message"], error
+    # A pair of surrogates is one valid character and is served.
+    pair = '{"model": "m", "messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}'
+    ok = httpx.post(f"{head.url}/v1/chat/completions", content=pair, headers=JSON, timeout=30)
+    assert ok.status_code == 200, ok.text
+    # No process met the text: none logged a failure.
+    assert "Traceback" not in cluster.logs()
