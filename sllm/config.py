@@ -125,6 +125,27 @@ def _refuse_non_finite(value: Any, where: str) -> None:
             _refuse_non_finite(item, f"{where}[{index}]")
 
 
+class HttpEdgeSettings(BaseSettings):
+    """What an HTTP client may make the head or a worker hold (``edge/http_limits.py``,
+    ``edge/body_limit.py``); the same settings on both."""
+
+    model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore", allow_inf_nan=False)
+
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Request line and headers; larger: 431, unread."
+    )
+    max_headers: int = Field(100, ge=8, description="Header lines of a request; more: 431.")
+    header_timeout: float = Field(
+        15.0, gt=0, description="Seconds a request's headers may take to arrive; then 408."
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle connection (a new one too) is kept open."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may pause between two reads; then 408."
+    )
+
+
 class KeySettings(BaseSettings):
     """Keys of a cluster (README, "Keys and limits"). The secrets are read from the
     environment or a file, never from flags: a command line is visible to every user."""
@@ -145,7 +166,7 @@ class KeySettings(BaseSettings):
     )
 
 
-class HeadSettings(KeySettings):
+class HeadSettings(KeySettings, HttpEdgeSettings):
     model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore", allow_inf_nan=False)
 
     host: str = Field("0.0.0.0", description="Address the head listens on.")
@@ -190,7 +211,7 @@ class HeadSettings(KeySettings):
     log_format: LogFormat = Field("text", description="Log lines as text or JSON.")
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(HttpEdgeSettings):
     model_config = SettingsConfigDict(env_prefix="SLLM_", extra="ignore", allow_inf_nan=False)
 
     host: str = Field("0.0.0.0", description="Address the worker listens on.")

@@ -10,7 +10,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 
-from sllm.config import LogFormat
+from sllm.config import HttpEdgeSettings, LogFormat
+from sllm.edge.http_limits import HttpLimits, limited_protocol
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -64,10 +65,26 @@ def _options(host: str, port: int, log_level: str, access_log: bool) -> dict[str
     }
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str, *, access_log: bool = True) -> None:
+def serve(
+    app: FastAPI,
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    access_log: bool = True,
+    edge: HttpEdgeSettings | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get 10 s to finish, then the
-    app's lifespan stops what it owns."""
-    uvicorn.run(app, **_options(host, port, log_level, access_log))
+    app's lifespan stops what it owns. ``edge``: the limits a server that faces the
+    network puts on its clients (the head, a worker; a backend serves its worker only)."""
+    options = _options(host, port, log_level, access_log)
+    if edge is not None:
+        limits = HttpLimits(
+            edge.max_header_bytes, edge.max_headers, edge.header_timeout, edge.keep_alive_timeout
+        )
+        options["http"] = limited_protocol(limits)
+        options["timeout_keep_alive"] = edge.keep_alive_timeout
+    uvicorn.run(app, **options)
 
 
 def prime_serving(app: FastAPI) -> None:

@@ -92,7 +92,9 @@ def create_app(settings: HeadSettings) -> FastAPI:
 
     app = FastAPI(title="sllm head", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     # Outside every route: an oversized body is refused before anything parses it.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
+    )
     app.state.guard = guard
     # Keys and rate limits are checked here, before any gateway logic runs.
     for api in (gateway.router, model_cards.router, responses.router):
@@ -124,4 +126,4 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def run(settings: HeadSettings) -> None:
     setup_logging(settings.log_level, settings.log_format)
-    serve(create_app(settings), settings.host, settings.port, settings.log_level)
+    serve(create_app(settings), settings.host, settings.port, settings.log_level, edge=settings)

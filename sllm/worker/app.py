@@ -222,7 +222,10 @@ def create_app(settings: WorkerSettings) -> FastAPI:
 
     app = FastAPI(title="sllm worker", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.add_middleware(
-        BodyLimit, max_bytes=settings.worker_max_body_bytes, setting="SLLM_WORKER_MAX_BODY_BYTES"
+        BodyLimit,
+        max_bytes=settings.worker_max_body_bytes,
+        setting="SLLM_WORKER_MAX_BODY_BYTES",
+        body_timeout=settings.body_timeout,
     )
 
     install_error_handlers(app)
@@ -401,4 +404,4 @@ def _drain_on_exit_signals(heartbeat: Heartbeat) -> Iterator[None]:
 def run(settings: WorkerSettings) -> None:
     """Serve the worker until SIGINT/SIGTERM; the lifespan stops every backend."""
     setup_logging(settings.log_level, settings.log_format)
-    serve(create_app(settings), settings.host, settings.port, settings.log_level)
+    serve(create_app(settings), settings.host, settings.port, settings.log_level, edge=settings)
