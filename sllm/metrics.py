@@ -77,6 +77,11 @@ class HeadMetrics:
             "sllm_instances", "Instances by model and state.", ["model", "state"], registry=r
         )
         self.workers = Gauge("sllm_workers", "Live workers.", registry=r)
+        self.suspected_workers = Counter(
+            "sllm_worker_suspicions_total",
+            "Workers suspected dead (a refused call, or failed health probes).",
+            registry=r,
+        )
         self.placements = Counter(
             "sllm_placements_total",
             "New instances placed, by the cache tier the chosen worker had the model in "

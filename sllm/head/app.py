@@ -22,6 +22,7 @@ from sllm.edge.serving import serve, setup_logging
 from sllm.head import dashboard, gateway, gauges, management, model_cards, responses
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.dispatcher import Dispatcher
+from sllm.head.failure_detector import FailureDetector
 from sllm.head.gateway import Gateway
 from sllm.head.model_manager import ModelManager
 from sllm.head.recent import Recent
@@ -35,6 +36,8 @@ from sllm.kv.store import Store
 from sllm.metrics import HeadMetrics
 
 log = logging.getLogger("sllm.head")
+
+WORKER_IDLE = 4.0
 
 
 def create_app(settings: HeadSettings) -> FastAPI:
@@ -54,11 +57,15 @@ def create_app(settings: HeadSettings) -> FastAPI:
         # Every call this session makes goes to a worker, so it carries the cluster token.
         token = {"Authorization": f"Bearer {guard.cluster_token}"} if guard.cluster_token else {}
         http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), headers=token
+            # Idle connections closed before a worker closes them (SLLM_KEEP_ALIVE_TIMEOUT,
+            # 5 s): a call sent on one the worker is closing fails as if it had died.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=WORKER_IDLE),
+            headers=token,
         )
         bus = ResultBus(patient.client, keys, head_id)
-        workers = WorkerManager(patient, settings, http, beats=fast)
-        dispatcher = Dispatcher(patient, settings, head_id, http, metrics)
+        detector = FailureDetector(patient, http, metrics)
+        workers = WorkerManager(patient, settings, http, beats=fast, detector=detector)
+        dispatcher = Dispatcher(patient, settings, head_id, http, metrics, detector)
         autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent)
         bus.on_control(dispatcher.on_control)
         bus.on_control(autoscaler.on_control)
@@ -74,6 +81,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
         loops = [
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
             asyncio.create_task(autoscaler.run(), name="autoscaler"),
+            asyncio.create_task(detector.run(autoscaler.leading), name="failure-detector"),
             asyncio.create_task(gauges.run(patient, metrics, recent), name="gauges"),
         ]
         log.info("head %s serving on %s:%d", head_id, settings.host, settings.port)

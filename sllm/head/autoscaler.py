@@ -108,6 +108,11 @@ class Autoscaler:
         self.reaper = Reaper(store, settings, metrics)
         self._wake = asyncio.Event()
         self.unschedulable: dict[str, str] = {}
+        self._leading = False
+
+    def leading(self) -> bool:
+        """Whether this head held the leader lock at its latest pass."""
+        return self._leading
 
     async def on_control(self, event: dict[str, Any]) -> None:
         if event.get("type") == "wake" or (
@@ -124,7 +129,10 @@ class Autoscaler:
                 pass
             self._wake.clear()
             try:
-                if await self.store.registry.hold_leader(LEADER_LOCK, self.head_id, lock_ttl):
+                self._leading = await self.store.registry.hold_leader(
+                    LEADER_LOCK, self.head_id, lock_ttl
+                )
+                if self._leading:
                     await self.tick(time.time())
             except RedisError as exc:
                 log.warning("autoscaler pass skipped: %s", exc)
@@ -137,9 +145,12 @@ class Autoscaler:
         names = [m.name for m in models]
         by_model = await registry.all_instances(names)
         queued = await self.store.tasks.queue_lengths(names)
-        live_workers, silent = self.workers.alive(await registry.list_workers(), now)
+        heard, silent = self.workers.alive(await registry.list_workers(), now)
         for node_id in silent:
             await self.workers.prune(node_id)
+        # A suspected worker is kept (its heartbeat clears it) but used for nothing.
+        suspects = {w.node_id: w.suspect for w in heard if w.suspect}
+        live_workers = [w for w in heard if not w.suspect]
         live_nodes = {w.node_id for w in live_workers}
         configs = {m.name: DeployConfig.model_validate(m.config) for m in models}
 
@@ -148,7 +159,7 @@ class Autoscaler:
             kept = []
             failures = start_failures.parse(model.start_failures)
             for inst in by_model.get(model.name, []):
-                reason = self._lost(inst, configs[model.name], live_nodes, now)
+                reason = self._lost(inst, configs[model.name], live_nodes, suspects, now)
                 if reason:
                     if inst.state == "failed" and not inst.ready_at:  # a failed start
                         noted = start_failures.after_failure(
@@ -242,7 +253,7 @@ class Autoscaler:
         # Heard from lately; not alive(), whose bookkeeping belongs to the leader's passes.
         now, timeout = time.time(), self.settings.heartbeat_timeout
         workers = await self.store.registry.list_workers()
-        live = [w for w in workers if now - w.last_heartbeat <= timeout]
+        live = [w for w in workers if now - w.last_heartbeat <= timeout and not w.suspect]
         room = capacities(live, [], {})
         need = requirement(config, room)
         if need.source is None or need.weights_bytes is not None:
@@ -276,9 +287,17 @@ class Autoscaler:
         await self.workers.wake_instance(inst)
 
     @staticmethod
-    def _lost(inst: InstanceRecord, config: DeployConfig, live_nodes: set[str], now: float) -> str:
+    def _lost(
+        inst: InstanceRecord,
+        config: DeployConfig,
+        live_nodes: set[str],
+        suspects: dict[str, str],
+        now: float,
+    ) -> str:
         if inst.state in ("failed", "stopped"):
             return inst.state_reason or f"instance {inst.state}"
+        if inst.node_id in suspects:
+            return f"worker {inst.node_id} suspected dead: {suspects[inst.node_id]}"
         if inst.node_id not in live_nodes:
             return f"worker {inst.node_id} is gone"
         if inst.state == "starting" and now - inst.created > config.startup_timeout + STARTUP_GRACE:

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from sllm.config import DeployConfig, HeadSettings
+from sllm.head.failure_detector import FailureDetector
 from sllm.head.routing import pick_instance
 from sllm.head.scaling import InstanceLoad
 from sllm.kv import RedisError
@@ -89,12 +90,14 @@ class Dispatcher:
         head_id: str,
         http: aiohttp.ClientSession,
         metrics: HeadMetrics | None = None,
+        detector: FailureDetector | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.head_id = head_id
         self.http = http
         self.metrics = metrics or HeadMetrics()
+        self.detector = detector
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._configs: dict[str, DeployConfig] = {}
         self._views: dict[str, ModelView] = {}
@@ -338,6 +341,8 @@ class Dispatcher:
             # attempt, so that retry still gets a live instance.
             await self._mark_failed(instance, reason)
             await self._requeue(claim, reason, unsent=True)
+            if self.detector is not None:
+                await self.detector.suspect(instance.node_id, reason)
 
     async def _wait_alone(self, claim: Claim, instance: InstanceRecord) -> None:
         """Let this head's other tasks on ``instance`` finish first (none start there

@@ -110,7 +110,10 @@ class ModelManager:
                     "url": w.url,
                     "last_heartbeat": w.last_heartbeat,
                     "seconds_since_heartbeat": round(now - w.last_heartbeat, 3),
-                    "healthy": now - w.last_heartbeat <= self.settings.heartbeat_timeout,
+                    "healthy": now - w.last_heartbeat <= self.settings.heartbeat_timeout
+                    and not w.suspect,
+                    # Why it is suspected dead (a refused call, failed probes); null: trusted.
+                    "suspect": w.suspect or None,
                     "resources": w.resources,
                     "backends": w.backends,
                     "instances": w.instances,

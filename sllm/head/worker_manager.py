@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
+from sllm.head.failure_detector import FailureDetector
 from sllm.kv import RedisError
 from sllm.kv.records import InstanceRecord, WorkerRecord
 from sllm.kv.store import Store
@@ -70,8 +71,10 @@ class WorkerManager:
         settings: HeadSettings,
         http: aiohttp.ClientSession,
         beats: Store | None = None,
+        detector: FailureDetector | None = None,
     ) -> None:
         self.store = store
+        self.detector = detector
         # Heartbeats are handled on a fail-fast client: while Redis is down the worker is
         # answered at once and beats again on its own schedule, so its first beat after
         # a restart lands within one interval (not after this head's patient backoff).
@@ -103,10 +106,12 @@ class WorkerManager:
             "unavailable": hb.unavailable,
             "cold_starts": hb.cold_starts,
         }
-        new = await self._beats.registry.heartbeat(node_id, info)
-        if new:
+        seen = await self._beats.registry.heartbeat(node_id, info)
+        if seen == "new":
             log.info("worker %s registered at %s", node_id, hb.url)
             self.detach(self._confirm(node_id, url))
+        elif seen == "trusted":
+            log.warning("worker %s heartbeats again: trusted again", node_id)
         reported = {str(i.get("instance_id")) for i in hb.instances}
         if hb.draining:
             await self._drain(node_id, reported)
@@ -203,6 +208,10 @@ class WorkerManager:
             await self.store.registry.set_instance_state(
                 inst.id, "failed", reason=f"worker unreachable: {exc}"
             )
+            if isinstance(exc, aiohttp.ClientConnectorError) and self.detector is not None:
+                # Not placed there again until it heartbeats: one refused start, not
+                # one per pass (3,501 in 35 s before a dead worker was pruned).
+                await self.detector.suspect(worker.node_id, f"/start_instance: {exc}")
             return False
         return True
 

@@ -105,6 +105,9 @@ class WorkerRecord:
     unavailable: dict[str, str] = field(default_factory=dict)
     # Its latest cold starts with their phases (seconds), newest last.
     cold_starts: list[dict[str, Any]] = field(default_factory=list)
+    # Why it is suspected dead ("": trusted), since when; a heartbeat clears it.
+    suspect: str = ""
+    suspect_since: float = 0.0
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> WorkerRecord:
@@ -121,6 +124,8 @@ class WorkerRecord:
             warm_pools=json.loads(h.get("warm_pools") or "{}"),
             unavailable=json.loads(h.get("unavailable") or "{}"),
             cold_starts=json.loads(h.get("cold_starts") or "[]"),
+            suspect=h.get("suspect", ""),
+            suspect_since=_f(h.get("suspect_since")),
         )
 
 

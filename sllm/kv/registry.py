@@ -157,16 +157,22 @@ class Registry:
     async def next_node_id(self) -> str:
         return f"worker-{await self._r.incr(self._k.worker_seq)}"
 
-    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> bool:
-        """Store a worker's heartbeat; True on its first one."""
+    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> str:
+        """Store a worker's heartbeat: "new" on its first one, "trusted" when it clears
+        a suspicion, else "known"."""
         fields: list[str] = []
         for key, value in info.items():
             fields += [key, value if isinstance(value, str) else _dumps(value)]
+        found = await self._s.register_worker(
+            keys=[self._k.workers, self._k.worker(node_id)],
+            args=[node_id, time.time(), *fields],
+        )
+        return {1: "new", 2: "trusted"}.get(int(found), "known")
+
+    async def suspect_worker(self, node_id: str, reason: str, now: float) -> bool:
+        """Mark a registered worker suspected dead; True when it was not already."""
         return bool(
-            await self._s.register_worker(
-                keys=[self._k.workers, self._k.worker(node_id)],
-                args=[node_id, time.time(), *fields],
-            )
+            await self._s.suspect_worker(keys=[self._k.worker(node_id)], args=[now, reason])
         )
 
     async def list_workers(self) -> list[WorkerRecord]:

@@ -87,3 +87,23 @@ async def test_warm_pools_and_unavailable_backends_reach_placement(
     await manager.heartbeat(beat("w-b", [], 2))
     old = next(w for w in await manager.store.registry.list_workers() if w.node_id == "w-b")
     assert capacities([old], [], {})[0].warm == {"sllm": 2}
+
+
+async def test_a_suspected_worker_is_trusted_again_by_its_next_heartbeat(
+    manager: WorkerManager, redis_url: str
+) -> None:
+    registry = manager.store.registry
+    # Unknown workers are not suspected: no record springs up for them.
+    assert not await registry.suspect_worker("w-ghost", "refused", 1.0)
+    assert await registry.list_workers() == []
+
+    await manager.heartbeat(beat("w-a", [], 0))
+    assert await registry.suspect_worker("w-a", "health probe refused", 5.0)
+    assert not await registry.suspect_worker("w-a", "again", 6.0)  # once
+    [worker] = await registry.list_workers()
+    assert (worker.suspect, worker.suspect_since) == ("health probe refused", 5.0)
+
+    assert await registry.heartbeat("w-a", {"url": "http://127.0.0.1:9"}) == "trusted"
+    [worker] = await registry.list_workers()
+    assert (worker.suspect, worker.suspect_since) == ("", 0.0)
+    assert await registry.heartbeat("w-a", {"url": "http://127.0.0.1:9"}) == "known"

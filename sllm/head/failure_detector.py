@@ -1,0 +1,91 @@
+"""Finding dead workers in a second, not a heartbeat timeout.
+
+The leader probes every trusted worker's ``/health`` each ``PROBE_INTERVAL``; any head
+suspects a worker at once when a call to it is refused (an ``/invoke``, a
+``/start_instance``). A suspected worker (``suspect_worker.lua``) gets no new instance
+and its instances are replaced on live workers on the autoscaler's next pass, which the
+suspicion wakes. Its heartbeat clears it; the heartbeat timeout still prunes a worker
+that never comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from sllm.head.worker_health import ProbeResult, judge
+from sllm.kv import RedisError
+from sllm.kv.records import WorkerRecord
+from sllm.kv.store import Store
+from sllm.metrics import HeadMetrics
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+
+
+class FailureDetector:
+    def __init__(self, store: Store, http: aiohttp.ClientSession, metrics: HeadMetrics) -> None:
+        self.store = store
+        self.http = http
+        self.metrics = metrics
+        self._failures: dict[str, int] = {}
+
+    async def suspect(self, node_id: str, reason: str) -> None:
+        """Suspect ``node_id`` of being dead, for every head (once)."""
+        try:
+            if not await self.store.registry.suspect_worker(node_id, reason, time.time()):
+                return
+            await self.store.registry.publish_control({"type": "wake"})
+        except RedisError as exc:
+            log.warning("could not record worker %s as suspected (%s): %s", node_id, reason, exc)
+            return
+        self.metrics.suspected_workers.inc()
+        log.warning(
+            "worker %s suspected dead: %s; no instance goes there and its instances are "
+            "replaced until it heartbeats again",
+            node_id,
+            reason,
+        )
+
+    async def run(self, leading: Callable[[], bool]) -> None:
+        """Probe the trusted workers while ``leading()`` (the autoscaler's lock)."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if not leading():
+                self._failures.clear()
+                continue
+            try:
+                workers = await self.store.registry.list_workers()
+            except RedisError:
+                continue  # the autoscaler's pass says so
+            trusted = [w for w in workers if not w.suspect]
+            results = await asyncio.gather(*(self._probe(w) for w in trusted))
+            self._failures = {
+                w.node_id: self._failures.get(w.node_id, 0) for w in trusted
+            }  # forget workers pruned or suspected
+            for worker, (result, detail) in zip(trusted, results, strict=True):
+                failures, suspected = judge(self._failures[worker.node_id], result)
+                self._failures[worker.node_id] = failures
+                if suspected:
+                    await self.suspect(worker.node_id, f"health probe {result}: {detail}")
+
+    async def _probe(self, worker: WorkerRecord) -> tuple[ProbeResult, str]:
+        try:
+            async with self.http.get(f"{worker.url}/health", timeout=PROBE_TIMEOUT) as resp:
+                if resp.status == 200:
+                    return "ok", ""
+                return "error", f"answered {resp.status}"
+        except aiohttp.ClientConnectorError as exc:
+            return (
+                "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "error"
+            ), str(exc)
+        except TimeoutError:
+            return "timeout", f"no answer within {PROBE_TIMEOUT.total} s"
+        except aiohttp.ClientError as exc:
+            return "error", repr(exc)
