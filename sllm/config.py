@@ -182,6 +182,11 @@ class HeadSettings(KeySettings, HttpEdgeSettings):
     stream_keepalive: float = Field(
         15.0, gt=0, description="Seconds of silence before a stream gets an SSE comment."
     )
+    stream_stall_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a streamed client may read nothing; then its request is cancelled.",
+    )
     heartbeat_timeout: float = Field(60.0, gt=0, description="Silence that prunes a worker.")
     autoscale_interval: float = Field(1.0, gt=0, description="Seconds between scaling passes.")
     result_ttl: float = Field(300.0, gt=0, description="Seconds a finished task is kept.")

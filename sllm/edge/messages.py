@@ -13,6 +13,13 @@ from typing import Any, Literal
 
 Kind = Literal["chunk", "done", "error"]
 
+# Flow control of a stream: the gateway notes every ACK_EVERY chunks its client read
+# (``TaskStore.ack``); the worker publishing them waits when it is FLOW_WINDOW chunks
+# ahead of that, and stops reading its backend, whose generation then pauses. Pub/sub
+# has no backpressure of its own: a client that read nothing grew the head by 145 MB.
+FLOW_WINDOW = 256
+ACK_EVERY = 64
+
 
 @dataclass(frozen=True)
 class ResultMessage:

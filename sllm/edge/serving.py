@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,6 +15,15 @@ from sllm.config import HttpEdgeSettings, LogFormat
 from sllm.edge.http_limits import HttpLimits, limited_protocol
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Idle connections a backend server keeps: longer than its worker's client keeps them
+# (60 s). With uvicorn's 5 s, a call sent as the backend closed its idle connection
+# failed ("Can not write request body") and was retried as if the backend had crashed.
+BACKEND_KEEP_ALIVE = 75
+# Bytes a socket on the worker <-> backend hop may hold each way (the kernel doubles
+# it). Loopback buffers otherwise grow to megabytes (tcp_rmem goes to 32 MB here): a
+# backend would generate tens of thousands of tokens for a client that reads nothing
+# before its writes blocked. Small, generation pauses within a few thousand.
+HOP_BUFFER = 64 * 1024
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:
@@ -60,6 +70,7 @@ def _options(host: str, port: int, log_level: str, access_log: bool) -> dict[str
         "log_level": log_level,
         "access_log": access_log,
         "timeout_graceful_shutdown": 10,
+        "timeout_keep_alive": BACKEND_KEEP_ALIVE,
         # The format setup_logging chose applies to uvicorn's loggers too.
         "log_config": None,
     }
@@ -84,7 +95,25 @@ def serve(
         )
         options["http"] = limited_protocol(limits)
         options["timeout_keep_alive"] = edge.keep_alive_timeout
-    uvicorn.run(app, **options)
+        uvicorn.run(app, **options)
+        return
+    # A backend: what its connections send goes to its worker (accepted sockets inherit
+    # the listening socket's buffer size).
+    config = uvicorn.Config(app, **options)
+    sock = config.bind_socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HOP_BUFFER)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run: the app failed to start
+
+
+def hop_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """aiohttp's ``socket_factory`` for the worker's calls to its backends."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HOP_BUFFER)
+    return sock
 
 
 def prime_serving(app: FastAPI) -> None:

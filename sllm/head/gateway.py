@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.sse import EventSourceResponse, format_sse_event
+from fastapi.sse import format_sse_event
 
 from sllm.config import HeadSettings
 from sllm.edge import response_docs
@@ -36,9 +36,11 @@ from sllm.head.cancels import Cancels
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
 from sllm.head.recent import Recent
+from sllm.head.request_headers import request_timeout
 from sllm.head.response_cache import HEADER as CACHE_HEADER
 from sllm.head.response_cache import CacheEntry, ResponseCache, replayed
 from sllm.head.results import MessageLost, TaskResults
+from sllm.head.stalled_clients import StallGuardedStream
 from sllm.head.stream_resume import Relay, continuation, goes_on, resumable
 from sllm.head.watch import Watch
 from sllm.kv import RedisError
@@ -49,7 +51,6 @@ from sllm.metrics import HeadMetrics
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_HEADER = "X-Request-Timeout"
 KEEPALIVE = b": keep-alive\n\n"
 # A full queue drains at the speed of generation: a second is a fair first wait.
 QUEUE_FULL_RETRY_AFTER = 1
@@ -236,7 +237,7 @@ class Gateway:
             if not finished:
                 self.cancel(pending)
             self.bus.forget(pending.task.id)
-            self._done(pending, outcome)
+            self._done(pending, "slow_client" if pending.watch.stalled else outcome)
 
     async def _resume(self, pending: Pending, relay: Relay) -> Pending | None:
         """A new task that goes on from ``relay``'s text (the request itself when nothing
@@ -292,7 +293,7 @@ class Gateway:
         """Queue a request's task (its id from ``x-request-id``, its deadline from
         ``X-Request-Timeout``); a refusal is counted and raised."""
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        deadline = time.time() + self._timeout(request)
+        deadline = time.time() + request_timeout(request, self.settings)
         watch = Watch(request_id, model, endpoint)
         try:
             return await self.submit(endpoint, model, body, request_id, deadline, watch)
@@ -373,8 +374,10 @@ class Gateway:
         if isinstance(first, SllmError):
             await events.aclose()
             raise first
-        return EventSourceResponse(
+        return StallGuardedStream(
             self._sse(events, first),
+            pending.watch,
+            self.settings.stream_stall_timeout,
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -436,22 +439,6 @@ class Gateway:
                 chunks=watch.chunks,
             ),
         )
-
-    def _timeout(self, request: Request) -> float:
-        """Seconds this request may take: ``X-Request-Timeout`` or the default."""
-        raw = request.headers.get(TIMEOUT_HEADER)
-        if raw is None:
-            return self.settings.request_timeout
-        try:
-            seconds = float(raw)
-        except ValueError:
-            seconds = -1.0
-        if not 0 < seconds <= self.settings.max_request_timeout:
-            raise RequestError(
-                f"{TIMEOUT_HEADER} must be seconds in (0, {self.settings.max_request_timeout:g}]",
-                param=TIMEOUT_HEADER,
-            )
-        return seconds
 
 
 async def _unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sllm.edge.errors import DeadlineExceeded, FatalError, ServiceUnavailable, error_from_body
-from sllm.edge.messages import ResultMessage
+from sllm.edge.messages import ACK_EVERY, ResultMessage
 from sllm.kv import RedisError
 from sllm.kv.bus import RESYNC, Delivery
 from sllm.kv.tasks import TaskStore
@@ -52,6 +52,9 @@ class TaskResults:
     _pending_terminal: ResultMessage | None = field(default=None, repr=False)
     # The newest attempt Redis has shown this reader (read when a new attempt speaks).
     _current: int = field(default=0, repr=False)
+    # Notes of how far the client read: the one being written, and the last written.
+    _acking: asyncio.Task[None] | None = field(default=None, repr=False)
+    _noted: tuple[int, int] = field(default=(0, 0), repr=False)
 
     async def messages(self) -> AsyncIterator[ResultMessage]:
         """Chunks of the current attempt in order, then its terminal message.
@@ -91,6 +94,10 @@ class TaskResults:
                     raise MessageLost("the result stream lost a message")
                 self.next_seq += 1
                 yield message
+                # Resumed: the consumer (the client, through the response's send) has
+                # taken this chunk and asks for the next.
+                if self.next_seq % ACK_EVERY == 0:
+                    self._ack()
                 continue
             if message.kind == "error":
                 raise error_from_body(message.data or {})
@@ -122,6 +129,24 @@ class TaskResults:
             raise _store_down(exc) from exc
         self._current = current if current is not None else message.attempt
         return message.attempt < self._current
+
+    def _ack(self) -> None:
+        """Tell the worker how far the client read, in the background: a slow note only
+        holds the worker back (flow control), never this stream."""
+        if self._acking is None or self._acking.done():
+            self._acking = asyncio.create_task(self._note())
+
+    async def _note(self) -> None:
+        # Again while the count ran ACK_EVERY past the note just written: a count that
+        # came meanwhile must not be lost, or a worker a window ahead would wait for it.
+        while self._noted[0] != self.attempt or self.next_seq - self._noted[1] >= ACK_EVERY:
+            noted = (self.attempt, self.next_seq)
+            try:
+                await self.tasks.ack(self.task_id, *noted)
+            except RedisError as exc:
+                log.debug("task %s: could not note %s chunks read: %s", self.task_id, noted, exc)
+                return
+            self._noted = noted
 
     def _drop_stale(self, message: ResultMessage) -> None:
         self.stale_dropped += 1

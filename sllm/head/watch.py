@@ -26,6 +26,8 @@ class Watch:
     # relayed chunk with choices (a token each from every backend sllm runs).
     tokens: int = 0
     usage_tokens: int | None = None
+    # Its client read nothing for stream_stall_timeout seconds: the request was ended.
+    stalled: bool = False
 
     def chunk(self, data: dict[str, Any], itl: Histogram | None) -> None:
         now = time.perf_counter()

@@ -278,6 +278,16 @@ class TaskStore:
         h = cast("dict[str, str]", await self._r.hgetall(self._k.task(task_id)))
         return TaskRecord.from_hash(task_id, h) if h else None
 
+    async def ack(self, task_id: str, attempt: int, read: int) -> None:
+        """The client of a streamed task has read ``read`` chunks of ``attempt``."""
+        await self._s.ack_task(keys=[self._k.task(task_id)], args=[attempt, read])
+
+    async def acked(self, task_id: str, attempt: int) -> int:
+        """Chunks of ``attempt`` its client has read, as last noted (0: none yet)."""
+        value = cast("str | None", await self._r.hget(self._k.task(task_id), "acked"))
+        noted, _, read = (value or "").partition(":")
+        return int(read) if noted == str(attempt) and read.isdigit() else 0
+
     async def state_and_result(self, task_id: str) -> tuple[str | None, str | None]:
         state, result = await self._r.hmget(self._k.task(task_id), "state", "result")
         return cast("str | None", state), cast("str | None", result)

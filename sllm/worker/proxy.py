@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.registry import get_backend
 from sllm.edge.errors import error_body
-from sllm.edge.messages import ResultMessage, encode_raw
-from sllm.edge.serving import hung_up
+from sllm.edge.messages import FLOW_WINDOW, ResultMessage, encode_raw
+from sllm.edge.serving import hop_socket, hung_up
 from sllm.kv import RedisError
 from sllm.kv.store import Store
 from sllm.worker.continuation import CONTINUE_FIELD, recounted, restated
@@ -67,7 +67,7 @@ class Proxy:
         self.instances = instances
         self.result_ttl = int(result_ttl)
         self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, socket_factory=hop_socket)
         )
         self._background: set[asyncio.Task[None]] = set()
         # The backend calls in flight: each ends with its answer's stream, or here.
@@ -153,6 +153,7 @@ class Proxy:
             return "failed", "deadline passed"
         timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=2.0)
         seq = 0
+        read = 0  # chunks the client has read, as last noted (flow control)
         try:
             body, prior = await self._restated(call, port, timeout)
             async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
@@ -181,6 +182,8 @@ class Proxy:
                     if seq == 0:
                         self.instances.first_output(call.instance_id)
                     seq += 1
+                    if seq - read >= FLOW_WINDOW:
+                        read = await self._await_reader(call, seq)
             done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
             await self._finish(call, "done", done)
             return "done", ""
@@ -194,6 +197,27 @@ class Proxy:
             return "crashed", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
         except RedisError as exc:
             return "retry", f"worker lost Redis: {exc}"
+
+    async def _await_reader(self, call: InvokeBody, seq: int) -> int:
+        """Wait until the client has read to within FLOW_WINDOW of ``seq`` (this backend
+        call is not read meanwhile: its generation pauses); what it has read. Bounded by
+        the deadline (TimeoutError); a task cancelled meanwhile ends this call from
+        ``_carry_on``."""
+        pause = 0.01
+        waited = False
+        while True:
+            read = await self.store.tasks.acked(call.task_id, call.attempt)
+            if seq - read < FLOW_WINDOW:
+                if waited:
+                    log.debug("task %s: its client read on (%d of %d)", call.task_id, read, seq)
+                return read
+            if time.time() + pause >= call.deadline:
+                raise TimeoutError
+            if not waited:
+                waited = True
+                log.debug("task %s: waiting for its client (%d of %d)", call.task_id, read, seq)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def _restated(
         self, call: InvokeBody, port: int, timeout: aiohttp.ClientTimeout

@@ -1,0 +1,66 @@
+"""A streamed response that gives up on a client that reads nothing.
+
+A client that stops reading a stream leaves each write waiting in uvicorn's flow
+control once the socket's buffers are full. Flow control (``edge/messages.FLOW_WINDOW``)
+keeps what waits for it small; this bounds how long it waits: a write that cannot go
+out for ``stall`` seconds ends the response, and closing its body ends the request's
+task, as a client that hung up does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Mapping
+
+from fastapi.sse import EventSourceResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from sllm.head.watch import Watch
+
+log = logging.getLogger(__name__)
+
+
+class ClientStalled(Exception):
+    pass
+
+
+class StallGuardedStream(EventSourceResponse):
+    def __init__(
+        self,
+        content: AsyncIterable[bytes],
+        watch: Watch,
+        stall: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, headers=headers)
+        self.watch = watch
+        self.stall = stall
+
+    def on_stall(self) -> None:
+        # The request's own line then says outcome=slow_client, and so does its metric.
+        self.watch.stalled = True
+        log.warning(
+            "request %s (%s): its client read nothing for %g s; the request is cancelled",
+            self.watch.request_id,
+            self.watch.model,
+            self.stall,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def guarded(message: Message) -> None:
+            try:
+                async with asyncio.timeout(self.stall):
+                    await send(message)
+            except TimeoutError:
+                # Before the body is closed, so the request ends as stalled.
+                self.on_stall()
+                raise ClientStalled from None
+
+        try:
+            await super().__call__(scope, receive, guarded)
+        except ClientStalled:
+            # Suspended at its yield, the body would otherwise close only when collected.
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
