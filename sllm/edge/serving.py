@@ -22,8 +22,8 @@ BACKEND_KEEP_ALIVE = 75
 # Bytes a socket on the worker <-> backend hop may hold each way (the kernel doubles
 # it). Loopback buffers otherwise grow to megabytes (tcp_rmem goes to 32 MB here): a
 # backend would generate tens of thousands of tokens for a client that reads nothing
-# before its writes blocked. Small, generation pauses within a few thousand.
-HOP_BUFFER = 64 * 1024
+# before its writes blocked. Small, a few thousand chunks fill them.
+HOP_BUFFER = 256 * 1024
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:

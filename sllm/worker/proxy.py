@@ -203,7 +203,7 @@ class Proxy:
         call is not read meanwhile: its generation pauses); what it has read. Bounded by
         the deadline (TimeoutError); a task cancelled meanwhile ends this call from
         ``_carry_on``."""
-        pause = 0.01
+        pause = 0.002
         waited = False
         while True:
             read = await self.store.tasks.acked(call.task_id, call.attempt)
