@@ -10,6 +10,7 @@ if state == 'queued' then
   -- one whose dispatcher died would sit in the processing list until its hash expired.
   redis.call('LREM', KEYS[3], 1, ARGV[1])
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', ARGV[2])
+  forget_request(KEYS[1])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 elseif state == 'running' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled')

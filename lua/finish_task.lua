@@ -22,6 +22,7 @@ if t[1] == 'cancelled' then
   return 1
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4], 'finished', ARGV[5])
+forget_request(KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if t[3] then
   redis.call('PUBLISH', t[3], ARGV[4])

@@ -24,6 +24,12 @@ local function release(id, leases, processing, instance, instance_tasks, now)
   end
 end
 
+-- An ended task keeps its outcome for its TTL, not its request: the body (up to the
+-- head's 8 MiB limit) is needed only while the task may still run.
+local function forget_request(task)
+  redis.call('HDEL', task, 'body')
+end
+
 -- A terminal error message, as the gateway reads it.
 local function error_message(id, attempt, message, code)
   return cjson.encode({task = id, attempt = tonumber(attempt) or 0, seq = -1, kind = 'error',
@@ -35,6 +41,7 @@ end
 local function end_cancelled(task, id, attempt, now, ttl)
   redis.call('HSET', task, 'result',
     error_message(id, attempt, 'the client cancelled the request', 'cancelled'), 'finished', now)
+  forget_request(task)
   redis.call('EXPIRE', task, ttl)
 end
 
@@ -42,6 +49,7 @@ end
 local function fail(task, id, attempt, reply_to, message, code, now, ttl)
   local msg = error_message(id, attempt, message, code)
   redis.call('HSET', task, 'state', 'failed', 'result', msg, 'finished', now)
+  forget_request(task)
   redis.call('EXPIRE', task, ttl)
   if reply_to then
     redis.call('PUBLISH', reply_to, msg)

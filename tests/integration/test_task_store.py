@@ -283,3 +283,35 @@ async def test_a_connection_the_server_closed_is_retried(redis_url: str, patient
         await store.ping()
     finally:
         await store.close()
+
+
+async def test_an_ended_task_keeps_its_outcome_not_its_request(store: Store) -> None:
+    """Redis memory per request: a finished task holds its result for result_ttl, not
+    the body it came with (up to 8 MiB a request)."""
+    await deploy_with_ready_instance(store)
+    big = {"model": MODEL, "prompt": "x" * (1 << 20)}
+
+    async def usage(task_id: str) -> int:
+        return int(await store.client.memory_usage(f"t:task:{task_id}", samples=0) or 0)
+
+    ended = {}
+    for task_id, end in (("done", "finish"), ("failed", "requeue"), ("cancelled", "cancel")):
+        task = NewTask(**{**new_task(task_id, max_attempts=1).__dict__, "body": big})
+        await store.tasks.enqueue(task, 60)
+        if end == "cancel":  # cancelled while it waits in the queue
+            assert await store.tasks.cancel(task_id, MODEL, time.time(), 60) == "queued"
+        else:
+            _, claim = await claim_and_stamp(store, lease=-1)
+            assert claim is not None and await usage(task_id) > 1 << 20  # runs: body kept
+            if end == "finish":
+                done = ResultMessage(task_id, 1, 0, "done", {"ok": True}).encode()
+                assert await store.tasks.finish(
+                    task_id, MODEL, "i1", 1, "done", done, time.time(), 60
+                )
+            else:  # a lost attempt with none left
+                assert await store.tasks.requeue(task_id, None, "lost", time.time(), 60) == "failed"
+        ended[task_id] = await usage(task_id)
+    print({k: f"{v} bytes" for k, v in ended.items()})
+    assert all(v < 2048 for v in ended.values()), ended
+    state, result = await store.tasks.state_and_result("done")
+    assert state == "done" and ResultMessage.decode(result or "").data == {"ok": True}
