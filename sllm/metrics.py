@@ -77,6 +77,16 @@ class HeadMetrics:
             "sllm_instances", "Instances by model and state.", ["model", "state"], registry=r
         )
         self.workers = Gauge("sllm_workers", "Live workers.", registry=r)
+        self.redis_writable = Gauge(
+            "sllm_redis_writable",
+            "1 while Redis accepts writes, 0 while it refuses them (full, or read-only).",
+            registry=r,
+        )
+        self.redis_restarts = Counter(
+            "sllm_redis_restarts_total",
+            "Times this head saw Redis come back as a new server (a new run id).",
+            registry=r,
+        )
         self.suspected_workers = Counter(
             "sllm_worker_suspicions_total",
             "Workers suspected dead (a refused call, or failed health probes).",

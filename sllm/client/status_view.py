@@ -92,7 +92,8 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
         worker_rows.append(
             [
                 str(w.get("node_id")),
-                ("ok " if w.get("healthy") else "silent ") + _age(w.get("seconds_since_heartbeat")),
+                ("suspect " if w.get("suspect") else "ok " if w.get("healthy") else "silent ")
+                + _age(w.get("seconds_since_heartbeat")),
                 str(len(w.get("instances") or [])),
                 _cpu(res),
                 _used_of(res.get("memory_total"), res.get("memory_available")),
@@ -131,6 +132,10 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
             "no workers: start one with sllm worker --head-url URL",
         ),
     ]
+    redis = status.get("redis") or {}
+    if redis.get("writable") is False:
+        refusal = [["refuses writes", str(redis.get("refusal"))]]
+        tables.insert(0, _table("Redis (requests fail with 503)", ["STATE", "WHY"], refusal, ""))
     if cached_rows:
         tables.append(_table("Stored models", ["NODE", "SOURCE", "TIER", "GiB"], cached_rows, ""))
     if cannot:

@@ -26,6 +26,7 @@ from sllm.head.failure_detector import FailureDetector
 from sllm.head.gateway import Gateway
 from sllm.head.model_manager import ModelManager
 from sllm.head.recent import Recent
+from sllm.head.redis_health import RedisHealth
 from sllm.head.request_headers import check_request_id
 from sllm.head.worker_manager import WorkerManager
 from sllm.kv import RedisError
@@ -63,10 +64,11 @@ def create_app(settings: HeadSettings) -> FastAPI:
             headers=token,
         )
         bus = ResultBus(patient.client, keys, head_id)
+        health = RedisHealth()
         detector = FailureDetector(patient, http, metrics)
         workers = WorkerManager(patient, settings, http, beats=fast, detector=detector)
         dispatcher = Dispatcher(patient, settings, head_id, http, metrics, detector)
-        autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent)
+        autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent, health)
         bus.on_control(dispatcher.on_control)
         bus.on_control(autoscaler.on_control)
         await bus.start()
@@ -78,11 +80,12 @@ def create_app(settings: HeadSettings) -> FastAPI:
         app.state.models = ModelManager(fast, settings)
         app.state.workers = workers
         app.state.autoscaler = autoscaler
+        app.state.redis_health = health
         loops = [
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
             asyncio.create_task(autoscaler.run(), name="autoscaler"),
             asyncio.create_task(detector.run(autoscaler.leading), name="failure-detector"),
-            asyncio.create_task(gauges.run(patient, metrics, recent), name="gauges"),
+            asyncio.create_task(gauges.run(patient, metrics, health, recent), name="gauges"),
         ]
         log.info("head %s serving on %s:%d", head_id, settings.host, settings.port)
         try:

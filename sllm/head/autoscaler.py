@@ -27,6 +27,7 @@ from sllm.head.placement import (
 )
 from sllm.head.reaper import Reaper
 from sllm.head.recent import Recent
+from sllm.head.redis_health import RedisHealth
 from sllm.head.scaling import InstanceLoad, ScalingPolicy, decide
 from sllm.head.worker_manager import WorkerManager
 from sllm.kv import RedisError
@@ -98,8 +99,10 @@ class Autoscaler:
         workers: WorkerManager,
         metrics: HeadMetrics,
         recent: Recent,
+        health: RedisHealth | None = None,
     ) -> None:
         self.store = store
+        self.health = health or RedisHealth()
         self.settings = settings
         self.head_id = head_id
         self.workers = workers
@@ -145,7 +148,9 @@ class Autoscaler:
         names = [m.name for m in models]
         by_model = await registry.all_instances(names)
         queued = await self.store.tasks.queue_lengths(names)
-        heard, silent = self.workers.alive(await registry.list_workers(), now)
+        heard, silent = self.workers.alive(
+            await registry.list_workers(), now, self.health.refused_at
+        )
         for node_id in silent:
             await self.workers.prune(node_id)
         # A suspected worker is kept (its heartbeat clears it) but used for nothing.

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 from sllm.head.recent import Recent
+from sllm.head.redis_health import RedisHealth
 from sllm.kv import RedisError
 from sllm.kv.store import Store
 from sllm.metrics import HeadMetrics
@@ -42,9 +43,18 @@ async def refresh(
     metrics.workers.set(len(workers))
 
 
-async def run(store: Store, metrics: HeadMetrics, recent: Recent | None = None) -> None:
+async def check_redis(store: Store, health: RedisHealth, metrics: HeadMetrics) -> None:
+    now = time.time()
+    run_id = await store.registry.run_id()
+    health.observe(run_id, await store.registry.write_refusal(now), now, metrics)
+
+
+async def run(
+    store: Store, metrics: HeadMetrics, health: RedisHealth, recent: Recent | None = None
+) -> None:
     while True:
         try:
+            await check_redis(store, health, metrics)
             await refresh(store, metrics, time.time(), recent)
         except RedisError as exc:
             log.debug("gauges not refreshed: %s", exc)

@@ -61,7 +61,10 @@ async def delete(body: DeleteBody, request: Request) -> dict[str, Any]:
 @router.get("/status", dependencies=ADMIN)
 async def status(request: Request) -> dict[str, Any]:
     autoscaler: Autoscaler = request.app.state.autoscaler
-    return await _models(request).status(autoscaler.unschedulable)
+    found = await _models(request).status(autoscaler.unschedulable)
+    # Whether Redis accepts writes, as this head saw it within the last 2 s.
+    found["redis"] = request.app.state.redis_health.status()
+    return found
 
 
 @router.get("/health")
@@ -71,7 +74,7 @@ async def health(request: Request) -> dict[str, Any]:
 
 
 @router.post("/heartbeat", dependencies=[Depends(require_cluster_token)])
-async def heartbeat(body: HeartbeatBody, request: Request) -> dict[str, str]:
+async def heartbeat(body: HeartbeatBody, request: Request) -> dict[str, Any]:
     # The node id becomes a Redis key and the URL is called by the head: plain only.
     if body.node_id is not None and not names.is_node_id(body.node_id):
         raise RequestError(f"node_id: {names.ID_RULE}", param="node_id")

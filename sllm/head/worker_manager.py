@@ -91,7 +91,7 @@ class WorkerManager:
     def redis_url_for_workers(self) -> str:
         return self.settings.worker_redis_url or self.settings.redis_url
 
-    async def heartbeat(self, hb: HeartbeatBody) -> dict[str, str]:
+    async def heartbeat(self, hb: HeartbeatBody) -> dict[str, Any]:
         node_id = hb.node_id or await self._beats.registry.next_node_id()
         url = hb.url.rstrip("/")
         info = {
@@ -115,8 +115,19 @@ class WorkerManager:
         reported = {str(i.get("instance_id")) for i in hb.instances}
         if hb.draining:
             await self._drain(node_id, reported)
-        await self._reconcile(node_id, reported)
-        return {"node_id": node_id, "redis_url": self.redis_url_for_workers}
+        unknown = await self._reconcile(node_id, reported)
+        if unknown:
+            log.warning(
+                "worker %s runs instances the cluster does not know (Redis lost them, or "
+                "they were replaced meanwhile): it stops %s",
+                node_id,
+                ", ".join(sorted(unknown)),
+            )
+        return {
+            "node_id": node_id,
+            "redis_url": self.redis_url_for_workers,
+            "stop_instances": sorted(unknown),
+        }
 
     async def _confirm(self, node_id: str, url: str) -> None:
         body = {"node_id": node_id, "redis_url": self.redis_url_for_workers}
@@ -128,11 +139,18 @@ class WorkerManager:
             # The heartbeat's answer carries the same confirmation.
             log.warning("could not confirm worker %s at %s: %s", node_id, url, exc)
 
-    async def _reconcile(self, node_id: str, reported: set[str]) -> None:
+    async def _reconcile(self, node_id: str, reported: set[str]) -> set[str]:
+        """Both ways: instances Redis places on the worker that it no longer runs are
+        failed; those it runs that Redis does not know (or places elsewhere) are
+        returned, for the worker to stop: nothing runs orphaned after Redis lost data."""
         models = [m.name for m in await self._beats.registry.list_models()]
         now = time.time()
+        known: set[str] = set()
         for instances in (await self._beats.registry.all_instances(models)).values():
             for inst in instances:
+                if inst.node_id == node_id:
+                    # An instance is recorded before its worker is asked to start it.
+                    known.add(inst.id)
                 if (
                     inst.node_id == node_id
                     and inst.id not in reported
@@ -142,6 +160,7 @@ class WorkerManager:
                     await self._beats.registry.set_instance_state(
                         inst.id, "failed", reason="the worker no longer runs it"
                     )
+        return reported - known
 
     async def _drain(self, node_id: str, instances: set[str]) -> None:
         """A worker shutting down: its instances take no new task from any head. They
@@ -153,19 +172,21 @@ class WorkerManager:
                 log.info("instance %s: worker %s is draining", instance_id, node_id)
 
     def alive(
-        self, workers: list[WorkerRecord], now: float
+        self, workers: list[WorkerRecord], now: float, refused_at: float = 0.0
     ) -> tuple[list[WorkerRecord], list[str]]:
         """Workers heard from within the timeout, and the node ids of the silent ones.
 
         Silence counts only from when this head began watching without a break: after
         Redis was down (no heartbeat could be stored) or when it has just become leader,
-        a worker gets a whole timeout to be heard before it is pruned.
+        a worker gets a whole timeout to be heard before it is pruned. Nor from before
+        ``refused_at``, when Redis last refused a write (a heartbeat too).
         """
         timeout = self.settings.heartbeat_timeout
         if now - self._looked > timeout / 2:
             self._watching_since = now
         self._looked = now
-        fresh = [w for w in workers if now - max(w.last_heartbeat, self._watching_since) <= timeout]
+        since = max(self._watching_since, refused_at)
+        fresh = [w for w in workers if now - max(w.last_heartbeat, since) <= timeout]
         silent = [w.node_id for w in workers if w not in fresh]
         return fresh, silent
 

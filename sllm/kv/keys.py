@@ -79,3 +79,8 @@ class Keys:
     @property
     def control(self) -> str:
         return f"{self.prefix}:control"
+
+    @property
+    def write_probe(self) -> str:
+        """Written every few seconds by each head: does Redis still accept writes?"""
+        return f"{self.prefix}:write_probe"

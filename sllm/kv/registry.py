@@ -7,6 +7,7 @@ import time
 from typing import Any, cast
 
 import redis.asyncio as redis
+from redis.exceptions import ResponseError
 
 from sllm.kv.keys import Keys
 from sllm.kv.records import TRANSITIONS, InstanceRecord, ModelRecord, WorkerRecord
@@ -188,6 +189,24 @@ class Registry:
             pipe.srem(self._k.workers, node_id)
             pipe.delete(self._k.worker(node_id))
             await pipe.execute()
+
+    # -- Redis itself -----------------------------------------------------------------
+
+    async def run_id(self) -> str:
+        """The Redis server's run id: a new one means a restart, or another server."""
+        info = await self._r.info("server")
+        return str(info.get("run_id", ""))
+
+    async def write_refusal(self, now: float) -> str:
+        """Why Redis refuses writes (full under ``noeviction``, a read-only replica), or
+        "" when it accepts them."""
+        try:
+            await self._r.set(self._k.write_probe, repr(now), px=10_000)
+        except (
+            ResponseError
+        ) as exc:  # redis-py drops the "OOM"/"READONLY" prefix: its class says it
+            return f"{type(exc).__name__}: {exc}"
+        return ""
 
     # -- coordination -----------------------------------------------------------------
 

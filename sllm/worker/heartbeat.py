@@ -65,6 +65,7 @@ class Heartbeat:
         self._head = 0
         self._wake = asyncio.Event()
         self._draining = False
+        self._stopping: set[asyncio.Task[bool]] = set()
 
     @property
     def node_id(self) -> str | None:
@@ -119,6 +120,7 @@ class Heartbeat:
             answer = resp.json()
             node_id = str(answer["node_id"])
             redis_url = answer.get("redis_url")
+            unknown = [str(i) for i in answer.get("stop_instances") or []]
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("heartbeat to %s failed: %s", head, exc or type(exc).__name__)
             if len(self._heads) > 1:
@@ -128,12 +130,26 @@ class Heartbeat:
         if node_id != self._node_id:
             log.info("head %s knows this worker as %s", head, node_id)
         self._node_id = node_id
+        for instance_id in unknown:
+            self._stop_unknown(instance_id)
         try:
             await self._on_confirm(node_id, redis_url)
         except Exception:
             log.exception("handling the head's confirmation failed")
             return False
         return True
+
+    def _stop_unknown(self, instance_id: str) -> None:
+        """Stop an instance the cluster does not know: Redis lost its record (flushed,
+        or replaced), or it was replaced while this worker was cut off."""
+        if any(t.get_name() == instance_id for t in self._stopping):
+            return
+        log.warning("instance %s is unknown to the cluster: stopping it", instance_id)
+        reason = "unknown to the cluster (its Redis record is gone)"
+        job = asyncio.create_task(self._instances.stop(instance_id, reason=reason))
+        job.set_name(instance_id)
+        self._stopping.add(job)
+        job.add_done_callback(self._stopping.discard)
 
     def _auth_headers(self) -> dict[str, str]:
         """The cluster token, which the head's /heartbeat checks."""

@@ -7,10 +7,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 from sllm.client.launcher import Child, free_port, start_redis
 from tests.e2e.conftest import HEAD_ENV, WORKER_ENV, Cluster, wait_until
+from tests.e2e.test_observability import sample
 from tests.faults import state
 from tests.faults.recorder import Load, Recorder
 from tests.faults.state import K
@@ -127,3 +130,69 @@ def _run(cluster: Cluster, servers: list[Child], port: int, data: Path) -> None:
         f"{max(o.ended - killed for o in cut):.2f}s after the kill; outage {outage:.1f}s; "
         f"heartbeat {heard:.2f}s and first success {recovered:.2f}s after the restart"
     )
+
+
+@pytest.mark.timeout(180)
+def test_a_redis_that_lost_its_data_leaves_no_orphan_and_serves_after_a_redeploy(
+    cluster: Cluster,
+) -> None:
+    head = cluster.start_head()
+    worker = cluster.start_worker()
+    scaling = {"min_instances": 1, "max_instances": 1, "keep_alive": 60}
+    cluster.deploy("m", auto_scaling_config=scaling)
+    cluster.wait_ready("m")
+    (backend,) = state.children(worker.popen.pid)
+    r = state.connect(cluster.redis_url)
+    r.flushall()
+    flushed = time.monotonic()
+    # The worker re-registers with its next heartbeat, which tells it to stop the
+    # instance Redis no longer knows: its backend process ends.
+    wait_until(lambda: state.dead(backend), 15, "the orphaned backend to stop")
+    print(f"orphaned backend stopped {time.monotonic() - flushed:.2f} s after FLUSHALL")
+    assert cluster.worker_known(worker.url)
+    assert "runs instances the cluster does not know" in head.log_tail(400)
+    # The operator redeploys what Redis lost; it serves again.
+    cluster.deploy("m", auto_scaling_config=scaling)
+    reply = cluster.client().completions.create(model="m", prompt="back", max_tokens=3)
+    assert reply.choices[0].text
+
+
+@pytest.mark.timeout(180)
+def test_a_redis_that_refuses_writes_prunes_no_worker_and_says_so(cluster: Cluster) -> None:
+    head = cluster.start_head()  # heartbeat timeout: HEARTBEAT_TIMEOUT (6 s)
+    worker = cluster.start_worker()
+    cluster.deploy(
+        "m", auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 60}
+    )
+    (instance,) = cluster.wait_ready("m")
+    r = state.connect(cluster.redis_url)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", "1")  # every write that needs memory is refused
+    try:
+        refused = cluster.client().completions.create
+        with pytest.raises(openai.InternalServerError) as failed:
+            refused(model="m", prompt="full", max_tokens=3)
+        assert failed.value.status_code == 503
+        # Past twice the heartbeat timeout, the worker is still there, and so is its
+        # instance; /status, the log and a metric say why nothing works.
+        time.sleep(2 * HEARTBEAT_TIMEOUT + 2)
+        status = cluster.status()
+        assert [w["url"] for w in status["workers"]] == [worker.url]
+        assert status.get("redis", {}).get("writable") is False, status.get("redis")
+        assert "OutOfMemoryError" in status["redis"]["refusal"], status["redis"]
+        assert [i["state"] for i in status["models"][0]["instances"]] == ["ready"]
+        metrics = httpx.get(f"{head.url}/metrics", timeout=5).text
+        assert sample(metrics, "sllm_redis_writable") == 0
+        assert "Redis refuses writes" in head.log_tail(2000)
+    finally:
+        r.config_set("maxmemory", "0")
+    wait_until(lambda: cluster.status()["redis"]["writable"], 10, "Redis to be writable")
+    reply = cluster.client().completions.create(model="m", prompt="again", max_tokens=3)
+    assert reply.choices[0].text
+    # Writes are back, the heartbeats they refused are stale: still no worker is pruned
+    # (silence counts from the last refused write), and the instance is the same one.
+    time.sleep(2)
+    status = cluster.status()
+    assert [w["url"] for w in status["workers"]] == [worker.url]
+    assert [i["instance_id"] for i in status["models"][0]["instances"]] == [instance["instance_id"]]
+    assert ": pruned" not in head.log_tail(5000)
