@@ -369,6 +369,7 @@ class Dispatcher:
             "deadline": claim.deadline,
             "owner": self.head_id,
             "lease_seconds": self.settings.lease_seconds,
+            "stall_seconds": self.settings.stream_stall_timeout,
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=INVOKE_SILENCE)
         try:

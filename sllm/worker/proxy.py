@@ -42,6 +42,10 @@ ALIVE_INTERVAL = 1.0
 NDJSON = "application/x-ndjson"
 
 
+class ReaderGone(Exception):
+    """No gateway acknowledged a stream's chunks for twice its stall timeout."""
+
+
 class InvokeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +63,9 @@ class InvokeBody(BaseModel):
     # when that head goes away mid-attempt.
     owner: str = ""
     lease_seconds: float = Field(15.0, gt=0)
+    # How long the gateway waits on a client that reads nothing before it cancels the
+    # task; the worker gives up at twice that (the gateway's head is gone, say).
+    stall_seconds: float = Field(60.0, gt=0)
 
 
 class Proxy:
@@ -187,6 +194,9 @@ class Proxy:
             done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
             await self._finish(call, "done", done)
             return "done", ""
+        except ReaderGone as exc:
+            await self._fail(call, str(exc), "slow_client")
+            return "failed", str(exc)
         except TimeoutError:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
             return "failed", "deadline passed"
@@ -201,10 +211,12 @@ class Proxy:
     async def _await_reader(self, call: InvokeBody, seq: int) -> int:
         """Wait until the client has read to within FLOW_WINDOW of ``seq`` (this backend
         call is not read meanwhile: its generation pauses); what it has read. Bounded by
-        the deadline (TimeoutError); a task cancelled meanwhile ends this call from
-        ``_carry_on``."""
+        the deadline (TimeoutError) and by twice the gateway's stall timeout (ReaderGone:
+        nobody acknowledges, so no gateway reads this task any more); a task cancelled
+        meanwhile ends this call from ``_carry_on``."""
         pause = 0.002
         waited = False
+        give_up = time.time() + 2 * call.stall_seconds
         while True:
             read = await self.store.tasks.acked(call.task_id, call.attempt)
             if seq - read < FLOW_WINDOW:
@@ -213,6 +225,9 @@ class Proxy:
                 return read
             if time.time() + pause >= call.deadline:
                 raise TimeoutError
+            if time.time() >= give_up:
+                stalled = 2 * call.stall_seconds
+                raise ReaderGone(f"nothing read the stream for {stalled:g} s; its gateway is gone")
             if not waited:
                 waited = True
                 log.debug("task %s: waiting for its client (%d of %d)", call.task_id, read, seq)

@@ -6,6 +6,7 @@ its speed."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 
@@ -15,6 +16,8 @@ import pytest
 
 from tests.e2e.conftest import Cluster, wait_until
 from tests.e2e.test_observability import sample
+from tests.faults import state
+from tests.faults.state import K
 
 STALL = 30.0
 LONG = 100_000
@@ -132,3 +135,40 @@ def test_six_clients_that_read_nothing_cost_bounded_memory_and_are_cancelled(
         20,
         "the instance to be idle",
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_nobody_reads_any_more_is_given_up_by_its_worker(cluster: Cluster) -> None:
+    # The head that both serves the silent client and dispatched its task dies: no
+    # gateway acknowledges its chunks, so its worker gives up at twice the stall timeout
+    # (2 x 2 s) instead of holding the instance's slot until the deadline (60 s).
+    head = cluster.start_head(SLLM_STREAM_STALL_TIMEOUT="2")
+    cluster.start_worker()
+    cluster.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 60},
+        backend_config={"context_length": 200_000},
+    )
+    (instance,) = cluster.wait_ready("m")
+    r = state.connect(cluster.redis_url)
+    sock = silent_stream(head.url, "read by nobody")
+    try:
+        task = wait_until(lambda: state.running(r), 10, "the task to run")[0]
+        # Generation runs until the window is full (the head's socket buffers first).
+        wait_until(
+            lambda: int(r.hget(K.task(task.id), "acked").partition(":")[2] or 0) > 0,
+            30,
+            "the first acknowledgement",
+        )
+        head.popen.send_signal(signal.SIGKILL)
+        head.popen.wait(5)
+        killed = time.monotonic()
+        wait_until(lambda: state.tasks(r)[task.id].state == "failed", 30, "the worker to give up")
+        gave_up = time.monotonic() - killed
+    finally:
+        sock.close()
+    result = json.loads(state.tasks(r)[task.id].result)
+    assert result["data"]["error"]["code"] == "slow_client", result
+    assert int(r.hget(K.instance(instance["instance_id"]), "outstanding")) == 0
+    print(f"the worker gave the stream up {gave_up:.1f} s after its head died")
+    assert gave_up < 20
