@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -327,7 +328,15 @@ class Dispatcher:
         if outcome in ("lost", "crashed", "unreachable"):
             # The instance failed the call itself (a worker-reported "retry" is Redis
             # trouble, no reason to avoid it once Redis is back).
-            self._suspect[instance.id] = time.monotonic() + SUSPECT_SECONDS
+            until = time.monotonic() + SUSPECT_SECONDS
+            self._suspect[instance.id] = until
+            if outcome != "crashed":
+                # The call to the worker itself failed: it may be dead, and a retry sent to
+                # another of its instances would spend the request's last attempt there.
+                for view in self._views.values():
+                    for record in view.records.values():
+                        if record.node_id == instance.node_id:
+                            self._suspect[record.id] = until
         if outcome == "crashed":
             now = time.time()
             self._crashed = {t: d for t, d in self._crashed.items() if d > now}
@@ -391,6 +400,12 @@ class Dispatcher:
                 return "lost", "the worker closed the call without an outcome"
         except aiohttp.ClientConnectorError as exc:
             return "unreachable", f"worker {instance.node_id} unreachable: {exc}"
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if await _refuses_connections(instance.url):
+                # Its process is gone (a kept-alive connection was reset): what it ran
+                # died with it, so the retry spends no attempt, as for a refused call.
+                return "unreachable", f"worker {instance.node_id} died under the call: {exc!r}"
+            return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
 
@@ -430,3 +445,23 @@ class Dispatcher:
             await self.store.registry.set_instance_state(instance.id, "failed", reason=reason)
         except RedisError as exc:
             log.warning("could not mark %s failed: %s", instance.id, exc)
+
+
+async def _refuses_connections(url: str, tries: int = 3) -> bool:
+    """Whether nothing listens at ``url`` any more (bounded: about 1 s). Tried a few
+    times 0.1 s apart: a process being killed closes its connections a moment before
+    its listening socket."""
+    parts = urlsplit(url)
+    for attempt in range(tries):
+        if attempt:
+            await asyncio.sleep(0.1)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, parts.port or 80), 0.25
+            )
+        except ConnectionRefusedError:
+            return True
+        except (OSError, TimeoutError):
+            return False  # unreachable for now, or slow: not known to be dead
+        writer.close()
+    return False

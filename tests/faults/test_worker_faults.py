@@ -328,3 +328,27 @@ def test_killing_half_the_workers_under_load_replaces_their_instances_within_5_s
     assert len(on_dead) <= 3 * 2, on_dead
     suspected = [w for w in cluster.status()["workers"] if w["suspect"]]
     assert {w["node_id"] for w in suspected} == dead_nodes
+
+
+@pytest.mark.timeout(120)
+def test_a_call_cut_by_its_workers_death_spends_no_attempt(cluster: Cluster) -> None:
+    # One attempt per request: calls in flight on a worker that dies must not use it up.
+    head = cluster.start_head(SLLM_MAX_ATTEMPTS="1")
+    workers = [cluster.start_worker(), cluster.start_worker()]
+    cluster.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 2, "max_instances": 2, "keep_alive": 60},
+        backend_config={"tokens_per_second": 40},
+    )
+    cluster.wait_ready("m", 2)
+    recorder = Recorder()
+    load = Load(recorder, head.url, label="load", concurrency=6, max_tokens=16)
+    try:
+        wait_until(lambda: len(recorder.by_label("load")) >= 12, 30, "traffic on both")
+        workers[0].popen.send_signal(signal.SIGKILL)  # mid-call for some requests
+        workers[0].popen.wait(5)
+        time.sleep(3)
+    finally:
+        load.stop(60)
+    assert not recorder.failures("load"), recorder.report("load") + cluster.logs()
+    assert "died under the call" in head.log_tail(5000), head.log_tail(200)
