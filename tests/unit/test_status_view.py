@@ -112,3 +112,14 @@ def test_a_worker_says_why_it_cannot_run_a_backend() -> None:
 def test_an_empty_cluster_says_what_to_do() -> None:
     text = render({"models": [], "workers": []})
     assert "sllm deploy CONFIG.json" in text and "sllm worker --head-url" in text
+
+
+def test_a_redis_that_refuses_writes_comes_first_and_a_suspect_worker_says_so() -> None:
+    refusal = "OutOfMemoryError: command not allowed when used memory > 'maxmemory'."
+    worker = {**STATUS["workers"][0], "healthy": False, "suspect": "health probe refused"}  # type: ignore[index]
+    text = render({**STATUS, "workers": [worker], "redis": {"writable": False, "refusal": refusal}})
+    first = text.index("refuses writes")
+    assert first < text.index("Models") and refusal in text
+    assert any("│ n1 " in line and "suspect" in line for line in text.splitlines())
+    writable = render({**STATUS, "redis": {"writable": True, "refusal": None}})
+    assert "refuses writes" not in writable
