@@ -121,11 +121,14 @@ def test_six_clients_that_read_nothing_cost_bounded_memory_and_are_cancelled(
     finally:
         for sock in silent:
             sock.close()
+    time.sleep(1.0)
+    after = head_proc.memory_info().rss - idle
     print(
-        f"head grew {grown / 2**20:.1f} MiB for six silent streams; generation paused "
-        f"{paused_after:.1f} s after they opened; a fast stream of {chunks} chunks beside "
-        f"them took {fast_seconds:.2f} s"
+        f"head grew {grown / 2**20:.1f} MiB for six silent streams ({after / 2**20:.1f} MiB "
+        f"once they were cancelled); generation paused {paused_after:.1f} s after they "
+        f"opened; a fast stream of {chunks} chunks beside them took {fast_seconds:.2f} s"
     )
+    assert after < 50 * 2**20, f"the head kept {after / 2**20:.1f} MiB"
     assert chunks >= 2000
     logs = head.log_tail(2000)
     assert logs.count(f"its client read nothing for {STALL:g} s") == 6, logs
