@@ -71,6 +71,8 @@ class StallGuardedStream(EventSourceResponse):
                 finally:
                     watchdog.cancel()
         except TimeoutError:
+            if not ending.expired():
+                raise  # not the watchdog's
             # Suspended at its yield, the body would otherwise close only when collected.
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
