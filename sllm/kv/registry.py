@@ -202,9 +202,8 @@ class Registry:
         "" when it accepts them."""
         try:
             await self._r.set(self._k.write_probe, repr(now), px=10_000)
-        except (
-            ResponseError
-        ) as exc:  # redis-py drops the "OOM"/"READONLY" prefix: its class says it
+        except ResponseError as exc:
+            # redis-py drops the "OOM" or "READONLY" prefix: the class says it.
             return f"{type(exc).__name__}: {exc}"
         return ""
 
