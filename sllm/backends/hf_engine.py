@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -15,6 +14,8 @@ from typing import Any, cast
 from sllm.backends import tool_calls
 from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
+from sllm.backends.hf_embedding import embed_batch, sentence_transformers_pooling
+from sllm.backends.hf_loading import device_of, dtype_of, gpu_count, is_generative
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
 from sllm.backends.sampling_defaults import from_generation_config
 from sllm.backends.static_batching import BASE_ADAPTER, RawLogprob, StaticBatcher, raw_logprob
@@ -34,37 +35,6 @@ log = logging.getLogger(__name__)
 _GREEDY_TEMPERATURE = 1e-5
 
 
-def _device(knobs: TransformersKnobs) -> str:
-    import torch
-
-    if knobs.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if knobs.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
-    return knobs.device
-
-
-def _gpu_count(device: str) -> int:
-    import torch
-
-    return torch.cuda.device_count() if device == "cuda" else 0
-
-
-def _dtype(knobs: TransformersKnobs, device: str) -> Any:
-    import torch
-
-    if knobs.dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return getattr(torch, knobs.dtype)
-
-
-def _is_generative(path: Path, knobs: TransformersKnobs) -> bool:
-    if knobs.task != "auto":
-        return knobs.task == "generate"
-    config = json.loads((path / "config.json").read_text())
-    return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
-
-
 class TransformersEngine:
     """One model in this process: generation through transformers' continuous batching,
     or embeddings for an encoder."""
@@ -81,8 +51,8 @@ class TransformersEngine:
         self.cache = cache
         files = resolve(knobs.pretrained_model_name_or_path, cache)
         self.path = loadable_dir(files, cache)
-        self.device = _device(knobs)
-        self.generative = _is_generative(self.path, knobs)
+        self.device = device_of(knobs)
+        self.generative = is_generative(self.path, knobs)
         if self.adapters and not self.generative:
             raise ValueError("LoRA adapters are served for generative models only")
         if self.adapters and knobs.batching == "continuous":
@@ -115,13 +85,13 @@ class TransformersEngine:
             self.path,
             self.cache,
             self.device,
-            dtype=_dtype(self.knobs, self.device),
+            dtype=dtype_of(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
             source=self.knobs.pretrained_model_name_or_path,
             # Several GPUs (num_gpus > 1, all the worker let us see): layers spread over them.
-            device_map="auto" if _gpu_count(self.device) > 1 else None,
+            device_map="auto" if gpu_count(self.device) > 1 else None,
         )
-        if _gpu_count(self.device) <= 1:
+        if gpu_count(self.device) <= 1:
             model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
         self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
@@ -294,14 +264,14 @@ class TransformersEngine:
             self.path,
             self.cache,
             self.device,
-            dtype=_dtype(self.knobs, self.device),
+            dtype=dtype_of(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
             source=self.knobs.pretrained_model_name_or_path,
         ).to(self.device)
         model.eval()
         self.model = model
         self._load_tokenizer(model)
-        self.pooling, self.normalize = _sentence_transformers_pooling(self.path)
+        self.pooling, self.normalize = sentence_transformers_pooling(self.path)
         # Tokenizers without a limit report a huge model_max_length; the positions bound it.
         self.context_length = min(
             int(getattr(self.tokenizer, "model_max_length", 512) or 512),
@@ -325,7 +295,7 @@ class TransformersEngine:
             raise RequestError(
                 "this model has no chat template: use /v1/completions", param="messages"
             )
-        turns = [_turn(m) for m in messages]
+        turns = [tool_calls.template_turn(m) for m in messages]
         if tools and "tools" not in str(template):
             # A template that knows no tools: sllm tells the model of them itself.
             turns, tools = tool_calls.without_tool_support(turns, tools), None
@@ -503,7 +473,11 @@ class TransformersEngine:
         for text in texts:
             if isinstance(text, list):
                 self._known(text, "input")
-        return await asyncio.to_thread(self._embed_sync, texts, dimensions)
+        pooling = (self.pooling, self.normalize)
+        return await asyncio.to_thread(
+            embed_batch, self.model, self.tokenizer, self.device, self.context_length,
+            pooling, texts, dimensions,
+        )  # fmt: skip
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -519,74 +493,3 @@ class TransformersEngine:
                 "this model generates text; deploy an embedding model for /v1/embeddings",
                 param="model",
             )
-
-    def _batch(self, texts: list[Prompt]) -> Any:
-        """Inputs as the model reads them, cut to its context: texts through the
-        tokenizer, token ids as they are (a request sends one kind, as OpenAI's API has it)."""
-        if all(isinstance(t, str) for t in texts):
-            return self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.context_length,
-                return_tensors="pt",
-            )
-        # The protocol allows one kind per request: these are all lists of ids.
-        ids = [t[: self.context_length] for t in texts if isinstance(t, list)]
-        return self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-
-    def _embed_sync(
-        self, texts: list[Prompt], dimensions: int | None
-    ) -> tuple[list[list[float]], int]:
-        import torch
-
-        batch = self._batch(texts).to(self.device)
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "max":
-            pooled = hidden.masked_fill(mask == 0, float("-inf")).max(dim=1).values
-        else:
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        if dimensions is not None:
-            if dimensions > pooled.shape[-1]:
-                raise RequestError(
-                    f"dimensions must be at most {pooled.shape[-1]} for this model",
-                    param="dimensions",
-                )
-            pooled = pooled[:, :dimensions]
-        if self.normalize or dimensions is not None:
-            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
-        tokens = int(batch["attention_mask"].sum().item())
-        return pooled.float().cpu().tolist(), tokens
-
-
-def _sentence_transformers_pooling(path: Path) -> tuple[str, bool]:
-    """(pooling mode, normalize) as the model's sentence-transformers config names them;
-    mean pooling without normalization when it has none."""
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return "mean", False
-    modules = json.loads(modules_file.read_text())
-    normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
-    pooling = "mean"
-    for module in modules:
-        if module.get("type", "").endswith(".Pooling"):
-            config = json.loads((path / module["path"] / "config.json").read_text())
-            if config.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif config.get("pooling_mode_max_tokens"):
-                pooling = "max"
-    return pooling, normalize
-
-
-def _turn(message: ChatMessage) -> dict[str, Any]:
-    """A chat message as a template reads it: its text, and the fields of tool use."""
-    turn: dict[str, Any] = {"role": message.role, "content": message.text()}
-    for name in ("tool_calls", "tool_call_id", "name"):
-        value = getattr(message, name, None)
-        if value is not None:
-            turn[name] = value
-    return turn

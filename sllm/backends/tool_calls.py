@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sllm.edge.errors import RequestError
+from sllm.edge.protocol import ChatMessage
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _TAGGED = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*(?:" + re.escape(CLOSE) + r"|$)", re.S)
@@ -208,3 +209,13 @@ def _written(function: dict[str, Any]) -> str:
     """A past call as the model is told to write one."""
     call = {"name": function.get("name"), "arguments": function.get("arguments")}
     return f"{OPEN}{json.dumps(call)}{CLOSE}"
+
+
+def template_turn(message: ChatMessage) -> dict[str, Any]:
+    """A chat message as a template reads it: its text, and the fields of tool use."""
+    turn: dict[str, Any] = {"role": message.role, "content": message.text()}
+    for name in ("tool_calls", "tool_call_id", "name"):
+        value = getattr(message, name, None)
+        if value is not None:
+            turn[name] = value
+    return turn

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import socket
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -106,6 +108,21 @@ def serve(
     server.run(sockets=[sock])
     if not server.started:
         raise SystemExit(3)  # as uvicorn.run: the app failed to start
+
+
+async def port_state(host: str, port: int, timeout: float) -> Literal["open", "refused", "unknown"]:
+    """Whether a TCP port accepts connections ("open"), refuses them (nothing listens:
+    a dead process on a live host), or could not be told in ``timeout``."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except ConnectionRefusedError:
+        return "refused"
+    except (OSError, TimeoutError):
+        return "unknown"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "open"
 
 
 def hop_socket(addr_info: tuple[Any, ...]) -> socket.socket:

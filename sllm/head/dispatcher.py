@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from sllm.config import DeployConfig, HeadSettings
+from sllm.edge.serving import port_state
 from sllm.head.failure_detector import FailureDetector
 from sllm.head.routing import pick_instance
 from sllm.head.scaling import InstanceLoad
@@ -455,13 +456,7 @@ async def _refuses_connections(url: str, tries: int = 3) -> bool:
     for attempt in range(tries):
         if attempt:
             await asyncio.sleep(0.1)
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, parts.port or 80), 0.25
-            )
-        except ConnectionRefusedError:
-            return True
-        except (OSError, TimeoutError):
-            return False  # unreachable for now, or slow: not known to be dead
-        writer.close()
+        state = await port_state(parts.hostname or "", parts.port or 80, 0.25)
+        if state != "open":
+            return state == "refused"  # unknown: unreachable for now, not known dead
     return False

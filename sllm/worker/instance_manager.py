@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -36,9 +34,17 @@ from sllm.backends.model_source import local_weights_bytes
 from sllm.backends.registry import get_backend
 from sllm.client.procs import backend_environment, die_with_parent, open_log, signal_group
 from sllm.metrics import WorkerMetrics
-from sllm.worker import hardware
+from sllm.worker import cold_starts, hardware, instance_adapters
 from sllm.worker.cpu_cores import choose_cores
 from sllm.worker.gpu_assignment import GpuDoesNotFit, choose_gpus, needed_per_gpu
+from sllm.worker.local_instances import (
+    Entry,
+    InstanceExists,
+    LocalInstance,
+    free_port,
+    listening,
+    log_tail,
+)
 from sllm.worker.warm_pool import WarmPool
 
 log = logging.getLogger(__name__)
@@ -55,90 +61,11 @@ _LISTEN_POLL = 0.01
 # After SIGKILL a process is gone within milliseconds unless stuck in the kernel; we
 # stop waiting then, and asyncio's child watcher still reaps it whenever it exits.
 _KILL_WAIT = 5.0
-# Loading an adapter reads its weights; vLLM does it in seconds.
-_ADAPTER_TIMEOUT = 120.0
 # Sleeping copies the weights to host memory and waking copies them back: seconds at
 # PCIe speed for the largest models one GPU holds.
 _SLEEP_TIMEOUT = 120.0
-_LOG_TAIL_LINES = 20
 # Cold starts the heartbeat reports with their phases, newest last.
 RECENT_STARTS = 20
-_LOG_TAIL_BYTES = 8192
-
-
-class InstanceExists(ValueError):
-    """An instance with this id runs here already."""
-
-
-@dataclasses.dataclass
-class LocalInstance:
-    instance_id: str
-    model: str
-    backend: str
-    port: int
-    pid: int
-    state: str  # "starting" | "ready" | "sleeping"
-    started_at: float
-    log_path: Path
-    ready_at: float | None = None
-    asleep_since: float | None = None
-    gpus: tuple[int, ...] = ()
-    # Sampling the instance applies to requests that set none, and the tokens a
-    # request may hold, as it reports them.
-    sampling_defaults: dict[str, float] = dataclasses.field(default_factory=dict)
-    context_length: int | None = None
-
-
-@dataclasses.dataclass
-class _Entry:
-    info: LocalInstance
-    proc: asyncio.subprocess.Process
-    backend: Backend
-    spec: LaunchSpec
-    # proc.wait() as a task, created once, so that several waiters never cancel it.
-    exited: asyncio.Task[int]
-    supervisor: asyncio.Task[None] | None = None
-    # The task that ends the instance (a stop, or the supervisor on failure); set once,
-    # and whoever comes second waits for it.
-    ender: asyncio.Task[Any] | None = None
-    gpus: tuple[int, ...] = ()
-    first_output_seen: bool = False
-    # Its cold start's record (RECENT_STARTS), once it is ready.
-    start: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # One sleep or wake at a time.
-    changing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-
-
-def _free_port() -> int:
-    # The port may be taken again before the backend binds it; a backend that fails
-    # to bind exits, and the start is reported failed.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _listening(port: int, timeout: float) -> bool:
-    """Whether something accepts connections on the loopback port."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
-            text = f.read().decode(errors="replace")
-    except OSError as exc:
-        return f"(log unreadable: {exc})"
-    lines = text.splitlines()[-_LOG_TAIL_LINES:]
-    return "\n".join(lines) if lines else "(log empty)"
 
 
 class InstanceManager:
@@ -158,7 +85,7 @@ class InstanceManager:
         self._on_state = on_state
         self._storage_path = storage_path
         self._metrics = metrics or WorkerMetrics()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         # Ids between the existence check and registration (spawning awaits), and the
         # GPUs they will hold.
         self._reserved: set[str] = set()
@@ -232,7 +159,7 @@ class InstanceManager:
         spec = LaunchSpec(
             instance_id=instance_id,
             model=model,
-            port=_free_port(),
+            port=free_port(),
             backend_config=backend_config,
             num_gpus=num_gpus,
             lora_adapters=lora_adapters,
@@ -306,7 +233,7 @@ class InstanceManager:
             return None
         return min(asleep, key=lambda i: (i.asleep_since or 0.0, i.instance_id)).instance_id
 
-    async def _spawn(self, impl: Backend, spec: LaunchSpec, gpus: tuple[int, ...]) -> _Entry:
+    async def _spawn(self, impl: Backend, spec: LaunchSpec, gpus: tuple[int, ...]) -> Entry:
         # Instance ids come from the network: keep them out of path syntax.
         log_path = self._log_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec.instance_id)}.log"
         argv = impl.command(spec)
@@ -327,7 +254,7 @@ class InstanceManager:
         else:
             log.info("starting %s: %s (log %s)", spec.instance_id, " ".join(argv), log_path)
             proc = await self._spawn_cold(argv, env, log_path)
-        return _Entry(
+        return Entry(
             info=LocalInstance(
                 instance_id=spec.instance_id,
                 model=spec.model,
@@ -379,7 +306,7 @@ class InstanceManager:
         for pool in self._pools.values():
             (pool.loading_began if began else pool.loading_ended)()
 
-    async def _supervise(self, entry: _Entry, startup_timeout: float) -> None:
+    async def _supervise(self, entry: Entry, startup_timeout: float) -> None:
         try:
             why = await self._wait_ready(entry, startup_timeout)
         finally:
@@ -401,14 +328,14 @@ class InstanceManager:
             # Reported first: a request waiting for the instance need not wait for the
             # figures' extra call to the backend.
             await self._report(entry.info.instance_id, "ready", "")
-            await self._observe_start(entry, entry.info.ready_at)
+            await cold_starts.observe_start(entry, entry.info.ready_at, self._metrics)
             await asyncio.wait({entry.exited})
             if entry.ender is not None:
                 return
             why = f"backend exited with code {entry.proc.returncode}"
         await self._fail(entry, why)
 
-    async def _fail(self, entry: _Entry, why: str) -> None:
+    async def _fail(self, entry: Entry, why: str) -> None:
         """End the instance as failed, unless something else ends it already."""
         if entry.ender is not None:
             return
@@ -416,11 +343,11 @@ class InstanceManager:
         # Kills a backend that hung in start-up, and whatever an exited one left behind.
         await self._kill(entry, grace=0)
         self._entries.pop(entry.info.instance_id, None)
-        tail = await asyncio.to_thread(_log_tail, entry.info.log_path)
+        tail = await asyncio.to_thread(log_tail, entry.info.log_path)
         log.warning("instance %s failed: %s", entry.info.instance_id, why)
         await self._report(entry.info.instance_id, "failed", f"{why}; last log lines:\n{tail}")
 
-    async def _wait_ready(self, entry: _Entry, timeout: float) -> str | None:
+    async def _wait_ready(self, entry: Entry, timeout: float) -> str | None:
         """None once the backend says it serves (and has its adapters), else why not."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -433,7 +360,7 @@ class InstanceManager:
                 left = deadline - loop.time()
                 if left <= 0:
                     return f"backend not ready within {timeout:g} s"
-                if not await _listening(entry.spec.port, min(_POLL_TIMEOUT, left)):
+                if not await listening(entry.spec.port, min(_POLL_TIMEOUT, left)):
                     await asyncio.wait({entry.exited}, timeout=min(_LISTEN_POLL, left))
                     continue
                 client.timeout = httpx.Timeout(min(_POLL_TIMEOUT, left))
@@ -443,75 +370,20 @@ class InstanceManager:
                     # Answering before it can say, or gone again: poll again.
                     ready = False
                 if ready:
-                    return await self._load_adapters(entry, client, base_url)
+                    return await instance_adapters.load(entry, client, base_url)
                 await asyncio.wait({entry.exited}, timeout=min(_POLL_INTERVAL, left))
         return "stopped during start-up"
-
-    async def _observe_start(self, entry: _Entry, ready_at: float) -> None:
-        """Cold-start phases: spawn until the weights began loading, the loading, and
-        (backends that do not tell) spawn until ready as the process start; and the
-        model's sampling defaults, where the backend says."""
-        info = entry.info
-        async with httpx.AsyncClient(trust_env=False, timeout=_POLL_TIMEOUT) as client:
-            health = await entry.backend.health(client, f"http://127.0.0.1:{entry.spec.port}")
-        defaults = health.get("sampling_defaults")
-        if isinstance(defaults, dict):
-            info.sampling_defaults = {str(k): float(v) for k, v in defaults.items()}
-        if isinstance(health.get("context_length"), int):
-            info.context_length = health["context_length"]
-        phases = self._metrics.cold_start
-        start = entry.start
-        try:
-            load_started, load_seconds = (
-                float(health["load_started"]),
-                float(health["load_seconds"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            start["process_start"] = ready_at - info.started_at
-            phases.labels(info.model, "process_start").observe(start["process_start"])
-            return
-        start["process_start"] = max(0.0, load_started - info.started_at)
-        start["weight_load"] = load_seconds
-        phases.labels(info.model, "process_start").observe(start["process_start"])
-        phases.labels(info.model, "weight_load").observe(load_seconds)
 
     def first_output(self, instance_id: str) -> None:
         """The instance produced output: its first one ends its cold start."""
         entry = self._entries.get(instance_id)
-        if entry is None or entry.info.ready_at is None or entry.first_output_seen:
-            return
-        entry.first_output_seen = True
-        seconds = time.time() - entry.info.ready_at
-        self._metrics.cold_start.labels(entry.info.model, "first_token").observe(seconds)
-        entry.start["first_token"] = seconds
-
-    async def _load_adapters(
-        self, entry: _Entry, client: httpx.AsyncClient, base_url: str
-    ) -> str | None:
-        if not (entry.backend.runtime_adapters and entry.spec.lora_adapters):
-            return None
-        client.timeout = httpx.Timeout(_ADAPTER_TIMEOUT)
-        try:
-            await entry.backend.set_adapters(
-                client, base_url, entry.spec, {}, entry.spec.lora_adapters
-            )
-        except (httpx.HTTPError, RuntimeError) as exc:
-            return f"loading LoRA adapters failed: {exc}"
-        return None
+        if entry is not None:
+            cold_starts.first_output(entry, self._metrics)
 
     async def set_adapters(self, instance_id: str, adapters: dict[str, str]) -> None:
         """Swap a running instance's LoRA adapters (backends that load them at run
         time); BackendUnavailable for the others, KeyError for an unknown id."""
-        entry = self._entries[instance_id]
-        async with httpx.AsyncClient(trust_env=False, timeout=_ADAPTER_TIMEOUT) as client:
-            await entry.backend.set_adapters(
-                client,
-                f"http://127.0.0.1:{entry.spec.port}",
-                entry.spec,
-                entry.spec.lora_adapters,
-                adapters,
-            )
-        entry.spec = dataclasses.replace(entry.spec, lora_adapters=dict(adapters))
+        await instance_adapters.swap(self._entries[instance_id], adapters)
 
     # -- sleep ------------------------------------------------------------------------
 
@@ -539,7 +411,7 @@ class InstanceManager:
             entry.info.asleep_since = time.time()
         await self._report(instance_id, "sleeping", "idle")
 
-    async def _sleep_or_wake(self, entry: _Entry, change: Literal["sleep", "wake"]) -> str | None:
+    async def _sleep_or_wake(self, entry: Entry, change: Literal["sleep", "wake"]) -> str | None:
         """Have the backend sleep or wake, timed: None once it has, else why not. One
         that failed is ended as failed: half asleep, perhaps, it cannot be trusted."""
         began = time.monotonic()
@@ -577,7 +449,7 @@ class InstanceManager:
         # Also when it never slept (its sleep failed): the head waits for "ready".
         await self._report(instance_id, "ready", "")
 
-    async def _kill(self, entry: _Entry, grace: float) -> None:
+    async def _kill(self, entry: Entry, grace: float) -> None:
         """SIGTERM the group and wait up to ``grace``, then SIGKILL the group."""
         pid = entry.proc.pid
         if grace > 0 and not entry.exited.done():
@@ -609,7 +481,7 @@ class InstanceManager:
         await asyncio.shield(entry.ender)
         return True
 
-    async def _stop(self, entry: _Entry, grace: float, reason: str) -> None:
+    async def _stop(self, entry: Entry, grace: float, reason: str) -> None:
         await self._kill(entry, grace)
         if entry.supervisor is not None:
             # Lets a "ready" report in flight land before "stopped".

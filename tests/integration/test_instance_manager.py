@@ -17,7 +17,7 @@ import pytest
 from sllm.backends import vllm_backend
 from sllm.backends.base import Backend, BackendUnavailable, LaunchSpec
 from sllm.backends.registry import get_backend
-from sllm.worker import hardware, instance_manager
+from sllm.worker import hardware, instance_manager, local_instances
 from sllm.worker.gpu_assignment import GpuDoesNotFit, GpuMemory
 from sllm.worker.instance_manager import InstanceExists, InstanceManager
 
@@ -289,10 +289,10 @@ async def test_gpus_are_assigned_and_a_start_that_does_not_fit_is_refused(
 async def test_a_port_listens_once_something_accepts_on_it() -> None:
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    assert await instance_manager._listening(port, 1.0)
+    assert await local_instances.listening(port, 1.0)
     server.close()
     await server.wait_closed()
-    assert not await instance_manager._listening(port, 1.0)
+    assert not await local_instances.listening(port, 1.0)
 
 
 async def start_sleeper(
