@@ -245,7 +245,8 @@ class WorkerSettings(HttpEdgeSettings):
         None,
         gt=0,
         description="Size limit of the stored models under the storage path, evicted least "
-        "recently used first (default: keep a tenth of the disk free).",
+        "recently used first (default: keep a tenth of the disk free, but always the most "
+        "recently used model).",
     )
     memory_cache_gb: float | None = Field(
         None,

@@ -219,6 +219,7 @@ class ModelCache:
         self.disk_limit = disk_limit
         self._pinned: dict[str, Pinned] = {}
         self._cannot_lock = False
+        self._short_of_disk = False
 
     def _disk(self) -> list[Cached]:
         if not self.store_root.is_dir():
@@ -253,11 +254,24 @@ class ModelCache:
     def _served(entries: Iterable[Cached], in_use: set[str]) -> set[str]:
         return {e.name for e in entries if in_use.intersection(e.sources)}
 
-    def _disk_limit(self, stored_bytes: int) -> int:
+    def _disk_limit(self, disk: list[Cached]) -> int:
         if self.disk_limit is not None:
             return self.disk_limit
         usage = shutil.disk_usage(self.store_root)
-        return stored_bytes + usage.free - usage.total // 10
+        room = sum(e.bytes for e in disk) + usage.free - usage.total // 10
+        # A disk that others filled past the tenth kept free would otherwise lose every
+        # stored model, the one just stored too, and each cold start would write it
+        # again: the most recently used one stays, and the operator hears why once.
+        newest = max(disk, key=lambda e: (e.last_used, e.name))
+        short = room < newest.bytes
+        if short and not self._short_of_disk:
+            log.warning(
+                "less than a tenth of %s's disk is free: keeping only the most recently "
+                "used stored model (set SLLM_DISK_CACHE_GB to choose the limit)",
+                self.store_root,
+            )
+        self._short_of_disk = short
+        return max(room, newest.bytes)
 
     @property
     def memory_room(self) -> int:
@@ -278,7 +292,7 @@ class ModelCache:
         for entry in evictions(memory, self.memory_room, self._served(memory, in_use)):
             self._unpin(entry.name)
             removed.append(entry)
-        limit = self._disk_limit(sum(e.bytes for e in disk)) if disk else 0
+        limit = self._disk_limit(disk) if disk else 0
         for entry in evictions(disk, limit, self._served(disk, in_use)):
             # The lock a storing process holds: never delete what is being stored again.
             with locked(entry.path):

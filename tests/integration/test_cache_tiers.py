@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,8 @@ def two_in_memory(models: list[Path], storage: Path) -> tuple[ModelCache, dict[s
     copies, and the size of the largest."""
     disk = store_all(models, storage)
     one = max(e.bytes for e in disk.values())
-    cache = ModelCache(storage, memory_limit=2 * one + one // 2)
+    # The disk tier's limit given: what the host's disk holds must not evict here.
+    cache = ModelCache(storage, memory_limit=2 * one + one // 2, disk_limit=GB)
     for i, name in enumerate(["deployed-lm0", "deployed-lm1"]):
         record_use(disk[name].path, name, now=1000.0 + i)
         assert cache.keep_in_memory(name, in_use=set()) is not None
@@ -185,6 +187,36 @@ def test_the_disk_tier_keeps_its_limit_but_never_what_is_served(
     assert not list((storage / "store").glob("*lm1*.use.json"))
     load(models[1], storage)
     assert len(cache.entries()) == 2
+
+
+def test_a_disk_that_others_filled_keeps_the_most_recently_used_model(
+    models: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = tmp_path / "models"
+    disk = store_all(models, storage)
+    for i, name in enumerate(["deployed-lm2", "deployed-lm0", "deployed-lm1"]):
+        record_use(disk[name].path, name, now=1000.0 + i)
+    cache = ModelCache(storage, memory_limit=0)  # the default limit: a tenth kept free
+
+    real = shutil.disk_usage
+
+    def disk_with(free: int) -> None:
+        usage = real(storage)._replace(total=10 * GB, free=free)
+        monkeypatch.setattr(tiers.shutil, "disk_usage", lambda path: usage)
+
+    disk_with(free=5 * GB)
+    assert cache.evict(in_use=set()) == []
+    # Less than a tenth free, none of it taken by the store: the newest stays.
+    disk_with(free=0)
+    removed = cache.evict(in_use=set())
+    assert sorted(e.sources[0] for e in removed) == ["deployed-lm0", "deployed-lm2"]
+    assert [e.sources for e in cache.entries()] == [("deployed-lm1",)]
+    assert caplog.text.count("less than a tenth") == 1
+    assert cache.evict(in_use=set()) == []
+    assert caplog.text.count("less than a tenth") == 1
 
 
 def test_a_worker_that_may_not_lock_memory_keeps_no_memory_tier(
