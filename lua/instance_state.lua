@@ -3,8 +3,8 @@
 -- (stamp_lease only uses 'ready').
 -- KEYS[1] instance hash
 -- ARGV[1] new state, ARGV[2] now, ARGV[3] reason, ARGV[4..] states it may move from
--- Returns 1 when changed, 0 otherwise.
-local cur = redis.call('HMGET', KEYS[1], 'state', 'outstanding')
+-- Returns the instance's model when changed, 0 otherwise.
+local cur = redis.call('HMGET', KEYS[1], 'state', 'outstanding', 'model')
 if not cur[1] then
   return 0
 end
@@ -24,4 +24,4 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1], 'state_reason', ARGV[3], 'updated'
 if ARGV[1] == 'ready' then
   redis.call('HSET', KEYS[1], 'ready_at', ARGV[2])
 end
-return 1
+return cur[3] or ''

@@ -4,7 +4,8 @@
 -- KEYS[5] instance hash, KEYS[6] instance tasks set, KEYS[7] model hash
 -- ARGV[1] task id, ARGV[2] attempt expected, ARGV[3] now, ARGV[4] reason, ARGV[5] ttl (s),
 -- ARGV[6] 'unsent' when the call never reached a worker (its connection was refused): that
--- attempt does not count against max_attempts. Bounded: the caller marks the unreachable
+-- attempt does not count against max_attempts; ARGV[7] the control channel, ARGV[8] the
+-- model's name. Bounded: the caller marks the unreachable
 -- instance failed, so no head sends the task there again, and the deadline ends it anyway.
 -- Returns 'requeued', 'failed', 'cancelled' (released, client gone) or 'stale'.
 local t = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'max_attempts', 'reply_to')
@@ -38,5 +39,5 @@ if tonumber(t[2]) >= tonumber(t[3]) then
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'owner', '', 'instance', '', 'lease', '')
-redis.call('LPUSH', KEYS[4], ARGV[1])
+announce_queued(redis.call('LPUSH', KEYS[4], ARGV[1]), ARGV[7], ARGV[8])
 return 'requeued'

@@ -55,6 +55,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
         fast = Store.connect(settings.redis_url, keys, patient=False)
         patient = Store.connect(settings.redis_url, keys, patient=True)
         await _wait_for_redis(patient, settings.redis_url)
+        await patient.index()
         # Every call this session makes goes to a worker, so it carries the cluster token.
         token = {"Authorization": f"Bearer {guard.cluster_token}"} if guard.cluster_token else {}
         http = aiohttp.ClientSession(

@@ -16,6 +16,7 @@ from typing import Any
 from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
 from sllm.head import start_failures
+from sllm.head.deployed import DeployConfigs
 from sllm.head.placement import (
     Placement,
     Requirement,
@@ -28,7 +29,7 @@ from sllm.head.placement import (
 from sllm.head.reaper import Reaper
 from sllm.head.recent import Recent
 from sllm.head.redis_health import RedisHealth
-from sllm.head.scaling import InstanceLoad, ScalingPolicy, decide
+from sllm.head.scaling import InstanceLoad, ScalingPolicy, at_rest, decide
 from sllm.head.worker_manager import WorkerManager
 from sllm.kv import RedisError
 from sllm.kv.records import InstanceRecord, ModelRecord, WorkerRecord
@@ -112,6 +113,7 @@ class Autoscaler:
         self._wake = asyncio.Event()
         self.unschedulable: dict[str, str] = {}
         self._leading = False
+        self._configs = DeployConfigs()
 
     def leading(self) -> bool:
         """Whether this head held the leader lock at its latest pass."""
@@ -147,7 +149,8 @@ class Autoscaler:
         models = await registry.list_models()
         names = [m.name for m in models]
         by_model = await registry.all_instances(names)
-        queued = await self.store.tasks.queue_lengths(names)
+        active = await self.store.tasks.queued_models()
+        queued = {model: waiting for model, (waiting, _) in active.items()}
         heard, silent = self.workers.alive(
             await registry.list_workers(), now, self.health.refused_at
         )
@@ -157,10 +160,14 @@ class Autoscaler:
         suspects = {w.node_id: w.suspect for w in heard if w.suspect}
         live_workers = [w for w in heard if not w.suspect]
         live_nodes = {w.node_id for w in live_workers}
-        configs = {m.name: DeployConfig.model_validate(m.config) for m in models}
+        self._configs.keep(names)
+        configs = {m.name: self._configs.of(m) for m in models}
 
         given_up: dict[str, dict[str, str]] = {}
         for model in models:
+            if not model.start_failures and not by_model.get(model.name):
+                given_up[model.name] = {}  # nothing lost, nothing noted: most models
+                continue
             kept = []
             failures = start_failures.parse(model.start_failures)
             for inst in by_model.get(model.name, []):
@@ -184,9 +191,18 @@ class Autoscaler:
         all_instances = [i for insts in by_model.values() for i in insts]
         gpus = {name: c.num_gpus for name, c in configs.items()}
         room = capacities(live_workers, all_instances, gpus)
+        # Why each requirement is unservable, worked out once a pass: models share them.
+        reasons: dict[Requirement, str] = {}
         for model in models:
-            await self._mark_servable(model, configs[model.name], room, now, given_up[model.name])
+            await self._mark_servable(
+                model, configs[model.name], room, now, given_up[model.name], reasons
+            )
         for model in models:
+            min_instances = configs[model.name].auto_scaling_config.min_instances
+            waiting, instances = queued.get(model.name, 0), len(by_model[model.name])
+            if at_rest(min_instances, waiting, instances, deleting=model.state == "deleting"):
+                self.unschedulable.pop(model.name, None)  # nothing waits to be placed
+                continue
             # Each model's placements use up room the next model's must not count again.
             room = await self._scale(
                 model,
@@ -198,7 +214,7 @@ class Autoscaler:
                 live_workers,
                 set(given_up[model.name]),
             )
-        await self.reaper.reap(names, now)
+        await self.reaper.reap([model for model, (_, claimed) in active.items() if claimed], now)
 
     async def _note_start_failures(
         self, model: ModelRecord, failures: dict[str, start_failures.StartFailure]
@@ -220,6 +236,7 @@ class Autoscaler:
         room: list[WorkerCapacity],
         now: float,
         given_up: dict[str, str],
+        reasons: dict[Requirement, str],
     ) -> None:
         """Record in Redis whether any live worker could serve the model: while none can
         (or every one that could failed to start it the same way twice), the gateway
@@ -228,7 +245,9 @@ class Autoscaler:
         if model.state != "active":
             return
         need = Requirement(backend=config.backend, gpus=config.num_gpus)
-        reason = unservable(room, need) or ""
+        if need not in reasons:
+            reasons[need] = unservable(room, need) or ""
+        reason = reasons[need]
         startable = [w for w in room if w.node_id not in given_up]
         if not reason and given_up and unservable(startable, need):
             reason = start_failures.why_unstartable(model.name, given_up)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -27,11 +28,11 @@ import aiohttp
 
 from sllm.config import DeployConfig, HeadSettings
 from sllm.edge.serving import port_state
+from sllm.head.deployed import DeployConfigs
 from sllm.head.failure_detector import FailureDetector
 from sllm.head.routing import pick_instance
 from sllm.head.scaling import InstanceLoad
 from sllm.kv import RedisError
-from sllm.kv.client import BLOCK_TIMEOUT
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
 from sllm.kv.tasks import Claim, Offer
@@ -47,6 +48,15 @@ VIEW_TTL = 0.05
 # An instance whose call just failed gets no new task from this head for this long: its
 # requeued tasks must not land on it again before its worker reports it (or is pruned).
 SUSPECT_SECONDS = 5.0
+# A loop whose model's instances are all busy looks again this often: tasks other heads
+# ran may have ended.
+BUSY_RECHECK = 1.0
+# An idle loop waits for the control channel's events ('instance', 'queued', and
+# 'resync' after a lost subscription); these are its safety nets, so their cost (a few
+# commands per model) is spread thin over many models: an empty queue beside a ready
+# instance, and a model with no instance at all (most of a large deployment).
+EMPTY_RECHECK = 30.0
+UNUSED_RECHECK = 60.0
 
 
 @dataclass
@@ -114,6 +124,7 @@ class Dispatcher:
         # down twice, so a neighbour loses at most the one attempt it shared with it.
         self._exclusive: dict[str, str] = {}
         self._stopping = False
+        self._deployed = DeployConfigs()
         # Requeues of offered tasks this head could not run (short: awaited at shutdown).
         self._background: set[asyncio.Task[None]] = set()
 
@@ -133,8 +144,9 @@ class Dispatcher:
 
     async def _sync_models(self) -> None:
         models = {m.name: m for m in await self.store.registry.list_models() if m.state == "active"}
+        self._deployed.keep(models)
         for name, record in models.items():
-            self._configs[name] = DeployConfig.model_validate(record.config)
+            self._configs[name] = self._deployed.of(record)
             if name not in self._loops or self._loops[name].done():
                 self._wakes.setdefault(name, asyncio.Event())
                 self._views.setdefault(name, ModelView())
@@ -166,10 +178,17 @@ class Dispatcher:
 
     async def on_control(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "instance":
-            for view in self._views.values():
-                view.fetched = 0.0
-            for wake in self._wakes.values():
+        model = event.get("model")
+        if kind in ("instance", "resync"):
+            # An event names its model; one from an older head, or lost ones, all.
+            for name in [model] if kind == "instance" and model else list(self._views):
+                view, wake = self._views.get(name), self._wakes.get(name)
+                if view is not None and wake is not None:
+                    view.fetched = 0.0
+                    wake.set()
+        elif kind == "queued":
+            wake = self._wakes.get(str(model))
+            if wake is not None:
                 wake.set()
         elif kind == "cancel":
             running = self._running.get(str(event.get("task")))
@@ -230,22 +249,23 @@ class Dispatcher:
         wake = self._wakes[model]
         while True:
             try:
+                # Cleared before looking: an event from here on ends the waits below.
+                wake.clear()
                 if view.stale():
                     await self._fetch(model, view)
                 config = self._configs.get(model)
                 limit = config.auto_scaling_config.max_concurrency if config else 1
                 target = pick_instance(self._eligible(view.loads), limit)
                 if target is None:
-                    wake.clear()
-                    try:
-                        await asyncio.wait_for(wake.wait(), 1.0)
-                    except TimeoutError:
-                        pass
+                    # Instance events tell of new, woken and failed instances; a ready
+                    # one's room comes back unannounced when others' tasks end.
+                    busy = any(v.state == "ready" for v in view.loads)
+                    await self._idle(wake, BUSY_RECHECK if busy else UNUSED_RECHECK)
                     view.fetched = 0.0
                     continue
-                task_id = await self.store.tasks.claim(model, BLOCK_TIMEOUT)
+                task_id = await self.store.tasks.claim(model)
                 if task_id is None:
-                    view.fetched = 0.0
+                    await self._idle(wake, EMPTY_RECHECK)
                     continue
                 eligible = self._eligible(view.loads)
                 if pick_instance([v for v in eligible if v.id == target.id], limit) is None:
@@ -281,6 +301,15 @@ class Dispatcher:
             except Exception:
                 log.exception("claim loop of %s failed; restarting it", model)
                 await asyncio.sleep(0.5)
+
+    @staticmethod
+    async def _idle(wake: asyncio.Event, timeout: float) -> None:
+        """Wait for ``wake`` (not cleared here) or ``timeout``, spread by up to a
+        half so that the loops of many models do not look again together."""
+        try:
+            await asyncio.wait_for(wake.wait(), timeout * random.uniform(0.5, 1.0))
+        except TimeoutError:
+            pass
 
     def _start(self, claim: Claim, instance: InstanceRecord) -> None:
         job = asyncio.create_task(self._run(claim, instance), name=f"task:{claim.task_id}")

@@ -19,7 +19,6 @@ import aiohttp
 
 from sllm.head.worker_health import ProbeResult, judge
 from sllm.kv import RedisError
-from sllm.kv.records import WorkerRecord
 from sllm.kv.store import Store
 from sllm.metrics import HeadMetrics
 
@@ -61,23 +60,23 @@ class FailureDetector:
                 self._failures.clear()
                 continue
             try:
-                workers = await self.store.registry.list_workers()
+                workers = await self.store.registry.worker_addresses()
             except RedisError:
                 continue  # the autoscaler's pass says so
-            trusted = [w for w in workers if not w.suspect]
-            results = await asyncio.gather(*(self._probe(w) for w in trusted))
+            trusted = [(node_id, url) for node_id, url, suspect in workers if not suspect]
+            results = await asyncio.gather(*(self._probe(url) for _, url in trusted))
             self._failures = {
-                w.node_id: self._failures.get(w.node_id, 0) for w in trusted
+                node_id: self._failures.get(node_id, 0) for node_id, _ in trusted
             }  # forget workers pruned or suspected
-            for worker, (result, detail) in zip(trusted, results, strict=True):
-                failures, suspected = judge(self._failures[worker.node_id], result)
-                self._failures[worker.node_id] = failures
+            for (node_id, _), (result, detail) in zip(trusted, results, strict=True):
+                failures, suspected = judge(self._failures[node_id], result)
+                self._failures[node_id] = failures
                 if suspected:
-                    await self.suspect(worker.node_id, f"health probe {result}: {detail}")
+                    await self.suspect(node_id, f"health probe {result}: {detail}")
 
-    async def _probe(self, worker: WorkerRecord) -> tuple[ProbeResult, str]:
+    async def _probe(self, url: str) -> tuple[ProbeResult, str]:
         try:
-            async with self.http.get(f"{worker.url}/health", timeout=PROBE_TIMEOUT) as resp:
+            async with self.http.get(f"{url}/health", timeout=PROBE_TIMEOUT) as resp:
                 if resp.status == 200:
                     return "ok", ""
                 return "error", f"answered {resp.status}"

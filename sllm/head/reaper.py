@@ -23,6 +23,8 @@ class Reaper:
         self._unstamped: dict[str, float] = {}
 
     async def reap(self, models: list[str], now: float) -> None:
+        """Requeue the tasks whose lease expired, and those of ``models`` (the ones
+        with claimed tasks) that a dispatcher claimed but never stamped."""
         tasks = self.store.tasks
         for task_id in await tasks.expired_leases(now):
             result = await tasks.requeue(

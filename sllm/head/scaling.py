@@ -51,6 +51,12 @@ def desired_instances(queued: int, in_flight: int, policy: ScalingPolicy) -> int
     return max(policy.min_instances, min(policy.max_instances, wanted))
 
 
+def at_rest(min_instances: int, queued: int, instances: int, *, deleting: bool) -> bool:
+    """Whether there is nothing to decide for a model: none of its instances exist or
+    are wanted, and nothing waits. Most models of a large deployment, on every pass."""
+    return not deleting and min_instances == 0 and queued == 0 and instances == 0
+
+
 def decide(
     policy: ScalingPolicy,
     queued: int,

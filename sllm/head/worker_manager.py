@@ -143,23 +143,21 @@ class WorkerManager:
         """Both ways: instances Redis places on the worker that it no longer runs are
         failed; those it runs that Redis does not know (or places elsewhere) are
         returned, for the worker to stop: nothing runs orphaned after Redis lost data."""
-        models = [m.name for m in await self._beats.registry.list_models()]
         now = time.time()
         known: set[str] = set()
-        for instances in (await self._beats.registry.all_instances(models)).values():
-            for inst in instances:
-                if inst.node_id == node_id:
-                    # An instance is recorded before its worker is asked to start it.
-                    known.add(inst.id)
-                if (
-                    inst.node_id == node_id
-                    and inst.id not in reported
-                    and inst.state in ("starting", "ready", "sleeping", "waking")
-                    and now - inst.created > REPORT_GRACE
-                ):
-                    await self._beats.registry.set_instance_state(
-                        inst.id, "failed", reason="the worker no longer runs it"
-                    )
+        for inst in await self._beats.registry.instances():
+            if inst.node_id == node_id:
+                # An instance is recorded before its worker is asked to start it.
+                known.add(inst.id)
+            if (
+                inst.node_id == node_id
+                and inst.id not in reported
+                and inst.state in ("starting", "ready", "sleeping", "waking")
+                and now - inst.created > REPORT_GRACE
+            ):
+                await self._beats.registry.set_instance_state(
+                    inst.id, "failed", reason="the worker no longer runs it"
+                )
         return reported - known
 
     async def _drain(self, node_id: str, instances: set[str]) -> None:

@@ -36,6 +36,8 @@ class ResultBus:
         self._control: list[ControlHandler] = []
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
+        # Set when messages may have been lost: control handlers hear {"type": "resync"}.
+        self._missed = False
 
     def listen(self, task_id: str) -> asyncio.Queue[Delivery]:
         """Start collecting a task's messages; call before the task is enqueued."""
@@ -76,6 +78,9 @@ class ResultBus:
                 first = False
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
+                    if self._missed:
+                        self._missed = False
+                        await self._tell_control({"type": "resync"})
                     if msg is not None:
                         await self._deliver(msg["channel"], msg["data"])
             except asyncio.CancelledError:
@@ -103,6 +108,7 @@ class ResultBus:
     def _resync(self) -> None:
         for queue in self._listeners.values():
             queue.put_nowait(RESYNC)
+        self._missed = True
 
     async def _deliver(self, channel: str, data: str) -> None:
         if channel == self.channel:
@@ -120,6 +126,9 @@ class ResultBus:
         except ValueError:
             log.warning("dropped a malformed control event: %.200s", data)
             return
+        await self._tell_control(event)
+
+    async def _tell_control(self, event: dict[str, Any]) -> None:
         for handler in self._control:
             result = handler(event)
             if result is not None:

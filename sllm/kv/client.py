@@ -7,10 +7,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-# Blocking reads (BLMOVE) must time out below the socket timeout, or a healthy idle
-# wait would read as a dead connection.
 SOCKET_TIMEOUT = 5.0
-BLOCK_TIMEOUT = 1.0
+# Connections per client, whatever the number of models and workers: no command blocks
+# (claims do not wait in Redis), so a few dozen serve any load a single-threaded Redis
+# takes; a burst beyond them waits for one, for up to SOCKET_TIMEOUT.
+MAX_CONNECTIONS = 64
 
 
 def connect(url: str, *, patient: bool) -> redis.Redis:
@@ -26,7 +27,7 @@ def connect(url: str, *, patient: bool) -> redis.Redis:
     else:
         retry = Retry(ExponentialBackoff(cap=0.1, base=0.02), retries=1)
         connect_timeout = 0.5
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
         # Replies are str; redis-py types them bytes | str, hence the casts of the stores.
         decode_responses=True,
@@ -35,5 +36,7 @@ def connect(url: str, *, patient: bool) -> redis.Redis:
         retry=retry,
         retry_on_error=[ConnectionError, TimeoutError],
         health_check_interval=30,
-        max_connections=512,
+        max_connections=MAX_CONNECTIONS,
+        timeout=SOCKET_TIMEOUT,
     )
+    return redis.Redis.from_pool(pool)

@@ -13,11 +13,22 @@ class Keys:
     def models(self) -> str:
         return f"{self.prefix}:models"
 
+    @property
+    def models_version(self) -> str:
+        """Changed with every write to a model's record (lua/lib/models.lua)."""
+        return f"{self.prefix}:models_version"
+
     def model(self, name: str) -> str:
         return f"{self.prefix}:model:{name}"
 
     def model_instances(self, name: str) -> str:
         return f"{self.prefix}:model:{name}:instances"
+
+    @property
+    def queued_models(self) -> str:
+        """Models whose queue or processing list may hold tasks: what the autoscaler,
+        the reaper and the gauges look at, rather than every deployed model's lists."""
+        return f"{self.prefix}:queued_models"
 
     def queue(self, model: str) -> str:
         return f"{self.prefix}:queue:{model}"
@@ -31,6 +42,12 @@ class Keys:
     @property
     def leases(self) -> str:
         return f"{self.prefix}:leases"
+
+    @property
+    def instances(self) -> str:
+        """Every instance's id, whatever its model: listing them all costs what there
+        is, not a command per deployed model."""
+        return f"{self.prefix}:instances"
 
     def instance(self, instance_id: str) -> str:
         return f"{self.prefix}:instance:{instance_id}"

@@ -23,6 +23,10 @@ class Registry:
         self._r = client
         self._k = keys
         self._s = scripts or Scripts(client)
+        # The models as last read, and the version they were read at: every pass of the
+        # autoscaler, the dispatcher and each heartbeat lists them, and with a thousand
+        # models deployed a read costs a thousand commands.
+        self._models: tuple[str, list[ModelRecord]] | None = None
 
     # -- models -----------------------------------------------------------------------
 
@@ -30,7 +34,7 @@ class Registry:
         """'ok', 'exists', 'missing' or 'deleting' (see register_model.lua)."""
         return str(
             await self._s.register_model(
-                keys=[self._k.model(name), self._k.models],
+                keys=[self._k.model(name), self._k.models, self._k.models_version],
                 args=[name, _dumps(config), time.time(), "create" if create else "update"],
             )
         )
@@ -40,24 +44,43 @@ class Registry:
         return ModelRecord.from_hash(h) if h else None
 
     async def list_models(self) -> list[ModelRecord]:
+        """Every model, as one round trip reads them while none changed (shared
+        records: callers must not change them)."""
+        born, n = cast(
+            "list[str | None]", await self._r.hmget(self._k.models_version, ["born", "n"])
+        )
+        # Read before the records: a change while they are read is read again next time.
+        version = f"{born}:{n}"
+        if self._models is not None and self._models[0] == version and born is not None:
+            return list(self._models[1])
         names = sorted(cast("set[str]", await self._r.smembers(self._k.models)))
         async with self._r.pipeline(transaction=False) as pipe:
-            for n in names:
-                pipe.hgetall(self._k.model(n))
+            for name in names:
+                pipe.hgetall(self._k.model(name))
             hashes = await pipe.execute()
-        return [ModelRecord.from_hash(h) for h in hashes if h]
+        records = [ModelRecord.from_hash(h) for h in hashes if h]
+        self._models = (version, records)
+        return list(records)
 
     async def set_unschedulable(self, name: str, reason: str) -> None:
         """Note why no worker can serve the model ("" clears it)."""
-        await self._s.note_model(keys=[self._k.model(name)], args=["unschedulable", reason])
+        await self._s.note_model(
+            keys=[self._k.model(name), self._k.models_version], args=["unschedulable", reason]
+        )
 
     async def set_start_failures(self, name: str, failures: dict[str, Any]) -> None:
         """Note how the model's starts failed, by worker ({} clears it)."""
         value = _dumps(failures) if failures else ""
-        await self._s.note_model(keys=[self._k.model(name)], args=["start_failures", value])
+        await self._s.note_model(
+            keys=[self._k.model(name), self._k.models_version], args=["start_failures", value]
+        )
 
     async def mark_deleting(self, name: str) -> bool:
-        return bool(await self._s.delete_model(keys=[self._k.model(name)], args=[time.time()]))
+        return bool(
+            await self._s.delete_model(
+                keys=[self._k.model(name), self._k.models_version], args=[time.time()]
+            )
+        )
 
     async def purge_model(self, name: str) -> bool:
         k = self._k
@@ -69,6 +92,7 @@ class Registry:
                     k.model_instances(name),
                     k.queue(name),
                     k.processing(name),
+                    k.models_version,
                 ],
                 args=[name],
             )
@@ -90,7 +114,12 @@ class Registry:
         ]
         return bool(
             await self._s.create_instance(
-                keys=[k.instance(inst.id), k.model_instances(inst.model), k.model(inst.model)],
+                keys=[
+                    k.instance(inst.id),
+                    k.model_instances(inst.model),
+                    k.model(inst.model),
+                    k.instances,
+                ],
                 args=[inst.id, time.time(), *fields],
             )
         )
@@ -99,16 +128,31 @@ class Registry:
         ids = sorted(cast("set[str]", await self._r.smembers(self._k.model_instances(model))))
         return await self._instances(ids)
 
+    async def instances(self) -> list[InstanceRecord]:
+        """Every instance, whatever its model."""
+        ids = sorted(cast("set[str]", await self._r.smembers(self._k.instances)))
+        found = await self._instances(ids)
+        # Ids are never reused, and an instance's record and its place in the index are
+        # written together: an id without a record was removed (or indexed after it).
+        gone = set(ids) - {i.id for i in found}
+        if gone:
+            await self._r.srem(self._k.instances, *gone)
+        return found
+
     async def all_instances(self, models: list[str]) -> dict[str, list[InstanceRecord]]:
-        async with self._r.pipeline(transaction=False) as pipe:
-            for m in models:
-                pipe.smembers(self._k.model_instances(m))
-            id_sets = await pipe.execute()
-        found = await self._instances([i for ids in id_sets for i in sorted(ids)])
+        """Every instance by model (``models`` are keys even without one)."""
         by_model: dict[str, list[InstanceRecord]] = {m: [] for m in models}
-        for inst in found:
+        for inst in await self.instances():
             by_model.setdefault(inst.model, []).append(inst)
         return by_model
+
+    async def index_instances(self, models: list[str]) -> None:
+        """Add the instances of ``models`` to the index of all instances: a head
+        starting on a Redis that an older version filled (which kept no index)."""
+        if models:
+            await self._r.sunionstore(
+                self._k.instances, [self._k.instances, *map(self._k.model_instances, models)]
+            )
 
     async def _instances(self, ids: list[str]) -> list[InstanceRecord]:
         if not ids:
@@ -128,17 +172,16 @@ class Registry:
         allowed = TRANSITIONS.get(state)
         if allowed is None:
             raise ValueError(f"unknown instance state {state!r}")
-        changed = bool(
-            await self._s.instance_state(
-                keys=[self._k.instance(instance_id)],
-                args=[state, time.time(), reason, *allowed],
-            )
+        model = await self._s.instance_state(
+            keys=[self._k.instance(instance_id)], args=[state, time.time(), reason, *allowed]
         )
-        if changed:
-            await self.publish_control(
-                {"type": "instance", "instance": instance_id, "state": state}
-            )
-        return changed
+        if model == 0:
+            return False
+        # The model lets each head wake that model's claim loop alone.
+        await self.publish_control(
+            {"type": "instance", "instance": instance_id, "state": state, "model": model}
+        )
+        return True
 
     async def instance_tasks(self, instance_id: str) -> list[str]:
         ids = cast("set[str]", await self._r.smembers(self._k.instance_tasks(instance_id)))
@@ -148,7 +191,12 @@ class Registry:
         """Forget the instance; returns tasks still running on it (then nothing is removed)."""
         k = self._k
         left = await self._s.remove_instance(
-            keys=[k.instance(instance_id), k.model_instances(model), k.instance_tasks(instance_id)],
+            keys=[
+                k.instance(instance_id),
+                k.model_instances(model),
+                k.instance_tasks(instance_id),
+                k.instances,
+            ],
             args=[instance_id],
         )
         return [str(t) for t in left]
@@ -175,6 +223,23 @@ class Registry:
         return bool(
             await self._s.suspect_worker(keys=[self._k.worker(node_id)], args=[now, reason])
         )
+
+    async def worker_count(self) -> int:
+        return int(await self._r.scard(self._k.workers))
+
+    async def worker_addresses(self) -> list[tuple[str, str, bool]]:
+        """Each worker's node id, URL and whether it is suspected: what probing needs,
+        without reading and parsing whole heartbeats every second."""
+        ids = sorted(cast("set[str]", await self._r.smembers(self._k.workers)))
+        async with self._r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hmget(self._k.worker(i), ["url", "suspect"])
+            found: list[list[str | None]] = await pipe.execute()
+        return [
+            (node_id, url, bool(suspect))
+            for node_id, (url, suspect) in zip(ids, found, strict=True)
+            if url is not None
+        ]
 
     async def list_workers(self) -> list[WorkerRecord]:
         ids = sorted(cast("set[str]", await self._r.smembers(self._k.workers)))

@@ -37,6 +37,14 @@ class Store:
             AnswerCache(client, keys, scripts),
         )
 
+    async def index(self) -> None:
+        """Fill the indexes that spare the control plane a command per model (all
+        instances, the models with queued tasks) from what an older version wrote;
+        idempotent, once per head start."""
+        models = [m.name for m in await self.registry.list_models()]
+        await self.registry.index_instances(models)
+        await self.tasks.index_queues(models)
+
     async def ping(self) -> None:
         await self.client.ping()
 

@@ -99,6 +99,7 @@ class TaskStore:
             k.task(task.id),
             k.queue(task.model),
             k.model_instances(task.model),
+            k.queued_models,
         ]
         offered: list[Any] = ["", "", 0, 0, 0]
         if offer is not None:
@@ -116,7 +117,8 @@ class TaskStore:
                 offer.lease_until,
             ]
         status, length, instances, reason, attempt = await self._s.enqueue(
-            keys=keys, args=[task.id, ttl, *offered, k.instance(""), *task.fields()]
+            keys=keys,
+            args=[task.id, ttl, *offered, k.instance(""), k.control, task.model, *task.fields()],
         )
         claim = None
         if attempt:
@@ -132,15 +134,12 @@ class TaskStore:
             )
         return Enqueued(str(status), int(length), int(instances), str(reason), claim)
 
-    async def claim(self, model: str, timeout: float) -> str | None:
-        """Move the oldest queued task into the processing list (not yet leased)."""
-        task_id = await self._r.blmove(
-            self._k.queue(model),
-            self._k.processing(model),
-            timeout,  # type: ignore[arg-type]  # Redis takes fractions of a second
-            "LEFT",
-            "RIGHT",
-        )
+    async def claim(self, model: str) -> str | None:
+        """Move the oldest queued task into the processing list (not yet leased); None
+        at once when the queue is empty. Never blocking: a blocking claim would hold a
+        connection per model with a ready instance (a queue announces its first task on
+        the control channel instead)."""
+        task_id = await self._r.lmove(self._k.queue(model), self._k.processing(model))
         return cast("str | None", task_id)
 
     async def stamp(
@@ -240,7 +239,16 @@ class TaskStore:
                     k.instance_tasks(record.instance),
                     k.model(record.model),
                 ],
-                args=[task_id, expected, now, reason, ttl, "unsent" if unsent else ""],
+                args=[
+                    task_id,
+                    expected,
+                    now,
+                    reason,
+                    ttl,
+                    "unsent" if unsent else "",
+                    k.control,
+                    record.model,
+                ],
             )
         )
 
@@ -265,7 +273,8 @@ class TaskStore:
         k = self._k
         return bool(
             await self._s.recover_claim(
-                keys=[k.task(task_id), k.processing(model), k.queue(model)], args=[task_id]
+                keys=[k.task(task_id), k.processing(model), k.queue(model)],
+                args=[task_id, k.control, model],
             )
         )
 
@@ -302,12 +311,31 @@ class TaskStore:
     async def processing(self, model: str) -> list[str]:
         return cast("list[str]", await self._r.lrange(self._k.processing(model), 0, -1))
 
+    async def queued_models(self) -> dict[str, tuple[int, int]]:
+        """The models with queued or claimed tasks: their queue's and processing
+        list's lengths (one command, whatever the number of models deployed)."""
+        k = self._k
+        flat = await self._s.queued_models(
+            keys=[k.queued_models], args=[k.queue(""), k.processing("")]
+        )
+        return {str(flat[i]): (int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)}
+
     async def queue_lengths(self, models: list[str]) -> dict[str, int]:
+        active = await self.queued_models()
+        return {m: active.get(m, (0, 0))[0] for m in models}
+
+    async def index_queues(self, models: list[str]) -> None:
+        """Note those of ``models`` with queued or claimed tasks in the set that
+        queued_models reads: a head starting on a Redis an older version filled."""
+        k = self._k
         async with self._r.pipeline(transaction=False) as pipe:
             for m in models:
-                pipe.llen(self._k.queue(m))
+                pipe.llen(k.queue(m))
+                pipe.llen(k.processing(m))
             lengths = await pipe.execute()
-        return {m: int(n) for m, n in zip(models, lengths, strict=True)}
+        busy = [m for i, m in enumerate(models) if lengths[2 * i] or lengths[2 * i + 1]]
+        if busy:
+            await self._r.sadd(k.queued_models, *busy)
 
     async def oldest_queued(self, models: list[str]) -> dict[str, float]:
         """When the oldest waiting task of each model was created (models with an

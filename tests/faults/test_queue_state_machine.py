@@ -273,7 +273,7 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.queue))
     @rule(owner=st.sampled_from(OWNERS))
     def claim(self, owner: str) -> None:
-        got = self.run(self.store.tasks.claim(MODEL, 0.01))
+        got = self.run(self.store.tasks.claim(MODEL))
         expected = self.queue.pop(0)
         self.processing.append(expected)
         assert got == expected, (got, expected)
@@ -546,7 +546,7 @@ def _task(task_id: str, max_attempts: int = 2) -> NewTask:
 
 
 async def _claim_and_stamp(store: Store, task_id: str) -> int:
-    assert await store.tasks.claim(MODEL, 0.01) == task_id
+    assert await store.tasks.claim(MODEL) == task_id
     status, claim = await store.tasks.stamp(task_id, MODEL, "i1", "head-a", 1.0, 11.0)
     assert status == "ok" and claim is not None
     return claim.attempt
@@ -560,7 +560,7 @@ async def test_a_claim_the_reaper_took_back_is_not_stamped_by_its_stalled_dispat
     """Once stamped (or pushed back for a starting instance) it ran while still queued, or
     sat in the queue twice."""
     await store.tasks.enqueue(_task("a"), TTL)
-    assert await store.tasks.claim(MODEL, 0.01) == "a"
+    assert await store.tasks.claim(MODEL) == "a"
     assert await store.tasks.recover_claim(MODEL, "a")
     status, claim = await store.tasks.stamp("a", MODEL, instance, "head-a", 1.0, 11.0)
     assert (status, claim) == ("gone", None)
@@ -574,7 +574,7 @@ async def test_cancelling_a_claimed_task_takes_it_off_the_processing_list(store:
     """The reaper recovers only queued claims: with a dead dispatcher it stayed listed until
     its hash expired."""
     await store.tasks.enqueue(_task("a"), TTL)
-    assert await store.tasks.claim(MODEL, 0.01) == "a"
+    assert await store.tasks.claim(MODEL) == "a"
     assert await store.tasks.cancel("a", MODEL, 1.0, TTL) == "queued"
     assert await store.tasks.processing(MODEL) == []
     assert (await store.tasks.stamp("a", MODEL, "i1", "head-a", 1.0, 11.0))[0] == "gone"

@@ -92,25 +92,34 @@ async def test_a_claim_loop_does_not_overfill_an_instance_offers_filled(
     monkeypatch.setattr(
         dispatcher, "_start", lambda claim, _instance: started.append(claim.task_id)
     )
+    claim = store.tasks.claim
+    raced: list[str] = []
+
+    async def claim_while_offers_fill(model: str) -> str | None:
+        # The loop picked i1 (one free slot); before its claim lands, an offer fills i1
+        # and the next request waits in the queue.
+        if not raced:
+            raced.append(model)
+            offer = dispatcher.offer(MODEL)
+            assert offer is not None
+            enq = await store.tasks.enqueue(task("a"), 60, offer)
+            assert enq.claim is not None
+            dispatcher.adopt(enq.claim, MODEL, offer.instance_id)
+            assert dispatcher.offer(MODEL) is None
+            assert (await store.tasks.enqueue(task("b"), 60)).status == "ok"
+        return await claim(model)
+
+    monkeypatch.setattr(store.tasks, "claim", claim_while_offers_fill)
     dispatcher._wakes[MODEL] = asyncio.Event()
     loop = asyncio.create_task(dispatcher._claim_loop(MODEL))
     try:
-        # The loop picks i1 (one free slot) and waits for a task in the empty queue.
         for _ in range(100):
-            if any(c.get("cmd") == "blmove" for c in await store.client.client_list()):
+            if raced:
                 break
             await asyncio.sleep(0.05)
         else:
-            raise AssertionError("the claim loop never waited on the queue")
-        offer = dispatcher.offer(MODEL)
-        assert offer is not None
-        enq = await store.tasks.enqueue(task("a"), 60, offer)
-        assert enq.claim is not None
-        dispatcher.adopt(enq.claim, MODEL, offer.instance_id)
-        # i1 is full now: the next request waits in the queue, and the loop, which picked
-        # i1 before, must not run it there.
-        assert dispatcher.offer(MODEL) is None
-        assert (await store.tasks.enqueue(task("b"), 60)).status == "ok"
+            raise AssertionError("the claim loop never claimed")
+        # The loop, which picked i1 before, must not run "b" there.
         await asyncio.sleep(0.3)
         assert started == ["a"]
         record = await store.tasks.get("b")

@@ -48,7 +48,7 @@ async def deploy_with_ready_instance(store: Store, instance_id: str = "i1") -> N
 
 
 async def claim_and_stamp(store: Store, instance_id: str = "i1", lease: float = 30.0):
-    task_id = await store.tasks.claim(MODEL, 0.5)
+    task_id = await store.tasks.claim(MODEL)
     assert task_id is not None
     now = time.time()
     return await store.tasks.stamp(task_id, MODEL, instance_id, "head-a", now, now + lease)
@@ -208,7 +208,7 @@ async def test_only_an_idle_instance_sleeps_and_asleep_it_takes_no_task(store: S
 async def test_unstamped_claim_is_recovered(store: Store) -> None:
     await deploy_with_ready_instance(store)
     await store.tasks.enqueue(new_task("a"), 60)
-    assert await store.tasks.claim(MODEL, 0.5) == "a"
+    assert await store.tasks.claim(MODEL) == "a"
     assert await store.tasks.processing(MODEL) == ["a"]
     assert await store.tasks.recover_claim(MODEL, "a")
     assert await store.tasks.queued(MODEL) == ["a"]
