@@ -13,6 +13,10 @@ from sllm.kv.keys import Keys
 from sllm.kv.records import TRANSITIONS, InstanceRecord, ModelRecord, WorkerRecord
 from sllm.kv.scripts import Scripts
 
+# The fields every write to a worker's record changes (register_worker.lua,
+# suspect_worker.lua): what tells a cached record from a stale one.
+_WORKER_STAMP = ("last_heartbeat", "suspect", "suspect_since")
+
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
@@ -27,6 +31,8 @@ class Registry:
         # autoscaler, the dispatcher and each heartbeat lists them, and with a thousand
         # models deployed a read costs a thousand commands.
         self._models: tuple[str, list[ModelRecord]] | None = None
+        # Node id -> the record's stamp (see _WORKER_STAMP) and the record as parsed.
+        self._workers: dict[str, tuple[tuple[str | None, ...], WorkerRecord]] = {}
 
     # -- models -----------------------------------------------------------------------
 
@@ -242,12 +248,30 @@ class Registry:
         ]
 
     async def list_workers(self) -> list[WorkerRecord]:
+        """Every worker. A worker's heartbeat (resources, cache, cold starts: JSON) is
+        read and parsed again only when a write changed it: the autoscaler lists the
+        workers every second, and each beats every 15 (shared records: callers must
+        not change them)."""
         ids = sorted(cast("set[str]", await self._r.smembers(self._k.workers)))
         async with self._r.pipeline(transaction=False) as pipe:
             for i in ids:
+                pipe.hmget(self._k.worker(i), list(_WORKER_STAMP))
+            stamps = [tuple(s) for s in await pipe.execute()]
+        # The stamp is read before the record: a write in between is read again next time.
+        stale = [
+            (i, stamp)
+            for i, stamp in zip(ids, stamps, strict=True)
+            if stamp[0] is not None and self._workers.get(i, ((),))[0] != stamp
+        ]
+        async with self._r.pipeline(transaction=False) as pipe:
+            for i, _ in stale:
                 pipe.hgetall(self._k.worker(i))
             hashes = await pipe.execute()
-        return [WorkerRecord.from_hash(h) for h in hashes if h]
+        for (i, stamp), h in zip(stale, hashes, strict=True):
+            if h:
+                self._workers[i] = (stamp, WorkerRecord.from_hash(h))
+        self._workers = {i: self._workers[i] for i in ids if i in self._workers}
+        return [record for _, record in self._workers.values()]
 
     async def remove_worker(self, node_id: str) -> None:
         async with self._r.pipeline(transaction=True) as pipe:

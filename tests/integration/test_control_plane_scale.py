@@ -201,3 +201,23 @@ async def test_claim_loops_of_many_models_share_a_bounded_number_of_connections(
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
             await head.close()
+
+
+async def test_workers_are_read_again_only_when_their_record_changed(
+    store: Store, other_head: Store
+) -> None:
+    for i in range(10):
+        await other_head.registry.heartbeat(f"w{i}", {"url": f"http://w{i}", "cache": []})
+    assert len(await store.registry.list_workers()) == 10
+    before = await calls(store, "hgetall")
+    assert len(await store.registry.list_workers()) == 10
+    assert await calls(store, "hgetall") == before  # stamps only
+    # A heartbeat and a suspicion are read; a pruned worker is gone.
+    await other_head.registry.heartbeat("w3", {"url": "http://w3", "cache": [{"source": "x"}]})
+    assert await other_head.registry.suspect_worker("w4", "refused", time.time())
+    await other_head.registry.remove_worker("w5")
+    workers = {w.node_id: w for w in await store.registry.list_workers()}
+    assert await calls(store, "hgetall") == before + 2
+    assert workers["w3"].cache == [{"source": "x"}]
+    assert workers["w4"].suspect == "refused"
+    assert "w5" not in workers and len(workers) == 9
