@@ -84,6 +84,7 @@ H, W, U = HeadSettings, WorkerSettings, UpSettings
 def head(
     host: Annotated[str | None, _opt(H, "host")] = None,
     port: Annotated[int | None, _opt(H, "port")] = None,
+    processes: Annotated[int | None, _opt(H, "processes")] = None,
     redis_url: Annotated[str | None, _opt(H, "redis_url")] = None,
     worker_redis_url: Annotated[str | None, _opt(H, "worker_redis_url")] = None,
     key_prefix: Annotated[str | None, _opt(H, "key_prefix")] = None,

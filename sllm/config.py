@@ -171,6 +171,13 @@ class HeadSettings(KeySettings, HttpEdgeSettings):
 
     host: str = Field("0.0.0.0", description="Address the head listens on.")
     port: int = Field(8343, description="Port of the OpenAI API and the management API.")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Head processes serving the port (the kernel spreads connections), "
+        "each a full head sharing everything through Redis: one core each.",
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding all state.")
     key_prefix: str = Field("sllm", description="Prefix of every Redis key.")
     lease_seconds: float = Field(15.0, gt=0, description="Length of a task claim's lease.")

@@ -78,6 +78,21 @@ def _options(host: str, port: int, log_level: str, access_log: bool) -> dict[str
     }
 
 
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other processes bind too: the kernel spreads the
+    connections among them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc}") from None
+    return sock
+
+
 def serve(
     app: FastAPI,
     host: str,
@@ -86,10 +101,12 @@ def serve(
     *,
     access_log: bool = True,
     edge: HttpEdgeSettings | None = None,
+    shared_port: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get 10 s to finish, then the
     app's lifespan stops what it owns. ``edge``: the limits a server that faces the
-    network puts on its clients (the head, a worker; a backend serves its worker only)."""
+    network puts on its clients (the head, a worker; a backend serves its worker only).
+    ``shared_port``: other processes serve the same port (SO_REUSEPORT)."""
     options = _options(host, port, log_level, access_log)
     if edge is not None:
         limits = HttpLimits(
@@ -97,13 +114,12 @@ def serve(
         )
         options["http"] = limited_protocol(limits)
         options["timeout_keep_alive"] = edge.keep_alive_timeout
-        uvicorn.run(app, **options)
-        return
-    # A backend: what its connections send goes to its worker (accepted sockets inherit
-    # the listening socket's buffer size).
     config = uvicorn.Config(app, **options)
-    sock = config.bind_socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HOP_BUFFER)
+    sock = _shared_socket(host, port) if shared_port else config.bind_socket()
+    if edge is None:
+        # A backend: what its connections send goes to its worker (accepted sockets
+        # inherit the listening socket's buffer size).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HOP_BUFFER)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     if not server.started:

@@ -25,6 +25,7 @@ from sllm.head.dispatcher import Dispatcher
 from sllm.head.failure_detector import FailureDetector
 from sllm.head.gateway import Gateway
 from sllm.head.model_manager import ModelManager
+from sllm.head.processes import supervise
 from sllm.head.recent import Recent
 from sllm.head.redis_health import RedisHealth
 from sllm.head.request_headers import check_request_id
@@ -138,4 +139,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def run(settings: HeadSettings) -> None:
     setup_logging(settings.log_level, settings.log_format)
+    if settings.processes > 1:
+        supervise(settings, _serve_shared)
+        return
     serve(create_app(settings), settings.host, settings.port, settings.log_level, edge=settings)
+
+
+def _serve_shared(settings: HeadSettings) -> None:
+    """One of ``settings.processes`` heads on the same port (in its own process)."""
+    setup_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    serve(app, settings.host, settings.port, settings.log_level, edge=settings, shared_port=True)
