@@ -2,7 +2,10 @@
 
 Every message carries the task id, the attempt that produced it and a sequence number,
 so the gateway can drop a stale attempt's output and notice a gap. ``seq`` is -1 on
-terminal errors raised outside the worker (attempts spent, model deleted).
+terminal errors raised outside the worker (attempts spent, model deleted). Chunks that
+reach the worker together travel as one ``chunks`` message (``seq`` its first chunk's,
+``data`` the list): a Redis message per token cost the head and the worker more than
+anything else in a fast stream. The gateway's bus splits it back into chunks.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Kind = Literal["chunk", "done", "error"]
+Kind = Literal["chunk", "chunks", "done", "error"]
 
 # Flow control of a stream: the gateway notes every ACK_EVERY chunks its client read
 # (``TaskStore.ack``); the worker publishing them waits when it is FLOW_WINDOW chunks
@@ -33,7 +36,16 @@ class ResultMessage:
 
     @property
     def terminal(self) -> bool:
-        return self.kind != "chunk"
+        return self.kind not in ("chunk", "chunks")
+
+    def split(self) -> list[ResultMessage]:
+        """A ``chunks`` message as the chunks it carries; any other as itself."""
+        if self.kind != "chunks":
+            return [self]
+        return [
+            ResultMessage(self.task, self.attempt, self.seq + i, "chunk", data)
+            for i, data in enumerate(self.data)
+        ]
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -54,3 +66,11 @@ def encode_raw(task: str, attempt: int, seq: int, kind: Kind, raw_json: str) -> 
     """Encode a message whose data is already JSON text (a backend's chunk), unparsed."""
     head = json.dumps({"task": task, "attempt": attempt, "seq": seq, "kind": kind})
     return f'{head[:-1]}, "data": {raw_json}}}'
+
+
+def encode_chunks(task: str, attempt: int, seq: int, chunks: list[str]) -> str:
+    """Chunks ``seq`` onwards (JSON texts, unparsed) as one message; one chunk goes as
+    a plain ``chunk``."""
+    if len(chunks) == 1:
+        return encode_raw(task, attempt, seq, "chunk", chunks[0])
+    return encode_raw(task, attempt, seq, "chunks", f"[{','.join(chunks)}]")

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -52,6 +52,10 @@ from sllm.metrics import HeadMetrics
 log = logging.getLogger(__name__)
 
 KEEPALIVE = b": keep-alive\n\n"
+# SSE events a stream's relay may produce ahead of its client's writes, written together
+# once the client takes them: a bounded lead, so a client that reads nothing still
+# stops its stream (flow control).
+STREAM_AHEAD = 64
 # A full queue drains at the speed of generation: a second is a fair first wait.
 QUEUE_FULL_RETRY_AFTER = 1
 
@@ -362,7 +366,7 @@ class Gateway:
         or what they are made into). Its status waits for the first event, for at most
         one keep-alive interval: a request refused before any output (a backend's 400)
         gets the error's own status, as when not streamed, not a 200 with one error event."""
-        events = ReadAhead(stream)
+        events = ReadAhead(stream, STREAM_AHEAD)
         first: bytes | SllmError | None
         try:
             first = await _unless_gone(request, events.next(self.settings.stream_keepalive))
@@ -395,7 +399,9 @@ class Gateway:
                 elif isinstance(event, SllmError):
                     yield format_sse_event(data_str=json.dumps(event.to_body()))
                 else:
-                    yield event
+                    # With the events that came meanwhile: one write, not one each.
+                    more = cast("list[bytes]", events.ready(lambda e: isinstance(e, bytes)))
+                    yield b"".join([event, *more]) if more else event
                 try:
                     event = await events.next(self.settings.stream_keepalive)
                 except TimeoutError:

@@ -68,7 +68,9 @@ class TaskResults:
             if remaining <= 0:
                 raise DeadlineExceeded("the request did not finish before its deadline")
             try:
-                item = await asyncio.wait_for(self.queue.get(), min(remaining, self.poll_interval))
+                # A timeout, not wait_for: that made a task for every message.
+                async with asyncio.timeout(min(remaining, self.poll_interval)):
+                    item = await self.queue.get()
             except TimeoutError:
                 item = RESYNC
             if item == RESYNC:

@@ -119,7 +119,8 @@ class ResultBus:
                 return
             queue = self._listeners.get(message.task)
             if queue is not None:
-                queue.put_nowait(message)
+                for one in message.split():
+                    queue.put_nowait(one)
             return
         try:
             event = json.loads(data)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends.registry import get_backend
 from sllm.edge.errors import error_body
-from sllm.edge.messages import FLOW_WINDOW, ResultMessage, encode_raw
+from sllm.edge.messages import FLOW_WINDOW, ResultMessage, encode_chunks, encode_raw
 from sllm.edge.serving import hop_socket, hung_up
 from sllm.kv import RedisError
 from sllm.kv.store import Store
@@ -172,25 +172,26 @@ class Proxy:
                     self.instances.first_output(call.instance_id)
                     await self._finish(call, "done", message)
                     return "done", ""
-                async for line in resp.content:
-                    data = _sse_data(line)
-                    if data is None:
-                        continue
-                    if data == "[DONE]":
+                async for batch in sse_batches(resp.content):
+                    chunks, ended = [], False
+                    for data in batch:
+                        if data == "[DONE]":
+                            ended = True
+                            break
+                        if data.startswith('{"error"'):
+                            await self._fail_with_backend_error(call, 500, data)
+                            return "failed", "backend error mid-stream"
+                        chunks.append(recounted(data, prior) if prior else data)
+                    if chunks:
+                        message = encode_chunks(call.task_id, call.attempt, seq, chunks)
+                        await self.store.tasks.publish(call.reply_to, message)
+                        if seq == 0:
+                            self.instances.first_output(call.instance_id)
+                        seq += len(chunks)
+                        if seq - read >= FLOW_WINDOW:
+                            read = await self._await_reader(call, seq)
+                    if ended:
                         break
-                    if data.startswith('{"error"'):
-                        await self._fail_with_backend_error(call, 500, data)
-                        return "failed", "backend error mid-stream"
-                    if prior:
-                        data = recounted(data, prior)
-                    await self.store.tasks.publish(
-                        call.reply_to, encode_raw(call.task_id, call.attempt, seq, "chunk", data)
-                    )
-                    if seq == 0:
-                        self.instances.first_output(call.instance_id)
-                    seq += 1
-                    if seq - read >= FLOW_WINDOW:
-                        read = await self._await_reader(call, seq)
             done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
             await self._finish(call, "done", done)
             return "done", ""
@@ -306,11 +307,23 @@ class Proxy:
         job.add_done_callback(self._background.discard)
 
 
-def _sse_data(line: bytes) -> str | None:
-    """The payload of an SSE ``data:`` line, None for other lines."""
-    if not line.startswith(b"data:"):
-        return None
-    return line[5:].strip().decode()
+# Chunks in one message at most: a message stays small beside the flow control window.
+MAX_BATCH = 64
+
+
+async def sse_batches(body: aiohttp.StreamReader) -> AsyncIterator[list[str]]:
+    """The payloads of an SSE body's ``data:`` lines, as many in each list as the
+    backend's writes brought at once (up to MAX_BATCH): a slow stream gives one chunk
+    a list, a fast one (or a worker behind) many."""
+    tail = b""
+    async for received in body.iter_any():
+        lines = (tail + received).split(b"\n")
+        tail = lines.pop()  # an unfinished line waits for the rest
+        payloads = [line[5:].strip().decode() for line in lines if line.startswith(b"data:")]
+        for start in range(0, len(payloads), MAX_BATCH):
+            yield payloads[start : start + MAX_BATCH]
+    if tail.startswith(b"data:"):
+        yield [tail[5:].strip().decode()]
 
 
 def _outcome(outcome: str, error: str) -> bytes:

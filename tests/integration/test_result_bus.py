@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis as redis_sync
 
-from sllm.edge.messages import ResultMessage
+from sllm.edge.messages import ResultMessage, encode_chunks
 from sllm.kv.bus import RESYNC, ResultBus
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
@@ -17,6 +18,8 @@ async def test_a_cut_subscription_resyncs_its_listeners_and_goes_on(redis_url: s
     listener must hear RESYNC after the reconnect, however redis-py reconnects."""
     store = Store.connect(redis_url, Keys("bus"), patient=True)
     bus = ResultBus(store.client, store.keys, "h1")
+    control: list[dict[str, Any]] = []
+    bus.on_control(control.append)
     await bus.start()
     killer = redis_sync.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -24,6 +27,13 @@ async def test_a_cut_subscription_resyncs_its_listeners_and_goes_on(redis_url: s
         # (>= 1: the session's server may hold another test's subscription)
         assert killer.client_kill_filter(_type="pubsub") >= 1
         assert await asyncio.wait_for(queue.get(), 10) == RESYNC
+        # Control events may have been lost too: their handlers hear it (claim loops
+        # waiting for a 'queued' look again).
+        for _ in range(40):
+            if control:
+                break
+            await asyncio.sleep(0.05)
+        assert {"type": "resync"} in control
 
         message = ResultMessage(task="t1", attempt=0, seq=0, kind="chunk", data={"n": 1})
         for _ in range(50):  # until the resubscribed channel hears it
@@ -34,5 +44,23 @@ async def test_a_cut_subscription_resyncs_its_listeners_and_goes_on(redis_url: s
         assert isinstance(got, ResultMessage) and got.data == {"n": 1}
     finally:
         killer.close()
+        await bus.stop()
+        await store.close()
+
+
+async def test_chunks_sent_as_one_message_reach_their_listener_one_by_one(redis_url: str) -> None:
+    store = Store.connect(redis_url, Keys("bus2"), patient=True)
+    bus = ResultBus(store.client, store.keys, "h2")
+    await bus.start()
+    try:
+        queue = bus.listen("t1")
+        message = encode_chunks("t1", 1, 3, ['{"n":3}', '{"n":4}'])
+        assert await store.client.publish(bus.channel, message) == 1
+        got = [await asyncio.wait_for(queue.get(), 10) for _ in range(2)]
+        assert got == [
+            ResultMessage("t1", 1, 3, "chunk", {"n": 3}),
+            ResultMessage("t1", 1, 4, "chunk", {"n": 4}),
+        ]
+    finally:
         await bus.stop()
         await store.close()

@@ -74,3 +74,37 @@ async def test_closing_a_generator_waiting_for_its_next_event_cleans_it_up() -> 
         await ahead.next(0.01)
     await ahead.aclose()
     assert cleaned == ["done"]
+
+
+async def test_events_produced_meanwhile_are_taken_in_one_go_up_to_an_unwanted_one() -> None:
+    async def events() -> AsyncGenerator[object, None]:
+        for item in (b"a", b"b", b"c", ValueError("an error event"), b"d"):
+            yield item
+
+    ahead: ReadAhead[object] = ReadAhead(events(), ahead=8)
+    assert await ahead.next(1.0) == b"a"
+    await asyncio.sleep(0.01)  # the generator runs ahead
+    assert ahead.ready(lambda e: isinstance(e, bytes)) == [b"b", b"c"]
+    assert ahead.ready(lambda e: isinstance(e, bytes)) == []  # the error waits for next
+    assert isinstance(await ahead.next(1.0), ValueError)
+    assert await ahead.next(1.0) == b"d"
+    with pytest.raises(StopAsyncIteration):
+        await ahead.next(1.0)
+    await ahead.aclose()
+
+
+async def test_the_generator_runs_no_further_ahead_than_allowed() -> None:
+    produced = 0
+
+    async def events() -> AsyncGenerator[int, None]:
+        nonlocal produced
+        while True:
+            produced += 1
+            yield produced
+
+    ahead = ReadAhead(events(), ahead=4)
+    await asyncio.sleep(0.05)
+    # Four wait in the queue, a fifth in the generator's hands.
+    assert produced <= 5
+    assert ahead.ready(lambda _: True) == [1, 2, 3, 4]
+    await ahead.aclose()

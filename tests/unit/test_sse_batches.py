@@ -1,0 +1,53 @@
+"""A worker relays a stream's chunks as its backend's writes bring them: together when
+they came together, in order, lines split across reads put back together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from sllm.edge.messages import ResultMessage, encode_chunks
+from sllm.worker.proxy import MAX_BATCH, sse_batches
+
+
+class Body:
+    def __init__(self, *reads: bytes) -> None:
+        self.reads = reads
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for data in self.reads:
+            yield data
+
+
+async def batches(*reads: bytes) -> list[list[str]]:
+    return [b async for b in sse_batches(cast(Any, Body(*reads)))]
+
+
+async def test_chunks_that_arrive_together_come_out_together() -> None:
+    got = await batches(
+        b'data: {"a":1}\n\n: keep-alive\n\ndata: {"a"',
+        b':2}\r\n\r\ndata: {"a":3}\n\ndata: [DONE]\n\n',
+    )
+    assert got == [['{"a":1}'], ['{"a":2}', '{"a":3}', "[DONE]"]]
+    # A last line without its newline is still read.
+    assert await batches(b'data: {"a":1}\n\ndata: [DONE]') == [['{"a":1}'], ["[DONE]"]]
+
+
+async def test_a_batch_holds_at_most_max_batch_chunks() -> None:
+    body = b"".join(b'data: {"n":%d}\n\n' % i for i in range(2 * MAX_BATCH + 2))
+    got = await batches(body)
+    assert [len(b) for b in got] == [MAX_BATCH, MAX_BATCH, 2]
+    assert [c for b in got for c in b] == [f'{{"n":{i}}}' for i in range(2 * MAX_BATCH + 2)]
+
+
+def test_a_batch_is_one_message_that_splits_into_numbered_chunks() -> None:
+    raw = encode_chunks("t", 2, 5, ['{"a":1}', '{"a":2}', '{"a":3}'])
+    message = ResultMessage.decode(raw)
+    assert message.kind == "chunks" and not message.terminal
+    assert message.split() == [
+        ResultMessage("t", 2, 5, "chunk", {"a": 1}),
+        ResultMessage("t", 2, 6, "chunk", {"a": 2}),
+        ResultMessage("t", 2, 7, "chunk", {"a": 3}),
+    ]
+    # One chunk travels as before.
+    assert ResultMessage.decode(encode_chunks("t", 2, 5, ['{"a":1}'])).kind == "chunk"
