@@ -273,6 +273,7 @@ async def stream_load(url: str, concurrency: int, seconds: float) -> dict[str, A
         "tokens_per_s": tokens / elapsed,
         "itl_p50_ms": statistics.median(gaps) * 1000 if gaps else None,
         "errors": errors,
+        "tokens": tokens,
     }
 
 
@@ -316,10 +317,13 @@ def start_skeleton(work: Path, backend_url: str, redis_url: str) -> list[Child]:
     return children
 
 
-def start_cluster(work: Path, instances: int = 1) -> list[Child]:
+def start_cluster(work: Path, instances: int = 1, head_processes: int = 1) -> list[Child]:
+    work = work / f"cluster-{head_processes}"
     redis = start_redis(free_port(), work / "redis")
     env = {"SLLM_LOG_LEVEL": "warning"}
-    head = start_head(free_port(), redis.url, work / "head.log", env)
+    head = start_head(
+        free_port(), redis.url, work / "head.log", {**env, "SLLM_PROCESSES": str(head_processes)}
+    )
     worker = start_worker(free_port(), head.url, work, {**env, "SLLM_HEARTBEAT_INTERVAL": "1"})
     config = {
         "model": MODEL,

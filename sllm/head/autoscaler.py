@@ -248,9 +248,12 @@ class Autoscaler:
         if need not in reasons:
             reasons[need] = unservable(room, need) or ""
         reason = reasons[need]
-        startable = [w for w in room if w.node_id not in given_up]
-        if not reason and given_up and unservable(startable, need):
-            reason = start_failures.why_unstartable(model.name, given_up)
+        # Only for a model given up on somewhere: a pass over every worker for every
+        # model made the pass cost models x workers.
+        if not reason and given_up:
+            startable = [w for w in room if w.node_id not in given_up]
+            if unservable(startable, need):
+                reason = start_failures.why_unstartable(model.name, given_up)
         if reason == model.unschedulable:
             return
         await self.store.registry.set_unschedulable(model.name, reason)
