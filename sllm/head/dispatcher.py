@@ -56,7 +56,7 @@ BUSY_RECHECK = 1.0
 # commands per model) is spread thin over many models: an empty queue beside a ready
 # instance, and a model with no instance at all (most of a large deployment).
 EMPTY_RECHECK = 30.0
-UNUSED_RECHECK = 60.0
+UNUSED_RECHECK = 300.0
 
 
 @dataclass
