@@ -227,7 +227,6 @@ class Autoscaler:
             if node not in before:
                 log.warning("%s is not placed on %s any more: %s", model.name, node, message)
         await self.store.registry.set_start_failures(model.name, noted)
-        model.start_failures = noted
 
     async def _mark_servable(
         self,

@@ -173,15 +173,9 @@ class Proxy:
                     await self._finish(call, "done", message)
                     return "done", ""
                 async for batch in sse_batches(resp.content):
-                    chunks, ended = [], False
-                    for data in batch:
-                        if data == "[DONE]":
-                            ended = True
-                            break
-                        if data.startswith('{"error"'):
-                            await self._fail_with_backend_error(call, 500, data)
-                            return "failed", "backend error mid-stream"
-                        chunks.append(recounted(data, prior) if prior else data)
+                    chunks, ended, error = stream_part(batch)
+                    if prior:
+                        chunks = [recounted(data, prior) for data in chunks]
                     if chunks:
                         message = encode_chunks(call.task_id, call.attempt, seq, chunks)
                         await self.store.tasks.publish(call.reply_to, message)
@@ -190,6 +184,9 @@ class Proxy:
                         seq += len(chunks)
                         if seq - read >= FLOW_WINDOW:
                             read = await self._await_reader(call, seq)
+                    if error is not None:  # after the chunks that came before it
+                        await self._fail_with_backend_error(call, 500, error)
+                        return "failed", "backend error mid-stream"
                     if ended:
                         break
             done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
@@ -309,6 +306,18 @@ class Proxy:
 
 # Chunks in one message at most: a message stays small beside the flow control window.
 MAX_BATCH = 64
+
+
+def stream_part(batch: list[str]) -> tuple[list[str], bool, str | None]:
+    """A batch of SSE payloads as its chunks, whether the stream ended in it, and the
+    backend's error that ended it (None: ``[DONE]`` or not ended); what comes after the
+    end is not read."""
+    for i, data in enumerate(batch):
+        if data == "[DONE]":
+            return batch[:i], True, None
+        if data.startswith('{"error"'):
+            return batch[:i], True, data
+    return batch, False, None
 
 
 async def sse_batches(body: aiohttp.StreamReader) -> AsyncIterator[list[str]]:

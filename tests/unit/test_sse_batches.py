@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from sllm.edge.messages import ResultMessage, encode_chunks
-from sllm.worker.proxy import MAX_BATCH, sse_batches
+from sllm.worker.proxy import MAX_BATCH, sse_batches, stream_part
 
 
 class Body:
@@ -51,3 +51,11 @@ def test_a_batch_is_one_message_that_splits_into_numbered_chunks() -> None:
     ]
     # One chunk travels as before.
     assert ResultMessage.decode(encode_chunks("t", 2, 5, ['{"a":1}'])).kind == "chunk"
+
+
+def test_a_batch_is_read_up_to_the_end_of_its_stream() -> None:
+    assert stream_part(['{"a":1}', '{"a":2}']) == (['{"a":1}', '{"a":2}'], False, None)
+    assert stream_part(['{"a":1}', "[DONE]", "late"]) == (['{"a":1}'], True, None)
+    # Chunks the backend sent before its error still go to the client, then the error.
+    error = '{"error": {"message": "boom"}}'
+    assert stream_part(['{"a":1}', error, '{"a":2}']) == (['{"a":1}'], True, error)
