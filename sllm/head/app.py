@@ -67,7 +67,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
         )
         bus = ResultBus(patient.client, keys, head_id)
         health = RedisHealth()
-        detector = FailureDetector(patient, http, metrics)
+        detector = FailureDetector(patient, metrics)
         workers = WorkerManager(patient, settings, http, beats=fast, detector=detector)
         dispatcher = Dispatcher(patient, settings, head_id, http, metrics, detector)
         autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent, health)

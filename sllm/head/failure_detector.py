@@ -15,9 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-import aiohttp
-
-from sllm.head.worker_health import ProbeResult, judge
+from sllm.head.health_probe import HealthProbes
+from sllm.head.worker_health import judge
 from sllm.kv import RedisError
 from sllm.kv.store import Store
 from sllm.metrics import HeadMetrics
@@ -25,15 +24,15 @@ from sllm.metrics import HeadMetrics
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0
-PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+PROBE_TIMEOUT = 1.0
 
 
 class FailureDetector:
-    def __init__(self, store: Store, http: aiohttp.ClientSession, metrics: HeadMetrics) -> None:
+    def __init__(self, store: Store, metrics: HeadMetrics) -> None:
         self.store = store
-        self.http = http
         self.metrics = metrics
         self._failures: dict[str, int] = {}
+        self._probes = HealthProbes()
 
     async def suspect(self, node_id: str, reason: str) -> None:
         """Suspect ``node_id`` of being dead, for every head (once)."""
@@ -54,37 +53,32 @@ class FailureDetector:
 
     async def run(self, leading: Callable[[], bool]) -> None:
         """Probe the trusted workers while ``leading()`` (the autoscaler's lock)."""
-        while True:
-            await asyncio.sleep(PROBE_INTERVAL)
-            if not leading():
-                self._failures.clear()
-                continue
-            try:
-                workers = await self.store.registry.worker_addresses()
-            except RedisError:
-                continue  # the autoscaler's pass says so
-            trusted = [(node_id, url) for node_id, url, suspect in workers if not suspect]
-            results = await asyncio.gather(*(self._probe(url) for _, url in trusted))
-            self._failures = {
-                node_id: self._failures.get(node_id, 0) for node_id, _ in trusted
-            }  # forget workers pruned or suspected
-            for (node_id, _), (result, detail) in zip(trusted, results, strict=True):
-                failures, suspected = judge(self._failures[node_id], result)
-                self._failures[node_id] = failures
-                if suspected:
-                    await self.suspect(node_id, f"health probe {result}: {detail}")
-
-    async def _probe(self, url: str) -> tuple[ProbeResult, str]:
         try:
-            async with self.http.get(f"{url}/health", timeout=PROBE_TIMEOUT) as resp:
-                if resp.status == 200:
-                    return "ok", ""
-                return "error", f"answered {resp.status}"
-        except aiohttp.ClientConnectorError as exc:
-            return (
-                "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "error"
-            ), str(exc)
-        except TimeoutError:
-            return "timeout", f"no answer within {PROBE_TIMEOUT.total} s"
-        except aiohttp.ClientError as exc:
-            return "error", repr(exc)
+            while True:
+                await asyncio.sleep(PROBE_INTERVAL)
+                await self._probe_round(leading())
+        finally:
+            self._probes.close()
+
+    async def _probe_round(self, leading: bool) -> None:
+        if not leading:
+            self._failures.clear()
+            self._probes.close()
+            return
+        try:
+            workers = await self.store.registry.worker_addresses()
+        except RedisError:
+            return  # the autoscaler's pass says so
+        trusted = [(node_id, url) for node_id, url, suspect in workers if not suspect]
+        self._probes.keep({url for _, url in trusted})
+        results = await asyncio.gather(
+            *(self._probes.probe(url, PROBE_TIMEOUT) for _, url in trusted)
+        )
+        self._failures = {
+            node_id: self._failures.get(node_id, 0) for node_id, _ in trusted
+        }  # forget workers pruned or suspected
+        for (node_id, _), (result, detail) in zip(trusted, results, strict=True):
+            failures, suspected = judge(self._failures[node_id], result)
+            self._failures[node_id] = failures
+            if suspected:
+                await self.suspect(node_id, f"health probe {result}: {detail}")
