@@ -50,9 +50,13 @@ def supervise(settings: HeadSettings, serve_one: Callable[[HeadSettings], None])
             if proc.is_alive():
                 proc.terminate()
 
-    procs = [start(i) for i in range(settings.processes)]
+    # The handlers first: a signal while the heads start must reach those started.
+    procs: list[BaseProcess] = []
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    for index in range(settings.processes):
+        if not stopping:
+            procs.append(start(index))
     deaths: deque[float] = deque()
     failed = False
     while not stopping:
