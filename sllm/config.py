@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sllm.edge import names
+from sllm.kv.redis_url import check_redis_url
 
 BackendName = Literal["dummy", "transformers", "vllm"]
 LogFormat = Literal["text", "json"]
+# redis://, rediss://, unix:// or a Sentinel service (redis+sentinel://...).
+RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
 
 
 class AutoScalingConfig(BaseModel):
@@ -178,7 +189,11 @@ class HeadSettings(KeySettings, HttpEdgeSettings):
         description="Head processes serving the port (the kernel spreads connections), "
         "each a full head sharing everything through Redis: one core each.",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding all state.")
+    redis_url: RedisUrl = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis holding all state: redis://, rediss://, unix://, or a Sentinel "
+        "service: redis+sentinel://S1,S2,S3/SERVICE (sentinels on port 26379 unless given).",
+    )
     key_prefix: str = Field("sllm", description="Prefix of every Redis key.")
     lease_seconds: float = Field(15.0, gt=0, description="Length of a task claim's lease.")
     max_attempts: int = Field(2, ge=1, description="Tries of one request before it fails.")
@@ -207,7 +222,7 @@ class HeadSettings(KeySettings, HttpEdgeSettings):
     responses_max_count: int = Field(
         10_000, gt=0, description="Most stored responses; past it the oldest are dropped."
     )
-    worker_redis_url: str | None = Field(
+    worker_redis_url: RedisUrl | None = Field(
         None, description="Redis URL handed to workers, when it differs from redis_url."
     )
     rate_limit_rpm: int = Field(
@@ -237,7 +252,7 @@ class WorkerSettings(HttpEdgeSettings):
     advertise_url: str | None = Field(
         None, description="URL the head calls this worker on (default: derived from host/port)."
     )
-    redis_url: str | None = Field(
+    redis_url: RedisUrl | None = Field(
         None, description="Redis URL; by default the one the head confirms."
     )
     key_prefix: str = Field("sllm", description="Prefix of every Redis key.")

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,8 +135,11 @@ def wait_warm_pools(head: Child, workers: list[Child], timeout: float = 120.0) -
         time.sleep(0.2)
 
 
-def start_redis(port: int, data_dir: Path, *, log: Path | None = None) -> Child:
-    """redis-server with the append-only file on, so queued work survives a restart."""
+def start_redis(
+    port: int, data_dir: Path, *, log: Path | None = None, args: Sequence[str] = ()
+) -> Child:
+    """redis-server with the append-only file on, so queued work survives a restart;
+    ``args`` are more of its options (``--replicaof HOST PORT``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         find_redis_server(),
@@ -144,9 +148,17 @@ def start_redis(port: int, data_dir: Path, *, log: Path | None = None) -> Child:
         "--dir", str(data_dir),
         "--appendonly", "yes",
         "--save", "",
+        *args,
     ]  # fmt: skip
     child = spawn("redis", argv, log or data_dir / "redis.log", f"redis://127.0.0.1:{port}/0")
-    deadline = time.monotonic() + 10
+    wait_redis(child, port)
+    return child
+
+
+def wait_redis(child: Child, port: int, timeout: float = 10.0) -> None:
+    """Wait for the redis-server (or sentinel) ``child`` to answer PING on ``port``; stop
+    it and raise with its log if it does not."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
             raise RuntimeError(f"redis-server exited:\n{child.log_tail()}")
@@ -154,7 +166,7 @@ def start_redis(port: int, data_dir: Path, *, log: Path | None = None) -> Child:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
-                    return child
+                    return
         except OSError:
             time.sleep(0.02)
     child.stop()

@@ -28,7 +28,7 @@ from sllm.backends.model_source import ModelSourceError, packaged
 from sllm.backends.registry import get_backend
 from sllm.client.head_client import HeadClient, HeadError
 from sllm.client.launcher import Child, free_port, start_head, start_redis, start_worker
-from sllm.config import AutoScalingConfig, DeployConfig, KeySettings
+from sllm.config import AutoScalingConfig, DeployConfig, KeySettings, RedisUrl
 from sllm.edge.auth import KeyConfigError, load_keys
 
 DEMO_MODEL = "demo"
@@ -64,7 +64,7 @@ class UpSettings(KeySettings):
     host: str = Field("127.0.0.1", description="Address the head and worker listen on.")
     port: int = Field(8343, ge=1, le=65535, description="Port of the head.")
     worker_port: int = Field(0, ge=0, le=65535, description="Port of the worker (0: a free one).")
-    redis_url: str | None = Field(
+    redis_url: RedisUrl | None = Field(
         None, description="Use this Redis instead of starting an embedded one."
     )
     redis_port: int = Field(

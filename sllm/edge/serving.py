@@ -7,14 +7,17 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Coroutine
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
 
 from sllm.config import HttpEdgeSettings, LogFormat
 from sllm.edge.http_limits import HttpLimits, limited_protocol
+
+T = TypeVar("T")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Idle connections a backend server keeps: longer than its worker's client keeps them
@@ -160,3 +163,23 @@ async def hung_up(request: Request) -> None:
     """Returns once the client of ``request`` has closed its connection."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+class ClientGone(Exception):
+    """The client went away before its response began."""
+
+
+async def unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """What ``work`` returns (or raises); ClientGone, ``work`` being cancelled, when the
+    client goes away first."""
+    doing = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(hung_up(request))
+    try:
+        await asyncio.wait({doing, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not doing.done():
+            doing.cancel()
+    if doing.cancelled() or not doing.done():
+        raise ClientGone
+    return doing.result()

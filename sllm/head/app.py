@@ -34,6 +34,7 @@ from sllm.kv import RedisError
 from sllm.kv.bus import ResultBus
 from sllm.kv.keys import Keys
 from sllm.kv.rate_limits import RateLimits
+from sllm.kv.redis_url import redacted
 from sllm.kv.store import Store
 from sllm.metrics import HeadMetrics
 
@@ -125,7 +126,7 @@ async def _wait_for_redis(store: Store, url: str, timeout: float = 30.0) -> None
     try:
         await asyncio.wait_for(store.ping(), timeout)
     except (RedisError, OSError, TimeoutError) as exc:
-        raise SystemExit(f"sllm head: cannot reach Redis at {url}: {exc}") from None
+        raise SystemExit(f"sllm head: cannot reach Redis at {redacted(url)}: {exc}") from None
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -7,10 +7,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -31,7 +31,7 @@ from sllm.edge.protocol import (
     EmbeddingRequest,
     adapter_model_name,
 )
-from sllm.edge.serving import hung_up, log_fields
+from sllm.edge.serving import ClientGone, log_fields, unless_gone
 from sllm.head.cancels import Cancels
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
@@ -39,7 +39,7 @@ from sllm.head.recent import Recent
 from sllm.head.request_headers import request_timeout
 from sllm.head.response_cache import HEADER as CACHE_HEADER
 from sllm.head.response_cache import CacheEntry, ResponseCache, replayed
-from sllm.head.results import MessageLost, TaskResults
+from sllm.head.results import MessageLost, TaskLost, TaskResults
 from sllm.head.stalled_clients import StallGuardedStream
 from sllm.head.stream_resume import Relay, continuation, goes_on, resumable
 from sllm.head.watch import Watch
@@ -60,12 +60,6 @@ STREAM_AHEAD = 64
 QUEUE_FULL_RETRY_AFTER = 1
 
 router = APIRouter()
-
-T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The client went away before its response began."""
 
 
 @dataclass
@@ -155,7 +149,7 @@ class Gateway:
         """The final response of a non-streamed request; the task is cancelled if the
         client goes away first (ClientGone)."""
         try:
-            return await _unless_gone(request, self._final(pending))
+            return await unless_gone(request, self._final(pending))
         except (ClientGone, asyncio.CancelledError):
             self.cancel(pending)
             raise
@@ -309,10 +303,22 @@ class Gateway:
             raise
 
     async def answer(self, pending: Pending, request: Request) -> dict[str, Any]:
-        """A non-streamed request's response (ClientGone when its client left first)."""
+        """A non-streamed request's response (ClientGone when its client left first); a
+        task Redis lost is queued again, up to ``max_attempts`` times."""
         outcome = "client_gone"
+        relay = Relay(chat=False)  # nothing is relayed: it only counts the new tasks
         try:
-            answer = await self.collect(pending, request)
+            while True:
+                try:
+                    answer = await self.collect(pending, request)
+                    break
+                except TaskLost:
+                    again = None
+                    if relay.resumes < self.settings.max_attempts:
+                        again = await self._resume(pending, relay)
+                    if again is None:
+                        raise
+                    pending = again
             outcome = "ok"
             return answer
         except SllmError as exc:
@@ -369,7 +375,7 @@ class Gateway:
         events = ReadAhead(stream, STREAM_AHEAD)
         first: bytes | SllmError | None
         try:
-            first = await _unless_gone(request, events.next(self.settings.stream_keepalive))
+            first = await unless_gone(request, events.next(self.settings.stream_keepalive))
         except TimeoutError:
             first = None  # a cold start, a long prompt: the stream begins with keep-alives
         except BaseException:
@@ -445,22 +451,6 @@ class Gateway:
                 chunks=watch.chunks,
             ),
         )
-
-
-async def _unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """What ``work`` returns (or raises); ClientGone, ``work`` being cancelled, when the
-    client goes away first."""
-    doing = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(hung_up(request))
-    try:
-        await asyncio.wait({doing, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not doing.done():
-            doing.cancel()
-    if doing.cancelled() or not doing.done():
-        raise ClientGone
-    return doing.result()
 
 
 def _gateway(request: Request) -> Gateway:

@@ -32,7 +32,8 @@ from sllm.edge.responses_api import (
     new_id,
     skeleton,
 )
-from sllm.head.gateway import ClientGone, Gateway, Pending
+from sllm.edge.serving import ClientGone
+from sllm.head.gateway import Gateway, Pending
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,14 @@ class MessageLost(FatalError):
     code = "stream_interrupted"
 
 
+class TaskLost(MessageLost):
+    """Redis no longer has this task: the replica that a failover promoted never saw it
+    (replication is asynchronous), or its data was flushed. Nothing of it can arrive;
+    the gateway queues the request again."""
+
+    code = "task_lost"
+
+
 @dataclass
 class TaskResults:
     task_id: str
@@ -175,7 +183,7 @@ class TaskResults:
         if result:
             return ResultMessage.decode(result)
         if state is None:
-            raise FatalError("the task was lost", code="task_lost")
+            raise TaskLost("the cluster's state store lost this request (a Redis failover?)")
         if state == "cancelled":
             raise FatalError("the task was cancelled", code="cancelled")
         return None

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Failures that mean "the instance went away mid-stream", not "the request is bad".
-RESUMABLE_CODES = frozenset({"stream_interrupted", "attempts_exhausted"})
+# Failures that mean "the instance (or Redis's record of the task) went away", not "the
+# request is bad".
+RESUMABLE_CODES = frozenset({"stream_interrupted", "attempts_exhausted", "task_lost"})
 CONTINUE_FIELD = "sllm_continue_from"
 
 

@@ -32,6 +32,7 @@ from sllm.edge.guards import Guard, require_cluster_token
 from sllm.edge.names import AdapterName, InstanceId, ModelName, NodeId
 from sllm.edge.serving import serve, setup_logging
 from sllm.kv.keys import Keys
+from sllm.kv.redis_url import URL_PATTERN
 from sllm.kv.store import Store
 from sllm.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, exposition
 from sllm.store import arena
@@ -55,7 +56,7 @@ class _Body(BaseModel):
 class ConfirmationBody(_Body):
     node_id: NodeId
     # A URL redis-py can open; anything else would fail only at the first command.
-    redis_url: str | None = Field(None, max_length=2048, pattern=r"^(redis|rediss|unix)://")
+    redis_url: str | None = Field(None, max_length=2048, pattern=URL_PATTERN)
 
 
 class StartInstanceBody(_Body):
