@@ -116,8 +116,15 @@ def head(
     run(settings)
 
 
-@app.command()
+worker_app = typer.Typer(
+    pretty_exceptions_enable=False, add_completion=False, invoke_without_command=True
+)
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.callback()
 def worker(
+    ctx: typer.Context,
     host: Annotated[str | None, _opt(W, "host")] = None,
     port: Annotated[int | None, _opt(W, "port")] = None,
     head_url: Annotated[str | None, _opt(W, "head_url")] = None,
@@ -136,12 +143,15 @@ def worker(
     log_level: Annotated[str | None, _opt(W, "log_level")] = None,
     log_format: Annotated[str | None, _opt(W, "log_format")] = None,
 ) -> None:
-    """Run a worker: heartbeats the head and runs backend instances.
+    """Run a worker: heartbeats the head and runs backend instances (or drain one).
 
     SLLM_CLUSTER_TOKEN, the head's and workers' shared secret, is read from the
     environment only.
     """
-    settings = _settings(WorkerSettings, **locals())
+    if ctx.invoked_subcommand is not None:
+        return  # `sllm worker drain ...`: a call on the head, not a worker
+    flags = {k: v for k, v in locals().items() if k != "ctx"}
+    settings = _settings(WorkerSettings, **flags)
     from sllm.worker.app import run
 
     run(settings)
@@ -324,6 +334,48 @@ def models(head_url: HeadUrl = DEFAULT_HEAD_URL, admin_key: AdminKey = None) -> 
         names = _managing(client.models)
     for name in names:
         typer.echo(name)
+
+
+@worker_app.command("drain")
+def drain_worker(
+    node_id: Annotated[str, typer.Argument(help="The worker's node id (sllm status).")],
+    wait: Annotated[
+        bool, typer.Option(help="Wait until it runs nothing (drained), then exit.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 600.0,
+    head_url: HeadUrl = DEFAULT_HEAD_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Drain a worker: no new work goes there, then its instances stop.
+
+    Its running requests finish, its queued ones go to instances elsewhere. Exit 1 if
+    --wait times out.
+    """
+    with HeadClient(head_url, admin_key=admin_key) as client:
+        state = _managing(lambda: client.drain(node_id))
+        deadline = time.monotonic() + timeout
+        while wait and state != "drained":
+            if time.monotonic() > deadline:
+                _fail(f"{node_id} is still draining after {timeout:g} s")
+            time.sleep(1.0)
+            workers = _managing(client.status)["workers"]
+            found = next((w for w in workers if w["node_id"] == node_id), None)
+            if found is None:
+                _fail(f"{node_id} is no longer registered (it stopped or was pruned)")
+            state = found.get("drain")
+    typer.echo(f"{node_id}: {state}")
+
+
+@worker_app.command("undrain")
+def undrain_worker(
+    node_id: Annotated[str, typer.Argument(help="The worker's node id (sllm status).")],
+    head_url: HeadUrl = DEFAULT_HEAD_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Let a drained worker take work again."""
+    with HeadClient(head_url, admin_key=admin_key) as client:
+        _managing(lambda: client.undrain(node_id))
+    typer.echo(f"{node_id}: takes work again")
 
 
 # -- the store: models in sllm's fast-loading checkpoint format --------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -71,6 +72,14 @@ class HeadClient:
     def delete(self, model: str) -> dict[str, Any]:
         result: dict[str, Any] = self.call("POST", "/delete", {"model": model})
         return result
+
+    def drain(self, node_id: str) -> str | None:
+        """Ask worker ``node_id`` to drain; its state now ("draining" or "drained")."""
+        result: dict[str, Any] = self.call("POST", f"/workers/{quote(node_id, safe='')}/drain")
+        return result.get("drain")
+
+    def undrain(self, node_id: str) -> None:
+        self.call("DELETE", f"/workers/{quote(node_id, safe='')}/drain")
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/status")

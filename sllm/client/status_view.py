@@ -93,6 +93,7 @@ def status_tables(status: dict[str, Any], now: float) -> list[Table]:
             [
                 str(w.get("node_id")),
                 ("suspect " if w.get("suspect") else "ok " if w.get("healthy") else "silent ")
+                + (f"{w['drain']} " if w.get("drain") else "")
                 + _age(w.get("seconds_since_heartbeat")),
                 str(len(w.get("instances") or [])),
                 _cpu(res),

@@ -59,7 +59,8 @@ def capacities(
         out.append(
             WorkerCapacity(
                 node_id=w.node_id,
-                backends=tuple(w.backends),
+                # One asked to drain gets nothing new, from the moment it is asked.
+                backends=() if w.drain else tuple(w.backends),
                 free_memory=int(w.resources.get("memory_available", 0)),
                 free_gpus=len(w.resources.get("gpus", [])) - gpus_used,
                 instances=len(mine),

@@ -1,4 +1,5 @@
-"""Management API: deploy, update, delete, status, health, and worker heartbeats."""
+"""Management API: deploy, update, delete, status, health, draining workers, and worker
+heartbeats."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sllm.config import DeployConfig
 from sllm.edge import names
-from sllm.edge.errors import RequestError
+from sllm.edge.errors import NotFound, RequestError
 from sllm.edge.guards import require_admin_key, require_cluster_token
 from sllm.edge.names import ModelName
 from sllm.head.autoscaler import Autoscaler
@@ -82,3 +83,29 @@ async def heartbeat(body: HeartbeatBody, request: Request) -> dict[str, Any]:
         raise RequestError("url: the worker's URL must be http:// or https://", param="url")
     workers: WorkerManager = request.app.state.workers
     return await workers.heartbeat(body)
+
+
+@router.post("/workers/{node_id}/drain", dependencies=ADMIN)
+async def drain_worker(node_id: str, request: Request) -> dict[str, Any]:
+    """No new instance goes to the worker from now on; its instances take no new task and
+    are stopped once the tasks they run end (queued ones go to instances elsewhere).
+    ``drain`` says "draining", then "drained" once it runs nothing (``GET /status``)."""
+    return await _drain(request, node_id, True)
+
+
+@router.delete("/workers/{node_id}/drain", dependencies=ADMIN)
+async def undrain_worker(node_id: str, request: Request) -> dict[str, Any]:
+    """The worker takes work again (one shutting down on SIGTERM still leaves)."""
+    return await _drain(request, node_id, False)
+
+
+async def _drain(request: Request, node_id: str, drain: bool) -> dict[str, Any]:
+    if not names.is_node_id(node_id):
+        raise RequestError(f"node_id: {names.ID_RULE}", param="node_id")
+    workers: WorkerManager = request.app.state.workers
+    if not await workers.store.registry.drain_worker(node_id, drain):
+        raise NotFound(f"no worker {node_id!r} is registered", param="node_id")
+    record = next(
+        (w for w in await workers.store.registry.list_workers() if w.node_id == node_id), None
+    )
+    return {"node_id": node_id, "drain": record.drain_state if record else None}

@@ -114,6 +114,8 @@ class ModelManager:
                     and not w.suspect,
                     # Why it is suspected dead (a refused call, failed probes); null: trusted.
                     "suspect": w.suspect or None,
+                    # null, "draining", or "drained" (runs no instance any more).
+                    "drain": w.drain_state,
                     "resources": w.resources,
                     "backends": w.backends,
                     "instances": w.instances,

@@ -47,7 +47,8 @@ class HeartbeatBody(BaseModel):
     backends: list[str] = Field(default_factory=list)
     instances: list[dict[str, Any]] = Field(default_factory=list)
     storage_path: str = ""
-    # Set from the worker's SIGTERM on: it finishes its calls in flight and takes no more.
+    # Set from the worker's SIGTERM on, or while the head asks it to drain: it finishes
+    # its calls in flight and takes no more.
     draining: bool = False
     # Models it has stored (each deployed source at its fastest tier), and its idle warm
     # processes: what placement estimates a start's time from.
@@ -102,11 +103,12 @@ class WorkerManager:
             "storage_path": hb.storage_path,
             "cache": [c.model_dump() for c in hb.cache],
             "warm_processes": str(hb.warm_processes),
+            "draining": "1" if hb.draining else "0",
             "warm_pools": hb.warm_pools,
             "unavailable": hb.unavailable,
             "cold_starts": hb.cold_starts,
         }
-        seen = await self._beats.registry.heartbeat(node_id, info)
+        seen, drain = await self._beats.registry.heartbeat(node_id, info)
         if seen == "new":
             log.info("worker %s registered at %s", node_id, hb.url)
             self.detach(self._confirm(node_id, url))
@@ -127,6 +129,9 @@ class WorkerManager:
             "node_id": node_id,
             "redis_url": self.redis_url_for_workers,
             "stop_instances": sorted(unknown),
+            # Asked to drain (POST /workers/{node_id}/drain): the worker then beats as
+            # draining, and _drain above retires its instances, as on SIGTERM.
+            "drain": drain,
         }
 
     async def _confirm(self, node_id: str, url: str) -> None:
@@ -161,11 +166,11 @@ class WorkerManager:
         return reported - known
 
     async def _drain(self, node_id: str, instances: set[str]) -> None:
-        """A worker shutting down: its instances take no new task from any head. They
-        are retired once the tasks they run end (see retire)."""
+        """A worker draining (shutting down, or asked to): its instances take no new task
+        from any head. They are retired once the tasks they run end (see retire)."""
         for instance_id in instances:
             if await self._beats.registry.set_instance_state(
-                instance_id, "failed", reason=f"its worker {node_id} is shutting down"
+                instance_id, "failed", reason=f"its worker {node_id} is draining"
             ):
                 log.info("instance %s: worker %s is draining", instance_id, node_id)
 

@@ -108,6 +108,17 @@ class WorkerRecord:
     # Why it is suspected dead ("": trusted), since when; a heartbeat clears it.
     suspect: str = ""
     suspect_since: float = 0.0
+    # Asked to drain (drain_worker.lua), and draining as its heartbeat says (asked, or
+    # shutting down on SIGTERM).
+    drain: bool = False
+    draining: bool = False
+
+    @property
+    def drain_state(self) -> str | None:
+        """None, "draining", or "drained" once it runs no instance."""
+        if not (self.drain or self.draining):
+            return None
+        return "draining" if self.instances else "drained"
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> WorkerRecord:
@@ -126,6 +137,8 @@ class WorkerRecord:
             cold_starts=json.loads(h.get("cold_starts") or "[]"),
             suspect=h.get("suspect", ""),
             suspect_since=_f(h.get("suspect_since")),
+            drain=h.get("drain") == "1",
+            draining=h.get("draining") == "1",
         )
 
 

@@ -14,8 +14,8 @@ from sllm.kv.records import TRANSITIONS, InstanceRecord, ModelRecord, WorkerReco
 from sllm.kv.scripts import Scripts
 
 # The fields every write to a worker's record changes (register_worker.lua,
-# suspect_worker.lua): what tells a cached record from a stale one.
-_WORKER_STAMP = ("last_heartbeat", "suspect", "suspect_since")
+# suspect_worker.lua, drain_worker.lua): what tells a cached record from a stale one.
+_WORKER_STAMP = ("last_heartbeat", "suspect", "suspect_since", "drain")
 
 
 def _dumps(value: Any) -> str:
@@ -212,17 +212,22 @@ class Registry:
     async def next_node_id(self) -> str:
         return f"worker-{await self._r.incr(self._k.worker_seq)}"
 
-    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> str:
+    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> tuple[str, bool]:
         """Store a worker's heartbeat: "new" on its first one, "trusted" when it clears
-        a suspicion, else "known"."""
+        a suspicion, else "known"; and whether it was asked to drain."""
         fields: list[str] = []
         for key, value in info.items():
             fields += [key, value if isinstance(value, str) else _dumps(value)]
-        found = await self._s.register_worker(
+        seen, drain = await self._s.register_worker(
             keys=[self._k.workers, self._k.worker(node_id)],
             args=[node_id, time.time(), *fields],
         )
-        return {1: "new", 2: "trusted"}.get(int(found), "known")
+        return {1: "new", 2: "trusted"}.get(int(seen), "known"), bool(int(drain))
+
+    async def drain_worker(self, node_id: str, drain: bool) -> bool:
+        """Ask a worker to drain, or to take work again; False when it is unknown."""
+        done = await self._s.drain_worker(keys=[self._k.worker(node_id)], args=[int(drain)])
+        return bool(done)
 
     async def suspect_worker(self, node_id: str, reason: str, now: float) -> bool:
         """Mark a registered worker suspected dead; True when it was not already."""

@@ -241,6 +241,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             "status": "ok",
             "node_id": worker.heartbeat.node_id,
             "instances": len(worker.instances.list()),
+            "draining": worker.heartbeat.draining,
         }
 
     @app.get("/metrics", include_in_schema=False)

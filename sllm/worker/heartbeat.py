@@ -64,7 +64,9 @@ class Heartbeat:
         self._heads = settings.head_urls()
         self._head = 0
         self._wake = asyncio.Event()
-        self._draining = False
+        # Leaving (SIGTERM: for good) or asked to drain by the head (until it says not).
+        self._leaving = False
+        self._asked_to_drain = False
         self._stopping: set[asyncio.Task[bool]] = set()
 
     @property
@@ -83,12 +85,24 @@ class Heartbeat:
         """Send the next heartbeat at once (an instance changed state)."""
         self._wake.set()
 
+    @property
+    def draining(self) -> bool:
+        return self._leaving or self._asked_to_drain
+
     def drain(self) -> None:
         """The worker is shutting down: tell the head at once, so that it routes nothing
         more to this worker's instances and places no new one here (it advertises no
         backend from now on), while the calls in flight finish."""
-        self._draining = True
+        self._leaving = True
         self.beat_now()
+
+    def _asked(self, drain: bool) -> None:
+        """The head's answer says whether an operator asked this worker to drain (the
+        same path as SIGTERM, but undone when they ask again)."""
+        if drain != self._asked_to_drain:
+            self._asked_to_drain = drain
+            log.info("the head asks this worker to %s", "drain" if drain else "take work again")
+            self.beat_now()
 
     async def run(self) -> None:
         """Beat until cancelled; failures back off from 0.5 s up to the interval."""
@@ -121,6 +135,7 @@ class Heartbeat:
             node_id = str(answer["node_id"])
             redis_url = answer.get("redis_url")
             unknown = [str(i) for i in answer.get("stop_instances") or []]
+            drain = bool(answer.get("drain"))
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("heartbeat to %s failed: %s", head, exc or type(exc).__name__)
             if len(self._heads) > 1:
@@ -130,6 +145,7 @@ class Heartbeat:
         if node_id != self._node_id:
             log.info("head %s knows this worker as %s", head, node_id)
         self._node_id = node_id
+        self._asked(drain)
         for instance_id in unknown:
             self._stop_unknown(instance_id)
         try:
@@ -168,9 +184,9 @@ class Heartbeat:
             "node_id": self._node_id,
             "url": self._url,
             "resources": resources,
-            "backends": [] if self._draining else available_backends(),
+            "backends": [] if self.draining else available_backends(),
             "unavailable": unavailable_backends(),
-            "draining": self._draining,
+            "draining": self.draining,
             "instances": [
                 {
                     "instance_id": i.instance_id,

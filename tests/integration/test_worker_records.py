@@ -103,7 +103,29 @@ async def test_a_suspected_worker_is_trusted_again_by_its_next_heartbeat(
     [worker] = await registry.list_workers()
     assert (worker.suspect, worker.suspect_since) == ("health probe refused", 5.0)
 
-    assert await registry.heartbeat("w-a", {"url": "http://127.0.0.1:9"}) == "trusted"
+    assert await registry.heartbeat("w-a", {"url": "http://127.0.0.1:9"}) == ("trusted", False)
     [worker] = await registry.list_workers()
     assert (worker.suspect, worker.suspect_since) == ("", 0.0)
-    assert await registry.heartbeat("w-a", {"url": "http://127.0.0.1:9"}) == "known"
+    assert await registry.heartbeat("w-a", {"url": "http://127.0.0.1:9"}) == ("known", False)
+
+
+async def test_a_drain_reaches_placement_at_once_and_the_worker_with_its_next_answer(
+    manager: WorkerManager,
+) -> None:
+    registry = manager.store.registry
+    assert (await manager.heartbeat(beat("w-a", [], 0)))["drain"] is False
+    # An unknown worker is refused, and no record of it appears.
+    assert not await registry.drain_worker("w-none", True)
+    assert [w.node_id for w in await registry.list_workers()] == ["w-a"]
+    assert await registry.drain_worker("w-a", True)
+    # Placement sees it before the worker beats again: it can take nothing new.
+    (worker,) = await registry.list_workers()
+    assert worker.drain and worker.drain_state == "drained"
+    assert capacities([worker], [], {})[0].backends == ()
+    # The heartbeat's answer tells the worker; the flag outlives its heartbeats.
+    assert (await manager.heartbeat(beat("w-a", [], 0)))["drain"] is True
+    assert (await manager.heartbeat(beat("w-a", [], 0)))["drain"] is True
+    assert await registry.drain_worker("w-a", False)
+    assert (await manager.heartbeat(beat("w-a", [], 0)))["drain"] is False
+    (worker,) = await registry.list_workers()
+    assert worker.drain_state is None and capacities([worker], [], {})[0].backends

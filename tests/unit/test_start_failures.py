@@ -46,7 +46,7 @@ def test_a_worker_is_given_up_on_after_failing_the_same_way_in_a_row() -> None:
     assert other.message == "backend exited with code 1 during start-up"
     # What says nothing of the model on that worker does not count.
     for passing in (
-        "its worker w1 is shutting down",
+        "its worker w1 is draining",
         "worker unreachable: ClientConnectorError()",
         "backend not ready within 300 s",
         "worker refused: 409 GPU 0 has 8.0 GiB free",

@@ -123,3 +123,10 @@ def test_a_redis_that_refuses_writes_comes_first_and_a_suspect_worker_says_so() 
     assert any("│ n1 " in line and "suspect" in line for line in text.splitlines())
     writable = render({**STATUS, "redis": {"writable": True, "refusal": None}})
     assert "refuses writes" not in writable
+
+
+def test_a_draining_worker_says_so() -> None:
+    worker = {**STATUS["workers"][0], "drain": "draining"}  # type: ignore[index]
+    rows = render({**STATUS, "workers": [worker]}).splitlines()
+    assert any("│ n1 " in line and "draining" in line for line in rows)
+    assert "draining" not in render(STATUS)
