@@ -133,6 +133,7 @@ def worker(
     redis_url: Annotated[str | None, _opt(W, "redis_url")] = None,
     key_prefix: Annotated[str | None, _opt(W, "key_prefix")] = None,
     heartbeat_interval: Annotated[float | None, _opt(W, "heartbeat_interval")] = None,
+    drain_timeout: Annotated[float | None, _opt(W, "drain_timeout")] = None,
     storage_path: Annotated[Path | None, _opt(W, "storage_path")] = None,
     log_dir: Annotated[Path | None, _opt(W, "log_dir")] = None,
     disk_cache_gb: Annotated[float | None, _opt(W, "disk_cache_gb")] = None,

@@ -257,6 +257,14 @@ class WorkerSettings(HttpEdgeSettings):
     )
     key_prefix: str = Field("sllm", description="Prefix of every Redis key.")
     heartbeat_interval: float = Field(15.0, gt=0, description="Seconds between heartbeats.")
+    drain_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="After SIGTERM, seconds the requests running here get to finish (the "
+        "head sends nothing new meanwhile); then the backends stop and what still runs "
+        "resumes elsewhere.",
+    )
     storage_path: Path = Field(
         Path.home() / ".cache" / "sllm" / "models", description="Local model cache."
     )

@@ -29,6 +29,9 @@ BACKEND_KEEP_ALIVE = 75
 # backend would generate tens of thousands of tokens for a client that reads nothing
 # before its writes blocked. Small, a few thousand chunks fill them.
 HOP_BUFFER = 256 * 1024
+# Seconds the requests in flight get after SIGTERM before the lifespan ends (a worker
+# sets its own: SLLM_DRAIN_TIMEOUT).
+GRACEFUL_SHUTDOWN = 10.0
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:
@@ -74,7 +77,7 @@ def _options(host: str, port: int, log_level: str, access_log: bool) -> dict[str
         "port": port,
         "log_level": log_level,
         "access_log": access_log,
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
         "timeout_keep_alive": BACKEND_KEEP_ALIVE,
         # The format setup_logging chose applies to uvicorn's loggers too.
         "log_config": None,
@@ -105,12 +108,14 @@ def serve(
     access_log: bool = True,
     edge: HttpEdgeSettings | None = None,
     shared_port: bool = False,
+    graceful: float = GRACEFUL_SHUTDOWN,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get 10 s to finish, then the
-    app's lifespan stops what it owns. ``edge``: the limits a server that faces the
-    network puts on its clients (the head, a worker; a backend serves its worker only).
-    ``shared_port``: other processes serve the same port (SO_REUSEPORT)."""
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``graceful`` seconds to
+    finish, then the app's lifespan stops what it owns. ``edge``: the limits a server
+    that faces the network puts on its clients (the head, a worker; a backend serves its
+    worker only). ``shared_port``: other processes serve the same port (SO_REUSEPORT)."""
     options = _options(host, port, log_level, access_log)
+    options["timeout_graceful_shutdown"] = graceful
     if edge is not None:
         limits = HttpLimits(
             edge.max_header_bytes, edge.max_headers, edge.header_timeout, edge.keep_alive_timeout

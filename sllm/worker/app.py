@@ -406,4 +406,11 @@ def _drain_on_exit_signals(heartbeat: Heartbeat) -> Iterator[None]:
 def run(settings: WorkerSettings) -> None:
     """Serve the worker until SIGINT/SIGTERM; the lifespan stops every backend."""
     setup_logging(settings.log_level, settings.log_format)
-    serve(create_app(settings), settings.host, settings.port, settings.log_level, edge=settings)
+    serve(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        settings.log_level,
+        edge=settings,
+        graceful=settings.drain_timeout,
+    )

@@ -4,6 +4,7 @@ model moves to another worker, and it reports drained; `undrain` gives it work a
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import subprocess
 import sys
 
@@ -40,7 +41,13 @@ def test_a_drained_worker_finishes_its_work_and_hands_its_model_on(cluster: Clus
         # Two seconds of tokens, running when the drain begins.
         running = pool.submit(
             lambda: list(
-                client.completions.create(model="m", prompt="long", max_tokens=20, stream=True)
+                client.completions.create(
+                    model="m",
+                    prompt="long",
+                    max_tokens=20,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
             )
         )
         wait_until(lambda: cluster.status()["models"][0]["instances"][0].get("outstanding"),
@@ -77,3 +84,48 @@ def test_drain_refuses_unknown_and_malformed_workers(cluster: Cluster) -> None:
     cli = sllm("worker", "drain", "worker-99", "--head-url", head.url)
     assert cli.returncode == 1 and "no worker 'worker-99'" in cli.stderr
     assert cluster.status()["workers"] == []
+
+
+def test_sigterm_lets_a_long_request_finish_within_the_drain_timeout(cluster: Cluster) -> None:
+    """The path Kubernetes takes: SIGTERM drains as `sllm worker drain` does, and the
+    request running there finishes whole though it outlasts uvicorn's usual 10 s."""
+    cluster.start_head()
+    worker = cluster.start_worker(SLLM_DRAIN_TIMEOUT="30")
+    cluster.deploy(
+        "m",
+        auto_scaling_config={"min_instances": 1, "max_instances": 1, "keep_alive": 60},
+        backend_config={"tokens_per_second": 10},
+    )
+    cluster.wait_ready("m")
+    client = cluster.client()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # Thirteen seconds of tokens.
+        running = pool.submit(
+            lambda: list(
+                client.completions.create(
+                    model="m",
+                    prompt="long",
+                    max_tokens=130,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+            )
+        )
+        wait_until(lambda: cluster.status()["models"][0]["instances"][0].get("outstanding"),
+                   10, "the request to run")  # fmt: skip
+        worker.popen.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: (w := cluster.status()["workers"]) and w[0]["drain"] == "draining",
+            10,
+            "the head to see the worker draining",
+        )
+        chunks = running.result(timeout=60)
+    texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert len(texts) == 130 and chunks[-1].choices[0].finish_reason == "length", (
+        chunks[-1],
+        cluster.logs(),
+    )
+    # Served by one instance: it finished there rather than resuming elsewhere.
+    assert len({c.system_fingerprint for c in chunks}) == 1
+    # Then it stops by itself (uvicorn ends with the signal it was sent).
+    assert worker.popen.wait(30) in (0, -signal.SIGTERM)
