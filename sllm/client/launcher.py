@@ -155,15 +155,15 @@ def start_redis(
     return child
 
 
-def wait_redis(child: Child, port: int, timeout: float = 10.0) -> None:
-    """Wait for the redis-server (or sentinel) ``child`` to answer PING on ``port``; stop
-    it and raise with its log if it does not."""
+def wait_redis(child: Child, port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Wait for the redis-server (or sentinel) ``child`` to answer PING on ``host:port``;
+    stop it and raise with its log if it does not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
             raise RuntimeError(f"redis-server exited:\n{child.log_tail()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            with socket.create_connection((host, port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Coroutine
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -147,6 +148,20 @@ async def port_state(host: str, port: int, timeout: float) -> Literal["open", "r
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return "open"
+
+
+async def refuses_connections(url: str, tries: int = 3) -> bool:
+    """Whether nothing listens at ``url`` any more (bounded: about 1 s). Tried a few
+    times 0.1 s apart: a process being killed closes its connections a moment before
+    its listening socket."""
+    parts = urlsplit(url)
+    for attempt in range(tries):
+        if attempt:
+            await asyncio.sleep(0.1)
+        state = await port_state(parts.hostname or "", parts.port or 80, 0.25)
+        if state != "open":
+            return state == "refused"  # unknown: unreachable for now, not known dead
+    return False
 
 
 def hop_socket(addr_info: tuple[Any, ...]) -> socket.socket:

@@ -22,12 +22,11 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from sllm.config import DeployConfig, HeadSettings
-from sllm.edge.serving import port_state
+from sllm.edge.serving import refuses_connections
 from sllm.head.deployed import DeployConfigs
 from sllm.head.failure_detector import FailureDetector
 from sllm.head.routing import pick_instance
@@ -353,9 +352,9 @@ class Dispatcher:
             raise
         finally:
             renewer.cancel()
-        if outcome in ("retry", "lost", "crashed", "unreachable"):
+        if outcome in ("retry", "lost", "silent", "crashed", "unreachable", "unsent"):
             self.metrics.retries.labels(instance.model).inc()
-        if outcome in ("lost", "crashed", "unreachable"):
+        if outcome in ("lost", "silent", "crashed", "unreachable", "unsent"):
             # The instance failed the call itself (a worker-reported "retry" is Redis
             # trouble, no reason to avoid it once Redis is back).
             until = time.monotonic() + SUSPECT_SECONDS
@@ -371,8 +370,16 @@ class Dispatcher:
             now = time.time()
             self._crashed = {t: d for t, d in self._crashed.items() if d > now}
             self._crashed[claim.task_id] = claim.deadline
-        if outcome in ("retry", "lost", "crashed"):
+        if outcome in ("silent", "unsent") and self.detector is not None:
+            # A worker that does not answer at all (partitioned from this head, or its
+            # machine gone): every head should keep the retry away from it, not only
+            # this one; its probes and heartbeats decide from here.
+            await self.detector.suspect(instance.node_id, reason)
+        if outcome in ("retry", "lost", "silent", "crashed"):
             await self._requeue(claim, reason)
+        elif outcome == "unsent":
+            # The call never got through: the retry spends no attempt.
+            await self._requeue(claim, reason, unsent=True)
         elif outcome == "unreachable":
             # Failed before requeued, so no head stamps the task on it again. Another
             # head may not know yet that the worker died (its own call was the one lost)
@@ -428,14 +435,18 @@ class Dispatcher:
                 if outcome in ("retry", "crashed"):
                     return outcome, str(last.get("error", "the backend was unavailable"))
                 return "lost", "the worker closed the call without an outcome"
+        except aiohttp.ConnectionTimeoutError as exc:
+            return "unsent", f"worker {instance.node_id} did not answer a connection: {exc!r}"
         except aiohttp.ClientConnectorError as exc:
             return "unreachable", f"worker {instance.node_id} unreachable: {exc}"
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            if await _refuses_connections(instance.url):
+            if await refuses_connections(instance.url):
                 # Its process is gone (a kept-alive connection was reset): what it ran
                 # died with it, so the retry spends no attempt, as for a refused call.
                 return "unreachable", f"worker {instance.node_id} died under the call: {exc!r}"
             return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
+        except aiohttp.SocketTimeoutError as exc:
+            return "silent", f"worker {instance.node_id} went silent: {exc!r}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
 
@@ -475,17 +486,3 @@ class Dispatcher:
             await self.store.registry.set_instance_state(instance.id, "failed", reason=reason)
         except RedisError as exc:
             log.warning("could not mark %s failed: %s", instance.id, exc)
-
-
-async def _refuses_connections(url: str, tries: int = 3) -> bool:
-    """Whether nothing listens at ``url`` any more (bounded: about 1 s). Tried a few
-    times 0.1 s apart: a process being killed closes its connections a moment before
-    its listening socket."""
-    parts = urlsplit(url)
-    for attempt in range(tries):
-        if attempt:
-            await asyncio.sleep(0.1)
-        state = await port_state(parts.hostname or "", parts.port or 80, 0.25)
-        if state != "open":
-            return state == "refused"  # unknown: unreachable for now, not known dead
-    return False

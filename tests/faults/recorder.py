@@ -32,6 +32,7 @@ class Outcome:
     text: str = ""
     error: str = ""  # what went wrong, in words (empty on success)
     chunks: int = 0
+    tokens: int = 0  # stream chunks that carried text
 
     @property
     def ok(self) -> bool:
@@ -81,11 +82,14 @@ class Recorder:
         timeout: float = 60.0,
         request_id: str | None = None,
         on_chunk: Callable[[dict[str, Any]], bool] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Outcome:
-        """One /v1/completions request. ``on_chunk`` sees each stream chunk and returns
-        True to hang up right there (a client going away)."""
+        """One /v1/completions request (``extra``: more fields of its body). ``on_chunk``
+        sees each stream chunk and returns True to hang up right there (a client going
+        away)."""
         request_id = request_id or uuid.uuid4().hex
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": stream}
+        body.update(extra or {})
         started = time.monotonic()
         fields: dict[str, Any] = {"status": 0}
         try:
@@ -126,7 +130,7 @@ class Recorder:
     def _read_stream(
         lines: Iterable[str], on_chunk: Callable[[dict[str, Any]], bool] | None
     ) -> dict[str, Any]:
-        out: dict[str, Any] = {"instances": (), "text": "", "chunks": 0}
+        out: dict[str, Any] = {"instances": (), "text": "", "chunks": 0, "tokens": 0}
         for line in lines:
             if not line.startswith("data:"):
                 continue
@@ -142,7 +146,9 @@ class Recorder:
             fingerprint = event.get("system_fingerprint")
             if fingerprint and fingerprint not in out["instances"]:
                 out["instances"] = (*out["instances"], fingerprint)
-            out["text"] += "".join(_text_of(c) for c in event.get("choices", []))
+            text = "".join(_text_of(c) for c in event.get("choices", []))
+            out["text"] += text
+            out["tokens"] += bool(text)
             if on_chunk is not None and on_chunk(event):
                 out["error"] = "hung up by the test"
                 return out
