@@ -3,10 +3,16 @@
 -- KEYS[1] task hash, KEYS[2] leases zset, KEYS[3] processing list, KEYS[4] instance hash,
 -- KEYS[5] instance tasks set
 -- ARGV[1] task id, ARGV[2] attempt, ARGV[3] state ('done' or 'failed'),
--- ARGV[4] terminal message (JSON), ARGV[5] now, ARGV[6] ttl (s)
+-- ARGV[4] terminal message (JSON), ARGV[5] now, ARGV[6] ttl (s), ARGV[7] the attempt's
+-- claim (its stamp time; '' for any)
 -- Returns 1, or 0 when this attempt is stale or already ended (nothing changes).
-local t = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'reply_to')
+local t = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'reply_to', 'claimed')
 if t[2] ~= ARGV[2] or (t[1] ~= 'running' and t[1] ~= 'cancelled') then
+  return 0
+end
+-- The same attempt number stamped again (a Redis failover lost the first stamp): only
+-- the claim Redis holds may finish it.
+if ARGV[7] ~= '' and t[4] ~= ARGV[7] then
   return 0
 end
 -- 'cancelled' is live only while the claim holds its lease (cancelled while running). A task

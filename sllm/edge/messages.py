@@ -1,7 +1,9 @@
 """Result messages: what a worker (or a Lua script) sends a gateway about one task.
 
-Every message carries the task id, the attempt that produced it and a sequence number,
-so the gateway can drop a stale attempt's output and notice a gap. ``seq`` is -1 on
+Every message carries the task id, the attempt that produced it, that attempt's claim
+(the time its lease was stamped: a Redis failover that lost a stamp gives the same
+attempt number out twice, and only the claim tells the two apart) and a sequence
+number, so the gateway can drop a stale attempt's output and notice a gap. ``seq`` is -1 on
 terminal errors raised outside the worker (attempts spent, model deleted). Chunks that
 reach the worker together travel as one ``chunks`` message (``seq`` its first chunk's,
 ``data`` the list): a Redis message per token cost the head and the worker more than
@@ -33,6 +35,7 @@ class ResultMessage:
     seq: int
     kind: Kind
     data: Any = None
+    claim: str = ""  # "" in messages of the head's own scripts (attempts spent...)
 
     @property
     def terminal(self) -> bool:
@@ -43,7 +46,7 @@ class ResultMessage:
         if self.kind != "chunks":
             return [self]
         return [
-            ResultMessage(self.task, self.attempt, self.seq + i, "chunk", data)
+            ResultMessage(self.task, self.attempt, self.seq + i, "chunk", data, self.claim)
             for i, data in enumerate(self.data)
         ]
 
@@ -59,18 +62,22 @@ class ResultMessage:
             seq=int(obj["seq"]),
             kind=obj["kind"],
             data=obj.get("data"),
+            claim=str(obj.get("claim") or ""),
         )
 
 
-def encode_raw(task: str, attempt: int, seq: int, kind: Kind, raw_json: str) -> str:
+def encode_raw(
+    task: str, attempt: int, seq: int, kind: Kind, raw_json: str, claim: str = ""
+) -> str:
     """Encode a message whose data is already JSON text (a backend's chunk), unparsed."""
-    head = json.dumps({"task": task, "attempt": attempt, "seq": seq, "kind": kind})
+    fields = {"task": task, "attempt": attempt, "seq": seq, "kind": kind, "claim": claim}
+    head = json.dumps(fields)
     return f'{head[:-1]}, "data": {raw_json}}}'
 
 
-def encode_chunks(task: str, attempt: int, seq: int, chunks: list[str]) -> str:
+def encode_chunks(task: str, attempt: int, seq: int, chunks: list[str], claim: str = "") -> str:
     """Chunks ``seq`` onwards (JSON texts, unparsed) as one message; one chunk goes as
     a plain ``chunk``."""
     if len(chunks) == 1:
-        return encode_raw(task, attempt, seq, "chunk", chunks[0])
-    return encode_raw(task, attempt, seq, "chunks", f"[{','.join(chunks)}]")
+        return encode_raw(task, attempt, seq, "chunk", chunks[0], claim)
+    return encode_raw(task, attempt, seq, "chunks", f"[{','.join(chunks)}]", claim)

@@ -414,6 +414,7 @@ class Dispatcher:
             "request_id": claim.request_id,
             "deadline": claim.deadline,
             "owner": self.head_id,
+            "claim": claim.claim,
             "lease_seconds": self.settings.lease_seconds,
             "stall_seconds": self.settings.stream_stall_timeout,
         }
@@ -460,6 +461,7 @@ class Dispatcher:
                     self.head_id,
                     claim.attempt,
                     time.time() + self.settings.lease_seconds,
+                    claim.claim,
                 )
             except RedisError as exc:
                 log.warning("could not renew the lease of %s: %s", claim.task_id, exc)

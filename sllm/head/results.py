@@ -60,6 +60,9 @@ class TaskResults:
     _pending_terminal: ResultMessage | None = field(default=None, repr=False)
     # The newest attempt Redis has shown this reader (read when a new attempt speaks).
     _current: int = field(default=0, repr=False)
+    # The claim (stamp time) of the attempt being read: the same attempt number is
+    # stamped twice when a Redis failover lost the first stamp.
+    claim: str = ""
     # Notes of how far the client read: the one being written, and the last written.
     _acking: asyncio.Task[None] | None = field(default=None, repr=False)
     _noted: tuple[int, int] = field(default=(0, 0), repr=False)
@@ -97,6 +100,19 @@ class TaskResults:
                         "the instance serving this stream failed after output was sent"
                     )
                 self.attempt = message.attempt
+                self.claim = message.claim
+            elif message.claim and message.claim != self.claim:
+                if not self.claim:
+                    self.claim = message.claim
+                elif not await self._holds_claim(message):
+                    self._drop_stale(message)
+                    continue
+                else:
+                    if self.next_seq > 0:
+                        raise AttemptRestarted(
+                            "this stream's attempt was given out again after a Redis failover"
+                        )
+                    self.claim = message.claim
             if message.kind == "chunk":
                 if message.seq < self.next_seq:
                     continue  # a duplicate delivered after a resync
@@ -139,6 +155,14 @@ class TaskResults:
             raise _store_down(exc) from exc
         self._current = current if current is not None else message.attempt
         return message.attempt < self._current
+
+    async def _holds_claim(self, message: ResultMessage) -> bool:
+        """Whether ``message``'s claim is the one Redis holds for its attempt, when two
+        claims of one attempt number speak (the first one's stamp lost in a failover)."""
+        try:
+            return await self.tasks.claimed(self.task_id) == message.claim
+        except RedisError as exc:
+            raise _store_down(exc) from exc
 
     def _ack(self) -> None:
         """Tell the worker how far the client read, in the background: a slow note only

@@ -81,6 +81,9 @@ class Claim:
     deadline: float
     stream: bool
     request_id: str
+    # The stamp's time as Redis holds it (``claimed``): what tells this claim from
+    # another of the same attempt number (a failover that lost the first stamp).
+    claim: str = ""
 
 
 class TaskStore:
@@ -113,7 +116,7 @@ class TaskStore:
                 offer.owner,
                 offer.instance_id,
                 offer.max_concurrency,
-                offer.now,
+                repr(offer.now),  # the claim: sent as the text Redis keeps
                 offer.lease_until,
             ]
         status, length, instances, reason, attempt = await self._s.enqueue(
@@ -131,6 +134,7 @@ class TaskStore:
                 deadline=task.deadline,
                 stream=task.stream,
                 request_id=task.request_id,
+                claim=repr(offer.now) if offer is not None else "",
             )
         return Enqueued(str(status), int(length), int(instances), str(reason), claim)
 
@@ -156,7 +160,7 @@ class TaskStore:
                 k.instance_tasks(instance_id),
                 k.queue(model),
             ],
-            args=[task_id, owner, now, lease_until, instance_id],
+            args=[task_id, owner, repr(now), lease_until, instance_id],
         )
         if status != "ok":
             return str(status), None
@@ -170,14 +174,17 @@ class TaskStore:
             deadline=float(deadline),
             stream=stream == "1",
             request_id=request_id,
+            claim=repr(now),
         )
         return "ok", claim
 
-    async def renew(self, task_id: str, owner: str, attempt: int, lease_until: float) -> bool:
+    async def renew(
+        self, task_id: str, owner: str, attempt: int, lease_until: float, claim: str = ""
+    ) -> bool:
         return bool(
             await self._s.renew_lease(
                 keys=[self._k.task(task_id), self._k.leases],
-                args=[task_id, owner, attempt, lease_until],
+                args=[task_id, owner, attempt, lease_until, claim],
             )
         )
 
@@ -191,8 +198,10 @@ class TaskStore:
         message: str,
         now: float,
         ttl: int,
+        claim: str = "",
     ) -> bool:
-        """Store and publish the terminal message of this attempt; False if it is stale."""
+        """Store and publish the terminal message of this attempt (of this claim, when
+        given); False if it is stale."""
         k = self._k
         return bool(
             await self._s.finish_task(
@@ -203,7 +212,7 @@ class TaskStore:
                     k.instance(instance_id),
                     k.instance_tasks(instance_id),
                 ],
-                args=[task_id, attempt, state, message, now, ttl],
+                args=[task_id, attempt, state, message, now, ttl, claim],
             )
         )
 
@@ -282,6 +291,11 @@ class TaskStore:
         """The task's current attempt (one field, on the hot path); None: no such task."""
         value = await self._r.hget(self._k.task(task_id), "attempt")
         return int(value) if value is not None else None
+
+    async def claimed(self, task_id: str) -> str | None:
+        """The claim (stamp time) of the task's current attempt; None: no such task or
+        never stamped."""
+        return cast("str | None", await self._r.hget(self._k.task(task_id), "claimed"))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         h = cast("dict[str, str]", await self._r.hgetall(self._k.task(task_id)))

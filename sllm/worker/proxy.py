@@ -62,6 +62,9 @@ class InvokeBody(BaseModel):
     # The dispatching head and its lease length: the worker holds the lease in its stead
     # when that head goes away mid-attempt.
     owner: str = ""
+    # The attempt's claim (its stamp time): carried on every message, checked by finish
+    # and renew, so that a second claim of the same attempt number is told apart.
+    claim: str = Field("", max_length=64)
     lease_seconds: float = Field(15.0, gt=0)
     # How long the gateway waits on a client that reads nothing before it cancels the
     # task; the worker gives up at twice that (the gateway's head is gone, say).
@@ -137,7 +140,7 @@ class Proxy:
             while not job.done():
                 lease_until = time.time() + call.lease_seconds
                 if not await self.store.tasks.renew(
-                    call.task_id, call.owner, call.attempt, lease_until
+                    call.task_id, call.owner, call.attempt, lease_until, call.claim
                 ):
                     break
                 if not carried:
@@ -168,7 +171,8 @@ class Proxy:
                     await self._fail_with_backend_error(call, resp.status, await resp.text())
                     return "failed", f"backend answered {resp.status}"
                 if not call.stream:
-                    message = encode_raw(call.task_id, call.attempt, 0, "done", await resp.text())
+                    text = await resp.text()
+                    message = encode_raw(call.task_id, call.attempt, 0, "done", text, call.claim)
                     self.instances.first_output(call.instance_id)
                     await self._finish(call, "done", message)
                     return "done", ""
@@ -177,7 +181,7 @@ class Proxy:
                     if prior:
                         chunks = [recounted(data, prior) for data in chunks]
                     if chunks:
-                        message = encode_chunks(call.task_id, call.attempt, seq, chunks)
+                        message = encode_chunks(call.task_id, call.attempt, seq, chunks, call.claim)
                         await self.store.tasks.publish(call.reply_to, message)
                         if seq == 0:
                             self.instances.first_output(call.instance_id)
@@ -189,7 +193,7 @@ class Proxy:
                         return "failed", "backend error mid-stream"
                     if ended:
                         break
-            done = ResultMessage(call.task_id, call.attempt, seq, "done").encode()
+            done = ResultMessage(call.task_id, call.attempt, seq, "done", claim=call.claim).encode()
             await self._finish(call, "done", done)
             return "done", ""
         except ReaderGone as exc:
@@ -268,12 +272,13 @@ class Proxy:
             message,
             time.time(),
             self.result_ttl,
+            call.claim,
         )
 
     async def _fail(self, call: InvokeBody, text: str, code: str) -> None:
         body = json.dumps(error_body(text, code))
         await self._finish(
-            call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", body)
+            call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", body, call.claim)
         )
 
     async def _fail_with_backend_error(self, call: InvokeBody, status: int, text: str) -> None:
@@ -286,7 +291,7 @@ class Proxy:
             code = "invalid_request" if 400 <= status < 500 else "backend_error"
             text = json.dumps(error_body(f"backend answered {status}: {text[:500]}", code))
         await self._finish(
-            call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", text)
+            call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", text, call.claim)
         )
 
     async def _release_if_cancelled(self, call: InvokeBody) -> None:

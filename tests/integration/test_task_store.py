@@ -315,3 +315,28 @@ async def test_an_ended_task_keeps_its_outcome_not_its_request(store: Store) -> 
     assert all(v < 2048 for v in ended.values()), ended
     state, result = await store.tasks.state_and_result("done")
     assert state == "done" and ResultMessage.decode(result or "").data == {"ok": True}
+
+
+@pytest.mark.parametrize("offered", [False, True], ids=["claimed", "offered"])
+async def test_only_the_claim_redis_holds_renews_and_finishes_its_attempt(
+    store: Store, offered: bool
+) -> None:
+    """A failover lost attempt 1's stamp and the new primary stamped attempt 1 again:
+    the first run's renew and finish, same attempt number, are refused by its claim."""
+    await deploy_with_ready_instance(store)
+    if offered:
+        claim = (await store.tasks.enqueue(new_task("a"), 60, offer())).claim
+    else:
+        await store.tasks.enqueue(new_task("a"), 60)
+        _, claim = await claim_and_stamp(store)
+    assert claim is not None and claim.attempt == 1 and claim.claim
+    assert claim.claim == await store.tasks.claimed("a")
+    stale = repr(float(claim.claim) - 9.0)
+    lease = time.time() + 30
+    assert not await store.tasks.renew("a", "head-a", 1, lease, stale)
+    assert await store.tasks.renew("a", "head-a", 1, lease, claim.claim)
+    done = ResultMessage("a", 1, 0, "done", {}, stale).encode()
+    assert not await store.tasks.finish("a", MODEL, "i1", 1, "done", done, time.time(), 60, stale)
+    assert (await store.tasks.get("a")).state == "running"  # type: ignore[union-attr]
+    done = ResultMessage("a", 1, 0, "done", {}, claim.claim).encode()
+    assert await store.tasks.finish("a", MODEL, "i1", 1, "done", done, time.time(), 60, claim.claim)

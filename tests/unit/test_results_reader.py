@@ -17,9 +17,13 @@ from sllm.kv.tasks import TaskStore
 
 class StoredOutcome:
     def __init__(
-        self, state: str | None = "running", result: str | None = None, attempt: int = 0
+        self,
+        state: str | None = "running",
+        result: str | None = None,
+        attempt: int = 0,
+        claimed: str | None = None,
     ) -> None:
-        self.state, self.result, self.current = state, result, attempt
+        self.state, self.result, self.current, self.claim = state, result, attempt, claimed
 
     async def state_and_result(self, task_id: str) -> tuple[str | None, str | None]:
         return self.state, self.result
@@ -27,6 +31,9 @@ class StoredOutcome:
     async def attempt(self, task_id: str) -> int | None:
         """The task's current attempt; None: not recorded."""
         return self.current or None
+
+    async def claimed(self, task_id: str) -> str | None:
+        return self.claim
 
 
 def reader(items: list[Any], stored: StoredOutcome | None = None, **kw: Any) -> TaskResults:
@@ -98,3 +105,32 @@ async def test_a_vanished_task_fails_instead_of_hanging() -> None:
 async def test_deadline() -> None:
     with pytest.raises(DeadlineExceeded):
         await drain(reader([], deadline=time.time() + 0.05, poll_interval=0.01))
+
+
+def claimed_chunk(seq: int, claim: str) -> ResultMessage:
+    return ResultMessage("t", 1, seq, "chunk", {"n": seq}, claim)
+
+
+async def test_a_second_claim_of_one_attempt_is_told_apart_by_its_claim() -> None:
+    """A failover lost attempt 1's stamp: the new primary gave attempt 1 out again, and
+    both runs speak. Only the claim Redis holds is read; the other's output is dropped."""
+    old, new = "1733500000.5", "1733500009.25"
+    r = reader(
+        [claimed_chunk(0, new), claimed_chunk(0, old), claimed_chunk(1, old),
+         claimed_chunk(1, new), ResultMessage("t", 1, 2, "done", claim=new)],
+        StoredOutcome(claimed=new),
+    )  # fmt: skip
+    got = await drain(r)
+    assert [(m.seq, m.claim) for m in got] == [(0, new), (1, new), (2, new)]
+    assert r.stale_dropped == 2
+
+
+async def test_a_stream_read_from_the_lost_claim_breaks_rather_than_mixing_two_runs() -> None:
+    old, new = "1733500000.5", "1733500009.25"
+    r = reader([claimed_chunk(0, old), claimed_chunk(1, old), claimed_chunk(0, new)],
+               StoredOutcome(claimed=new))  # fmt: skip
+    got = []
+    with pytest.raises(AttemptRestarted):
+        async for m in r.messages():
+            got.append(m)
+    assert [(m.seq, m.claim) for m in got] == [(0, old), (1, old)]
