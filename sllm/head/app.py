@@ -41,6 +41,8 @@ from sllm.metrics import HeadMetrics
 log = logging.getLogger("sllm.head")
 
 WORKER_IDLE = 4.0
+# What stopping may take once the requests in flight ended (uvicorn's 10 s before).
+SHUTDOWN_TIMEOUT = 5.0
 
 
 def create_app(settings: HeadSettings) -> FastAPI:
@@ -94,15 +96,30 @@ def create_app(settings: HeadSettings) -> FastAPI:
         try:
             yield
         finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await app.state.gateway.close()
-            await workers.close()
-            await bus.stop()
-            await http.close()
-            await fast.close()
-            await patient.close()
+            # Bounded: a step that does not end must not keep the process from exiting
+            # (a supervisor would SIGKILL it, with nothing in the log to say why).
+            step = "its loops"
+            try:
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    for loop in loops:
+                        loop.cancel()
+                    await asyncio.gather(*loops, return_exceptions=True)
+                    for name, close in (
+                        ("the gateway", app.state.gateway.close),
+                        ("the worker manager", workers.close),
+                        ("the result bus", bus.stop),
+                        ("the HTTP client", http.close),
+                        ("the request path's Redis client", fast.close),
+                        ("the loops' Redis client", patient.close),
+                    ):
+                        step = name
+                        await close()
+            except TimeoutError:
+                log.error(
+                    "shutdown: %s did not stop within %.0f s; exiting without it",
+                    step,
+                    SHUTDOWN_TIMEOUT,
+                )
 
     app = FastAPI(title="sllm head", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     # Outside every route: an oversized body is refused before anything parses it.
