@@ -68,7 +68,11 @@ def capacities(
                 cache={c["source"]: Stored(c["tier"], int(c["bytes"])) for c in w.cache},
                 # A worker that reports no pools is one from before there were several.
                 warm=w.warm_pools or {"sllm": w.warm_processes},
-                unavailable=w.unavailable,
+                unavailable=(
+                    {b: f"worker {w.node_id} is drained" for b in w.backends}
+                    if w.drain
+                    else w.unavailable
+                ),
                 cpu_percent=float(w.resources.get("cpu_percent", 0.0)),
             )
         )

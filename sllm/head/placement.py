@@ -170,9 +170,10 @@ def unservable(workers: list[WorkerCapacity], need: Requirement) -> str | None:
         reasons = sorted(
             {w.unavailable[need.backend] for w in workers if need.backend in w.unavailable}
         )
+        none = "none" if workers else "none; no worker is registered"
         return (
             f"no live worker can run backend {need.backend!r} "
-            f"(live workers run: {', '.join(advertised) or 'none; no worker is registered'})"
+            f"(live workers run: {', '.join(advertised) or none})"
             + "".join(f"; {why}" for why in reasons[:3])
         )
     if not any(w.total_gpus >= need.gpus for w in able):

@@ -10,7 +10,7 @@ import pytest
 
 from sllm.config import DeployConfig, HeadSettings
 from sllm.head.autoscaler import capacities, requirement
-from sllm.head.placement import place
+from sllm.head.placement import Requirement, place, unservable
 from sllm.head.worker_manager import HeartbeatBody, WorkerManager
 from sllm.kv.keys import Keys
 from sllm.kv.store import Store
@@ -121,7 +121,11 @@ async def test_a_drain_reaches_placement_at_once_and_the_worker_with_its_next_an
     # Placement sees it before the worker beats again: it can take nothing new.
     (worker,) = await registry.list_workers()
     assert worker.drain and worker.drain_state == "drained"
-    assert capacities([worker], [], {})[0].backends == ()
+    (room,) = capacities([worker], [], {})
+    assert room.backends == ()
+    # Why nothing can start says so, not that no worker is registered.
+    said = unservable([room], Requirement("transformers")) or ""
+    assert "worker w-a is drained" in said and "no worker is registered" not in said
     # The heartbeat's answer tells the worker; the flag outlives its heartbeats.
     assert (await manager.heartbeat(beat("w-a", [], 0)))["drain"] is True
     assert (await manager.heartbeat(beat("w-a", [], 0)))["drain"] is True
