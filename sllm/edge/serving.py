@@ -153,14 +153,14 @@ async def port_state(host: str, port: int, timeout: float) -> Literal["open", "r
 async def refuses_connections(url: str, tries: int = 3) -> bool:
     """Whether nothing listens at ``url`` any more (bounded: about 1 s). Tried a few
     times 0.1 s apart: a process being killed closes its connections a moment before
-    its listening socket."""
+    its listening socket, and a listening socket torn down under a connect resets it
+    ("unknown", as a host that does not answer) before it refuses the next."""
     parts = urlsplit(url)
     for attempt in range(tries):
         if attempt:
             await asyncio.sleep(0.1)
-        state = await port_state(parts.hostname or "", parts.port or 80, 0.25)
-        if state != "open":
-            return state == "refused"  # unknown: unreachable for now, not known dead
+        if await port_state(parts.hostname or "", parts.port or 80, 0.25) == "refused":
+            return True
     return False
 
 
