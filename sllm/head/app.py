@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -120,6 +121,11 @@ def create_app(settings: HeadSettings) -> FastAPI:
                     step,
                     SHUTDOWN_TIMEOUT,
                 )
+                for loop in loops:
+                    if not loop.done():  # where it waits: what to fix
+                        where = io.StringIO()
+                        loop.print_stack(limit=12, file=where)
+                        log.error("shutdown: %s still runs:\n%s", loop.get_name(), where.getvalue())
 
     app = FastAPI(title="sllm head", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     # Outside every route: an oversized body is refused before anything parses it.
