@@ -99,12 +99,22 @@ def create_app(settings: HeadSettings) -> FastAPI:
         finally:
             # Bounded: a step that does not end must not keep the process from exiting
             # (a supervisor would SIGKILL it, with nothing in the log to say why).
-            step = "its loops"
+            for loop in loops:
+                loop.cancel()
+            _, stuck = await asyncio.wait(loops, timeout=SHUTDOWN_TIMEOUT)
+            for loop in stuck:  # where it waits past its cancel: what to fix
+                where = io.StringIO()
+                loop.print_stack(limit=12, file=where)
+                log.error(
+                    "shutdown: %s did not stop within %.0f s of its cancel:\n%s",
+                    loop.get_name(),
+                    SHUTDOWN_TIMEOUT,
+                    where.getvalue(),
+                )
+                loop.cancel()
+            step = ""
             try:
                 async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                    for loop in loops:
-                        loop.cancel()
-                    await asyncio.gather(*loops, return_exceptions=True)
                     for name, close in (
                         ("the gateway", app.state.gateway.close),
                         ("the worker manager", workers.close),
@@ -121,11 +131,6 @@ def create_app(settings: HeadSettings) -> FastAPI:
                     step,
                     SHUTDOWN_TIMEOUT,
                 )
-                for loop in loops:
-                    if not loop.done():  # where it waits: what to fix
-                        where = io.StringIO()
-                        loop.print_stack(limit=12, file=where)
-                        log.error("shutdown: %s still runs:\n%s", loop.get_name(), where.getvalue())
 
     app = FastAPI(title="sllm head", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     # Outside every route: an oversized body is refused before anything parses it.
