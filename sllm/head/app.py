@@ -19,6 +19,7 @@ from sllm.edge.auth import KeyConfigError
 from sllm.edge.body_limit import BodyLimit
 from sllm.edge.errors import ServiceUnavailable
 from sllm.edge.guards import Guard, require_api_key
+from sllm.edge.lean_routes import LeanApp
 from sllm.edge.serving import serve, setup_logging
 from sllm.head import dashboard, gateway, gauges, management, model_cards, responses
 from sllm.head.autoscaler import Autoscaler
@@ -46,7 +47,7 @@ WORKER_IDLE = 4.0
 SHUTDOWN_TIMEOUT = 5.0
 
 
-def create_app(settings: HeadSettings) -> FastAPI:
+def create_app(settings: HeadSettings) -> LeanApp:
     try:
         guard = Guard.for_head(settings)
     except KeyConfigError as exc:
@@ -132,7 +133,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
                     SHUTDOWN_TIMEOUT,
                 )
 
-    app = FastAPI(title="sllm head", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
+    app = LeanApp(title="sllm head", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     # Outside every route: an oversized body is refused before anything parses it.
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
@@ -143,6 +144,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
         app.include_router(api, dependencies=[Depends(require_api_key), Depends(check_request_id)])
     app.include_router(management.router)
     app.include_router(dashboard.router)
+    app.serve_lean(*gateway.HOT_ROUTES)  # each request's own hop: no FastAPI layers
     # Both outlive a Redis outage: /metrics and the page answer without it.
     metrics = app.state.metrics = HeadMetrics()
     recent = app.state.recent = Recent()

@@ -463,6 +463,10 @@ def _body(req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> 
     return req.model_dump(exclude_unset=True, mode="json")
 
 
+# Served on the lean path (sllm.edge.lean_routes): the requests a cluster serves most.
+HOT_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
 @router.post("/v1/chat/completions", responses=response_docs.CHAT_COMPLETIONS)
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
     return await _gateway(request).handle("/v1/chat/completions", req, request)

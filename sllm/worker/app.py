@@ -29,6 +29,7 @@ from sllm.config import WorkerSettings
 from sllm.edge.api_errors import ERROR_RESPONSES, error_response, install_error_handlers
 from sllm.edge.body_limit import BodyLimit
 from sllm.edge.guards import Guard, require_cluster_token
+from sllm.edge.lean_routes import LeanApp
 from sllm.edge.names import AdapterName, InstanceId, ModelName, NodeId
 from sllm.edge.serving import serve, setup_logging
 from sllm.kv.keys import Keys
@@ -200,7 +201,7 @@ def _machine_defaults(settings: WorkerSettings) -> WorkerSettings:
     return settings.model_copy(update={"warm_heap_gb": heap})
 
 
-def create_app(settings: WorkerSettings) -> FastAPI:
+def create_app(settings: WorkerSettings) -> LeanApp:
     settings = _machine_defaults(settings)
 
     @asynccontextmanager
@@ -221,7 +222,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
                     await task
             await worker.close()
 
-    app = FastAPI(title="sllm worker", lifespan=lifespan, responses=ERROR_RESPONSES)
+    app = LeanApp(title="sllm worker", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.worker_max_body_bytes,
@@ -359,6 +360,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             )
         return await proxy.invoke(body, request)
 
+    app.serve_lean("/invoke")  # every attempt's hop: no FastAPI layers
     return app
 
 
