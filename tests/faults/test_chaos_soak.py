@@ -38,7 +38,11 @@ from tests.faults.recorder import Outcome, Recorder
 from tests.faults.state import K
 
 SEED = int(os.environ.get("SLLM_CHAOS_SEED", "20240917"))
-SOAK_SECONDS = 120.0  # the soak itself: clients and nemesis
+SOAK_SECONDS = 120.0  # the soak itself at most: clients and nemesis
+# Rounds of faults (each kind once a round, in a seeded order); the clients go on for
+# TAIL seconds after the last fault healed, so that its effects are seen to end.
+ROUNDS = int(os.environ.get("SLLM_CHAOS_ROUNDS", "1"))
+TAIL = 3.0
 MAX_REQUESTS = 1000  # clients stop at whichever bound comes first
 LANES = 6  # requests in flight at once
 LEASE = float(HEAD_ENV["SLLM_LEASE_SECONDS"])
@@ -293,8 +297,8 @@ class Chaos:
         self.heal("header flood", started, f"12 connections to {head.name}")
 
     def nemesis(self, recorder: Recorder, until: Callable[[], bool]) -> None:
-        """Faults in a seeded order (each kind once per round, so a short soak still
-        sees them all), each healed before a seeded pause and the next."""
+        """``ROUNDS`` rounds of faults in a seeded order (each kind once a round), each
+        healed before a seeded pause and the next; fewer when ``until`` says so."""
         kinds: dict[str, Callable[[], None]] = {
             "kill_worker": self.kill_worker,
             "pause_worker": self.pause_worker,
@@ -307,7 +311,7 @@ class Chaos:
             "slow_readers": self.slow_readers,
             "flood_headers": self.flood_headers,
         }
-        while not until():
+        for _ in range(ROUNDS):
             order = list(kinds)
             self.rng.shuffle(order)
             for kind in order:
@@ -317,16 +321,18 @@ class Chaos:
                 kinds[kind]()
 
 
-def clients(chaos: Chaos, recorder: Recorder, deadline: float) -> tuple[list[str], dict[str, str]]:
-    """``LANES`` threads sending requests through the live heads until the deadline or
-    ``MAX_REQUESTS``; returns every request id sent and the head each went to."""
+def clients(
+    chaos: Chaos, recorder: Recorder, deadline: float, stop: threading.Event
+) -> tuple[list[str], dict[str, str]]:
+    """``LANES`` threads sending requests through the live heads until the deadline,
+    ``stop`` or ``MAX_REQUESTS``; returns every request id sent and the head each went to."""
     sent: list[str] = []
     head_of: dict[str, str] = {}
     lock = threading.Lock()
 
     def lane(n: int) -> None:
         rng = random.Random(SEED * 100 + n)  # requests seeded too, each lane its own
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             with lock:
                 if len(sent) >= MAX_REQUESTS:
                     return
@@ -391,11 +397,14 @@ def _soak(chaos: Chaos) -> None:
     recorder = Recorder()
     began = time.monotonic()
     deadline = began + SOAK_SECONDS
+    stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="clients") as pool:
-        load = pool.submit(clients, chaos, recorder, deadline)
+        load = pool.submit(clients, chaos, recorder, deadline, stop)
         try:
             chaos.nemesis(recorder, lambda: load.done() or time.monotonic() >= deadline)
+            time.sleep(TAIL)
         finally:
+            stop.set()
             sent, head_of = load.result(timeout=SOAK_SECONDS + CLIENT_TIMEOUT + 10)
     soaked = time.monotonic() - began
 
@@ -435,7 +444,7 @@ def _soak(chaos: Chaos) -> None:
     assert len(calm_failed) <= MAX_ERROR_RATE * len(calm), recorder.report() + logs
     slowest = max(o.seconds for o in recorder.outcomes)
     assert slowest < CLIENT_TIMEOUT - 5, f"a request took {slowest:.1f}s\n{recorder.report()}"
-    # Every fault kind ran at least once (a round holds each once; 120 s fits a round).
+    # Every fault kind ran at least once (a round holds each once, within SOAK_SECONDS).
     assert {f.kind for f in chaos.faults} == set(CODES_OF_FAULT), chaos.faults
     # The hang-ups ended as the test meant, after one chunk each.
     for o in recorder.by_label("hangup"):
