@@ -26,6 +26,9 @@ class LaunchSpec:
     storage_path: Path = Path(".")
     # The CPU cores the instance binds its threads to (backends that bind them).
     cpu_cores: tuple[int, ...] = ()
+    # Workers holding the model stored, to fetch it from before storing it from its
+    # source (sllm.store.peer_fetch).
+    store_peers: tuple[str, ...] = ()
 
 
 class BackendUnavailable(Exception):

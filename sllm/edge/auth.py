@@ -75,6 +75,13 @@ def matches(presented: str, secret: str) -> bool:
     return hmac.compare_digest(_digest(presented), _digest(secret))
 
 
+def store_token(cluster_token: str) -> str:
+    """The token that reads workers' stores (``/store/*``) and nothing else, derived
+    from the cluster token: what a backend process gets to fetch a model from a peer,
+    where the cluster token itself would let its model's code start and stop instances."""
+    return hmac.new(cluster_token.encode(), b"sllm store read", hashlib.sha256).hexdigest()
+
+
 class KeyRing:
     """The configured API keys; ``find`` compares with every key, never stopping early."""
 

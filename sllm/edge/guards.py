@@ -22,7 +22,15 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from sllm.config import HeadSettings, WorkerSettings
-from sllm.edge.auth import KeyRing, Limits, bearer_token, fingerprint, load_keys, matches
+from sllm.edge.auth import (
+    KeyRing,
+    Limits,
+    bearer_token,
+    fingerprint,
+    load_keys,
+    matches,
+    store_token,
+)
 from sllm.edge.errors import AuthenticationError, TooManyRequests
 from sllm.head.token_estimate import estimate_tokens
 
@@ -107,6 +115,21 @@ def _check(request: Request, secret: str | None, what: str) -> None:
 async def require_cluster_token(request: Request) -> None:
     """Head <-> worker endpoints."""
     _check(request, _guard(request).cluster_token, "the cluster token (SLLM_CLUSTER_TOKEN)")
+
+
+async def require_store_reader(request: Request) -> None:
+    """A worker's store: the cluster token, or the store token derived from it."""
+    token = _guard(request).cluster_token
+    if token is None:
+        return
+    presented = bearer_token(request.headers.get("authorization"))
+    if presented is None or not (
+        matches(presented, token) or matches(presented, store_token(token))
+    ):
+        raise AuthenticationError(
+            "This endpoint needs the cluster token (SLLM_CLUSTER_TOKEN) or the store "
+            "token derived from it as 'Authorization: Bearer ...'."
+        )
 
 
 async def require_admin_key(request: Request) -> None:

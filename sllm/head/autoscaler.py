@@ -385,13 +385,16 @@ class Autoscaler:
             by_node = {w.node_id: w for w in live_workers}
             decided = time.perf_counter()
 
-            async def start(node: str) -> None:
-                if await self.workers.start_instance(by_node[node], model.name, config):
+            async def start(placement: Placement) -> None:
+                worker = by_node[placement.node_id]
+                # Peers the autoscaler heard from this pass: live, so listed by_node.
+                peers = [by_node[p].url for p in placement.peers if p in by_node]
+                if await self.workers.start_instance(worker, model.name, config, peers):
                     seconds = time.perf_counter() - decided
                     self.metrics.cold_start.labels(model.name, "placement").observe(seconds)
                     self.recent.cold_start(time.time(), seconds)
 
-            await asyncio.gather(*(start(n) for n in nodes))
+            await asyncio.gather(*(start(p) for p in placements))
             room = after_placing(room, need, placements)
         else:
             self.unschedulable.pop(model.name, None)  # nothing waits to be placed

@@ -3,7 +3,8 @@ soonest. Pure.
 
 The estimate adds the process start (a warm process, or a new interpreter), the load
 of the weights from the fastest tier the worker has them in (its host memory, its
-disk, or neither: fetched and stored first), and a penalty for what the worker is
+disk, another worker's store to fetch them from, or none of these: converted from the
+source and stored first), and a penalty for what the worker is
 busy with (its instances, its CPU) and for too little free memory to load into. The
 constants are this project's measurements on a 2-core CPU VM with the demo model
 (``benchmarks/cold_start.py``, ``benchmarks/load.py``); they rank workers, they do not
@@ -16,13 +17,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-Tier = Literal["memory", "disk", "none"]
+Tier = Literal["memory", "disk", "peer", "none"]
 
 WARM_PROCESS_START = 0.05  # a warm process takes the instance
 COLD_PROCESS_START = 3.0  # a new interpreter imports torch and transformers
 LOAD_BYTES_PER_S: dict[Tier, float] = {"memory": 4e9, "disk": 1e9}
 # Nothing stored: fetched or converted and stored, then loaded from disk.
 INGEST_BYTES_PER_S = 0.2e9
+# Stored by another worker: fetched from it, synced and verified, then loaded from disk
+# (benchmarks/peer_fetch.py between two hosts of the 2-core VM: 0.38 GB/s, half of a
+# plain copy's; a fast NIC and more cores give more).
+PEER_BYTES_PER_S = 0.35e9
 UNKNOWN_BYTES = 1_000_000_000  # a model no worker has stored yet
 PER_INSTANCE = 0.5  # each instance already running there shares its CPU and memory
 # A fully busy CPU, scaled by its use: at most one instance's worth, as the figure is a
@@ -82,6 +87,9 @@ class Placement:
     node_id: str
     estimate: Estimate
     runner_up: Estimate | None = None  # the next best worker's, for the log
+    # Other workers that hold the model stored, fastest tier first: where it fetches
+    # the model from (tier "peer").
+    peers: tuple[str, ...] = ()
 
 
 def fits(worker: WorkerCapacity, need: Requirement) -> bool:
@@ -92,13 +100,19 @@ def fits(worker: WorkerCapacity, need: Requirement) -> bool:
     )
 
 
-def estimate_ready(worker: WorkerCapacity, need: Requirement) -> Estimate:
-    """How long until an instance of ``need`` started on ``worker`` would be ready."""
+def estimate_ready(
+    worker: WorkerCapacity, need: Requirement, held_elsewhere: bool = False
+) -> Estimate:
+    """How long until an instance of ``need`` started on ``worker`` would be ready;
+    ``held_elsewhere``: another worker has the model stored (to fetch it from)."""
     stored = worker.cache.get(need.source) if need.source is not None else None
     size = stored.bytes if stored else need.weights_bytes or UNKNOWN_BYTES
     tier: Tier = "none"
     if need.source is None:  # nothing the head knows of to load (the dummy backend)
         size, load = 0, 0.0
+    elif stored is None and held_elsewhere:
+        tier = "peer"
+        load = size / PEER_BYTES_PER_S + size / LOAD_BYTES_PER_S["disk"]
     elif stored is None:
         load = size / INGEST_BYTES_PER_S + size / LOAD_BYTES_PER_S["disk"]
     else:
@@ -118,18 +132,33 @@ def place(workers: list[WorkerCapacity], need: Requirement, count: int = 1) -> l
     up its share (memory, GPUs, a warm process, one more instance) before the next is
     made, so one pass spreads instances. Fewer than ``count`` means nothing else fits."""
     pool = {w.node_id: w for w in workers}
+    holders = _holders(workers, need)
     chosen: list[Placement] = []
     for _ in range(count):
         ranked = sorted(
-            ((estimate_ready(w, need), w) for w in pool.values() if fits(w, need)),
+            (
+                (estimate_ready(w, need, any(h != w.node_id for h in holders)), w)
+                for w in pool.values()
+                if fits(w, need)
+            ),
             key=lambda e: (e[0].seconds, e[1].instances, -e[1].free_memory, e[1].node_id),
         )
         if not ranked:
             break
         (estimate, best), runner_up = ranked[0], ranked[1][0] if len(ranked) > 1 else None
-        chosen.append(Placement(best.node_id, estimate, runner_up))
+        peers = tuple(h for h in holders if h != best.node_id) if estimate.tier == "peer" else ()
+        chosen.append(Placement(best.node_id, estimate, runner_up, peers))
         pool[best.node_id] = _taken(best, need)
     return chosen
+
+
+def _holders(workers: list[WorkerCapacity], need: Requirement) -> list[str]:
+    """The workers that hold ``need``'s model stored, in memory before on disk."""
+    if need.source is None:
+        return []
+    held = [(w.cache[need.source].tier != "memory", w.node_id) for w in workers
+            if need.source in w.cache]  # fmt: skip
+    return [node for _, node in sorted(held)]
 
 
 def _taken(worker: WorkerCapacity, need: Requirement) -> WorkerCapacity:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import aiohttp
@@ -199,8 +200,15 @@ class WorkerManager:
         )
         await self.store.registry.remove_worker(node_id)
 
-    async def start_instance(self, worker: WorkerRecord, model: str, config: DeployConfig) -> bool:
-        """Whether the worker accepted to start a new instance of ``model``."""
+    async def start_instance(
+        self,
+        worker: WorkerRecord,
+        model: str,
+        config: DeployConfig,
+        store_peers: Sequence[str] = (),
+    ) -> bool:
+        """Whether the worker accepted to start a new instance of ``model`` (fetching
+        its model from one of ``store_peers``, workers' URLs, if it has it stored)."""
         inst = InstanceRecord(
             id=f"{model.replace('/', '-')}-{uuid.uuid4().hex[:8]}",
             model=model,
@@ -219,6 +227,8 @@ class WorkerManager:
             "lora_adapters": config.lora_adapters,
             "startup_timeout": config.startup_timeout,
         }
+        if store_peers:
+            body["store_peers"] = list(store_peers)
         log.info("starting instance %s of %s on %s", inst.id, model, worker.node_id)
         try:
             async with self.http.post(

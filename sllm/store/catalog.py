@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from sllm.store.ingest import ingest
 from sllm.store.integrity import Verify, check_directory
 from sllm.store.loader import Unsupported, load_model
 from sllm.store.locking import locked
+from sllm.store.peer_fetch import TOKEN_ENV, PeerFetchError, fetch, peers_from_env
 from sllm.store.tiers import record_use
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,12 @@ def ensure_stored(
     *,
     trust_remote_code: bool = False,
     verify: Verify = "quick",
+    deployed: str | None = None,
 ) -> tuple[Path, StoreIndex]:
     """The stored copy of ``source`` and its index, checked at level ``verify``;
-    stored now when absent, and stored again when the copy there fails the check."""
+    stored now when absent, and stored again when the copy there fails the check:
+    fetched from a peer that holds ``deployed`` (the name it was deployed as) when the
+    worker named any (``SLLM_STORE_PEERS``), else ingested from ``source``."""
     target = store_dir(source, storage, auto_class.__name__)
     index, problems = check_directory(target, verify)
     if index is not None and not problems:
@@ -77,11 +82,23 @@ def ensure_stored(
             return target, index
         if problems != ["not stored"]:
             log.warning("stored copy %s is unsound (%s): storing it again", target, problems)
-        ingest(source, target, auto_class, trust_remote_code=trust_remote_code)
+        if deployed is None or not _fetched(deployed, auto_class.__name__, target):
+            ingest(source, target, auto_class, trust_remote_code=trust_remote_code)
         index, problems = check_directory(target, "quick")
         if index is None or problems:
             raise StoreError(f"{target} does not verify right after storing: {problems}")
         return target, index
+
+
+def _fetched(deployed: str, auto_class: str, target: Path) -> bool:
+    """Whether a peer the worker named gave ``target`` a sound copy of ``deployed``."""
+    for peer in peers_from_env():
+        try:
+            fetch(peer, deployed, auto_class, target, token=os.environ.get(TOKEN_ENV))
+            return True
+        except PeerFetchError as exc:
+            log.warning("%s; trying the next peer or the source", exc)
+    return False
 
 
 def _quantized(path: Path) -> bool:
@@ -115,7 +132,7 @@ def load_pretrained(
     elif device_map is None:
         try:
             directory, index = ensure_stored(
-                path, storage, auto_class, trust_remote_code=trust_remote_code
+                path, storage, auto_class, trust_remote_code=trust_remote_code, deployed=source
             )
             if source is not None:
                 record_use(directory, source)
@@ -171,7 +188,11 @@ def save(
     as used by ``source`` so that the worker reports it under that name."""
     path = _source_dir(source, storage)
     directory, index = ensure_stored(
-        path, storage, auto_class_for(path, task), trust_remote_code=trust_remote_code
+        path,
+        storage,
+        auto_class_for(path, task),
+        trust_remote_code=trust_remote_code,
+        deployed=source,
     )
     record_use(directory, source)
     return directory, index

@@ -204,17 +204,7 @@ def write_store(
     problems = check(partial, index, "full")  # every byte read back against its checksum
     if problems:
         raise IngestError(f"{target.name}: written files do not read back: {problems}")
-    (partial / INDEX_NAME).write_text(index.to_json())
-    with open(partial / INDEX_NAME, "rb") as f:
-        os.fsync(f.fileno())
-    for directory in {partial, *(partial / d for d in _side_dirs(files))}:
-        _fsync_dir(directory)
-    if target.exists():  # a corrupt or stale copy: out of the way first, then gone
-        stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
-        target.rename(stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    partial.rename(target)  # the commit point
-    _fsync_dir(target.parent)
+    commit(partial, target, index)
     log.info(
         "stored %s: %.2f GB in %d chunk file(s) in %.1f s at %s",
         model_class,
@@ -224,6 +214,22 @@ def write_store(
         target,
     )
     return index
+
+
+def commit(partial: Path, target: Path, index: StoreIndex) -> None:
+    """Make ``partial`` (its files written, synced and verified against ``index``) the
+    stored copy at ``target``: the index written last, then one rename."""
+    (partial / INDEX_NAME).write_text(index.to_json())
+    with open(partial / INDEX_NAME, "rb") as f:
+        os.fsync(f.fileno())
+    for directory in {partial, *(partial / d for d in _side_dirs(index.files))}:
+        _fsync_dir(directory)
+    if target.exists():  # a corrupt or stale copy: out of the way first, then gone
+        stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
+        target.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    partial.rename(target)  # the commit point
+    _fsync_dir(target.parent)
 
 
 def _side_dirs(files: list[FileEntry]) -> set[str]:

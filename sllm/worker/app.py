@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -37,6 +37,7 @@ from sllm.kv.redis_url import URL_PATTERN
 from sllm.kv.store import Store
 from sllm.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, exposition
 from sllm.store import arena
+from sllm.worker import store_routes
 from sllm.worker.gpu_assignment import GpuDoesNotFit
 from sllm.worker.hardware import gpu_count
 from sllm.worker.heartbeat import Heartbeat
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# A worker's URL as the head knows it (its --advertise-url).
+PeerUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
 
 
 class ConfirmationBody(_Body):
@@ -70,12 +75,15 @@ class StartInstanceBody(_Body):
     num_gpus: int = Field(0, ge=0)
     lora_adapters: dict[AdapterName, str] = Field(default_factory=dict)
     startup_timeout: float = Field(300.0, gt=0)
+    # Workers that hold the model stored: it is fetched from one before its source.
+    store_peers: list[PeerUrl] = Field(default_factory=list, max_length=16)
 
 
 class StoreModelBody(_Body):
     source: str = Field(min_length=1, max_length=1024)
     task: Literal["auto", "generate", "embed"] = "auto"
     trust_remote_code: bool = False
+    store_peers: list[PeerUrl] = Field(default_factory=list, max_length=16)
 
 
 class InstanceBody(_Body):
@@ -122,6 +130,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, state: State) -> None:
         self.settings = settings
         self._state = state
+        cluster_token = Guard.for_worker(settings).cluster_token
         self.metrics = WorkerMetrics()
         self.cache = WorkerCache(build_cache(settings), self.metrics)
         self.pools = {name: _warm_pool(name, settings) for name in warm_pools()}
@@ -131,10 +140,14 @@ class Worker:
             storage_path=settings.storage_path,
             metrics=self.metrics,
             pools=self.pools,
+            cluster_token=cluster_token,
         )
         self.sleepers = Sleepers(self.instances, self.cache)
         self.store_ahead = StoreAhead(
-            settings.storage_path, settings.log_dir, lambda: self.heartbeat.beat_now()
+            settings.storage_path,
+            settings.log_dir,
+            lambda: self.heartbeat.beat_now(),
+            cluster_token,
         )
         self.heartbeat = Heartbeat(
             settings, self.instances, self.confirm, self.metrics, cache=self.cache
@@ -272,6 +285,7 @@ def create_app(settings: WorkerSettings) -> LeanApp:
                 body.num_gpus,
                 body.lora_adapters,
                 body.startup_timeout,
+                body.store_peers,
             )
             _worker(request).cache.started(body.instance_id, body.backend_config)
         except InstanceExists as exc:
@@ -294,7 +308,7 @@ def create_app(settings: WorkerSettings) -> LeanApp:
         except ModelSourceError as exc:
             return error_response(400, str(exc), "invalid_request", param="source")
         started = _worker(request).store_ahead.request(
-            body.source, body.task, body.trust_remote_code
+            body.source, body.task, body.trust_remote_code, body.store_peers
         )
         return {"source": body.source, "state": "storing" if started else "already storing"}
 
@@ -360,6 +374,7 @@ def create_app(settings: WorkerSettings) -> LeanApp:
             )
         return await proxy.invoke(body, request)
 
+    app.include_router(store_routes.router)  # peers fetch stored models here
     app.serve_lean("/invoke")  # every attempt's hop: no FastAPI layers
     return app
 

@@ -34,6 +34,7 @@ from sllm.backends.model_source import local_weights_bytes
 from sllm.backends.registry import get_backend
 from sllm.client.procs import backend_environment, die_with_parent, open_log, signal_group
 from sllm.metrics import WorkerMetrics
+from sllm.store.peer_fetch import fetch_environment
 from sllm.worker import cold_starts, hardware, instance_adapters
 from sllm.worker.cpu_cores import choose_cores
 from sllm.worker.gpu_assignment import GpuDoesNotFit, choose_gpus, needed_per_gpu
@@ -77,8 +78,11 @@ class InstanceManager:
         storage_path: Path = Path("."),
         metrics: WorkerMetrics | None = None,
         pools: Mapping[str, WarmPool] | None = None,
+        cluster_token: str | None = None,
     ) -> None:
         self._log_dir = log_dir
+        # Only the store token derived from it reaches a backend (to fetch from peers).
+        self._cluster_token = cluster_token
         # Warm processes instances of pooled backends start from, when one is idle: by
         # the pool's name (Backend.warm_pool).
         self._pools = dict(pools or {})
@@ -140,6 +144,7 @@ class InstanceManager:
         num_gpus: int,
         lora_adapters: dict[str, str],
         startup_timeout: float,
+        store_peers: Sequence[str] = (),
     ) -> None:
         """Spawn the backend and return; readiness is reported through on_state.
 
@@ -164,6 +169,7 @@ class InstanceManager:
             num_gpus=num_gpus,
             lora_adapters=lora_adapters,
             storage_path=self._storage_path,
+            store_peers=tuple(store_peers),
         )
         threads = impl.cpu_threads(spec, os.cpu_count() or 1)
         if threads:
@@ -240,6 +246,7 @@ class InstanceManager:
         env = {
             **backend_environment(),
             **impl.env(spec),
+            **fetch_environment(spec.store_peers, self._cluster_token),
             # Only the GPUs assigned: none for a CPU instance on a GPU machine.
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
         }

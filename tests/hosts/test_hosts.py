@@ -1,15 +1,21 @@
 """The end-to-end suite's core cases on separate hosts: chat, streaming, scale from
-zero, and two workers sharing load, through both heads."""
+zero, and two workers sharing load, through both heads; a model one host stored
+fetched by another."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import time
+from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from tests.e2e.conftest import Cluster, wait_until
 from tests.hosts.conftest import WORKERS, Hosts
+from tests.tiny_models import build_tiny_causal_lm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -63,3 +69,46 @@ def test_a_cluster_of_separate_hosts_serves_through_both_heads(hosts: Hosts) -> 
     assert len({i["node_id"] for i in instances}) == 2
     for client in clients:
         client.close()
+
+
+def test_a_worker_fetches_a_model_another_host_stored(hosts: Hosts, tmp_path: Path) -> None:
+    """A second instance goes to another host, which fetches the stored copy from the
+    host that stored the model first, over the network, instead of its source."""
+    cluster = hosts.cluster
+    source = str(build_tiny_causal_lm(tmp_path / "lm"))
+    config = cluster.deploy(
+        "lm",
+        backend="transformers",
+        backend_config={"pretrained_model_name_or_path": source},
+        auto_scaling_config={"min_instances": 1, "max_instances": 2, "keep_alive": 60},
+    )
+    [first] = cluster.wait_ready("lm", 1, timeout=120)
+    holder = next(w for w in cluster.status()["workers"] if w["node_id"] == first["node_id"])
+    wait_until(
+        lambda: any(c["source"] == source for c in held_by(cluster, holder["url"])),
+        30,
+        "the first host's stored copy in its heartbeat",
+    )
+    config["auto_scaling_config"]["min_instances"] = 2
+    resp = httpx.post(f"{hosts.head_urls[0]}/update", json=config, timeout=10)
+    assert resp.status_code == 200, resp.text
+    instances = cluster.wait_ready("lm", 2, timeout=120)
+    [second] = [i for i in instances if i["node_id"] != first["node_id"]]
+    fetcher = next(w for w in cluster.status()["workers"] if w["node_id"] == second["node_id"])
+    host = next(
+        name for name in WORKERS if fetcher["url"].startswith(f"http://{hosts.host(name).address}:")
+    )
+    log = (tmp_path / host / f"{second['instance_id']}.log").read_text()
+    assert f"fetched {source} from {holder['url']}" in log, log[-3000:]
+    assert "storing" not in log  # not converted from its source
+    for url in hosts.head_urls:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        reply = client.completions.create(model="lm", prompt="hello", max_tokens=3)
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+        client.close()
+
+
+def held_by(cluster: Cluster, url: str) -> list[dict[str, Any]]:
+    worker = next(w for w in cluster.status()["workers"] if w["url"] == url)
+    cache: list[dict[str, Any]] = worker.get("cache") or []
+    return cache

@@ -145,3 +145,24 @@ def test_placements_earlier_in_a_pass_use_up_room_for_later_models() -> None:
     }
     other_model = dataclasses.replace(need, source="other")
     assert [p.node_id for p in place(room, other_model)] == ["b"]
+
+
+def test_a_worker_fetches_from_peers_that_hold_the_model_fastest_tier_first() -> None:
+    """A busy holder (memory) and one on disk: the new instance goes to an idle worker
+    that fetches the model from them, not converting it from its source."""
+    on_disk = worker("on-disk", "disk", instances=9)
+    in_memory = worker("in-memory", "memory", instances=9)
+    empty = worker("empty")
+    [placement] = place([on_disk, empty, in_memory], NEED)
+    assert (placement.node_id, placement.estimate.tier) == ("empty", "peer")
+    assert placement.peers == ("in-memory", "on-disk")
+    assert (
+        estimate_ready(empty, NEED, held_elsewhere=True).seconds
+        < estimate_ready(empty, NEED).seconds
+    )
+    # Nobody holds it: converted from its source, no peers.
+    [alone] = place([worker("a"), worker("b")], NEED)
+    assert (alone.estimate.tier, alone.peers) == ("none", ())
+    # A holder that is chosen itself loads from its own tier: no peers named.
+    [own] = place([worker("holder", "disk"), worker("other")], NEED)
+    assert (own.node_id, own.estimate.tier, own.peers) == ("holder", "disk", ())
