@@ -2,12 +2,12 @@
 
 A worker that holds a deployed source in its store serves the copy over HTTP
 (``sllm.worker.store_routes``, behind the cluster token or the store token derived
-from it). A process about to store that
-source (a backend's first start, the worker's store-ahead) is handed the workers that
-hold it (``SLLM_STORE_PEERS``, chosen by the head's placement, with the store token
-``SLLM_STORE_TOKEN``) and asks each in turn before it ingests: the index first, then
-every file in parts of ``PART_BYTES`` read ``PARALLEL`` at a time with HTTP ranges,
-each written in place. Every byte is then hashed against the index's
+from it). A backend about to store that source (the transformers backend's first
+start on a worker, or the ``sllm store save`` a vLLM backend runs) is handed the
+workers that hold it (``SLLM_STORE_PEERS``, chosen by the head's placement, with the
+store token ``SLLM_STORE_TOKEN``) and asks each in turn before it ingests: the index
+first, then every file in parts of ``PART_BYTES`` read ``PARALLEL`` at a time with
+HTTP ranges, each written in place. Every byte is then hashed against the index's
 checksums, and only a copy that verifies is committed, atomically as an ingest's
 (``ingest.commit``). A peer that fails, lies or goes away costs the attempt, never a
 bad copy: the next peer, then the source, is tried.

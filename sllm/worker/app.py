@@ -83,7 +83,6 @@ class StoreModelBody(_Body):
     source: str = Field(min_length=1, max_length=1024)
     task: Literal["auto", "generate", "embed"] = "auto"
     trust_remote_code: bool = False
-    store_peers: list[PeerUrl] = Field(default_factory=list, max_length=16)
 
 
 class InstanceBody(_Body):
@@ -130,7 +129,6 @@ class Worker:
     def __init__(self, settings: WorkerSettings, state: State) -> None:
         self.settings = settings
         self._state = state
-        cluster_token = Guard.for_worker(settings).cluster_token
         self.metrics = WorkerMetrics()
         self.cache = WorkerCache(build_cache(settings), self.metrics)
         self.pools = {name: _warm_pool(name, settings) for name in warm_pools()}
@@ -140,14 +138,11 @@ class Worker:
             storage_path=settings.storage_path,
             metrics=self.metrics,
             pools=self.pools,
-            cluster_token=cluster_token,
+            cluster_token=Guard.for_worker(settings).cluster_token,
         )
         self.sleepers = Sleepers(self.instances, self.cache)
         self.store_ahead = StoreAhead(
-            settings.storage_path,
-            settings.log_dir,
-            lambda: self.heartbeat.beat_now(),
-            cluster_token,
+            settings.storage_path, settings.log_dir, lambda: self.heartbeat.beat_now()
         )
         self.heartbeat = Heartbeat(
             settings, self.instances, self.confirm, self.metrics, cache=self.cache
@@ -308,7 +303,7 @@ def create_app(settings: WorkerSettings) -> LeanApp:
         except ModelSourceError as exc:
             return error_response(400, str(exc), "invalid_request", param="source")
         started = _worker(request).store_ahead.request(
-            body.source, body.task, body.trust_remote_code, body.store_peers
+            body.source, body.task, body.trust_remote_code
         )
         return {"source": body.source, "state": "storing" if started else "already storing"}
 

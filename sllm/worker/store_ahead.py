@@ -9,12 +9,11 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from sllm.client.procs import backend_environment, die_with_parent, kill_and_reap, open_log
 from sllm.store.catalog import save_command
-from sllm.store.peer_fetch import fetch_environment
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +22,8 @@ STORE_TIMEOUT = 3600.0
 
 
 class StoreAhead:
-    def __init__(
-        self,
-        storage: Path,
-        log_dir: Path,
-        on_stored: Callable[[], None],
-        cluster_token: str | None = None,
-    ) -> None:
+    def __init__(self, storage: Path, log_dir: Path, on_stored: Callable[[], None]) -> None:
         self._storage = storage
-        self._cluster_token = cluster_token
         self._log_dir = log_dir
         self._on_stored = on_stored
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -39,21 +31,16 @@ class StoreAhead:
     def storing(self) -> list[str]:
         return sorted(self._running)
 
-    def request(
-        self, source: str, task: str, trust_remote_code: bool, peers: Sequence[str] = ()
-    ) -> bool:
-        """Start storing ``source`` (fetched from ``peers`` if one has it); False when it
-        is being stored already."""
+    def request(self, source: str, task: str, trust_remote_code: bool) -> bool:
+        """Start storing ``source``; False when it is being stored already."""
         if source in self._running:
             return False
-        job = asyncio.create_task(self._store(source, task, trust_remote_code, peers))
+        job = asyncio.create_task(self._store(source, task, trust_remote_code))
         self._running[source] = job
         job.add_done_callback(lambda _: self._running.pop(source, None))
         return True
 
-    async def _store(
-        self, source: str, task: str, trust_remote_code: bool, peers: Sequence[str]
-    ) -> None:
+    async def _store(self, source: str, task: str, trust_remote_code: bool) -> None:
         argv = save_command(source, self._storage, task, trust_remote_code)
         log_path = self._log_dir / f"store-{re.sub(r'[^A-Za-z0-9._-]', '_', source)[:100]}.log"
         log_file = await asyncio.to_thread(open_log, log_path)
@@ -65,10 +52,7 @@ class StoreAhead:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=die_with_parent(os.getpid()),
-                env={
-                    **backend_environment(),
-                    **fetch_environment(peers, self._cluster_token),
-                },
+                env=backend_environment(),
             )
         except OSError as exc:
             log.warning("cannot store %s ahead: %s", source, exc)
