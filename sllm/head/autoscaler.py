@@ -74,9 +74,15 @@ def capacities(
                     else w.unavailable
                 ),
                 cpu_percent=float(w.resources.get("cpu_percent", 0.0)),
+                peer_fetch_bytes_per_s=_positive(w.resources.get("peer_fetch_bytes_per_s")),
             )
         )
     return out
+
+
+def _positive(value: Any) -> float | None:
+    """A figure a worker reported, if it is a positive number."""
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def requirement(config: DeployConfig, room: list[WorkerCapacity]) -> Requirement:

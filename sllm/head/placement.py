@@ -24,7 +24,8 @@ COLD_PROCESS_START = 3.0  # a new interpreter imports torch and transformers
 LOAD_BYTES_PER_S: dict[Tier, float] = {"memory": 4e9, "disk": 1e9}
 # Nothing stored: fetched or converted and stored, then loaded from disk.
 INGEST_BYTES_PER_S = 0.2e9
-# Stored by another worker: fetched from it, synced and verified, then loaded from disk
+# Stored by another worker: fetched from it, synced and verified, then loaded from disk,
+# at the speed of the worker's last fetch when it reports one, else this figure
 # (benchmarks/peer_fetch.py between two hosts of the 2-core VM: 0.38 GB/s, half of a
 # plain copy's; a fast NIC and more cores give more).
 PEER_BYTES_PER_S = 0.35e9
@@ -56,6 +57,8 @@ class WorkerCapacity:
     # Idle warm processes by pool (Backend.warm_pool).
     warm: Mapping[str, int] = field(default_factory=dict)
     cpu_percent: float = 0.0
+    # How fast its last fetch of a model from a peer went (bytes/s), if it made one.
+    peer_fetch_bytes_per_s: float | None = None
     # Backend -> why the worker cannot run it (as it reports).
     unavailable: Mapping[str, str] = field(default_factory=dict)
 
@@ -112,7 +115,8 @@ def estimate_ready(
         size, load = 0, 0.0
     elif stored is None and held_elsewhere:
         tier = "peer"
-        load = size / PEER_BYTES_PER_S + size / LOAD_BYTES_PER_S["disk"]
+        rate = worker.peer_fetch_bytes_per_s or PEER_BYTES_PER_S
+        load = size / rate + size / LOAD_BYTES_PER_S["disk"]
     elif stored is None:
         load = size / INGEST_BYTES_PER_S + size / LOAD_BYTES_PER_S["disk"]
     else:

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 PEERS_ENV = "SLLM_STORE_PEERS"  # a JSON list of worker URLs holding the source stored
 TOKEN_ENV = "SLLM_STORE_TOKEN"  # sllm.edge.auth.store_token: reads stores, nothing else
+# Beside the stored copies: the last fetch's speed, which the worker's heartbeat reports
+# and placement estimates the next fetch by.
+SPEED_FILE = ".peer-fetch.json"
 PART_BYTES = 16 << 20
 # Ranges read at once: half the cores, up to 8. On the 2-core VM one stream fetched
 # faster than 2 or 8 (benchmarks/peer_fetch.py: the link is CPU there); parallel
@@ -131,6 +134,8 @@ def fetch(
             files=[replace(e, mtime_ns=written[e.file]) for e in index.files],
         )
         commit(partial, target, index)
+        seconds = time.monotonic() - started
+        _record_speed(target.parent, index.nbytes, seconds)
     except (http.client.HTTPException, OSError) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise PeerFetchError(f"fetching {source} from {peer} failed: {exc!r}") from exc
@@ -139,7 +144,6 @@ def fetch(
         raise
     finally:
         connections.close()
-    seconds = time.monotonic() - started
     log.info(
         "fetched %s from %s: %.2f GB in %.2f s (%.2f GB/s; transfer %.2f, sync %.2f, "
         "verify %.2f), verified",
@@ -153,6 +157,23 @@ def fetch(
         time.monotonic() - synced,
     )
     return index
+
+
+def _record_speed(store_root: Path, nbytes: int, seconds: float) -> None:
+    speed = {"bytes_per_s": nbytes / max(seconds, 1e-6), "bytes": nbytes, "at": time.time()}
+    scratch = store_root / f"{SPEED_FILE}.{os.getpid()}"
+    scratch.write_text(json.dumps(speed))
+    scratch.replace(store_root / SPEED_FILE)  # readers see the old figure or the new
+
+
+def fetch_speed(store_root: Path) -> float | None:
+    """Bytes per second of the last fetch from a peer into ``store_root`` (fetch,
+    fsync and verify), or None when none was made or its record is unreadable."""
+    try:
+        speed = json.loads((store_root / SPEED_FILE).read_text())["bytes_per_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(speed) if isinstance(speed, int | float) and speed > 0 else None
 
 
 def _index(connections: _Connections, source: str, auto_class: str) -> tuple[str, StoreIndex]:

@@ -20,6 +20,8 @@ import httpx
 from sllm.backends.registry import available_backends, unavailable_backends
 from sllm.config import WorkerSettings
 from sllm.metrics import WorkerMetrics
+from sllm.store.catalog import store_root
+from sllm.store.peer_fetch import fetch_speed
 from sllm.worker import hardware
 from sllm.worker.instance_manager import InstanceManager
 from sllm.worker.model_cache import WorkerCache
@@ -178,6 +180,10 @@ class Heartbeat:
         resources = await asyncio.to_thread(hardware.snapshot)
         # The worker's children: its instances, warm processes and stores in progress.
         resources["sllm_memory"] = await asyncio.to_thread(hardware.owned_memory, os.getpid())
+        # How fast models came from peers here last time: placement's estimate for the next.
+        speed = await asyncio.to_thread(fetch_speed, store_root(self._settings.storage_path))
+        if speed is not None:
+            resources["peer_fetch_bytes_per_s"] = speed
         if self._metrics is not None:
             self._metrics.resources(resources)
         return {

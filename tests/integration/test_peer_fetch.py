@@ -15,7 +15,7 @@ from sllm.client.launcher import Child, free_port, start_worker
 from sllm.edge.auth import store_token
 from sllm.store import catalog
 from sllm.store.integrity import check_directory, read_index
-from sllm.store.peer_fetch import PEERS_ENV, TOKEN_ENV, PeerFetchError, fetch
+from sllm.store.peer_fetch import PEERS_ENV, TOKEN_ENV, PeerFetchError, fetch, fetch_speed
 from tests.tiny_models import build_tiny_causal_lm
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,6 +46,10 @@ def test_a_peer_copy_arrives_verified_and_identical(
     for entry in [*index.chunks, *index.files]:
         assert (target / entry.file).read_bytes() == (stored / entry.file).read_bytes()
     assert not (tmp_path / "store" / "copy.partial").exists()
+    # Its speed is kept for the worker's heartbeat (and placement's next estimate).
+    speed = fetch_speed(tmp_path / "store")
+    assert speed is not None and 1e5 < speed < 1e11
+    assert fetch_speed(tmp_path / "nowhere") is None
 
 
 def test_only_the_cluster_or_store_token_reads_a_store(

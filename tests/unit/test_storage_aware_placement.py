@@ -166,3 +166,16 @@ def test_a_worker_fetches_from_peers_that_hold_the_model_fastest_tier_first() ->
     # A holder that is chosen itself loads from its own tier: no peers named.
     [own] = place([worker("holder", "disk"), worker("other")], NEED)
     assert (own.node_id, own.estimate.tier, own.peers) == ("holder", "disk", ())
+
+
+def test_a_peer_fetch_is_estimated_at_the_speed_the_worker_measured() -> None:
+    """Two workers without the model, a third holding it: the one whose last fetch
+    from a peer went fast is chosen, and its estimate uses its own figure."""
+    holder = worker("holder", "disk", instances=9)
+    slow = dataclasses.replace(worker("slow"), peer_fetch_bytes_per_s=0.01 * GB)
+    fast = dataclasses.replace(worker("fast"), peer_fetch_bytes_per_s=4 * GB)
+    [placement] = place([holder, slow, fast], NEED)
+    assert (placement.node_id, placement.estimate.tier) == ("fast", "peer")
+    assert estimate_ready(slow, NEED, held_elsewhere=True).load == pytest.approx(
+        GB / (0.01 * GB) + GB / 1e9
+    )
