@@ -20,11 +20,12 @@ from __future__ import annotations
 import email.message
 import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, params
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.middleware.errors import ServerErrorMiddleware
@@ -40,21 +41,33 @@ class LeanApp(FastAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._lean_routes: dict[str, APIRoute] = {}
+        self._lean_routes: dict[str, tuple[APIRoute, tuple[Check, ...]]] = {}
         self._lean: dict[str, ASGIApp] = {}  # built at the first request, as Starlette's stack
 
-    def serve_lean(self, *paths: str) -> None:
-        """Serve the POST routes at ``paths`` (declared already) on the lean path."""
+    def serve_lean(
+        self,
+        *paths: str,
+        router: APIRouter | None = None,
+        dependencies: Sequence[params.Depends] = (),
+    ) -> None:
+        """Serve the POST routes at ``paths`` on the lean path: declared on ``router``
+        (default: on the app itself), which the app includes without a prefix and with
+        ``dependencies`` (they run first, as FastAPI runs them). Found in the declaring
+        router, not the app's table, whose shape FastAPI changed (0.165 keeps included
+        routers whole)."""
+        declared = (router or self.router).routes
         for path in paths:
             matches = [
                 r
-                for r in self.routes
-                if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods
+                for r in declared
+                if isinstance(r, APIRoute) and r.path == path and "POST" in (r.methods or ())
             ]
             if len(matches) != 1:
                 raise ValueError(f"serve_lean: {len(matches)} POST routes at {path}, not one")
-            _checks(matches[0])  # refused now, not at the first request
-            self._lean_routes[path] = matches[0]
+            included = [get_dependant(path=path, call=d.dependency) for d in dependencies
+                        if d.dependency is not None]  # fmt: skip
+            checks = _checks(path, [*included, *matches[0].dependant.dependencies])
+            self._lean_routes[path] = (matches[0], checks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -62,16 +75,16 @@ class LeanApp(FastAPI):
             if path in self._lean_routes:
                 lean = self._lean.get(path)
                 if lean is None:
-                    lean = self._lean[path] = self._build(self._lean_routes[path])
+                    lean = self._lean[path] = self._build(*self._lean_routes[path])
                 scope["app"] = self  # what request.app reads, as Starlette sets it
                 await lean(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
-    def _build(self, route: APIRoute) -> ASGIApp:
+    def _build(self, route: APIRoute, checks: tuple[Check, ...]) -> ASGIApp:
         """The route's handler inside the app's own middleware (the body limit), and
         Starlette's answer to an unhandled error outside it."""
-        app: ASGIApp = _RouteHandler(route, self)
+        app: ASGIApp = _RouteHandler(route, checks, self)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         handler = self.exception_handlers.get(500) or self.exception_handlers.get(Exception)
@@ -79,14 +92,14 @@ class LeanApp(FastAPI):
 
 
 class _RouteHandler:
-    def __init__(self, route: APIRoute, app: FastAPI) -> None:
+    def __init__(self, route: APIRoute, checks: tuple[Check, ...], app: FastAPI) -> None:
         if route.body_field is None:
             raise ValueError(f"serve_lean: {route.path} takes no body")
         self.body_field = route.body_field
         self.endpoint = route.endpoint
         self.body_name = route.dependant.body_params[0].name
         self.request_name = route.dependant.request_param_name
-        self.checks = _checks(route)
+        self.checks = checks
         self.handlers = app.exception_handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,13 +170,13 @@ async def _parsed_body(request: Request) -> Any:
         raise HTTPException(400, "There was an error parsing the body") from exc
 
 
-def _checks(route: APIRoute) -> tuple[Check, ...]:
-    """The route's dependencies as plain checks of the request, in FastAPI's order."""
+def _checks(path: str, dependencies: list[Dependant]) -> tuple[Check, ...]:
+    """The dependencies as plain checks of the request, in FastAPI's order."""
     checks: list[Check] = []
-    for dep in route.dependant.dependencies:
+    for dep in dependencies:
         if not _plain_check(dep):
             raise ValueError(
-                f"serve_lean: {route.path} depends on {dep.call!r}, which is not an "
+                f"serve_lean: {path} depends on {dep.call!r}, which is not an "
                 "'async def' of the request and optional headers the lean path can run"
             )
         checks.append(_bound(dep))

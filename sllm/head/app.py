@@ -140,11 +140,13 @@ def create_app(settings: HeadSettings) -> LeanApp:
     )
     app.state.guard = guard
     # Keys and rate limits are checked here, before any gateway logic runs.
+    checks = [Depends(require_api_key), Depends(check_request_id)]
     for api in (gateway.router, model_cards.router, responses.router):
-        app.include_router(api, dependencies=[Depends(require_api_key), Depends(check_request_id)])
+        app.include_router(api, dependencies=checks)
     app.include_router(management.router)
     app.include_router(dashboard.router)
-    app.serve_lean(*gateway.HOT_ROUTES)  # each request's own hop: no FastAPI layers
+    # Each request's own hop: no FastAPI layers.
+    app.serve_lean(*gateway.HOT_ROUTES, router=gateway.router, dependencies=checks)
     # Both outlive a Redis outage: /metrics and the page answer without it.
     metrics = app.state.metrics = HeadMetrics()
     recent = app.state.recent = Recent()

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -47,13 +47,17 @@ async def tagged(
         raise RequestError("a bad tag", param="X-Tag")
 
 
-def declare(app: FastAPI) -> FastAPI:
+# Where a hot route is declared: on the app with its checks, or in a router the app
+# includes with them (as the head's gateway routes are).
+STYLES = ("on the app", "in a router")
+CHECKS = [Depends(needs_key), Depends(rate_limited), Depends(tagged)]
+
+
+def declare(app: FastAPI, style: str) -> tuple[FastAPI, APIRouter | None]:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=LIMIT)
+    router = APIRouter() if style == "in a router" else None
 
-    checks = [Depends(needs_key), Depends(rate_limited), Depends(tagged)]
-
-    @app.post("/echo", dependencies=checks)
     async def echo(body: Body, request: Request) -> Response:
         if body.text == "http":
             raise HTTPException(404, "no such thing")
@@ -69,13 +73,21 @@ def declare(app: FastAPI) -> FastAPI:
         answer = {"text": body.text * body.count, "router": "router" in request.scope}
         return JSONResponse(answer, headers={"x-echo": "1"})
 
-    return app
+    if router is None:
+        app.post("/echo", dependencies=CHECKS)(echo)
+    else:
+        router.post("/echo")(echo)
+        app.include_router(router, dependencies=CHECKS)
+    return app, router
 
 
-def lean_app() -> LeanApp:
-    app = declare(LeanApp())
+def lean_app(style: str = STYLES[0]) -> LeanApp:
+    app, router = declare(LeanApp(), style)
     assert isinstance(app, LeanApp)
-    app.serve_lean("/echo")
+    if router is None:
+        app.serve_lean("/echo")
+    else:
+        app.serve_lean("/echo", router=router, dependencies=CHECKS)
     return app
 
 
@@ -124,10 +136,13 @@ def seen(response: httpx.Response) -> tuple[int, bytes, dict[str, str]]:
     return response.status_code, content, {k: response.headers.get(k, "") for k in keep}
 
 
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize(("case", "kwargs"), CASES, ids=[c for c, _ in CASES])
-async def test_the_lean_path_answers_as_fastapi_does(case: str, kwargs: dict[str, Any]) -> None:
-    plain = await answer(declare(FastAPI()), kwargs)
-    lean = await answer(lean_app(), kwargs)
+async def test_the_lean_path_answers_as_fastapi_does(
+    case: str, kwargs: dict[str, Any], style: str
+) -> None:
+    plain = await answer(declare(FastAPI(), style)[0], kwargs)
+    lean = await answer(lean_app(style), kwargs)
     assert seen(lean) == seen(plain)
     if plain.headers.get("x-echo"):
         assert plain.json()["router"] is True and lean.json()["router"] is False
