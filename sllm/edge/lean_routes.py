@@ -6,7 +6,7 @@ solver before its endpoint runs: about 140 microseconds on this project's VM, re
 on each hop of a request (the gateway's ``/v1/chat/completions``, then the worker's
 ``/invoke``), a fifth of the head's and the worker's CPU under load.
 
-``LeanApp.serve_lean(path)`` serves a declared POST route at ``path`` directly: its
+``LeanApp.serve_lean(path, ...)`` serves a declared POST route at ``path`` directly: its
 body read through the app's own middleware (the body limit), parsed and validated as
 FastAPI does (the route's body field, so errors read the same), its dependencies run
 in order (``async def`` functions of the request and optional headers: anything else
@@ -31,7 +31,7 @@ from fastapi.routing import APIRoute
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Check = Callable[[Request], Awaitable[None]]
 
@@ -104,22 +104,15 @@ class _RouteHandler:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
             response = await self._respond(request)
-        except Exception as exc:
+        except Exception as exc:  # nothing is sent yet: the app's handler answers it
             handler = _handler_for(self.handlers, exc)
-            if handler is None or started:
+            if handler is None:
                 raise
             answer = handler(request, exc)
             response = await answer if inspect.isawaitable(answer) else answer
-        await response(scope, receive, tracked_send)
+        await response(scope, receive, send)
 
     async def _respond(self, request: Request) -> Response:
         body = await _parsed_body(request)

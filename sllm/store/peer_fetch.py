@@ -160,10 +160,14 @@ def fetch(
 
 
 def _record_speed(store_root: Path, nbytes: int, seconds: float) -> None:
+    """Kept for the heartbeat; the copy is committed already, so a failure only logs."""
     speed = {"bytes_per_s": nbytes / max(seconds, 1e-6), "bytes": nbytes, "at": time.time()}
     scratch = store_root / f"{SPEED_FILE}.{os.getpid()}"
-    scratch.write_text(json.dumps(speed))
-    scratch.replace(store_root / SPEED_FILE)  # readers see the old figure or the new
+    try:
+        scratch.write_text(json.dumps(speed))
+        scratch.replace(store_root / SPEED_FILE)  # readers see the old figure or the new
+    except OSError as exc:
+        log.warning("could not record the fetch's speed in %s: %s", store_root, exc)
 
 
 def fetch_speed(store_root: Path) -> float | None:
