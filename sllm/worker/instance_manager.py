@@ -43,9 +43,9 @@ from sllm.worker.local_instances import (
     InstanceExists,
     LocalInstance,
     free_port,
-    listening,
     log_tail,
 )
+from sllm.worker.readiness import wait_ready
 from sllm.worker.warm_pool import WarmPool
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,6 @@ log = logging.getLogger(__name__)
 OnState = Callable[[str, str, str], Awaitable[None]]
 T = TypeVar("T")
 
-_POLL_INTERVAL = 0.05
-_POLL_TIMEOUT = 1.0
-# Until the backend listens, its port is tried this often: a refused connect costs a
-# syscall, where a refused HTTP poll cost a millisecond of the worker's CPU; and a
-# 50 ms poll found a listening instance 25 ms late on average, on every cold start.
-_LISTEN_POLL = 0.01
 # After SIGKILL a process is gone within milliseconds unless stuck in the kernel; we
 # stop waiting then, and asyncio's child watcher still reaps it whenever it exits.
 _KILL_WAIT = 5.0
@@ -315,7 +309,7 @@ class InstanceManager:
 
     async def _supervise(self, entry: Entry, startup_timeout: float) -> None:
         try:
-            why = await self._wait_ready(entry, startup_timeout)
+            why = await wait_ready(entry, startup_timeout)
         finally:
             self._loading(False)
         if entry.ender is not None:
@@ -353,33 +347,6 @@ class InstanceManager:
         tail = await asyncio.to_thread(log_tail, entry.info.log_path)
         log.warning("instance %s failed: %s", entry.info.instance_id, why)
         await self._report(entry.info.instance_id, "failed", f"{why}; last log lines:\n{tail}")
-
-    async def _wait_ready(self, entry: Entry, timeout: float) -> str | None:
-        """None once the backend says it serves (and has its adapters), else why not."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        base_url = f"http://127.0.0.1:{entry.spec.port}"
-        # trust_env=False: an HTTP(S)_PROXY in the environment must not catch loopback calls.
-        async with httpx.AsyncClient(trust_env=False) as client:
-            while entry.ender is None:
-                if entry.exited.done():
-                    return f"backend exited with code {entry.proc.returncode} during start-up"
-                left = deadline - loop.time()
-                if left <= 0:
-                    return f"backend not ready within {timeout:g} s"
-                if not await listening(entry.spec.port, min(_POLL_TIMEOUT, left)):
-                    await asyncio.wait({entry.exited}, timeout=min(_LISTEN_POLL, left))
-                    continue
-                client.timeout = httpx.Timeout(min(_POLL_TIMEOUT, left))
-                try:
-                    ready = await entry.backend.ready(client, base_url, entry.spec)
-                except (httpx.HTTPError, ValueError):
-                    # Answering before it can say, or gone again: poll again.
-                    ready = False
-                if ready:
-                    return await instance_adapters.load(entry, client, base_url)
-                await asyncio.wait({entry.exited}, timeout=min(_POLL_INTERVAL, left))
-        return "stopped during start-up"
 
     def first_output(self, instance_id: str) -> None:
         """The instance produced output: its first one ends its cold start."""

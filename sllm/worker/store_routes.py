@@ -61,7 +61,7 @@ def listed_file(cache: ModelCache, name: str, file: str) -> Path | None:
         return None
     try:
         index = read_index(copy)
-    except (OSError, IndexFormatError):
+    except (OSError, ValueError):  # ValueError: a NUL in the name; or a bad index
         return None
     listed = {e.file for e in [*index.chunks, *index.files]}
     return copy / file if file in listed else None

@@ -75,6 +75,7 @@ def test_what_a_peer_lacks_or_does_not_list_is_not_served(
         f"/store/file/{stored.name}/..%2F..%2Fworker-{child.url.rsplit(':', 1)[1]}.log",
         f"/store/file/{stored.name}/missing.bin",
         f"/store/file/..%2F{stored.name}/index.json",
+        f"/store/file/{stored.name}%00/index.json",
     ):
         assert httpx.get(child.url + path, headers=auth).status_code == 404, path
 
