@@ -169,3 +169,35 @@ def test_gguf_questions_are_answered_once_while_dequantizing_and_anew_after() ->
         assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is first
     assert gguf.get_tensor_name_map is original
     assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is not first
+
+
+def test_a_gguf_file_is_parsed_once_over_a_plain_array_with_the_same_values(
+    tmp_path: Path,
+) -> None:
+    import gguf
+    import numpy as np
+
+    from sllm.backends.model_source import _gguf_parsed_once
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "b", "ccc"])
+    writer.add_uint32("llama.block_count", 2)
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    def values(reader: gguf.GGUFReader) -> dict[str, list[object]]:
+        return {name: [f.parts[i].tolist() for i in f.data] for name, f in reader.fields.items()}
+
+    mapped = gguf.GGUFReader(path)
+    with _gguf_parsed_once():
+        plain = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(path) is plain
+        # No memmap slices: each one cost a memmap object (the parse's slowness).
+        assert type(plain.data) is np.ndarray
+        assert type(plain.tensors[0].data) is np.ndarray
+    assert values(plain) == values(mapped)
+    assert plain.tensors[0].data.tolist() == mapped.tensors[0].data.tolist()
