@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,13 +44,15 @@ class TransformersEngine:
         knobs: TransformersKnobs,
         cache: Path,
         lora_adapters: dict[str, str] | None = None,
+        while_waiting: Callable[[], None] | None = None,
     ) -> None:
         self.knobs = knobs
+        self._while_waiting = while_waiting  # while the worker stores the model: ``locked``
         self.lora_adapters = dict(lora_adapters or {})
         self.adapters = frozenset(self.lora_adapters)
         self.cache = cache
         files = resolve(knobs.pretrained_model_name_or_path, cache)
-        self.path = loadable_dir(files, cache)
+        self.path = loadable_dir(files, cache, self._while_waiting)
         self.device = device_of(knobs)
         self.generative = is_generative(self.path, knobs)
         if self.adapters and not self.generative:
@@ -88,6 +90,7 @@ class TransformersEngine:
             dtype=dtype_of(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
             source=self.knobs.pretrained_model_name_or_path,
+            while_waiting=self._while_waiting,
             # Several GPUs (num_gpus > 1, all the worker let us see): layers spread over them.
             device_map="auto" if gpu_count(self.device) > 1 else None,
         )
@@ -267,6 +270,7 @@ class TransformersEngine:
             dtype=dtype_of(self.knobs, self.device),
             trust_remote_code=self.knobs.trust_remote_code,
             source=self.knobs.pretrained_model_name_or_path,
+            while_waiting=self._while_waiting,
         ).to(self.device)
         model.eval()
         self.model = model

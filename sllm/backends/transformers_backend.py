@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,21 @@ def build(
     # A ValidationError is a ValueError: server.main reports it as the start's failure.
     knobs = TransformersKnobs.model_validate(config)
     try:
-        return TransformersEngine(knobs, cache, lora_adapters)
+        # A cold process waiting for the worker's store of the model primes meanwhile.
+        return TransformersEngine(knobs, cache, lora_adapters, while_waiting=prime)
     except ModelSourceError:
         raise
     except OSError as exc:  # missing or unreadable model files
         raise ValueError(f"cannot load {knobs.pretrained_model_name_or_path}: {exc}") from None
 
 
+@functools.cache  # once a process
 def prime() -> None:
-    """What a warm process runs before it waits for an instance: builds a tiny Llama
-    skeleton the way the store's loader does and runs one short generation through
-    continuous batching, which pulls in what transformers imports lazily and sets up
-    once per process (2 s, then 0.1 s more, of the demo model's start on this CPU)."""
+    """What a warm process runs before it waits for an instance, and a cold one while
+    the worker stores its model: builds a tiny Llama skeleton the way the store's
+    loader does and runs one short generation through continuous batching, which pulls
+    in what transformers imports lazily and sets up once per process (2 s, then 0.1 s
+    more, of the demo model's start on this CPU)."""
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 

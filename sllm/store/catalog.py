@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,16 +68,18 @@ def ensure_stored(
     trust_remote_code: bool = False,
     verify: Verify = "quick",
     deployed: str | None = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> tuple[Path, StoreIndex]:
     """The stored copy of ``source`` and its index, checked at level ``verify``;
     stored now when absent, and stored again when the copy there fails the check:
     fetched from a peer that holds ``deployed`` (the name it was deployed as) when the
-    worker named any (``SLLM_STORE_PEERS``), else ingested from ``source``."""
+    worker named any (``SLLM_STORE_PEERS``), else ingested from ``source``.
+    ``while_waiting``: as for ``locked``."""
     target = store_dir(source, storage, auto_class.__name__)
     index, problems = check_directory(target, verify)
     if index is not None and not problems:
         return target, index
-    with locked(target):
+    with locked(target, while_waiting):
         index, problems = check_directory(target, verify)  # stored while we waited?
         if index is not None and not problems:
             return target, index
@@ -120,19 +123,25 @@ def load_pretrained(
     trust_remote_code: bool = False,
     device_map: Any = None,
     source: str | None = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> Any:
     """``auto_class.from_pretrained(path, ...)``, through the store: stored on first
     use, loaded from the stored copy after (whose pages the worker may hold in memory:
     ``tiers``). ``source``: the name it was deployed as, recorded beside the stored
     copy. Models spread over several GPUs (``device_map``) and models the loader does
     not build take transformers' path; so does any model whose copy cannot be written
-    (a read-only or full disk)."""
+    (a read-only or full disk). ``while_waiting``: as for ``locked``."""
     if device_map is None and _quantized(path):
         log.info("%s is quantized: loading with transformers, not through the store", path)
     elif device_map is None:
         try:
             directory, index = ensure_stored(
-                path, storage, auto_class, trust_remote_code=trust_remote_code, deployed=source
+                path,
+                storage,
+                auto_class,
+                trust_remote_code=trust_remote_code,
+                deployed=source,
+                while_waiting=while_waiting,
             )
             if source is not None:
                 record_use(directory, source)
