@@ -3,7 +3,9 @@ torch and transformers imported and primed, waiting for an instance to become. A
 that takes one costs loading the weights, not starting an interpreter.
 
 The pool owns its idle processes: it reaps one that dies and starts another, with a
-bounded backoff when they keep failing; ``close`` kills them. A process handed over
+bounded backoff when they keep failing; ``close`` kills them. A refill waits while
+instances load, and one already priming when a load begins is paused (SIGSTOP) until
+the load is over: both would take the CPU the load needs. A process handed over
 belongs to the instance manager from then on. Each runs in its own process group and
 dies with the worker, like an instance. It keeps ``size`` processes, more for a while
 after starts came in a burst (``warm_demand``), as memory allows.
@@ -16,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from sllm.client.procs import die_with_parent, kill_and_reap, open_log
+from sllm.client.procs import die_with_parent, kill_and_reap, open_log, signal_group
 from sllm.worker.warm_demand import MAX_EXTRA, target
 
 log = logging.getLogger(__name__)
@@ -83,17 +86,20 @@ class WarmPool:
         self._loading = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
+        self._busy = asyncio.Event()  # the opposite of _quiet: an instance is loading
         self._ended_at = float("-inf")  # time.monotonic() when the last load ended
 
     def loading_began(self) -> None:
         self._loading += 1
         self._quiet.clear()
+        self._busy.set()
 
     def loading_ended(self) -> None:
         self._loading = max(0, self._loading - 1)
         self._ended_at = time.monotonic()
         if not self._loading:
             self._quiet.set()
+            self._busy.clear()
 
     async def _settled(self) -> None:
         """Until no instance loads and the last load ended SETTLE seconds ago; at most
@@ -206,9 +212,7 @@ class WarmPool:
         finally:
             log_file.close()  # the child holds its own descriptor
         try:
-            ready = await asyncio.wait_for(_said_ready(proc), READY_TIMEOUT)
-        except TimeoutError:
-            ready = False
+            ready = await self._primed(proc)
         except asyncio.CancelledError:
             await kill_and_reap(proc)
             raise
@@ -220,6 +224,32 @@ class WarmPool:
             "warm process %d exited or hung before it was ready (see %s)", proc.pid, self._log_path
         )
         return None
+
+    async def _primed(self, proc: Process) -> bool:
+        """Whether ``proc`` said ready within READY_TIMEOUT of running time: paused
+        while instances load. A worker's first instance began loading beside a process
+        its pool had started a moment before, and that import took 6 s of CPU from the
+        load on 2 cores (the demo's first start)."""
+        said = asyncio.ensure_future(_said_ready(proc))
+        left = READY_TIMEOUT
+        try:
+            while True:
+                busy = asyncio.ensure_future(self._busy.wait())
+                began = time.monotonic()
+                await asyncio.wait({said, busy}, timeout=left, return_when="FIRST_COMPLETED")
+                busy.cancel()
+                if said.done():
+                    return said.result()
+                left -= time.monotonic() - began
+                if left <= 0:
+                    return False
+                signal_group(proc.pid, signal.SIGSTOP)
+                try:
+                    await self._settled()
+                finally:
+                    signal_group(proc.pid, signal.SIGCONT)
+        finally:
+            said.cancel()
 
     def take(self) -> Process | None:
         """An idle warm process, now, or None; a replacement starts in the background."""

@@ -206,6 +206,28 @@ async def test_an_instance_starts_from_a_warm_process(
         await manager.stop_all()
 
 
+async def test_a_process_priming_when_an_instance_begins_loading_waits_for_the_load(
+    tmp_path: Path,
+) -> None:
+    pool = WarmPool(
+        1, ["tests.warm_target:slow_prime"], tmp_path / "warm.log", backend_environment()
+    )
+    pool.start()
+    try:
+        await until(lambda: len(warm_children()) == 1)
+        [pid] = warm_children()
+        pool.loading_began()
+        await until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 5)
+        await asyncio.sleep(2.0)  # longer than its prime: it would be ready by now
+        assert pool.idle() == 0 and psutil.Process(pid).status() == psutil.STATUS_STOPPED
+        pool.loading_ended()
+        await until(lambda: pool.idle() == 1, 10)
+        assert pool._idle[0].pid == pid  # the same process, resumed
+    finally:
+        await pool.close()
+    assert not alive(pid)
+
+
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
