@@ -12,6 +12,7 @@ def slow_prime() -> None:
     """A prime that takes a while, as importing torch does."""
     time.sleep(1.5)
 
+
 if __name__ == "__main__":
     out = sys.argv[sys.argv.index("--out") + 1]
     print("to the log")  # stdout: the instance's log

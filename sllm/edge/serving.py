@@ -72,17 +72,30 @@ def setup_logging(level: str, fmt: LogFormat = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-def _options(host: str, port: int, log_level: str, access_log: bool) -> dict[str, Any]:
+def _options(
+    host: str, port: int, log_level: str, access_log: bool | Literal["failures"]
+) -> dict[str, Any]:
+    if access_log == "failures":
+        logging.getLogger("uvicorn.access").addFilter(_failures_only)
     return {
         "host": host,
         "port": port,
         "log_level": log_level,
-        "access_log": access_log,
+        "access_log": bool(access_log),
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
         "timeout_keep_alive": BACKEND_KEEP_ALIVE,
         # The format setup_logging chose applies to uvicorn's loggers too.
         "log_config": None,
     }
+
+
+def _failures_only(record: logging.LogRecord) -> bool:
+    """uvicorn's access line of a response with status 400 or above (its arguments:
+    client, method, path, HTTP version, status)."""
+    args = record.args
+    if not (isinstance(args, tuple) and len(args) == 5 and isinstance(args[4], int)):
+        return True  # not an access line: kept
+    return args[4] >= 400
 
 
 def _shared_socket(host: str, port: int) -> socket.socket:
@@ -106,13 +119,14 @@ def serve(
     port: int,
     log_level: str,
     *,
-    access_log: bool = True,
+    access_log: bool | Literal["failures"] = True,
     edge: HttpEdgeSettings | None = None,
     shared_port: bool = False,
     graceful: float = GRACEFUL_SHUTDOWN,
 ) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``graceful`` seconds to
-    finish, then the app's lifespan stops what it owns. ``edge``: the limits a server
+    finish, then the app's lifespan stops what it owns. ``access_log``: a line per
+    response, or only per response that failed (``"failures"``). ``edge``: the limits a server
     that faces the network puts on its clients (the head, a worker; a backend serves its
     worker only). ``shared_port``: other processes serve the same port (SO_REUSEPORT)."""
     options = _options(host, port, log_level, access_log)

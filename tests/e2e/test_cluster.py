@@ -389,3 +389,21 @@ def test_a_tool_call_round_trip_with_the_sdk(one_worker: Cluster) -> None:
             tools=[WEATHER_TOOL],
             tool_choice={"type": "function", "function": {"name": "stocks"}},
         )
+
+
+def test_the_head_logs_a_line_per_request_and_the_worker_none(cluster: Cluster) -> None:
+    head = cluster.start_head()
+    worker = cluster.start_worker()
+    cluster.deploy("m")
+    client = cluster.client()
+    client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in head.log.read_text()
+    # The worker's clients are heads: a line per /invoke (and per /health probe, each
+    # second) cost it a tenth of its CPU per request at the default level. Its failed
+    # responses still get theirs.
+    assert httpx.get(f"{worker.url}/no-such-path").status_code == 404
+    wait_until(lambda: '"GET /no-such-path HTTP/1.1" 404' in worker.log.read_text(), 10, "its line")
+    assert "/invoke" not in worker.log.read_text()
+    assert "GET /health" not in worker.log.read_text()
