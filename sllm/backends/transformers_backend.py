@@ -29,7 +29,9 @@ def build(
         raise ValueError(f"cannot load {knobs.pretrained_model_name_or_path}: {exc}") from None
 
 
-@functools.cache  # once a process
+# Once per module: a warm process that primed runs this module anew as its instance
+# (__main__), where a wait for the store primes again, at the cost of the tiny model.
+@functools.cache
 def prime() -> None:
     """What a warm process runs before it waits for an instance, and a cold one while
     the worker stores its model: builds a tiny Llama skeleton the way the store's
