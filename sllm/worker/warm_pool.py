@@ -226,30 +226,27 @@ class WarmPool:
         return None
 
     async def _primed(self, proc: Process) -> bool:
-        """Whether ``proc`` said ready within READY_TIMEOUT of running time: paused
-        while instances load. A worker's first instance began loading beside a process
-        its pool had started a moment before, and that import took 6 s of CPU from the
-        load on 2 cores (the demo's first start)."""
+        """Whether ``proc`` said ready within READY_TIMEOUT of running time: paused once
+        a load begins, until it settles. A worker's first instance began loading beside
+        a process its pool had started a moment before, and that import took 6 s of CPU
+        from the load on 2 cores (the demo's first start)."""
         said = asyncio.ensure_future(_said_ready(proc))
-        left = READY_TIMEOUT
+        busy = asyncio.ensure_future(self._busy.wait())
         try:
-            while True:
-                busy = asyncio.ensure_future(self._busy.wait())
-                began = time.monotonic()
-                await asyncio.wait({said, busy}, timeout=left, return_when="FIRST_COMPLETED")
-                busy.cancel()
-                if said.done():
-                    return said.result()
-                left -= time.monotonic() - began
-                if left <= 0:
-                    return False
+            began = time.monotonic()
+            await asyncio.wait({said, busy}, timeout=READY_TIMEOUT, return_when="FIRST_COMPLETED")
+            if not said.done() and busy.done():
+                left = READY_TIMEOUT - (time.monotonic() - began)
                 signal_group(proc.pid, signal.SIGSTOP)
                 try:
-                    await self._settled()
+                    await self._settled()  # bounded: QUIET_WAIT
                 finally:
                     signal_group(proc.pid, signal.SIGCONT)
+                await asyncio.wait({said}, timeout=left)
+            return said.done() and said.result()
         finally:
             said.cancel()
+            busy.cancel()
 
     def take(self) -> Process | None:
         """An idle warm process, now, or None; a replacement starts in the background."""
