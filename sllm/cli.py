@@ -234,12 +234,12 @@ def deploy(
         str | None, typer.Option(help="Deploy this model with defaults, without a file.")
     ] = None,
     backend: Annotated[
-        str, typer.Option(help="Backend for --model: dummy, transformers or vllm.")
+        str, typer.Option(help="Backend for --model: dummy, transformers, onnx or vllm.")
     ] = "dummy",
     source: Annotated[
         str | None,
         typer.Option(
-            help="What --model serves (transformers, vllm): a model directory, a .gguf file, "
+            help="What --model serves (transformers, onnx, vllm): a model directory, a .gguf file, "
             "a hub id, or a packaged model (smollm2-135m, all-minilm-l6-v2)."
         ),
     ] = None,
@@ -267,7 +267,7 @@ def quick_config(model: str, backend: str, source: str | None, task: str | None)
     """The deploy config of ``sllm deploy --model``: the backend's defaults and ``source``."""
     if backend == "dummy":
         if source is not None or task is not None:
-            _fail("--source and --task are for the transformers and vllm backends", code=2)
+            _fail("--source and --task are for the transformers, onnx and vllm backends", code=2)
         return {"model": model, "backend": backend}
     if source is None:
         _fail(
@@ -414,9 +414,26 @@ def store_save(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Run the model's own code (passed to from_pretrained).")
     ] = False,
+    store_format: Annotated[
+        Literal["sllm", "onnx"],
+        typer.Option(
+            "--format", help="sllm: for the transformers and vllm backends; onnx: for onnx."
+        ),
+    ] = "sllm",
+    precision: Annotated[
+        Literal["int4", "int8", "fp16", "fp32"],
+        typer.Option(help="The ONNX weights' precision (--format onnx)."),
+    ] = "int4",
 ) -> None:
-    """Store a model now (the transformers backend otherwise does it at its first start)."""
+    """Store a model now (its backend otherwise does it at its first start)."""
     settings = _settings(WorkerSettings, storage_path=storage_path)
+    if store_format == "onnx":
+        from sllm.store.onnx_store import save as save_onnx
+
+        directory, index = _store_call(lambda: save_onnx(source, settings.storage_path, precision))
+        size = sum(c.size for c in [*index.chunks, *index.files])
+        typer.echo(f"stored {source} as ONNX {precision}: {size / 1e9:.2f} GB in {directory}")
+        return
     from sllm.store.catalog import save
 
     directory, index = _store_call(

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sllm.edge import names
 from sllm.kv.redis_url import check_redis_url
 
-BackendName = Literal["dummy", "transformers", "vllm"]
+BackendName = Literal["dummy", "transformers", "onnx", "vllm"]
 LogFormat = Literal["text", "json"]
 # redis://, rediss://, unix:// or a Sentinel service (redis+sentinel://...).
 RedisUrl = Annotated[str, AfterValidator(check_redis_url)]

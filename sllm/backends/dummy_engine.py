@@ -22,7 +22,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends import dummy_json
-from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
+from sllm.backends.engine import (
+    Piece,
+    SamplingParams,
+    TokenLogprob,
+    check_context,
+    default_limit,
+)
 from sllm.edge.errors import RequestError
 from sllm.edge.protocol import ChatMessage, Prompt
 
@@ -239,19 +245,14 @@ class DummyEngine:
         return self.decode(prompt, param) if isinstance(prompt, list) else prompt
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
-        room = self.knobs.context_length - prompt_tokens
-        return max(1, min(self.knobs.default_max_tokens, room))
+        knobs = self.knobs
+        return default_limit(knobs.default_max_tokens, knobs.context_length, prompt_tokens)
 
     def check(self, prompt_tokens: int, params: SamplingParams) -> None:
         """The dummy accepts every sampling option within its context. It is no
         language model: temperature, top_p, top_k and the penalties shape nothing; seed,
         min_tokens, ignore_eos and the token limit shape its output exactly."""
-        if prompt_tokens + params.max_tokens > self.knobs.context_length:
-            raise RequestError(
-                f"prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceeds "
-                f"the model's context of {self.knobs.context_length} tokens",
-                param="max_tokens",
-            )
+        check_context(prompt_tokens, params.max_tokens, self.knobs.context_length)
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Piece]:
         prompt = self._text(prompt)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from sllm.edge.errors import RequestError
 from sllm.edge.protocol import ChatMessage, Prompt
 
 
@@ -125,3 +126,19 @@ class Engine(Protocol):
         """One vector per text (or token ids), and the number of prompt tokens read;
         RequestError naming ``input`` for an id outside the vocabulary."""
         ...
+
+
+def default_limit(configured: int, context_length: int, prompt_tokens: int) -> int:
+    """``max_tokens`` for a request that names none: the backend's configured default,
+    within what the context leaves after the prompt (at least one token)."""
+    return max(1, min(configured, context_length - prompt_tokens))
+
+
+def check_context(prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+    """RequestError naming ``max_tokens`` when prompt and output overrun the context."""
+    if prompt_tokens + max_tokens > context_length:
+        raise RequestError(
+            f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds "
+            f"the model's context of {context_length} tokens",
+            param="max_tokens",
+        )

@@ -13,7 +13,13 @@ from typing import Any, cast
 
 from sllm.backends import tool_calls
 from sllm.backends.detokenize import IncrementalDecoder
-from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
+from sllm.backends.engine import (
+    Piece,
+    SamplingParams,
+    TokenLogprob,
+    check_context,
+    default_limit,
+)
 from sllm.backends.hf_embedding import embed_batch, sentence_transformers_pooling
 from sllm.backends.hf_loading import device_of, dtype_of, gpu_count, is_generative
 from sllm.backends.model_source import adapter_dir, loadable_dir, resolve
@@ -295,16 +301,9 @@ class TransformersEngine:
     ) -> str:
         self._need(generative=True)
         template = getattr(self.tokenizer, "chat_template", None)
-        if not template:
-            raise RequestError(
-                "this model has no chat template: use /v1/completions", param="messages"
-            )
-        turns = [tool_calls.template_turn(m) for m in messages]
-        if tools and "tools" not in str(template):
-            # A template that knows no tools: sllm tells the model of them itself.
-            turns, tools = tool_calls.without_tool_support(turns, tools), None
+        turns, tools = tool_calls.template_input(messages, tools, template and str(template))
         rendered = self.tokenizer.apply_chat_template(
-            tool_calls.template_messages(turns),
+            turns,
             tools=cast(Any, tools),
             tokenize=False,
             add_generation_prompt=True,
@@ -337,16 +336,11 @@ class TransformersEngine:
         return ids
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
-        return max(1, min(self.knobs.default_max_tokens, self.context_length - prompt_tokens))
+        return default_limit(self.knobs.default_max_tokens, self.context_length, prompt_tokens)
 
     def check(self, prompt_tokens: int, params: SamplingParams) -> None:
         self._need(generative=True)
-        if prompt_tokens + params.max_tokens > self.context_length:
-            raise RequestError(
-                f"prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceeds "
-                f"the model's context of {self.context_length} tokens",
-                param="max_tokens",
-            )
+        check_context(prompt_tokens, params.max_tokens, self.context_length)
         if params.json_schema is not None:
             self.grammars.check(params.json_schema)
 

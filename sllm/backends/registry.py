@@ -5,6 +5,7 @@ from __future__ import annotations
 from sllm.backends.base import Backend, BackendUnavailable
 from sllm.backends.dummy_engine import DummyKnobs
 from sllm.backends.install import pip_install
+from sllm.backends.onnx_knobs import OnnxKnobs
 from sllm.backends.transformers_knobs import TransformersKnobs
 from sllm.backends.vllm_backend import VllmBackend
 from sllm.backends.vllm_flags import VllmKnobs
@@ -30,6 +31,16 @@ _BUILT: dict[str, Backend] = {
             "sllm.store.arena:prefault",
             "sllm.backends.warm_heap:prefault",
         ),
+    ),
+    "onnx": Backend(
+        name="onnx",
+        module="sllm.backends.onnx_backend",
+        knobs=OnnxKnobs,
+        requires=("onnxruntime_genai",),
+        install_hint=pip_install("onnx"),
+        # A pool of its own: its processes import no torch, which the sllm pool's do.
+        warm_prime=("sllm.backends.server:prime", "sllm.backends.onnx_backend:prime"),
+        warm_pool="onnx",
     ),
     "vllm": VllmBackend(
         name="vllm",

@@ -219,3 +219,18 @@ def template_turn(message: ChatMessage) -> dict[str, Any]:
         if value is not None:
             turn[name] = value
     return turn
+
+
+def template_input(
+    messages: list[ChatMessage], tools: list[dict[str, Any]] | None, template: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """What a chat template renders for ``messages`` and ``tools``: the messages as it
+    reads them, and the tools, or None with the tools told in a system message when the
+    template knows none. RequestError when the model has no template."""
+    if not template:
+        raise RequestError("this model has no chat template: use /v1/completions", param="messages")
+    turns = [template_turn(m) for m in messages]
+    if tools and "tools" not in template:
+        # A template that knows no tools: sllm tells the model of them itself.
+        return without_tool_support(turns, tools), None
+    return template_messages(turns), tools

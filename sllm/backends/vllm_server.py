@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import runpy
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import psutil
 
 from sllm.backends import model_source
 from sllm.backends.vllm_flags import cpu_kv_cache_bytes
-from sllm.store.catalog import save_command
+from sllm.store.catalog import save_command, save_in_child
 
 log = logging.getLogger("sllm.vllm_server")
 
@@ -130,22 +129,7 @@ def stored_model(source: str, storage: Path, task: str, trust_remote_code: bool)
     found = _stored(files, source, storage, task)
     if found is not None:
         return found
-    started = time.monotonic()
-    # Bounded by the instance's startup timeout: the worker then kills the instance's
-    # process group, this child with it.
-    done = subprocess.run(
-        save_command(source, storage, task, trust_remote_code),
-        stdin=subprocess.DEVNULL,
-        stdout=sys.stderr,
-        stderr=sys.stderr,
-        check=False,
-    )
-    log.info(
-        "sllm store save of %s: exit %d in %.1f s",
-        source,
-        done.returncode,
-        time.monotonic() - started,
-    )
+    save_in_child(save_command(source, storage, task, trust_remote_code), source)
     found = _stored(files, source, storage, task)
     if found is not None:
         return found

@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -169,7 +171,7 @@ def load_pretrained(
 # -- the CLI's entry points ---------------------------------------------------------------
 
 
-def _source_dir(source: str, storage: Path) -> Path:
+def source_dir(source: str, storage: Path) -> Path:
     """The directory of safetensors the backend would load ``source`` from."""
     from sllm.backends.model_source import expand_user, loadable_dir, resolve
 
@@ -195,7 +197,7 @@ def save(
 ) -> tuple[Path, StoreIndex]:
     """``sllm store save``: store ``source`` (any name the backend takes) now, recorded
     as used by ``source`` so that the worker reports it under that name."""
-    path = _source_dir(source, storage)
+    path = source_dir(source, storage)
     directory, index = ensure_stored(
         path,
         storage,
@@ -207,20 +209,46 @@ def save(
     return directory, index
 
 
-def save_command(source: str, storage: Path, task: str, trust_remote_code: bool) -> list[str]:
+def save_command(
+    source: str,
+    storage: Path,
+    task: str,
+    trust_remote_code: bool,
+    onnx_precision: str | None = None,
+) -> list[str]:
     """``sllm store save`` of ``source`` as a command, for a child process to run: storing
-    computes (dequantizing, hashing) in a process of its own."""
+    computes (dequantizing, hashing, converting) in a process of its own. With
+    ``onnx_precision``: converted to ONNX at that precision (``onnx_store``)."""
     argv = [
         sys.executable, "-m", "sllm", "store", "save", "--storage-path", str(storage),
         "--task", task,
     ]  # fmt: skip
     if trust_remote_code:
         argv.append("--trust-remote-code")
+    if onnx_precision is not None:
+        argv += ["--format", "onnx", "--precision", onnx_precision]
     return [*argv, "--", source]  # a source is never read as an option
+
+
+def save_in_child(argv: list[str], source: str) -> int:
+    """Run a ``save_command`` for ``source`` in a child process, its output on this
+    process's stderr (a backend's log); its exit code. A backend calls it before it
+    serves: bounded by the instance's startup timeout, as the worker then kills the
+    instance's process group, this child with it."""
+    started = time.monotonic()
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr, check=False)
+    log.info(
+        "%s of %s: exit %d in %.1f s",
+        " ".join(argv[2:6]),
+        source,
+        done.returncode,
+        time.monotonic() - started,
+    )
+    return done.returncode
 
 
 def verify(source: str, storage: Path, task: Task = "auto") -> tuple[Path, list[str]]:
     """``sllm store verify``: hash every file of the stored copy of ``source``."""
-    path = _source_dir(source, storage)
+    path = source_dir(source, storage)
     target = store_dir(path, storage, auto_class_for(path, task).__name__)
     return target, check_directory(target, "full")[1]

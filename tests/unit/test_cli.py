@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sllm.backends.onnx_knobs import OnnxKnobs
 from sllm.cli import _settings, app
 from sllm.client.launcher import free_port
-from sllm.config import HeadSettings
+from sllm.config import DeployConfig, HeadSettings
 
 runner = CliRunner()
 
@@ -60,7 +61,7 @@ def test_quick_deploy_serves_a_source_on_any_backend(dead_head: str) -> None:
     code, out = invoke("deploy", "--model", "m", "--backend", "transformers")
     assert code == 2 and "--backend transformers needs --source" in out
     code, out = invoke("deploy", "--model", "m", "--source", "smollm2-135m")
-    assert code == 2 and "for the transformers and vllm backends" in out
+    assert code == 2 and "for the transformers, onnx and vllm backends" in out
     code, out = invoke(
         "deploy", "--model", "m", "--backend", "vllm", "--source", "x", "--task", "draw"
     )
@@ -70,6 +71,10 @@ def test_quick_deploy_serves_a_source_on_any_backend(dead_head: str) -> None:
         "backend": "transformers",
         "backend_config": {"pretrained_model_name_or_path": "all-minilm-l6-v2", "task": "embed"},
     }
+    # The packaged demo model on the onnx backend, in one command.
+    onnx = quick_config("d", "onnx", "smollm2-135m", None)
+    assert DeployConfig.model_validate(onnx).backend == "onnx"
+    OnnxKnobs.model_validate(onnx["backend_config"])
     # Valid, so it goes to the head.
     args = ["--model", "m", "--backend", "vllm", "--source", "/models/m", "--head-url", dead_head]
     code, out = invoke("deploy", *args)

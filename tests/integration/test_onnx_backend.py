@@ -1,0 +1,247 @@
+"""The onnx backend as the worker runs it, on a tiny random model converted here with
+``sllm store save --format onnx`` (ONNX Runtime GenAI's model builder)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from sllm.backends.base import LaunchSpec
+from sllm.backends.registry import get_backend
+from sllm.client.launcher import Child, free_port, spawn, wait_healthy
+from sllm.store import onnx_store
+from sllm.store.integrity import check_directory
+from tests.tiny_models import build_tiny_causal_lm
+
+pytest.importorskip("onnxruntime_genai")
+pytestmark = pytest.mark.timeout(180)
+
+MESSAGES: Any = [{"role": "user", "content": "hello world"}]
+
+
+def store_save(source: Path, storage: Path, precision: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable, "-m", "sllm", "store", "save", "--storage-path", str(storage),
+        "--format", "onnx", "--precision", precision, "--", str(source),
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=170, check=False)
+
+
+def start(tmp: Path, source: Path, storage: Path, **knobs: Any) -> Child:
+    port = free_port()
+    spec = LaunchSpec(
+        instance_id="onnx-1",
+        model="tiny",
+        port=port,
+        backend_config={"pretrained_model_name_or_path": str(source), **knobs},
+        storage_path=storage,
+    )
+    argv = get_backend("onnx").command(spec)
+    child = spawn("onnx", argv, tmp / f"backend-{port}.log", f"http://127.0.0.1:{port}")
+    wait_healthy(child, 120)
+    return child
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny model and a storage path holding its fp32 conversion."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    source, storage = build_tiny_causal_lm(tmp / "lm"), tmp / "storage"
+    done = store_save(source, storage, "fp32")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "as ONNX fp32" in done.stdout
+    return source, storage
+
+
+@pytest.fixture(scope="module")
+def lm(converted: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Child]:
+    source, storage = converted
+    child = start(
+        tmp_path_factory.mktemp("onnx-run"),
+        source,
+        storage,
+        precision="fp32",
+        default_max_tokens=12,
+    )
+    yield child
+    child.stop()
+
+
+@pytest.fixture
+def sdk(lm: Child) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{lm.url}/v1", api_key="none", max_retries=0) as client:
+        yield client
+
+
+def test_the_conversion_is_stored_whole_and_checked(converted: tuple[Path, Path]) -> None:
+    source, storage = converted
+    directory = onnx_store.stored(source, storage, "fp32")
+    assert directory is not None
+    index, problems = check_directory(directory, "full")
+    assert index is not None and problems == []
+    assert [c.file for c in index.chunks] == [onnx_store.WEIGHTS]
+    assert {"model.onnx", "genai_config.json", "tokenizer.json"} <= {f.file for f in index.files}
+    assert not list(directory.parent.glob("*.partial")) and not list(
+        directory.parent.glob("*.builder-cache")
+    )
+    # Another precision is another copy; none is there until it is converted.
+    assert onnx_store.stored(source, storage, "int4") is None
+    # A flipped byte in the weights is found by the full check.
+    weights = directory / onnx_store.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy = directory.with_name(directory.name + "-copy")
+    subprocess.run(["cp", "-a", str(directory), str(copy)], check=True)
+    (copy / onnx_store.WEIGHTS).write_bytes(bytes(data))
+    assert any("checksum" in p for p in check_directory(copy, "full")[1])
+
+
+def test_a_model_the_builder_cannot_convert_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"]}')
+    done = store_save(tmp_path / "bad", tmp_path / "storage", "int4")
+    assert done.returncode == 1
+    assert "cannot convert" in done.stderr, done.stderr
+    assert not list((tmp_path / "storage" / "store").glob("*.partial"))
+
+
+def test_greedy_answers_are_the_transformers_models_own(sdk: openai.OpenAI, lm: Child) -> None:
+    """fp32 weights: greedy decoding picks the same tokens as transformers' generate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(lm.popen.args[lm.popen.args.index("--config") + 1].split('"')[3])
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    prompt = "the quick brown fox"
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    out = model.generate(ids, max_new_tokens=10, do_sample=False, min_new_tokens=10)
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    reply = sdk.completions.create(
+        model="tiny", prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert reply.choices[0].text == expected
+    assert reply.usage is not None and reply.usage.completion_tokens == 10
+    assert reply.usage.prompt_tokens == ids.shape[1]
+
+
+def test_chat_streams_what_it_answers(sdk: openai.OpenAI) -> None:
+    chat = sdk.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=10, temperature=0
+    )
+    text = chat.choices[0].message.content or ""
+    assert chat.system_fingerprint == "onnx-1"
+    assert chat.usage is not None and 0 < chat.usage.completion_tokens <= 10
+    stream = sdk.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=10, temperature=0, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == text
+
+
+def test_stop_strings_are_cut_exactly(sdk: openai.OpenAI) -> None:
+    full = sdk.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0)
+    text = full.choices[0].text
+    assert len(text) > 4, text
+    stop = text[2:4]
+    cut = sdk.completions.create(
+        model="tiny", prompt="hello", max_tokens=12, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_requests_and_n_choices_are_batched_and_all_finish(sdk: openai.OpenAI) -> None:
+    def ask(i: int) -> int:
+        reply = sdk.completions.create(
+            model="tiny",
+            prompt=f"hello {i}",
+            max_tokens=8,
+            n=2,
+            temperature=0.8,
+            top_p=0.9,
+            extra_body={"top_k": 20, "repetition_penalty": 1.2, "min_tokens": 8},
+        )
+        assert sorted(c.index for c in reply.choices) == [0, 1]
+        assert reply.usage is not None
+        return reply.usage.completion_tokens
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(ask, range(8)))
+    assert tokens == [16] * 8
+
+
+def test_what_the_engine_cannot_do_is_a_clear_400(lm: Child) -> None:
+    base = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4}
+    refused = {
+        "seed": {"seed": 1, "temperature": 1.0},
+        "frequency_penalty": {"frequency_penalty": 1.0},
+        "min_p": {"min_p": 0.1},
+        "logprobs": {"logprobs": True},
+        "response_format": {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}},
+            }
+        },
+        "max_tokens": {"max_tokens": 100000},
+    }
+    for param, extra in refused.items():
+        resp = httpx.post(f"{lm.url}/v1/chat/completions", json={**base, **extra}, timeout=30)
+        assert resp.status_code == 400, (param, resp.text)
+        assert resp.json()["error"]["param"] == param, resp.text
+    # A seed with greedy decoding changes nothing: served.
+    resp = httpx.post(
+        f"{lm.url}/v1/chat/completions", json={**base, "seed": 1, "temperature": 0}, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    emb = httpx.post(f"{lm.url}/v1/embeddings", json={"model": "tiny", "input": "x"}, timeout=30)
+    assert emb.status_code == 400 and "not built yet" in emb.json()["error"]["message"]
+
+
+def test_a_generation_closed_early_is_cancelled_in_the_engine(
+    converted: tuple[Path, Path],
+) -> None:
+    """A client that leaves, or a stop string met: the request's turn is cancelled, not
+    left to run to max_tokens in the batch."""
+    import asyncio
+
+    from sllm.backends.engine import SamplingParams
+    from sllm.backends.onnx_engine import OnnxEngine
+    from sllm.backends.onnx_knobs import OnnxKnobs
+
+    source, storage = converted
+    directory = onnx_store.stored(source, storage, "fp32")
+    assert directory is not None
+    engine = OnnxEngine(directory, OnnxKnobs(pretrained_model_name_or_path=str(source)))
+
+    async def leave_early() -> list[str | None]:
+        jobs = []
+        for _ in range(3):
+            stream = engine.generate("hello", SamplingParams(max_tokens=400))
+            await anext(stream)
+            jobs.append(list(engine._driver._jobs.values())[-1])  # the newest
+            await stream.aclose()
+        for _ in range(500):
+            if not engine._driver._jobs:
+                break
+            await asyncio.sleep(0.01)
+        return [job.reason for job in jobs]
+
+    try:
+        assert asyncio.run(leave_early()) == ["CANCELLED"] * 3
+    finally:
+        engine.close()
+
+
+def test_the_serving_process_imports_no_torch(lm: Child) -> None:
+    maps = Path(f"/proc/{lm.popen.pid}/maps").read_text()
+    assert "onnxruntime" in maps
+    assert "libtorch" not in maps and "torch/lib" not in maps
