@@ -1,11 +1,14 @@
-"""Cold start of the demo model (SmolLM2-135M-Instruct, transformers or vLLM backend)
-from each cache tier: time from a request for a model at zero instances to its first
-token, through a real cluster on this machine (Redis, head, worker), split into the
-phases the head and worker measure; against a fresh ``python -c`` that loads the same
-model with plain transformers and generates one token (``--backend vllm``: against plain
-vLLM's OpenAI server started fresh, to ready and to its first token).
+"""Cold start of the demo model (SmolLM2-135M-Instruct, transformers, onnx or vLLM
+backend) from each cache tier: time from a request for a model at zero instances to its
+first token, through a real cluster on this machine (Redis, head, worker), split into
+the phases the head and worker measure; against a fresh ``python -c`` that loads the
+same model with plain transformers (``--backend onnx``: plain ONNX Runtime GenAI, the
+store's int4 conversion) and generates one token (``--backend vllm``: against plain
+vLLM's OpenAI server started fresh, to ready and to its first token). With ``--backend
+onnx`` the ``none`` tier converts the model in the instance's start (no store ahead).
 
-    python benchmarks/cold_start.py [--backend transformers|vllm] [--repeat 5] [--json OUT]
+    python benchmarks/cold_start.py [--backend transformers|onnx|vllm] [--repeat 5]
+                                    [--json OUT]
                                     [--warm-heap-gb N]
 
 The worker runs with its defaults but for ``--warm-heap-gb`` when one is given here.
@@ -66,6 +69,7 @@ from typing import Any
 
 import httpx
 import psutil
+from plain_starts import plain_onnx, plain_transformers
 from prometheus_client.parser import text_string_to_metric_families
 
 from sllm.backends.vllm_flags import VllmKnobs, cpu_kv_cache_bytes, vllm_args
@@ -324,23 +328,6 @@ class Bench:
         return phases
 
 
-def plain_transformers(path: Path) -> float:
-    """A fresh interpreter loading the model with transformers and generating one
-    token: wall time of the whole process."""
-    code = (
-        "import torch\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        f"tok = AutoTokenizer.from_pretrained({str(path)!r})\n"
-        f"model = AutoModelForCausalLM.from_pretrained({str(path)!r})\n"
-        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Say hello.'}],"
-        " add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
-        "model.generate(**ids, max_new_tokens=1, do_sample=False)\n"
-    )
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return time.perf_counter() - started
-
-
 def _worker_start(worker_log: str, instance: str) -> float:
     """Epoch when the worker began starting ``instance``, from its log line."""
     [stamp] = re.findall(
@@ -413,9 +400,14 @@ def run(repeat: int, warm_heap_gb: float | None, backend: str, num_gpus: int) ->
                 runs += [bench.cold(tier) for _ in range(repeat)]
         finally:
             bench.close()
-        dequantized = next((Path(tmp) / "models" / "gguf").glob("*/config.json")).parent
-        baseline = [plain_transformers(dequantized) for _ in range(repeat)]
-    return {"runs": runs, "plain_transformers": baseline}
+        models = Path(tmp) / "models"
+        if backend == "onnx":
+            converted = next((models / "store").glob("*/genai_config.json")).parent
+            baseline = [plain_onnx(converted) for _ in range(repeat)]
+        else:
+            dequantized = next((models / "gguf").glob("*/config.json")).parent
+            baseline = [plain_transformers(dequantized) for _ in range(repeat)]
+    return {"backend": backend, "runs": runs, "plain": baseline}
 
 
 def run_vllm(repeat: int, num_gpus: int) -> dict[str, Any]:
@@ -458,10 +450,15 @@ def report(out: dict[str, Any]) -> None:
         report_vllm(out)
         return
     _tier_table(out["runs"], [*PHASES, "warm_up", "other"], "first token (s)", 13)
-    base = out["plain_transformers"]
+    base = out["plain"]
+    what = (
+        "onnxruntime_genai's Model and Tokenizer of the stored conversion"
+        if out["backend"] == "onnx"
+        else "from_pretrained of the dequantized safetensors"
+    )
     print(
         f"{'python -c (plain)':<20} {len(base):>2} {statistics.median(base):>16.3f}"
-        "   (interpreter, imports, from_pretrained of the dequantized safetensors, 1 token)"
+        f"   (interpreter, imports, {what}, 1 token)"
     )
     print("medians; phases as measured by the head and worker (see the module docstring)")
 
@@ -481,7 +478,9 @@ def report_vllm(out: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument(
+        "--backend", choices=["transformers", "onnx", "vllm"], default="transformers"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--num-gpus", type=int, default=0, help="GPUs per instance (vLLM)")
     parser.add_argument("--json", type=Path)

@@ -285,7 +285,7 @@ class Autoscaler:
         """A model just deployed, that no live worker has stored, is stored now on the
         worker its first instance would be placed on, so that its first start loads the
         model instead of converting it (the demo model: 0.45 s instead of 20 s)."""
-        if config.backend not in ("transformers", "vllm"):
+        if config.backend not in ("transformers", "onnx", "vllm"):
             return  # the backends that load from sllm's store
         # Heard from lately; not alive(), whose bookkeeping belongs to the leader's passes.
         now, timeout = time.time(), self.settings.heartbeat_timeout

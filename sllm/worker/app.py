@@ -83,6 +83,8 @@ class StoreModelBody(_Body):
     source: str = Field(min_length=1, max_length=1024)
     task: Literal["auto", "generate", "embed"] = "auto"
     trust_remote_code: bool = False
+    # Converted to ONNX at this precision (the onnx backend's copy), not the sllm format.
+    onnx_precision: Literal["int4", "int8", "fp16", "fp32"] | None = None
 
 
 class InstanceBody(_Body):
@@ -303,7 +305,7 @@ def create_app(settings: WorkerSettings) -> LeanApp:
         except ModelSourceError as exc:
             return error_response(400, str(exc), "invalid_request", param="source")
         started = _worker(request).store_ahead.request(
-            body.source, body.task, body.trust_remote_code
+            body.source, body.task, body.trust_remote_code, body.onnx_precision
         )
         return {"source": body.source, "state": "storing" if started else "already storing"}
 

@@ -31,17 +31,21 @@ class StoreAhead:
     def storing(self) -> list[str]:
         return sorted(self._running)
 
-    def request(self, source: str, task: str, trust_remote_code: bool) -> bool:
-        """Start storing ``source``; False when it is being stored already."""
-        if source in self._running:
+    def request(
+        self, source: str, task: str, trust_remote_code: bool, onnx_precision: str | None = None
+    ) -> bool:
+        """Start storing ``source`` (converted to ONNX at ``onnx_precision``, when given);
+        False when it is being stored so already."""
+        copy = source if onnx_precision is None else f"{source} (onnx {onnx_precision})"
+        if copy in self._running:
             return False
-        job = asyncio.create_task(self._store(source, task, trust_remote_code))
-        self._running[source] = job
-        job.add_done_callback(lambda _: self._running.pop(source, None))
+        argv = save_command(source, self._storage, task, trust_remote_code, onnx_precision)
+        job = asyncio.create_task(self._store(copy, argv))
+        self._running[copy] = job
+        job.add_done_callback(lambda _: self._running.pop(copy, None))
         return True
 
-    async def _store(self, source: str, task: str, trust_remote_code: bool) -> None:
-        argv = save_command(source, self._storage, task, trust_remote_code)
+    async def _store(self, source: str, argv: list[str]) -> None:
         log_path = self._log_dir / f"store-{re.sub(r'[^A-Za-z0-9._-]', '_', source)[:100]}.log"
         log_file = await asyncio.to_thread(open_log, log_path)
         try:

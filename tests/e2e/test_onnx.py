@@ -1,6 +1,6 @@
-"""The onnx backend in a real cluster: a model converted to ONNX at its first start (in
-a child of the backend process), answered through the OpenAI SDK, then, scaled to zero,
-started again from the worker's memory tier without converting."""
+"""The onnx backend in a real cluster: a model converted to ONNX by the worker when it
+is deployed (before any request), answered through the OpenAI SDK, then, scaled to
+zero, started again from the worker's memory tier."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime_genai")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
-def test_an_onnx_model_converts_at_first_start_then_starts_from_memory(
+def test_an_onnx_model_is_converted_on_deploy_then_starts_from_disk_and_memory(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     source = str(build_tiny_causal_lm(tmp_path / "tiny"))
@@ -28,6 +28,9 @@ def test_an_onnx_model_converts_at_first_start_then_starts_from_memory(
         backend_config={"pretrained_model_name_or_path": source},
         auto_scaling_config={"min_instances": 0, "max_instances": 1, "keep_alive": 1},
     )
+    # Converted by the worker before any request, and no instance started for it.
+    wait_until(lambda: tier_of(cluster, source) == "disk", 120, "the model converted on deploy")
+    assert cluster.model_status("tiny")["instances"] == []  # type: ignore[index]
     client = cluster.client()
     stream = client.chat.completions.create(
         model="tiny",
@@ -47,6 +50,7 @@ def test_an_onnx_model_converts_at_first_start_then_starts_from_memory(
     assert reply.choices[0].message.content == text
     stored = [p for p in (cluster.workdir / "models" / "store").iterdir() if p.is_dir()]
     assert len(stored) == 1 and (stored[0] / "model.onnx").is_file(), stored
+    assert placements(cluster, "disk") == 1
 
     wait_until(
         lambda: cluster.model_status("tiny")["instances"] == [],  # type: ignore[index]

