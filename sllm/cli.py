@@ -421,9 +421,12 @@ def store_save(
         ),
     ] = "sllm",
     precision: Annotated[
-        Literal["int4", "int8", "fp16", "fp32"],
-        typer.Option(help="The ONNX weights' precision (--format onnx)."),
-    ] = "int4",
+        Literal["auto", "int4", "int8", "fp16", "fp32"],
+        typer.Option(
+            help="The ONNX weights' precision (--format onnx); auto: int4 for a model that "
+            "generates, fp32 for an embedding model."
+        ),
+    ] = "auto",
 ) -> None:
     """Store a model now (its backend otherwise does it at its first start)."""
     settings = _settings(WorkerSettings, storage_path=storage_path)
@@ -432,7 +435,8 @@ def store_save(
 
         directory, index = _store_call(lambda: save_onnx(source, settings.storage_path, precision))
         size = sum(c.size for c in [*index.chunks, *index.files])
-        typer.echo(f"stored {source} as ONNX {precision}: {size / 1e9:.2f} GB in {directory}")
+        converted = index.source["precision"]
+        typer.echo(f"stored {source} as ONNX {converted}: {size / 1e9:.2f} GB in {directory}")
         return
     from sllm.store.catalog import save
 

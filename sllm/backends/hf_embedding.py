@@ -53,16 +53,18 @@ def embed_batch(
     else:
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
     if dimensions is not None:
-        if dimensions > pooled.shape[-1]:
-            raise RequestError(
-                f"dimensions must be at most {pooled.shape[-1]} for this model",
-                param="dimensions",
-            )
+        check_dimensions(dimensions, int(pooled.shape[-1]))
         pooled = pooled[:, :dimensions]
     if normalize or dimensions is not None:
         pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
     tokens = int(batch["attention_mask"].sum().item())
     return pooled.float().cpu().tolist(), tokens
+
+
+def check_dimensions(dimensions: int, width: int) -> None:
+    """RequestError when a request asks for more ``dimensions`` than a vector's ``width``."""
+    if dimensions > width:
+        raise RequestError(f"dimensions must be at most {width} for this model", param="dimensions")
 
 
 def sentence_transformers_pooling(path: Path) -> tuple[str, bool]:

@@ -144,8 +144,7 @@ class OnnxEngine:
         self, texts: list[Prompt], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
         raise RequestError(
-            "this model generates text; embeddings on the onnx backend are not built yet: "
-            "deploy the embedding model on the transformers backend",
+            "this model generates text; deploy an embedding model for /v1/embeddings",
             param="model",
         )
 

@@ -17,8 +17,9 @@ class OnnxKnobs(BaseModel):
     # the store; or a directory the ONNX Runtime GenAI builder wrote (genai_config.json),
     # served as it is.
     pretrained_model_name_or_path: str = Field(min_length=1)
-    # The weights' precision of the conversion: int4 is the fastest on a CPU.
-    precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
+    # The weights' precision of the conversion. auto: int4 for a model that generates
+    # (the fastest on a CPU), fp32 for an embedding model (the only one its export has).
+    precision: Literal["auto", "int4", "int8", "fp16", "fp32"] = "auto"
     default_max_tokens: int = Field(256, ge=1)
     # Requests the engine decodes in one batch; more wait for a place.
     max_batch_size: int = Field(16, ge=1, le=256)

@@ -282,7 +282,7 @@ class WorkerManager:
             "trust_remote_code": bool(knobs.get("trust_remote_code", False)),
         }
         if config.backend == "onnx":  # its own copy: the model converted to ONNX
-            body |= {"task": "generate", "onnx_precision": knobs.get("precision", "int4")}
+            body |= {"task": "generate", "onnx_precision": knobs.get("precision", "auto")}
         try:
             async with self.http.post(
                 f"{worker.url}/store_model", json=body, timeout=CALL_TIMEOUT

@@ -1,10 +1,11 @@
 """A model converted to ONNX for the onnx backend, kept in the store like the sllm format.
 
-ONNX Runtime GenAI's model builder turns a transformers model directory (a dequantized
-GGUF file's too) into ``model.onnx``, its weights in ``model.onnx.data`` at the asked
-precision, and ``genai_config.json`` with the tokenizer beside them. The builder runs
-in a child process (``python -m onnxruntime_genai.models.builder``): it imports torch
-and transformers, which a process that serves the model never does.
+ONNX Runtime GenAI's model builder turns a transformers model that generates (a
+dequantized GGUF file's too) into ``model.onnx``, its weights in ``model.onnx.data`` at
+the asked precision, and ``genai_config.json`` with the tokenizer beside them; an
+embedding model (an encoder) is exported by torch's exporter (``onnx_encoder``). Either
+runs in a child process: it imports torch and transformers, which a process that
+serves the model never does.
 
 The copy lives at ``<storage>/store/<name>-<key>`` as the sllm format does, the key
 also hashing the precision, and is written the same way: into ``<target>.partial``,
@@ -16,6 +17,7 @@ like any stored model.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -29,11 +31,14 @@ from sllm.store.format import INDEX_NAME, StoreError, StoreIndex
 from sllm.store.ingest import commit, partial_dir
 from sllm.store.integrity import check, check_directory, entry_for, preferred_algorithm
 from sllm.store.locking import locked
+from sllm.store.onnx_encoder import ENCODER_FILE
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["int4", "int8", "fp16", "fp32"]
-PRECISIONS: tuple[Precision, ...] = ("int4", "int8", "fp16", "fp32")
+# auto: int4 for a model that generates (the fastest on a CPU), fp32 for an embedding
+# model (the only precision its export has).
+Asked = Literal["auto", "int4", "int8", "fp16", "fp32"]
 # The class an ONNX copy is stored "for": it keys the copy apart from the sllm format's.
 MODEL_CLASS = "OnnxRuntimeGenAI"
 # Weights the builder writes beside model.onnx; the chunk the memory tier locks.
@@ -46,6 +51,23 @@ CONVERT_TIMEOUT = 3600.0
 
 class ConversionError(StoreError):
     """The model builder could not convert the model."""
+
+
+def generates(source: Path) -> bool:
+    """Whether the model directory ``source`` holds a model that generates (its config
+    names a ``*ForCausalLM``), not an encoder."""
+    try:
+        config = json.loads((source / "config.json").read_text())
+    except (OSError, ValueError):
+        return True  # the builder will say what is wrong
+    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
+def precision_of(source: Path, asked: Asked) -> Precision:
+    """The precision ``source`` is converted at when ``asked``."""
+    if asked != "auto":
+        return asked
+    return "int4" if generates(source) else "fp32"
 
 
 def auto_class(precision: Precision) -> str:
@@ -84,11 +106,21 @@ def convert(source: Path, target: Path, precision: Precision) -> StoreIndex:
     scratch = target.with_name(f"{target.name}.builder-cache")
     for leftover in (partial, scratch):  # a crashed earlier attempt
         shutil.rmtree(leftover, ignore_errors=True)
-    argv = [
-        sys.executable, "-m", "onnxruntime_genai.models.builder",
-        "-i", str(source), "-o", str(partial), "-p", precision, "-e", "cpu",
-        "-c", str(scratch),
-    ]  # fmt: skip
+    if generates(source):
+        argv = [
+            sys.executable, "-m", "onnxruntime_genai.models.builder",
+            "-i", str(source), "-o", str(partial), "-p", precision, "-e", "cpu",
+            "-c", str(scratch),
+        ]  # fmt: skip
+        made = "genai_config.json"
+    elif precision != "fp32":
+        raise ConversionError(
+            f"{source} is an embedding model: it converts at fp32 only (quantizing an "
+            "encoder is not built yet)"
+        )
+    else:
+        argv = [sys.executable, "-m", "sllm.store.onnx_encoder", str(source), str(partial)]
+        made = ENCODER_FILE
     log.info("converting %s to ONNX (%s) at %s", source, precision, target)
     try:
         done = subprocess.run(
@@ -101,10 +133,10 @@ def convert(source: Path, target: Path, precision: Precision) -> StoreIndex:
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if done.returncode != 0 or not (partial / "genai_config.json").is_file():
+    if done.returncode != 0 or not (partial / made).is_file():
         shutil.rmtree(partial, ignore_errors=True)
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConversionError(f"the ONNX model builder cannot convert {source}: {last}")
+        raise ConversionError(f"the ONNX export cannot convert {source}: {last}")
     for name in _KEPT:
         if (source / name).is_file() and not (partial / name).exists():
             shutil.copyfile(source / name, partial / name)
@@ -142,12 +174,13 @@ def _index(partial: Path, source: Path, precision: Precision) -> StoreIndex:
     )
 
 
-def save(source: str, storage: Path, precision: Precision) -> tuple[Path, StoreIndex]:
+def save(source: str, storage: Path, asked: Asked) -> tuple[Path, StoreIndex]:
     """``sllm store save --format onnx``: convert ``source`` (any name the backends take)
     now, recorded as used by ``source`` so that the worker reports it under that name."""
     from sllm.store.catalog import source_dir
     from sllm.store.tiers import record_use
 
-    directory, index = ensure_converted(source_dir(source, storage), storage, precision)
+    path = source_dir(source, storage)
+    directory, index = ensure_converted(path, storage, precision_of(path, asked))
     record_use(directory, source)
     return directory, index

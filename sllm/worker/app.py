@@ -84,7 +84,7 @@ class StoreModelBody(_Body):
     task: Literal["auto", "generate", "embed"] = "auto"
     trust_remote_code: bool = False
     # Converted to ONNX at this precision (the onnx backend's copy), not the sllm format.
-    onnx_precision: Literal["int4", "int8", "fp16", "fp32"] | None = None
+    onnx_precision: Literal["auto", "int4", "int8", "fp16", "fp32"] | None = None
 
 
 class InstanceBody(_Body):

