@@ -238,9 +238,9 @@ def save_in_child(argv: list[str], source: str) -> int:
     started = time.monotonic()
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr, check=False)
     log.info(
-        "%s of %s: exit %d in %.1f s",
-        " ".join(argv[2:6]),
+        "sllm store save of %s%s: exit %d in %.1f s",
         source,
+        " (onnx)" if "onnx" in argv else "",
         done.returncode,
         time.monotonic() - started,
     )

@@ -85,7 +85,7 @@ def test_the_conversion_is_stored_whole_and_checked(
     lm: Child, converted: tuple[Path, Path]
 ) -> None:
     source, storage = converted
-    assert "exit 0" in lm.log_tail(200)  # the start's own `sllm store save --format onnx`
+    assert "(onnx): exit 0" in lm.log_tail(200)  # the start's own `sllm store save`
     directory = onnx_store.stored(source, storage, "fp32")
     assert directory is not None
     index, problems = check_directory(directory, "full")
