@@ -11,8 +11,8 @@ The copy lives at ``<storage>/store/<name>-<key>`` as the sllm format does, the 
 also hashing the precision, and is written the same way: into ``<target>.partial``,
 every file's checksum read back, the index last, then one rename (``ingest.commit``).
 Its index lists the weights file as the one chunk (what the memory tier maps and
-locks) and the rest as side files, so verification, tiers and peer fetches treat it
-like any stored model.
+locks) and the rest as side files, so verification and tiers treat it like any stored
+model. No peer fetch yet: each worker converts its own copy.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ CONVERT_TIMEOUT = 3600.0
 
 
 class ConversionError(StoreError):
-    """The model builder could not convert the model."""
+    """The model builder (or the encoder's export) could not convert the model."""
 
 
 def generates(source: Path) -> bool:
