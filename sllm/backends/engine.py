@@ -142,3 +142,14 @@ def check_context(prompt_tokens: int, max_tokens: int, context_length: int) -> N
             f"the model's context of {context_length} tokens",
             param="max_tokens",
         )
+
+
+def known_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
+    """``ids``, once each lies in a vocabulary of ``vocab_size``; else RequestError
+    naming ``param`` (a prompt's or an input's)."""
+    outside = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if outside is not None:
+        raise RequestError(
+            f"token id {outside} is outside the vocabulary (0-{vocab_size - 1})", param=param
+        )
+    return ids

@@ -19,6 +19,7 @@ from sllm.backends.engine import (
     TokenLogprob,
     check_context,
     default_limit,
+    known_ids,
 )
 from sllm.backends.hf_embedding import embed_batch, sentence_transformers_pooling
 from sllm.backends.hf_loading import device_of, dtype_of, gpu_count, is_generative
@@ -328,12 +329,7 @@ class TransformersEngine:
         """``ids``, once each is in the vocabulary: the tokenizer's, and the model's
         embeddings (a tokenizer may list tokens past them)."""
         size = min(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 1 << 62))
-        outside = next((i for i in ids if i >= size), None)
-        if outside is not None:
-            raise RequestError(
-                f"token id {outside} is outside the vocabulary (0-{size - 1})", param=param
-            )
-        return ids
+        return known_ids(ids, size, param)
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
         return default_limit(self.knobs.default_max_tokens, self.context_length, prompt_tokens)

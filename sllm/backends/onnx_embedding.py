@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sllm.backends.engine import Piece, SamplingParams, TokenLogprob
+from sllm.backends.engine import Piece, SamplingParams, TokenLogprob, known_ids
 from sllm.backends.hf_embedding import check_dimensions
 from sllm.edge.errors import RequestError
 from sllm.edge.protocol import ChatMessage, Prompt
@@ -50,15 +50,17 @@ class OnnxEmbedder:
     async def embed(
         self, texts: list[Prompt], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
+        for text in texts:
+            if isinstance(text, list):
+                known_ids(text, self._vocab_size, "input")
+        return await asyncio.to_thread(self._embed, texts, dimensions)
+
+    def _embed(self, texts: list[Prompt], dimensions: int | None) -> tuple[list[list[float]], int]:
+        """Blocking: tokenizing and the forward pass, off the event loop."""
         if all(isinstance(t, str) for t in texts):
             rows = [e.ids for e in self._tokenizer.encode_batch([str(t) for t in texts])]
         else:  # one kind per request, as OpenAI's API has it: lists of ids
-            rows = [self._known(t)[: self.context_length] for t in texts if isinstance(t, list)]
-        return await asyncio.to_thread(self._embed, rows, dimensions)
-
-    def _embed(
-        self, rows: list[list[int]], dimensions: int | None
-    ) -> tuple[list[list[float]], int]:
+            rows = [t[: self.context_length] for t in texts if isinstance(t, list)]
         width = max((len(r) for r in rows), default=0)
         if width == 0:
             raise RequestError("input holds no tokens", param="input")
@@ -69,15 +71,6 @@ class OnnxEmbedder:
             mask[i, : len(row)] = 1
         (hidden,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
         return pooled(hidden, mask, self._pooling, self._normalize, dimensions), int(mask.sum())
-
-    def _known(self, ids: list[int]) -> list[int]:
-        outside = next((i for i in ids if not 0 <= i < self._vocab_size), None)
-        if outside is not None:
-            raise RequestError(
-                f"token id {outside} is outside the vocabulary (0-{self._vocab_size - 1})",
-                param="input",
-            )
-        return ids
 
     # -- what an encoder does not do -----------------------------------------------------
 

@@ -29,6 +29,7 @@ from sllm.backends.engine import (
     TokenLogprob,
     check_context,
     default_limit,
+    known_ids,
 )
 from sllm.backends.onnx_knobs import OnnxKnobs
 from sllm.backends.sampling_defaults import from_generation_config
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # Events one engine step may report: one per request in the batch, and more.
 _EVENTS = 1024
+_NO_LOGPROBS = "does not report log-probabilities (its engine gives none)"
 # How long closing waits for the driver's current step.
 _CLOSE_TIMEOUT = 10.0
 
@@ -132,10 +134,7 @@ class OnnxEngine:
     async def prompt_logprobs(
         self, prompt: Prompt, top: int, adapter: str | None
     ) -> list[TokenLogprob]:
-        raise RequestError(
-            "the onnx backend does not report log-probabilities (its engine gives none)",
-            param="logprobs",
-        )
+        raise RequestError(f"the onnx backend {_NO_LOGPROBS}", param="logprobs")
 
     def close(self) -> None:
         self._driver.close()
@@ -151,16 +150,11 @@ class OnnxEngine:
     # -- helpers ----------------------------------------------------------------------
 
     def _encode(self, text: str) -> list[int]:
-        return [int(i) for i in self._tokenizer.encode(text)]
+        # Chat templates already carry the special tokens the model expects.
+        return list(self._text.encode(text, add_special_tokens=False).ids)
 
     def _known(self, ids: list[int], param: str) -> list[int]:
-        outside = next((i for i in ids if not 0 <= i < self._vocab_size), None)
-        if outside is not None:
-            raise RequestError(
-                f"token id {outside} is outside the vocabulary (0-{self._vocab_size - 1})",
-                param=param,
-            )
-        return ids
+        return known_ids(ids, self._vocab_size, param)
 
 
 def _sampling_defaults(directory: Path) -> dict[str, float]:
@@ -198,7 +192,7 @@ def _unsupported(params: SamplingParams) -> tuple[str, str] | None:
     if params.min_p:
         return "min_p", "has no min_p: use top_p or top_k"
     if params.logprobs is not None:
-        return "logprobs", "does not report log-probabilities (its engine gives none)"
+        return "logprobs", _NO_LOGPROBS
     if params.json_schema is not None:
         return "response_format", "has no structured outputs yet"
     if params.adapter is not None:

@@ -131,6 +131,11 @@ def convert(source: Path, target: Path, precision: Precision) -> StoreIndex:
             timeout=CONVERT_TIMEOUT,
             check=False,
         )
+    except subprocess.TimeoutExpired:  # run killed and reaped it
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ConversionError(
+            f"converting {source} took over {CONVERT_TIMEOUT:.0f} s: stopped"
+        ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if done.returncode != 0 or not (partial / made).is_file():
