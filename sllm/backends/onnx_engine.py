@@ -1,6 +1,7 @@
 """The onnx backend's model side: a decoder model converted to ONNX, generated with ONNX
 Runtime GenAI's engine, which batches the requests in flight. No torch, no transformers:
-the tokenizer and chat template are GenAI's own. The HTTP layer is ``server.py``.
+tokens by the tokenizers library, the chat template by ``chat_template`` (GenAI's own
+tokenizer would parse the tokenizer a second time). The HTTP layer is ``server.py``.
 
 One thread (``_Driver``) owns the GenAI engine: it begins and cancels requests' turns
 and runs the engine's steps, whose native work leaves the GIL to the event loop, and
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from sllm.backends import tool_calls
+from sllm.backends.chat_template import ChatTemplate
 from sllm.backends.detokenize import IncrementalDecoder
 from sllm.backends.engine import (
     Piece,
@@ -33,6 +35,7 @@ from sllm.backends.engine import (
 )
 from sllm.backends.onnx_knobs import OnnxKnobs
 from sllm.backends.sampling_defaults import from_generation_config
+from sllm.backends.structured import FLEXIBLE, grammar_of, guidance_of
 from sllm.edge.errors import RequestError
 from sllm.edge.protocol import ChatMessage, Prompt
 
@@ -63,11 +66,11 @@ class OnnxEngine:
         search = {"past_present_share_buffer": False}
         config.overlay(json.dumps({"engine": batching, "search": search}))
         model = og.Model(config)
-        self._tokenizer = og.Tokenizer(model)
         genai = json.loads((directory / "genai_config.json").read_text())["model"]
         self.context_length = int(genai["context_length"])
         self._vocab_size = int(genai["vocab_size"])
-        self.eos_ids = frozenset(int(i) for i in self._tokenizer.eos_token_ids)
+        eos = genai["eos_token_id"]
+        self.eos_ids = frozenset(int(i) for i in (eos if isinstance(eos, list) else [eos]))
         # Text from tokens by the tokenizers library, as the transformers backend has it:
         # GenAI's decode drops what follows a byte sequence that is not UTF-8.
         self._text = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
@@ -80,14 +83,11 @@ class OnnxEngine:
     def chat_prompt(
         self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None
     ) -> str:
-        turns, tools = tool_calls.template_input(messages, tools, self._template)
-        return str(
-            self._tokenizer.apply_chat_template(
-                json.dumps(turns),
-                tools=json.dumps(tools) if tools else None,
-                add_generation_prompt=True,
-            )
-        )
+        template = self._template
+        source = template.source if template is not None else None
+        turns, tools = tool_calls.template_input(messages, tools, source)
+        assert template is not None  # template_input refused a model without one
+        return template.render(turns, tools)
 
     def must_call(self, messages: list[ChatMessage]) -> bool:
         return False
@@ -112,6 +112,8 @@ class OnnxEngine:
         if unsupported is not None:
             name, why = unsupported
             raise RequestError(f"the onnx backend {why}", param=name)
+        if params.json_schema is not None:
+            grammar_of(params.json_schema, FLEXIBLE)
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Piece]:
         ids = self._known(prompt, "prompt") if isinstance(prompt, list) else self._encode(prompt)
@@ -166,18 +168,21 @@ def _sampling_defaults(directory: Path) -> dict[str, float]:
     return from_generation_config(config) if isinstance(config, Mapping) else {}
 
 
-def _chat_template(directory: Path) -> str | None:
+def _chat_template(directory: Path) -> ChatTemplate | None:
     """The model's chat template, as the builder copies it (a file of its own, or in
-    the tokenizer's config); GenAI's tokenizer renders it."""
+    the tokenizer's config)."""
     try:
-        return (directory / "chat_template.jinja").read_text()
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    source: Any
+    try:
+        source = (directory / "chat_template.jinja").read_text()
     except OSError:
-        pass
-    try:
-        template = json.loads((directory / "tokenizer_config.json").read_text())["chat_template"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return template if isinstance(template, str) else None
+        source = config.get("chat_template")
+    return ChatTemplate(source, config) if isinstance(source, str) and source else None
 
 
 def _unsupported(params: SamplingParams) -> tuple[str, str] | None:
@@ -193,8 +198,6 @@ def _unsupported(params: SamplingParams) -> tuple[str, str] | None:
         return "min_p", "has no min_p: use top_p or top_k"
     if params.logprobs is not None:
         return "logprobs", _NO_LOGPROBS
-    if params.json_schema is not None:
-        return "response_format", "has no structured outputs yet"
     if params.adapter is not None:
         return "model", "serves no LoRA adapters"
     return None
@@ -341,3 +344,6 @@ def _apply(options: Any, params: SamplingParams) -> None:
         options.set_top_k(params.top_k or 0)
     if params.repetition_penalty is not None:
         options.set_repetition_penalty(params.repetition_penalty)
+    if params.json_schema is not None:
+        # Held by the llguidance inside GenAI; FLEXIBLE says why not compact JSON.
+        options.set_guidance("json_schema", guidance_of(params.json_schema, FLEXIBLE))

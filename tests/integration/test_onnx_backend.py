@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib.util
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -181,6 +184,21 @@ def test_concurrent_requests_and_n_choices_are_batched_and_all_finish(sdk: opena
     assert tokens == [16] * 8
 
 
+def test_structured_outputs_hold_the_answer_to_the_schema(sdk: openai.OpenAI) -> None:
+    """A random model's answer, held to the schema by GenAI's guidance (a top-level
+    string: a schema with objects would let a random model fill max_tokens with
+    whitespace). Streamed and not, with n=2."""
+    schema = {"type": "string", "pattern": "^[a-z]{3}$"}
+    response_format: Any = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}
+    ask = {"model": "tiny", "messages": MESSAGES, "max_tokens": 30, "temperature": 0.9}
+    reply = sdk.chat.completions.create(**ask, n=2, response_format=response_format)
+    stream = sdk.chat.completions.create(**ask, stream=True, response_format=response_format)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    answers = [choice.message.content or "" for choice in reply.choices] + [streamed]
+    assert all(re.fullmatch(r'"[a-z]{3}"', answer) for answer in answers), answers
+    assert reply.choices[0].finish_reason == "stop"
+
+
 def test_what_the_engine_cannot_do_is_a_clear_400(lm: Child) -> None:
     base = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4}
     refused = {
@@ -188,10 +206,11 @@ def test_what_the_engine_cannot_do_is_a_clear_400(lm: Child) -> None:
         "frequency_penalty": {"frequency_penalty": 1.0},
         "min_p": {"min_p": 0.1},
         "logprobs": {"logprobs": True},
+        # A schema the grammar engine cannot compile.
         "response_format": {
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "x", "schema": {"type": "object"}},
+                "json_schema": {"name": "x", "schema": {"type": "objectx"}},
             }
         },
         "max_tokens": {"max_tokens": 100000},
@@ -276,8 +295,24 @@ def test_the_packaged_demo_model_converts_to_int4_and_still_answers(tmp_path: Pa
         pieces = engine.generate(engine.chat_prompt(question), SamplingParams(16, temperature=0))
         return "".join([piece.text async for piece in pieces])
 
+    person = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    asked = [ChatMessage(role="user", content="Describe Ada Lovelace as JSON with name and age.")]
+
+    async def described() -> str:
+        params = SamplingParams(60, temperature=0, json_schema=person)
+        engine.check(20, params)
+        pieces = engine.generate(engine.chat_prompt(asked), params)
+        return "".join([piece.text async for piece in pieces])
+
     try:
         assert "Paris" in asyncio.run(answer())
+        # Structured outputs at int4: closed, and an instance of the schema.
+        jsonschema.validate(json.loads(asyncio.run(described())), person)
     finally:
         engine.close()
 
