@@ -16,7 +16,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Kind = Literal["chunk", "chunks", "done", "error"]
+# ``requeued``: the head that ran the attempt sent the task back to its queue (its
+# instance failed); the gateway looks at the task at once instead of after a quiet spell.
+Kind = Literal["chunk", "chunks", "done", "error", "requeued"]
 
 # Flow control of a stream: the gateway notes every ACK_EVERY chunks its client read
 # (``TaskStore.ack``); the worker publishing them waits when it is FLOW_WINDOW chunks
@@ -39,7 +41,7 @@ class ResultMessage:
 
     @property
     def terminal(self) -> bool:
-        return self.kind not in ("chunk", "chunks")
+        return self.kind not in ("chunk", "chunks", "requeued")
 
     def split(self) -> list[ResultMessage]:
         """A ``chunks`` message as the chunks it carries; any other as itself."""

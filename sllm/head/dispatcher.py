@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from sllm.config import DeployConfig, HeadSettings
+from sllm.edge.messages import encode_raw
 from sllm.edge.serving import refuses_connections
 from sllm.head.deployed import DeployConfigs
 from sllm.head.failure_detector import FailureDetector
@@ -480,6 +481,10 @@ class Dispatcher:
                 unsent=unsent,
             )
             log.info("task %s attempt %d: %s (%s)", claim.task_id, claim.attempt, result, reason)
+            if result == "requeued":
+                # Its gateway looks now: a stream with output goes on, not waits.
+                nudge = encode_raw(claim.task_id, claim.attempt, -1, "requeued", "null")
+                await self.store.tasks.publish(claim.reply_to, nudge)
         except RedisError as exc:
             log.warning("could not requeue %s (its lease will): %s", claim.task_id, exc)
 

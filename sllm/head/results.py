@@ -84,7 +84,7 @@ class TaskResults:
                     item = await self.queue.get()
             except TimeoutError:
                 item = RESYNC
-            if item == RESYNC:
+            if item == RESYNC or (isinstance(item, ResultMessage) and item.kind == "requeued"):
                 message = await self._stored_terminal()
                 if message is None:
                     continue
@@ -210,6 +210,10 @@ class TaskResults:
             raise TaskLost("the cluster's state store lost this request (a Redis failover?)")
         if state == "cancelled":
             raise FatalError("the task was cancelled", code="cancelled")
+        if state == "queued" and self.next_seq > 0:
+            # Sent back to the queue after its output began (its instance failed): the
+            # retry would start over, so the stream goes on elsewhere from what it sent.
+            raise AttemptRestarted("the instance serving this stream failed after output was sent")
         return None
 
 

@@ -3,13 +3,16 @@ sees one uninterrupted stream with nothing duplicated or lost."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from sllm.client.launcher import Child
@@ -117,6 +120,51 @@ def test_a_stream_resumes_on_another_instance_when_its_worker_is_killed(
 
 def whole_finish(events_: list[dict[str, Any]]) -> str:
     return next(c["finish_reason"] for e in events_ for c in e["choices"] if c["finish_reason"])
+
+
+def backend_process(instance_id: str) -> psutil.Process:
+    """An instance's backend process: the one writing its log (a process from the
+    warm pool names no instance on its command line)."""
+
+    def writes_its_log(proc: psutil.Process) -> bool:
+        try:
+            return any(instance_id in f.path for f in proc.open_files())
+        except psutil.Error:
+            return False
+
+    (found,) = [p for p in psutil.process_iter() if writes_its_log(p)]
+    return found
+
+
+def test_a_stream_whose_backend_process_dies_resumes_at_once(
+    two_instances: tuple[Cluster, list[Child]],
+) -> None:
+    """The worker lives on and sends the task back to the queue: its gateway is told
+    at once and goes on from what it relayed on the other instance, busy with another
+    stream, instead of waiting for the retry, which must run alone (on a new instance:
+    13 s here before)."""
+    cluster, _ = two_instances
+    head = cluster.head
+    assert head is not None
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 40, "seed": 5, "stream": True}
+    whole = "".join(text_of(e, True) for e in events(head, "/v1/chat/completions", body))
+    other = {**body, "max_tokens": 150, "ignore_eos": True}
+    got: list[tuple[float, dict[str, Any]]] = []
+    for event in events(head, "/v1/chat/completions", body):
+        got.append((time.monotonic(), event))
+        if len(got) == 3:  # the other instance gets a stream of its own
+            busy = threading.Thread(
+                target=lambda: list(events(head, "/v1/chat/completions", other))
+            )
+            busy.start()
+        if len(got) == 10:
+            instance = event["system_fingerprint"]
+            backend_process(instance).kill()
+    assert "".join(text_of(e, True) for _, e in got) == whole
+    assert len({e["system_fingerprint"] for _, e in got}) == 2
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(got)]
+    assert max(gaps) < 1.5, max(gaps)
+    busy.join(30)
 
 
 def test_a_stream_that_cannot_be_resumed_ends_with_an_error_event(
