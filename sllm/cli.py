@@ -337,6 +337,28 @@ def models(head_url: HeadUrl = DEFAULT_HEAD_URL, admin_key: AdminKey = None) -> 
         typer.echo(name)
 
 
+@app.command()
+def migrate(
+    instance_id: Annotated[str, typer.Argument(help="The instance's id (sllm status).")],
+    head_url: HeadUrl = DEFAULT_HEAD_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Move the streams an instance runs to the other instances of its model.
+
+    Each client sees one stream: the destination goes on from the last token sent.
+    Requests no other instance has room for, and those that cannot move (not streamed,
+    several choices), stay.
+    """
+    with HeadClient(head_url, admin_key=admin_key) as client:
+        result = _managing(lambda: client.migrate(instance_id))
+    for task, to in sorted(result["moves"].items()):
+        typer.echo(f"{task} -> {to}")
+    typer.echo(
+        f"{len(result['moves'])} asked to move, {len(result['staying'])} staying (no room "
+        f"elsewhere), {len(result['unmovable'])} not streams (they finish there)"
+    )
+
+
 @worker_app.command("drain")
 def drain_worker(
     node_id: Annotated[str, typer.Argument(help="The worker's node id (sllm status).")],
@@ -349,8 +371,9 @@ def drain_worker(
 ) -> None:
     """Drain a worker: no new work goes there, then its instances stop.
 
-    Its running requests finish, its queued ones go to instances elsewhere. Exit 1 if
-    --wait times out.
+    Its running streams move to instances of their models elsewhere where one has room
+    (live migration); its other running requests finish; its queued ones go to instances
+    elsewhere. Exit 1 if --wait times out.
     """
     with HeadClient(head_url, admin_key=admin_key) as client:
         state = _managing(lambda: client.drain(node_id))

@@ -141,6 +141,29 @@ class HeadMetrics:
             ["model"],
             registry=r,
         )
+        self.migrations = Counter(
+            "sllm_migrations_total",
+            "Requests moved to another instance on purpose, by why (scale_in, drain, "
+            "operator) and how it ended (moved, destination_failed, source_failed, not_movable, "
+            "ended: the request ended first).",
+            ["model", "reason", "outcome"],
+            registry=r,
+        )
+        self.migration_rounds = Counter(
+            "sllm_migration_rounds_total",
+            "Warm-up rounds migrations' destinations ran before taking over (per "
+            "migration: this over sllm_migrations_total's moved).",
+            ["model"],
+            registry=r,
+        )
+        self.migration_gap = Histogram(
+            "sllm_migration_gap_seconds",
+            "The client's wait between the last chunk from the source and the first "
+            "from the destination.",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
 
 
 class WorkerMetrics:

@@ -59,6 +59,9 @@ class Backend:
     # Which pool of warm processes its instances start from: backends in one pool prime
     # the same processes, and a process one pool primed never becomes another's instance.
     warm_pool: str = "sllm"
+    # Whether its instances keep the prefixes they prefilled (the dummy's model of a
+    # prefix cache): a migration's destination then prefills ahead of taking over.
+    prefix_cache: bool = False
 
     def command(self, spec: LaunchSpec) -> list[str]:
         return [
@@ -126,6 +129,11 @@ class Backend:
             f"the {self.name} backend loads LoRA adapters at start only: new instances "
             "get the new adapters"
         )
+
+    def keeps_prefixes(self, backend_config: dict[str, Any]) -> bool:
+        """Whether an instance of this config keeps the prefixes it prefilled, so that
+        prefilling a request's text ahead of a migration shortens its take-over."""
+        return self.prefix_cache
 
     def sleeps(self, backend_config: dict[str, Any], num_gpus: int) -> bool:
         """Whether an instance of this config, once idle, is put to sleep (its weights

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sllm.backends import dummy_json
+from sllm.backends.dummy_prefixes import PrefixCache
 from sllm.backends.engine import (
     Piece,
     SamplingParams,
@@ -66,6 +67,11 @@ class DummyKnobs(BaseModel):
         8192, ge=1, description="Words of prompt plus output a request may hold; past it, 400."
     )
     embedding_dim: int = Field(16, ge=1, le=4096)
+    # A prefill's cost, as a model with a prefix cache (vLLM's) has it: each prompt word
+    # past the longest prefix this instance prefilled before (a migration's warm-up).
+    prefill_per_word: float = Field(
+        0.0, ge=0, description="Seconds per prompt word not in the instance's prefix cache."
+    )
 
 
 def next_word(
@@ -212,6 +218,7 @@ class DummyEngine:
         self.adapters = adapters
         self.sampling_defaults: dict[str, float] = {}
         self.context_length = knobs.context_length
+        self._prefixes = PrefixCache()
 
     def chat_prompt(
         self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None
@@ -263,6 +270,8 @@ class DummyEngine:
             await asyncio.Event().wait()
         if knobs.ttft:
             await asyncio.sleep(knobs.ttft)
+        if knobs.prefill_per_word:
+            await asyncio.sleep(knobs.prefill_per_word * self._prefixes.prefill(prompt.split()))
         gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second else 0.0
         pieces = (
             _json_pieces(prompt, params) if params.json_schema else _word_pieces(prompt, params)

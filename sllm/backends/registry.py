@@ -16,6 +16,7 @@ _BUILT: dict[str, Backend] = {
         module="sllm.backends.dummy",
         lora=True,
         knobs=DummyKnobs,
+        prefix_cache=True,
         warm_prime=("sllm.backends.server:prime", "sllm.backends.dummy"),
     ),
     "transformers": Backend(

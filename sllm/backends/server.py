@@ -95,6 +95,8 @@ class OpenAIServer:
             # A resumed stream: the limit and usage count what was produced before.
             prior = self.engine.count_tokens(produced)
             prompt = self.engine.continuation_prompt(prompt, produced)
+        if req.sllm_prefill:
+            limit = prior + 1
         defaults = self.engine.sampling_defaults
         top_k = _or_default(req.top_k, defaults, "top_k")
         params = SamplingParams(

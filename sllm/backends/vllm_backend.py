@@ -67,6 +67,10 @@ class VllmBackend(Backend):
         except ValidationError as exc:
             raise ValueError(f"invalid backend_config for vllm: {exc}") from None
 
+    def keeps_prefixes(self, backend_config: dict[str, Any]) -> bool:
+        # vLLM's automatic prefix caching is on unless the config turns it off.
+        return backend_config.get("enable_prefix_caching") is not False
+
     def command(self, spec: LaunchSpec) -> list[str]:
         knobs = self._knobs(spec)
         on_cpu = spec.num_gpus == 0

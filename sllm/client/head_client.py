@@ -78,6 +78,13 @@ class HeadClient:
         result: dict[str, Any] = self.call("POST", f"/workers/{quote(node_id, safe='')}/drain")
         return result.get("drain")
 
+    def migrate(self, instance_id: str) -> dict[str, Any]:
+        """Ask that the streams instance ``instance_id`` runs move to the other instances
+        of its model: ``moves`` (task -> instance) and ``staying`` (no room elsewhere)."""
+        path = f"/instances/{quote(instance_id, safe='')}/migrate"
+        result: dict[str, Any] = self.call("POST", path)
+        return result
+
     def undrain(self, node_id: str) -> None:
         self.call("DELETE", f"/workers/{quote(node_id, safe='')}/drain")
 

@@ -160,6 +160,9 @@ class _Sampling(_Request):
     # Text this request's one choice has already produced: the backend goes on after it
     # as if it had generated it itself (the gateway's stream resume sets it).
     sllm_continue_from: str | None = None
+    # A migration's warm-up: the prompt (and the text above) prefilled, one token made,
+    # whatever the token limit; the instance keeps the prefix for the take-over.
+    sllm_prefill: bool = False
 
     @field_validator("stop")
     @classmethod

@@ -84,6 +84,7 @@ def create_app(settings: HeadSettings) -> LeanApp:
         app.state.store = fast
         app.state.rate_limits = RateLimits(fast.client, keys)
         app.state.gateway = Gateway(fast, bus, settings, metrics, recent, dispatcher)
+        bus.on_control(app.state.gateway.moves.on_control)
         app.state.models = ModelManager(fast, settings)
         app.state.workers = workers
         app.state.autoscaler = autoscaler

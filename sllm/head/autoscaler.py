@@ -29,6 +29,7 @@ from sllm.head.placement import (
 from sllm.head.reaper import Reaper
 from sllm.head.recent import Recent
 from sllm.head.redis_health import RedisHealth
+from sllm.head.scaler_moves import ScalerMoves
 from sllm.head.scaling import InstanceLoad, ScalingPolicy, at_rest, decide
 from sllm.head.worker_manager import WorkerManager
 from sllm.kv import RedisError
@@ -125,6 +126,7 @@ class Autoscaler:
         self.unschedulable: dict[str, str] = {}
         self._leading = False
         self._configs = DeployConfigs()
+        self.moves = ScalerMoves(store, workers)
 
     def leading(self) -> bool:
         """Whether this head held the leader lock at its latest pass."""
@@ -200,6 +202,7 @@ class Autoscaler:
             given_up[model.name] = start_failures.given_up(failures)
 
         all_instances = [i for insts in by_model.values() for i in insts]
+        self.moves.asks.keep({i.id for i in all_instances})
         gpus = {name: c.num_gpus for name, c in configs.items()}
         room = capacities(live_workers, all_instances, gpus)
         # Why each requirement is unservable, worked out once a pass: models share them.
@@ -358,7 +361,11 @@ class Autoscaler:
         the room left after its placements."""
         asc = config.auto_scaling_config
         policy = ScalingPolicy(
-            asc.min_instances, asc.max_instances, asc.queue_per_instance_threshold, asc.keep_alive
+            asc.min_instances,
+            asc.max_instances,
+            asc.queue_per_instance_threshold,
+            asc.keep_alive,
+            asc.max_concurrency,
         )
         can_sleep = get_backend(config.backend).sleeps(config.backend_config, config.num_gpus)
         loads = [
@@ -406,6 +413,13 @@ class Autoscaler:
             self.unschedulable.pop(model.name, None)  # nothing waits to be placed
         for inst_id in decision.stop:
             await self.workers.stop_instance(by_id[inst_id])
+        for inst_id in decision.migrate:
+            await self.moves.begin(by_id[inst_id], config, now)
+        for inst in instances:
+            if inst.state == "migrating":
+                await self.moves.follow(inst, config, now)
+        if not decision.migrate:
+            await self.moves.rebalance(instances, loads, config, now)
         for inst_id in decision.sleep:
             # In the background: copying the weights out takes seconds, and the next
             # pass must not wait for it (Redis says "sleeping" from the first moment).

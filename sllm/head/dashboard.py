@@ -46,6 +46,8 @@ async def dashboard_data(request: Request) -> dict[str, Any]:
         "series": recent.series(now),
         # Deployed models only: the series' keys cannot grow past them.
         "models": recent.model_series(now, [m["model"] for m in status["models"]]),
+        # The requests this head's gateway moved (or tried to), the latest last.
+        "migrations": list(request.app.state.gateway.moves.recent),
     }
 
 

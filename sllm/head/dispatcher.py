@@ -197,9 +197,10 @@ class Dispatcher:
 
     # -- claiming ---------------------------------------------------------------------
 
-    def offer(self, model: str) -> Offer | None:
-        """An offer to run a new task of ``model`` on this head's pick of its instances,
-        for the gateway's enqueue; None when this head has no instance with room for it."""
+    def offer(self, model: str, to: str | None = None) -> Offer | None:
+        """An offer to run a new task of ``model`` on this head's pick of its instances
+        (``to``: on that one only, a migration's destination), for the gateway's
+        enqueue; None when this head has no such instance with room for it."""
         view, config = self._views.get(model), self._configs.get(model)
         if view is None or config is None or self._stopping:
             return None
@@ -207,7 +208,10 @@ class Dispatcher:
             # Picked from the view as it is; the next offer sees the fresh one.
             view.refresh = asyncio.create_task(self._refresh(model, view))
         limit = config.auto_scaling_config.max_concurrency
-        target = pick_instance(self._eligible(view.loads), limit)
+        eligible = self._eligible(view.loads)
+        if to is not None:
+            eligible = [v for v in eligible if v.id == to]
+        target = pick_instance(eligible, limit)
         if target is None:
             return None
         now = time.time()

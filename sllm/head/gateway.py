@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
@@ -31,7 +30,7 @@ from sllm.edge.protocol import (
     EmbeddingRequest,
     adapter_model_name,
 )
-from sllm.edge.serving import ClientGone, log_fields, unless_gone
+from sllm.edge.serving import ClientGone, unless_gone
 from sllm.head.cancels import Cancels
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
@@ -39,8 +38,9 @@ from sllm.head.recent import Recent
 from sllm.head.request_headers import request_timeout
 from sllm.head.response_cache import HEADER as CACHE_HEADER
 from sllm.head.response_cache import CacheEntry, ResponseCache, replayed
-from sllm.head.results import MessageLost, TaskLost, TaskResults
+from sllm.head.results import MessageLost, Pending, TaskLost, TaskResults
 from sllm.head.stalled_clients import StallGuardedStream
+from sllm.head.stream_moves import StreamMoves
 from sllm.head.stream_resume import Relay, continuation, goes_on, resumable
 from sllm.head.watch import Watch
 from sllm.kv import RedisError
@@ -62,12 +62,10 @@ QUEUE_FULL_RETRY_AFTER = 1
 router = APIRouter()
 
 
-@dataclass
-class Pending:
-    task: NewTask
-    results: TaskResults
-    request_id: str
-    watch: Watch
+class NotPlaced(ServiceUnavailable):
+    """A task for one instance that this head cannot run there now."""
+
+    code = "not_placed"
 
 
 class Gateway:
@@ -89,6 +87,7 @@ class Gateway:
         self.recent = recent
         self.cancels = Cancels(store, settings.result_ttl)
         self.cache = ResponseCache(store, metrics)
+        self.moves = StreamMoves(self)
 
     async def submit(
         self,
@@ -98,8 +97,12 @@ class Gateway:
         request_id: str,
         deadline: float,
         watch: Watch,
+        to: str | None = None,
+        pinned: bool = False,
     ) -> Pending:
-        """Queue ``body`` for ``model`` (the deployed model: a LoRA adapter's base)."""
+        """Queue ``body`` for ``model`` (the deployed model: a LoRA adapter's base);
+        ``to``: on that instance where this head can place it there now, else queued
+        as any task; ``pinned``: on that instance or not at all (NotPlaced)."""
         now = time.time()
         task = NewTask(
             id=uuid.uuid4().hex,
@@ -113,8 +116,10 @@ class Gateway:
             stream=bool(body.get("stream")),
             request_id=request_id,
         )
+        offer = self.dispatcher.offer(model, to)
+        if pinned and offer is None:
+            raise NotPlaced(f"instance {to} cannot take a task of {model} now")
         queue = self.bus.listen(task.id)
-        offer = self.dispatcher.offer(model)
         try:
             # Kept a while past the deadline, for the outcome to be read.
             enq = await self.store.tasks.enqueue(task, int(deadline - now) * 2 + 60, offer)
@@ -143,20 +148,25 @@ class Gateway:
             # A cold start must not wait for the autoscaler's next tick.
             await self.store.registry.publish_control({"type": "wake", "model": task.model})
         results = TaskResults(task.id, queue, self.store.tasks, task.deadline)
-        return Pending(task, results, request_id, watch)
+        pending = Pending(task, results, request_id, watch)
+        if pinned and enq.claim is None:  # queued behind others: it could run anywhere
+            self.cancel(pending)
+            self.bus.forget(task.id)
+            raise NotPlaced(f"instance {to} cannot take a task of {model} now")
+        return pending
 
     async def collect(self, pending: Pending, request: Request) -> dict[str, Any]:
         """The final response of a non-streamed request; the task is cancelled if the
         client goes away first (ClientGone)."""
         try:
-            return await unless_gone(request, self._final(pending))
+            return await unless_gone(request, self.final(pending))
         except (ClientGone, asyncio.CancelledError):
             self.cancel(pending)
             raise
         finally:
             self.bus.forget(pending.task.id)
 
-    async def _final(self, pending: Pending) -> dict[str, Any]:
+    async def final(self, pending: Pending) -> dict[str, Any]:
         try:
             async for message in pending.results.messages():
                 if message.terminal:
@@ -203,15 +213,24 @@ class Gateway:
         finished = False
         # Until the stream ends one way or the other: the client went away.
         outcome = "client_gone"
+        self.moves.open(task.id)
         try:
             while True:
+                moved = None
                 try:
                     async for message in pending.results.messages():
                         if message.kind == "chunk":
                             chunk = relay.relay(message.data)
-                            if chunk is not None:
-                                pending.watch.chunk(chunk, itl)
-                                yield chunk
+                            if chunk is None:
+                                continue
+                            pending.watch.chunk(chunk, itl)
+                            yield chunk
+                            moved = await self.moves.step(pending, relay, can_resume)
+                            if moved is not None:
+                                break  # the stream goes on as the moved task
+                    if moved is not None:
+                        pending = moved
+                        continue
                     finished = True
                     outcome = "ok"
                 except SllmError as exc:
@@ -226,6 +245,7 @@ class Gateway:
                         resumed = await self._resume(pending, relay)
                         if resumed is not None:
                             pending = resumed
+                            self.moves.open(pending.task.id)
                             continue
                     finished = exc.code != "deadline_exceeded"
                     outcome = exc.code
@@ -234,6 +254,7 @@ class Gateway:
         finally:
             if not finished:
                 self.cancel(pending)
+            self.moves.close(pending.task.id, task.model)
             self.bus.forget(pending.task.id)
             self._done(pending, "slow_client" if pending.watch.stalled else outcome)
 
@@ -243,6 +264,7 @@ class Gateway:
         task = pending.task
         self.cancel(pending)  # a restarted attempt of the old task must not run on
         self.bus.forget(task.id)
+        self.moves.close(task.id, task.model, "source_failed")
         relay.resumes += 1
         log.info(
             "task %s broke after %d chunk(s): resuming (%d)",
@@ -419,37 +441,9 @@ class Gateway:
 
     def _done(self, pending: Pending, outcome: str) -> None:
         """A request ended: its metrics, this head's recent traffic and its log line."""
-        watch, m = pending.watch, self.metrics
-        seconds = time.perf_counter() - watch.started
-        m.requests.labels(watch.model, watch.endpoint, outcome).inc()
-        m.latency.labels(watch.model, watch.endpoint).observe(seconds)
-        if watch.first:
-            m.ttft.labels(watch.model).observe(watch.first - watch.started)
-        if watch.generated():
-            m.generated_tokens.labels(watch.model).inc(watch.generated())
-        m.stale_dropped.inc(pending.results.stale_dropped)
-        self.recent.request(
-            time.time(),
-            seconds,
-            outcome == "ok",
-            model=watch.model,
-            ttft=watch.first - watch.started if watch.first else None,
-            tokens=watch.generated(),
-        )
-        log.info(
-            "request",
-            extra=log_fields(
-                request_id=watch.request_id,
-                model=watch.model,
-                endpoint=watch.endpoint,
-                task=pending.task.id,
-                attempt=pending.results.attempt,
-                instance=watch.instance,
-                outcome=outcome,
-                seconds=round(seconds, 4),
-                ttft=round(watch.first - watch.started, 4) if watch.first else None,
-                chunks=watch.chunks,
-            ),
+        self.metrics.stale_dropped.inc(pending.results.stale_dropped)
+        pending.watch.ended(
+            self.metrics, self.recent, pending.task.id, pending.results.attempt, outcome
         )
 
 

@@ -1,5 +1,5 @@
-"""Management API: deploy, update, delete, status, health, draining workers, and worker
-heartbeats."""
+"""Management API: deploy, update, delete, status, health, draining workers, moving an
+instance's requests, and worker heartbeats."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sllm.edge.guards import require_admin_key, require_cluster_token
 from sllm.edge.names import ModelName
 from sllm.head.autoscaler import Autoscaler
 from sllm.head.model_manager import ModelManager
+from sllm.head.mover import move_requests
 from sllm.head.worker_manager import HeartbeatBody, WorkerManager
 
 router = APIRouter()
@@ -97,6 +98,31 @@ async def drain_worker(node_id: str, request: Request) -> dict[str, Any]:
 async def undrain_worker(node_id: str, request: Request) -> dict[str, Any]:
     """The worker takes work again (one shutting down on SIGTERM still leaves)."""
     return await _drain(request, node_id, False)
+
+
+@router.post("/instances/{instance_id}/migrate", dependencies=ADMIN)
+async def migrate_instance(instance_id: str, request: Request) -> dict[str, Any]:
+    """Move the streams the instance runs to the other instances of its model (live
+    migration: the client sees one stream); ``moves`` says which task goes where,
+    ``staying`` the streams no other instance has room for, ``unmovable`` the requests
+    that are not streams (they finish where they run)."""
+    if not names.is_instance_id(instance_id):
+        raise RequestError(f"instance_id: {names.ID_RULE}", param="instance_id")
+    workers: WorkerManager = request.app.state.workers
+    store = workers.store
+    instance = await store.registry.get_instance(instance_id)
+    record = await store.registry.get_model(instance.model) if instance is not None else None
+    if instance is None or record is None:
+        raise NotFound(f"no instance {instance_id!r} is running", param="instance_id")
+    asked = await move_requests(
+        store, instance, DeployConfig.model_validate(record.config), "operator"
+    )
+    return {
+        "instance": instance_id,
+        "moves": asked.moves,
+        "staying": asked.staying,
+        "unmovable": asked.unmovable,
+    }
 
 
 async def _drain(request: Request, node_id: str, drain: bool) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from sllm.edge.responses_api import (
     skeleton,
 )
 from sllm.edge.serving import ClientGone
-from sllm.head.gateway import Gateway, Pending
+from sllm.head.gateway import Gateway
+from sllm.head.results import Pending
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 from sllm.edge.errors import DeadlineExceeded, FatalError, ServiceUnavailable, error_from_body
 from sllm.edge.messages import ACK_EVERY, ResultMessage
+from sllm.head.watch import Watch
 from sllm.kv import RedisError
 from sllm.kv.bus import RESYNC, Delivery
-from sllm.kv.tasks import TaskStore
+from sllm.kv.tasks import NewTask, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +222,13 @@ def _store_down(exc: RedisError) -> ServiceUnavailable:
     # A client-facing error, so that a stream ends with an error event, not a cut
     # connection, when Redis goes away under it.
     return ServiceUnavailable(f"the cluster's state store is unavailable: {exc}")
+
+
+@dataclass
+class Pending:
+    """A request's task in flight, as the gateway follows it."""
+
+    task: NewTask
+    results: TaskResults
+    request_id: str
+    watch: Watch

@@ -16,6 +16,9 @@ class ScalingPolicy:
     max_instances: int
     queue_per_instance_threshold: int
     keep_alive: float
+    # Requests an instance serves at once; with it, a busy instance past keep_alive can
+    # be scaled in by moving its requests to the others (0: only idle ones stop).
+    max_concurrency: int = 0
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class ScalingDecision:
     # Idle instances to put to sleep instead of stopping (their worker may still refuse,
     # lacking host memory: they are stopped then).
     sleep: list[str] = field(default_factory=list)
+    # Busy instances to scale in by moving their requests to the others (live
+    # migration), stopped once they serve nothing.
+    migrate: list[str] = field(default_factory=list)
 
 
 def desired_instances(queued: int, in_flight: int, policy: ScalingPolicy) -> int:
@@ -71,7 +77,9 @@ def decide(
     Starting and waking instances count as live, so a burst of requests that all see no
     instance leads to one scale-up, not one per request. Sleeping ones are woken before
     any is started, the most recently active first. A model being deleted wants none:
-    its idle and sleeping instances stop at once.
+    its idle and sleeping instances stop at once. Where idle ones are too few for the
+    surplus, busy ones past keep_alive (the fewest requests first) are emptied by
+    moving their requests, when the instances that stay have room for them.
     """
     live = [i for i in instances if i.state in LIVE_STATES]
     asleep = sorted(
@@ -101,4 +109,39 @@ def decide(
         desired=desired,
         stop=[i.id for i in idle if not i.can_sleep],
         sleep=[i.id for i in idle if i.can_sleep],
+        migrate=_to_empty(policy, live, idle, surplus - len(idle), now),
     )
+
+
+def _to_empty(
+    policy: ScalingPolicy,
+    live: list[InstanceLoad],
+    idle: list[InstanceLoad],
+    count: int,
+    now: float,
+) -> list[str]:
+    """Up to ``count`` busy instances whose requests the instances that stay can take."""
+    if count <= 0 or not policy.max_concurrency:
+        return []
+    leaving = {i.id for i in idle}
+    staying = [i for i in live if i.id not in leaving]
+    busy = sorted(
+        (
+            i
+            for i in staying
+            if i.state == "ready" and i.outstanding and now - i.last_active >= policy.keep_alive
+        ),
+        key=lambda i: (i.outstanding, i.last_active, i.id),
+    )
+    out: list[str] = []
+    moving = 0
+    for candidate in busy:
+        if len(out) == count:
+            break
+        rest = [i for i in staying if i.id != candidate.id and i.state == "ready"]
+        room = sum(max(0, policy.max_concurrency - i.outstanding) for i in rest)
+        if moving + candidate.outstanding <= room:
+            out.append(candidate.id)
+            staying = rest + [i for i in staying if i.state != "ready"]
+            moving += candidate.outstanding
+    return out

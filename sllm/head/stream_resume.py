@@ -16,6 +16,8 @@ from typing import Any
 # request is bad".
 RESUMABLE_CODES = frozenset({"stream_interrupted", "attempts_exhausted", "task_lost"})
 CONTINUE_FIELD = "sllm_continue_from"
+# A migration's warm-up request (``stream_moves``): prefill, one token.
+PREFILL_FIELD = "sllm_prefill"
 
 
 def resumable(endpoint: str, body: dict[str, Any]) -> bool:
@@ -55,6 +57,8 @@ class Relay:
     produced: list[str] = field(default_factory=list)
     chunks: int = 0
     resumes: int = 0
+    # Times it went on elsewhere on purpose (a migration: not a resume, no attempt).
+    moves: int = 0
     _id: str | None = None
     _created: int | None = None
 
@@ -66,7 +70,7 @@ class Relay:
         """The chunk as the client gets it (None: not to be sent)."""
         if self._id is None:
             self._id, self._created = chunk.get("id"), chunk.get("created")
-        elif self.resumes:
+        elif self.resumes or self.moves:
             if self.chat and _is_role_opening(chunk):
                 return None  # the client has its opening chunk from the first attempt
             chunk = {**chunk, "id": self._id, "created": self._created}

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Histogram
+
+from sllm.edge.serving import log_fields
+
+if TYPE_CHECKING:
+    from sllm.head.recent import Recent
+    from sllm.metrics import HeadMetrics
+
+# The request lines keep the gateway's logger name, which operators filter on.
+log = logging.getLogger("sllm.head.gateway")
 
 
 @dataclass
@@ -49,3 +59,39 @@ class Watch:
 
     def generated(self) -> int:
         return self.usage_tokens if self.usage_tokens is not None else self.tokens
+
+    def ended(
+        self, m: HeadMetrics, recent: Recent, task_id: str, attempt: int, outcome: str
+    ) -> None:
+        """The request ended: its metrics, the head's recent traffic and its log line."""
+        seconds = time.perf_counter() - self.started
+        ttft = self.first - self.started if self.first else None
+        m.requests.labels(self.model, self.endpoint, outcome).inc()
+        m.latency.labels(self.model, self.endpoint).observe(seconds)
+        if ttft is not None:
+            m.ttft.labels(self.model).observe(ttft)
+        if self.generated():
+            m.generated_tokens.labels(self.model).inc(self.generated())
+        recent.request(
+            time.time(),
+            seconds,
+            outcome == "ok",
+            model=self.model,
+            ttft=ttft,
+            tokens=self.generated(),
+        )
+        log.info(
+            "request",
+            extra=log_fields(
+                request_id=self.request_id,
+                model=self.model,
+                endpoint=self.endpoint,
+                task=task_id,
+                attempt=attempt,
+                instance=self.instance,
+                outcome=outcome,
+                seconds=round(seconds, 4),
+                ttft=round(ttft, 4) if ttft is not None else None,
+                chunks=self.chunks,
+            ),
+        )

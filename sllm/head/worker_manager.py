@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
 from sllm.head.failure_detector import FailureDetector
+from sllm.head.mover import Asks, move_requests
 from sllm.kv import RedisError
 from sllm.kv.records import InstanceRecord, WorkerRecord
 from sllm.kv.store import Store
@@ -88,6 +89,8 @@ class WorkerManager:
         self.settings = settings
         self.http = http
         self._background: set[asyncio.Task[None]] = set()
+        # When the requests of each draining instance were last asked to move.
+        self._drain_asks = Asks()
 
     @property
     def redis_url_for_workers(self) -> str:
@@ -158,7 +161,7 @@ class WorkerManager:
             if (
                 inst.node_id == node_id
                 and inst.id not in reported
-                and inst.state in ("starting", "ready", "sleeping", "waking")
+                and inst.state in ("starting", "ready", "sleeping", "waking", "migrating")
                 and now - inst.created > REPORT_GRACE
             ):
                 await self._beats.registry.set_instance_state(
@@ -168,12 +171,27 @@ class WorkerManager:
 
     async def _drain(self, node_id: str, instances: set[str]) -> None:
         """A worker draining (shutting down, or asked to): its instances take no new task
-        from any head. They are retired once the tasks they run end (see retire)."""
+        from any head, the requests they run are asked to move to instances elsewhere
+        (live migration), and they are retired once the tasks they run end (see
+        retire)."""
+        now = time.time()
         for instance_id in instances:
             if await self._beats.registry.set_instance_state(
                 instance_id, "failed", reason=f"its worker {node_id} is draining"
             ):
                 log.info("instance %s: worker %s is draining", instance_id, node_id)
+            if self._drain_asks.due(instance_id, now):
+                await self._move_away(instance_id)
+
+    async def _move_away(self, instance_id: str) -> None:
+        registry = self.store.registry
+        inst = await registry.get_instance(instance_id)
+        if inst is None or not inst.outstanding:
+            return
+        model = await registry.get_model(inst.model)
+        if model is not None:
+            config = DeployConfig.model_validate(model.config)
+            await move_requests(self.store, inst, config, "drain")
 
     def alive(
         self, workers: list[WorkerRecord], now: float, refused_at: float = 0.0

@@ -14,10 +14,13 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "ready": ("starting", "waking"),
     "sleeping": ("ready",),
     "waking": ("sleeping",),
+    # Scaled in while busy: it takes no new task, its requests move to the others
+    # (live migration), and it drains once it serves nothing.
+    "migrating": ("ready",),
     # A starting instance drains only when its model is deleted: it is never idle.
-    "draining": ("starting", "ready", "sleeping"),
-    "failed": ("starting", "ready", "draining", "sleeping", "waking"),
-    "stopped": ("starting", "ready", "draining", "failed", "sleeping", "waking"),
+    "draining": ("starting", "ready", "sleeping", "migrating"),
+    "failed": ("starting", "ready", "draining", "sleeping", "waking", "migrating"),
+    "stopped": ("starting", "ready", "draining", "failed", "sleeping", "waking", "migrating"),
 }
 
 

@@ -369,6 +369,14 @@ class TaskStore:
         """Send one result message to the gateway listening on ``channel``."""
         await self._r.publish(channel, message)
 
+    async def streamed(self, task_ids: list[str]) -> list[bool]:
+        """Whether each task is a streamed request."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            for t in task_ids:
+                pipe.hget(self._k.task(t), "stream")
+            found: list[str | None] = await pipe.execute()
+        return [flag == "1" for flag in found]
+
     async def states(self, task_ids: list[str]) -> list[str | None]:
         async with self._r.pipeline(transaction=False) as pipe:
             for t in task_ids:

