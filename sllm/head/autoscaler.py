@@ -29,7 +29,7 @@ from sllm.head.placement import (
 from sllm.head.reaper import Reaper
 from sllm.head.recent import Recent
 from sllm.head.redis_health import RedisHealth
-from sllm.head.scaler_moves import ScalerMoves
+from sllm.head.scaler_moves import Occupancy, ScalerMoves
 from sllm.head.scaling import InstanceLoad, ScalingPolicy, at_rest, decide
 from sllm.head.worker_manager import WorkerManager
 from sllm.kv import RedisError
@@ -205,6 +205,7 @@ class Autoscaler:
         self.moves.asks.keep({i.id for i in all_instances})
         gpus = {name: c.num_gpus for name, c in configs.items()}
         room = capacities(live_workers, all_instances, gpus)
+        occupancy = Occupancy(all_instances, configs, queued)
         # Why each requirement is unservable, worked out once a pass: models share them.
         reasons: dict[Requirement, str] = {}
         for model in models:
@@ -227,6 +228,7 @@ class Autoscaler:
                 room,
                 live_workers,
                 set(given_up[model.name]),
+                occupancy,
             )
         await self.reaper.reap([model for model, (_, claimed) in active.items() if claimed], now)
 
@@ -356,6 +358,7 @@ class Autoscaler:
         room: list[WorkerCapacity],
         live_workers: list[WorkerRecord],
         given_up: set[str],
+        occupancy: Occupancy,
     ) -> list[WorkerCapacity]:
         """Start and stop instances of ``model``, never on the workers ``given_up`` on;
         the room left after its placements."""
@@ -379,11 +382,19 @@ class Autoscaler:
             await asyncio.gather(*(self._wake_sleeper(by_id[i]) for i in decision.wake))
         if decision.start:
             need = requirement(config, room)
-            placements = place([w for w in room if w.node_id not in given_up], need, decision.start)
+            startable = [w for w in room if w.node_id not in given_up]
+            placements = place(startable, need, decision.start)
+            making_room = None
+            if need.gpus:  # only GPUs are held: every CPU instance fits
+                placements, making_room = await self.moves.make_room(
+                    model.name, need, placements, startable, occupancy, now
+                )
             for p in placements:
                 self._observe_placement(model.name, p)
             nodes = [p.node_id for p in placements]
-            if len(nodes) < decision.start:
+            if making_room is not None:
+                self.unschedulable.pop(model.name, None)  # it starts there once made
+            elif len(nodes) < decision.start:
                 note = (
                     f"no live worker has room for another instance of backend "
                     f"{config.backend!r} with {config.num_gpus} GPU(s)"
