@@ -29,6 +29,7 @@ from sllm.backends.static_batching import BASE_ADAPTER, RawLogprob, StaticBatche
 from sllm.backends.structured import Grammars, RowGrammar
 from sllm.backends.transformers_knobs import (
     CPU_KV_CACHE_TOKENS,
+    CPU_KV_PAGE_TOKENS,
     CPU_MAX_BATCH_TOKENS,
     TransformersKnobs,
 )
@@ -210,6 +211,9 @@ class TransformersEngine:
         batch_tokens = self.knobs.max_batch_tokens or (CPU_MAX_BATCH_TOKENS if cpu else None)
         if batch_tokens:
             cb.max_batch_tokens = batch_tokens
+        page = self.knobs.kv_page_tokens or (CPU_KV_PAGE_TOKENS if cpu else None)
+        if page:
+            cb.page_size = page
         cache_tokens = self.knobs.kv_cache_tokens or (CPU_KV_CACHE_TOKENS if cpu else None)
         if cache_tokens:
             cb.num_blocks = -(-cache_tokens // cb.page_size)

@@ -6,7 +6,7 @@ from sllm.backends.base import Backend, BackendUnavailable
 from sllm.backends.dummy_engine import DummyKnobs
 from sllm.backends.install import pip_install
 from sllm.backends.onnx_knobs import OnnxKnobs
-from sllm.backends.transformers_knobs import TransformersKnobs
+from sllm.backends.transformers_knobs import TransformersBackend, TransformersKnobs
 from sllm.backends.vllm_backend import VllmBackend
 from sllm.backends.vllm_flags import VllmKnobs
 
@@ -19,7 +19,7 @@ _BUILT: dict[str, Backend] = {
         prefix_cache=True,
         warm_prime=("sllm.backends.server:prime", "sllm.backends.dummy"),
     ),
-    "transformers": Backend(
+    "transformers": TransformersBackend(
         name="transformers",
         module="sllm.backends.transformers_backend",
         lora=True,

@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from sllm.backends.cpu_binding import bind_torch, cores_from_env
 from sllm.backends.hf_engine import TransformersEngine, TransformersKnobs
 from sllm.backends.model_source import ModelSourceError
 from sllm.backends.server import main as serve
@@ -20,6 +21,7 @@ def build(
 ) -> TransformersEngine:
     # A ValidationError is a ValueError: server.main reports it as the start's failure.
     knobs = TransformersKnobs.model_validate(config)
+    bind_torch(cores_from_env())
     try:
         # A cold process waiting for the worker's store of the model primes meanwhile.
         return TransformersEngine(knobs, cache, lora_adapters, while_waiting=prime)

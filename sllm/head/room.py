@@ -20,9 +20,10 @@ from sllm.head.placement import Estimate, Requirement, WorkerCapacity, estimate_
 # Until an idle instance has stopped and the next pass sees its GPUs free: the stop
 # call and one autoscaler pass (``autoscale_interval``, 1 s by default).
 STOP_SECONDS = 1.5
-# A busy instance's moves (warm-up and cut-over, ``benchmarks/migration.py``: 0.05 s
-# for the dummy, 0.9 s for the demo model on transformers) before it stops; also what
-# each moved request's stream is charged for its gap.
+# A busy instance's moves before it stops (warm-up rounds and cut-over: a second or
+# so); also what each moved request's stream is charged for its gap (bounded by it:
+# ``benchmarks/migration.py`` measured 0.05 s for the dummy, 0.38 s median for the demo
+# model on transformers).
 MOVE_SECONDS = 1.0
 
 

@@ -19,6 +19,7 @@ from tests.e2e.conftest import wait_until
 from tests.e2e.test_drain import sllm
 from tests.faults.conftest import Cluster
 from tests.faults.test_stream_resume import MESSAGES, events, text_of, worker_serving
+from tests.integration.test_store import NO_SMOLLM2
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -346,3 +347,39 @@ def test_a_new_instance_takes_over_part_of_an_overloaded_ones_streams(cluster: C
     wholes = all_events(head, [body(p) for p in prompts])
     for stream, whole in zip(got, wholes, strict=True):
         check_one_stream(stream, whole, False)
+
+
+@pytest.mark.timeout(400)
+@NO_SMOLLM2
+def test_a_demo_model_stream_moves_between_transformers_instances_as_it_would_have_run(
+    cluster: Cluster,
+) -> None:
+    """The transformers backend keeps prefixes (continuous batching's shared pages), so
+    the destination warms up first; the greedy text is the unmoved run's."""
+    cluster.start_head()
+    cluster.start_worker()
+    cluster.deploy(
+        "m",
+        backend="transformers",
+        backend_config={"pretrained_model_name_or_path": "smollm2-135m"},
+        auto_scaling_config={"min_instances": 2, "max_instances": 2, "keep_alive": 60},
+        startup_timeout=300,
+    )
+    cluster.wait_ready("m", 2, timeout=300)
+    head = cluster.head
+    assert head is not None
+    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    body = {**body_for(CHAT, 48), "messages": story, "temperature": 0, "ignore_eos": True}
+    del body["seed"]
+    whole = list(events(head, CHAT, body))
+    got: list[dict[str, Any]] = []
+    asked: dict[str, Any] = {}
+    for event in events(head, CHAT, body):
+        got.append(event)
+        if not asked and words(got, True) >= 10:
+            asked = migrate(cluster, event["system_fingerprint"])
+    check_one_stream(got, whole, True)
+    assert len(fingerprints(got)) == 2
+    data = httpx.get(f"{head.url}/dashboard/data", headers=cluster.admin_headers(), timeout=5)
+    [entry] = data.json()["migrations"]
+    assert entry["outcome"] == "moved" and entry["rounds"] >= 1, entry

@@ -84,3 +84,12 @@ def test_an_instance_far_ahead_of_another_sheds_half_its_lead() -> None:
     # Only ready instances count: a starting one takes nothing yet.
     assert to_rebalance([ready("a", 8), InstanceLoad("b", "starting", 0, 0)]) is None
     assert to_rebalance([ready("a", 8)]) is None
+
+
+def test_transformers_instances_warm_up_a_migration_unless_batching_statically() -> None:
+    from sllm.backends.registry import get_backend
+
+    transformers = get_backend("transformers")
+    assert transformers.keeps_prefixes({"pretrained_model_name_or_path": "/m"})
+    assert not transformers.keeps_prefixes({"batching": "static"})
+    assert not get_backend("onnx").keeps_prefixes({})
