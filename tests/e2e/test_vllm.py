@@ -215,7 +215,7 @@ def test_a_stream_whose_instance_dies_goes_on_elsewhere_with_the_same_text(
     assert whole[-1].usage is not None and whole[-1].usage.completion_tokens == 160
 
     pieces: list[str] = []
-    killed = False
+    killed = ""
     usage = None
     for chunk in client.chat.completions.create(**asked):
         if chunk.choices:
@@ -223,10 +223,22 @@ def test_a_stream_whose_instance_dies_goes_on_elsewhere_with_the_same_text(
         if chunk.usage is not None:
             usage = chunk.usage
         if len(pieces) == 30 and not killed:
+            killed = "".join(pieces)
             _kill_serving_instance(vllm_cluster)
-            killed = True
     assert killed
-    assert "".join(pieces) == expected
+    got = "".join(pieces)
+    # Nothing repeated or lost at the seam, and the greedy text goes on as it would
+    # have. Not to the end: vLLM's CPU kernels are not batch-invariant, so the
+    # replacement's prefill of prompt and text differs in the last bits from the
+    # decode steps that produced them, and a near-tie can flip a greedy pick tens of
+    # tokens later (156 to 330 characters after the seam in runs here, since the
+    # replacement has no cached pages from an earlier run of the same request: the
+    # gateway resumes at once, not after a retry of the whole request there).
+    agreed = next(
+        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+        min(len(got), len(expected)),
+    )
+    assert agreed >= len(killed) + 40, (agreed, len(killed), got)
     assert usage is not None and usage.completion_tokens == 160
 
 
