@@ -343,11 +343,11 @@ def migrate(
     head_url: HeadUrl = DEFAULT_HEAD_URL,
     admin_key: AdminKey = None,
 ) -> None:
-    """Move the streams an instance runs to the other instances of its model.
+    """Move the requests an instance runs to the other instances of its model.
 
-    Each client sees one stream: the destination goes on from the last token sent.
-    Requests no other instance has room for, and those that cannot move (not streamed,
-    several choices), stay.
+    Each client sees one stream, or one answer: the destination goes on from the last
+    token. Requests no other instance has room for, and those that cannot move (several
+    choices, tools, log-probabilities; answers on vLLM), stay.
     """
     with HeadClient(head_url, admin_key=admin_key) as client:
         result = _managing(lambda: client.migrate(instance_id))
@@ -355,7 +355,7 @@ def migrate(
         typer.echo(f"{task} -> {to}")
     typer.echo(
         f"{len(result['moves'])} asked to move, {len(result['staying'])} staying (no room "
-        f"elsewhere), {len(result['unmovable'])} not streams (they finish there)"
+        f"elsewhere), {len(result['unmovable'])} that cannot move (they finish there)"
     )
 
 
@@ -371,8 +371,8 @@ def drain_worker(
 ) -> None:
     """Drain a worker: no new work goes there, then its instances stop.
 
-    Its running streams move to instances of their models elsewhere where one has room
-    (live migration); its other running requests finish; its queued ones go to instances
+    Its running requests move to instances of their models elsewhere where one has room
+    (live migration); those that cannot move finish; its queued ones go to instances
     elsewhere. Exit 1 if --wait times out.
     """
     with HeadClient(head_url, admin_key=admin_key) as client:

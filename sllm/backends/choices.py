@@ -5,7 +5,7 @@ choices merged as they come (``merged``), and their usage."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from sllm.backends.engine import Engine, SamplingParams, TokenLogprob
@@ -34,7 +34,7 @@ class Choice:
 Chunk = tuple[str, list[TokenLogprob]]
 
 
-async def pieces(engine: Engine, choice: Choice) -> AsyncIterator[Chunk]:
+async def pieces(engine: Engine, choice: Choice) -> AsyncGenerator[Chunk, None]:
     """The choice's text as it may be shown: stop strings cut, nothing after them. A
     token's log-probability goes out with the first text at or after it; those of the
     tokens a stop string cut away are dropped with their text."""

@@ -17,16 +17,17 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from sllm.backends import logprobs_format, tool_calls, warm_heap
 from sllm.backends.choices import Choice, Chunk, merged, pieces, usage_of
+from sllm.backends.cuts import CUT, TASK_HEADER, Cut, Cuts, cuttable, with_move
 from sllm.backends.dummy_engine import DummyEngine, DummyKnobs
 from sllm.backends.engine import Engine, SamplingParams, TokenLogprob
 from sllm.backends.structured import schema_of
@@ -56,6 +57,7 @@ def _or_default(value: float | None, defaults: Mapping[str, float], name: str) -
 class OpenAIServer:
     def __init__(self, engine: Engine, model: str, instance_id: str) -> None:
         self.engine = engine
+        self.cuts = Cuts()
         self.model = model
         self.instance_id = instance_id
 
@@ -163,7 +165,7 @@ class OpenAIServer:
             "system_fingerprint": self.instance_id,
         }
 
-    async def chat(self, req: ChatCompletionRequest) -> Response:
+    async def chat(self, req: ChatCompletionRequest, task: str | None = None) -> Response:
         adapter = self._adapter(req)
         extra = req.model_extra or {}
         tools = tool_calls.plan(extra.get("tools"), extra.get("tool_choice"))
@@ -178,7 +180,8 @@ class OpenAIServer:
             envelope = self._envelope("chatcmpl", "chat.completion.chunk", adapter)
             events = self._chat_events(envelope, choices, prompt_tokens, include_usage, tools)
             return _sse(events)
-        outputs = await self._complete_all(choices)
+        with self.cuts.watch(task, cuttable(req, choices, tools is None)) as cut:
+            outputs = await self._complete_all(choices, cut)
         body = self._envelope("chatcmpl", "chat.completion", adapter)
         body["choices"] = []
         for c, (text, entries) in zip(choices, outputs, strict=True):
@@ -192,9 +195,9 @@ class OpenAIServer:
                 }
             )
         body["usage"] = usage_of(prompt_tokens, choices)
-        return JSONResponse(body)
+        return JSONResponse(with_move(body, cut, choices))
 
-    async def completions(self, req: CompletionRequest) -> Response:
+    async def completions(self, req: CompletionRequest, task: str | None = None) -> Response:
         adapter = self._adapter(req)
         prompts = req.prompts()
         choices = self._choices(req, prompts, echo=req.echo, adapter=adapter)
@@ -208,7 +211,8 @@ class OpenAIServer:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             envelope = self._envelope("cmpl", "text_completion", adapter)
             return _sse(self._completion_events(envelope, choices, prompt_tokens, include_usage))
-        outputs = await self._complete_all(choices)
+        with self.cuts.watch(task, cuttable(req, choices, not req.echo)) as cut:
+            outputs = await self._complete_all(choices, cut)
         body = self._envelope("cmpl", "text_completion", adapter)
         body["choices"] = [
             {
@@ -222,7 +226,7 @@ class OpenAIServer:
             for c, (text, entries) in zip(choices, outputs, strict=True)
         ]
         body["usage"] = usage_of(prompt_tokens, choices)
-        return JSONResponse(body)
+        return JSONResponse(with_move(body, cut, choices))
 
     async def embeddings(self, req: EmbeddingRequest) -> Response:
         if self._adapter(req) is not None:
@@ -241,14 +245,19 @@ class OpenAIServer:
             }
         )
 
-    async def _complete_all(self, choices: list[Choice]) -> list[Chunk]:
-        """Each choice's whole text and log-probabilities."""
+    async def _complete_all(self, choices: list[Choice], cut: Cut | None = None) -> list[Chunk]:
+        """Each choice's whole text and log-probabilities; up to the next token once
+        ``cut`` is asked (finish_reason CUT)."""
 
         async def one(choice: Choice) -> Chunk:
             text, entries = [], []
-            async for piece, logprobs in pieces(self.engine, choice):
-                text.append(piece)
-                entries.extend(logprobs)
+            async with aclosing(pieces(self.engine, choice)) as parts:
+                async for piece, logprobs in parts:
+                    text.append(piece)
+                    entries.extend(logprobs)
+                    if cut is not None and cut.asked.is_set():
+                        choice.finish_reason = CUT
+                        break
             return "".join(text), entries
 
         # Concurrently, so that a batching engine sees all choices at once.
@@ -420,12 +429,14 @@ def create_app(
         return ModelList(data=[ModelCard(id=n) for n in names])
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest) -> Response:
-        return await server.chat(req)
+    async def chat(req: ChatCompletionRequest, request: Request) -> Response:
+        return await server.chat(req, request.headers.get(TASK_HEADER))
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> Response:
-        return await server.completions(req)
+    async def completions(req: CompletionRequest, request: Request) -> Response:
+        return await server.completions(req, request.headers.get(TASK_HEADER))
+
+    app.include_router(server.cuts.router())
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> Response:

@@ -21,6 +21,10 @@ Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 
 # ``BASE:ADAPTER`` names a LoRA adapter of a deployed model (model names have no ':').
 ADAPTER_SEPARATOR = ":"
+# A non-streamed answer its backend cut short to move it (live migration): its finish
+# reason, and the field naming where it goes on (``backends/cuts.py``).
+CUT_FINISH = "sllm_cut"
+MOVED_FIELD = "sllm_moved"
 
 
 def adapter_model_name(model: str, adapter: str) -> str:

@@ -31,6 +31,7 @@ from sllm.edge.protocol import (
     adapter_model_name,
 )
 from sllm.edge.serving import ClientGone, unless_gone
+from sllm.head import answer_moves
 from sllm.head.cancels import Cancels
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.read_ahead import ReadAhead
@@ -326,14 +327,15 @@ class Gateway:
 
     async def answer(self, pending: Pending, request: Request) -> dict[str, Any]:
         """A non-streamed request's response (ClientGone when its client left first); a
-        task Redis lost is queued again, up to ``max_attempts`` times."""
+        task Redis lost is queued again, up to ``max_attempts`` times; one cut short to
+        move goes on at its destination (``answer_moves``)."""
         outcome = "client_gone"
         relay = Relay(chat=False)  # nothing is relayed: it only counts the new tasks
+        first, whole = pending.task, None
         try:
             while True:
                 try:
-                    answer = await self.collect(pending, request)
-                    break
+                    got = await self.collect(pending, request)
                 except TaskLost:
                     again = None
                     if relay.resumes < self.settings.max_attempts:
@@ -341,8 +343,15 @@ class Gateway:
                     if again is None:
                         raise
                     pending = again
+                    continue
+                whole = got if whole is None else answer_moves.joined(whole, got)
+                moved = answer_moves.moved_of(got)
+                if moved is None:
+                    break
+                # Cut short to move (live migration): it goes on at the destination.
+                pending = await answer_moves.go_on(self, first, pending, whole, moved)
             outcome = "ok"
-            return answer
+            return whole
         except SllmError as exc:
             outcome = exc.code
             raise

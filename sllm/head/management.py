@@ -102,10 +102,10 @@ async def undrain_worker(node_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/instances/{instance_id}/migrate", dependencies=ADMIN)
 async def migrate_instance(instance_id: str, request: Request) -> dict[str, Any]:
-    """Move the streams the instance runs to the other instances of its model (live
-    migration: the client sees one stream); ``moves`` says which task goes where,
-    ``staying`` the streams no other instance has room for, ``unmovable`` the requests
-    that are not streams (they finish where they run)."""
+    """Move the requests the instance runs to the other instances of its model (live
+    migration: the client sees one stream, or one answer); ``moves`` says which task
+    goes where, ``staying`` those no other instance has room for, ``unmovable`` those
+    that cannot move (they finish where they run)."""
     if not names.is_instance_id(instance_id):
         raise RequestError(f"instance_id: {names.ID_RULE}", param="instance_id")
     workers: WorkerManager = request.app.state.workers
@@ -114,9 +114,8 @@ async def migrate_instance(instance_id: str, request: Request) -> dict[str, Any]
     record = await store.registry.get_model(instance.model) if instance is not None else None
     if instance is None or record is None:
         raise NotFound(f"no instance {instance_id!r} is running", param="instance_id")
-    asked = await move_requests(
-        store, instance, DeployConfig.model_validate(record.config), "operator"
-    )
+    config = DeployConfig.model_validate(record.config)
+    asked = await move_requests(store, instance, config, "operator", cut=workers.cut_answer)
     return {
         "instance": instance_id,
         "moves": asked.moves,

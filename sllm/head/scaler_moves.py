@@ -1,8 +1,8 @@
 """The scaler's uses of live migration. Scaling in busy instances: the scaler picks
 them (``scaling.decide``'s ``migrate``); from then on they are ``migrating``, take no
 new task, their requests are asked to move to the other instances (``mover``), and
-they stop once they serve nothing. A request that cannot move (not streamed, several
-choices) is waited for, as before. Rebalancing: an instance that runs far more than
+they stop once they serve nothing. A request that cannot move (several choices, tools;
+an answer on vLLM) is waited for, as before. Rebalancing: an instance that runs far more than
 another of its model sheds some (``migration.to_rebalance``). Making room: another
 model's instances give up a worker where a new instance would be ready soonest
 (``room.make_room``), emptied the same way."""
@@ -38,14 +38,15 @@ class ScalerMoves:
         if await self.store.registry.set_instance_state(inst.id, "migrating", reason=reason):
             log.info("emptying busy instance %s of %s (%s)", inst.id, inst.model, reason)
             self.asks.due(inst.id, now)
-            await move_requests(self.store, inst, config, reason)
+            await move_requests(self.store, inst, config, reason, cut=self.workers.cut_answer)
 
     async def follow(self, inst: InstanceRecord, config: DeployConfig, now: float) -> None:
         """One pass over an instance being emptied."""
         if inst.outstanding == 0:
             await self.workers.stop_instance(inst)
         elif self.asks.due(inst.id, now):
-            await move_requests(self.store, inst, config, inst.state_reason or "scale_in")
+            reason = inst.state_reason or "scale_in"
+            await move_requests(self.store, inst, config, reason, cut=self.workers.cut_answer)
 
     async def make_room(
         self,
@@ -87,7 +88,9 @@ class ScalerMoves:
         if shed is None or not self.asks.due(shed[0], now):
             return
         source = next(i for i in instances if i.id == shed[0])
-        await move_requests(self.store, source, config, "rebalance", limit=shed[1])
+        await move_requests(
+            self.store, source, config, "rebalance", limit=shed[1], cut=self.workers.cut_answer
+        )
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ class WorkerManager:
         model = await registry.get_model(inst.model)
         if model is not None:
             config = DeployConfig.model_validate(model.config)
-            await move_requests(self.store, inst, config, "drain")
+            await move_requests(self.store, inst, config, "drain", cut=self.cut_answer)
 
     def alive(
         self, workers: list[WorkerRecord], now: float, refused_at: float = 0.0
@@ -354,6 +354,19 @@ class WorkerManager:
             await registry.set_instance_state(inst.id, "failed", reason=f"waking: {why}"[:500])
             return False
         return True
+
+    async def cut_answer(self, inst: InstanceRecord, task: str, to: str, reason: str) -> bool:
+        """Whether the worker of ``inst`` has its backend end the non-streamed answer of
+        ``task`` at its next token, to go on at instance ``to`` (live migration)."""
+        body = {"instance_id": inst.id, "task_id": task, "to": to, "reason": reason}
+        try:
+            async with self.http.post(
+                f"{inst.url}/cut_answer", json=body, timeout=CALL_TIMEOUT
+            ) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("could not cut task %s on %s: %s", task, inst.id, exc)
+            return False
 
     async def _ask(
         self, inst: InstanceRecord, path: str, timeout: aiohttp.ClientTimeout

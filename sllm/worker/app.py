@@ -65,6 +65,13 @@ class ConfirmationBody(_Body):
     redis_url: str | None = Field(None, max_length=2048, pattern=URL_PATTERN)
 
 
+class CutAnswerBody(_Body):
+    instance_id: InstanceId
+    task_id: str = Field(min_length=1, max_length=128)
+    to: InstanceId
+    reason: str = Field(min_length=1, max_length=32)
+
+
 class StartInstanceBody(_Body):
     # Both become process arguments and file names: plain names only.
     instance_id: InstanceId
@@ -296,6 +303,15 @@ def create_app(settings: WorkerSettings) -> LeanApp:
         except RuntimeError as exc:
             return error_response(503, str(exc), "worker_shutting_down", type_="server_error")
         return {"instance_id": body.instance_id, "state": "starting"}
+
+    @app.post("/cut_answer", response_model=None, dependencies=from_head)
+    async def cut_answer(body: CutAnswerBody, request: Request) -> dict[str, Any] | JSONResponse:
+        """End a non-streamed answer at its next token, to move it (live migration)."""
+        proxy: Proxy | None = request.app.state.proxy
+        moved = {"to": body.to, "reason": body.reason}
+        if proxy is None or not await proxy.cut(body.instance_id, body.task_id, moved):
+            return error_response(404, f"no answer of task {body.task_id} to cut", "not_found")
+        return {"cut": True}
 
     @app.post("/store_model", status_code=202, response_model=None, dependencies=from_head)
     async def store_model(body: StoreModelBody, request: Request) -> dict[str, Any] | JSONResponse:

@@ -27,6 +27,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sllm.backends.cuts import TASK_HEADER
 from sllm.backends.registry import get_backend
 from sllm.edge.errors import error_body
 from sllm.edge.messages import FLOW_WINDOW, ResultMessage, encode_chunks, encode_raw
@@ -156,7 +157,11 @@ class Proxy:
 
     async def _forward(self, call: InvokeBody, port: int) -> tuple[str, str]:
         url = f"http://127.0.0.1:{port}{call.endpoint}"
-        headers = {"content-type": "application/json", "x-request-id": call.request_id}
+        headers = {
+            "content-type": "application/json",
+            "x-request-id": call.request_id,
+            TASK_HEADER: call.task_id,  # an answer the head may cut short to move it
+        }
         remaining = call.deadline - time.time()
         if remaining <= 0:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
@@ -209,6 +214,21 @@ class Proxy:
             return "crashed", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
         except RedisError as exc:
             return "retry", f"worker lost Redis: {exc}"
+
+    async def cut(self, instance_id: str, task_id: str, moved: dict[str, str]) -> bool:
+        """Ask the instance's backend to end the non-streamed answer of ``task_id`` at
+        its next token, to go on at ``moved``'s destination (``backends/cuts.py``);
+        whether it will. A backend that cannot (vLLM's server) answers 404 too."""
+        port = self.instances.port(instance_id)
+        if port is None:
+            return False
+        url = f"http://127.0.0.1:{port}/sllm/cut"
+        try:
+            body = {"task": task_id, "moved": moved}
+            async with self.http.post(url, json=body, timeout=CUT_TIMEOUT) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def _await_reader(self, call: InvokeBody, seq: int) -> int:
         """Wait until the client has read to within FLOW_WINDOW of ``seq`` (this backend
@@ -309,6 +329,7 @@ class Proxy:
         job.add_done_callback(self._background.discard)
 
 
+CUT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 # Chunks in one message at most: a message stays small beside the flow control window.
 MAX_BATCH = 64
 

@@ -139,6 +139,61 @@ def test_a_stream_moves_mid_answer_and_reads_as_one(cluster: Cluster, path: str)
     assert 'sllm_migration_gap_seconds_count{model="m"} 1.0' in metrics
 
 
+def answering(cluster: Cluster) -> str:
+    """The instance of model m that runs a request, once one does."""
+
+    def busy() -> str | None:
+        instances = (cluster.model_status("m") or {}).get("instances", [])
+        return next((i["instance_id"] for i in instances if i["outstanding"]), None)
+
+    found: str = wait_until(busy, 10, "a request under way", interval=0.05)
+    return found
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/completions"])
+def test_an_answer_moves_mid_way_and_reads_as_one(cluster: Cluster, path: str) -> None:
+    """Not streamed: the source's backend ends the answer at a token, the gateway goes
+    on from its text on the destination and joins the two into one answer."""
+    two_instances(cluster)
+    head = cluster.head
+    assert head is not None
+    body = {**body_for(path), "stream": False}
+    del body["stream_options"]
+    unmoved = httpx.post(f"{head.url}{path}", json=body, timeout=30).json()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        later = pool.submit(httpx.post, f"{head.url}{path}", json=body, timeout=30)
+        source = answering(cluster)
+        time.sleep(0.5)  # some 20 words into its 60
+        asked = migrate(cluster, source)
+        moved = later.result().json()
+    assert len(asked["moves"]) == 1 and not asked["unmovable"], asked
+    [destination] = asked["moves"].values()
+    assert moved["system_fingerprint"] == destination != source
+    assert "sllm_moved" not in moved
+    text = "message" if path == CHAT else "text"
+    got, want = moved["choices"][0], unmoved["choices"][0]
+    assert got[text] == want[text] and got["finish_reason"] == want["finish_reason"]
+    assert moved["usage"] == unmoved["usage"]
+    metrics = httpx.get(f"{head.url}/metrics", headers=cluster.admin_headers(), timeout=5).text
+    assert 'sllm_migrations_total{model="m",outcome="moved",reason="operator"} 1.0' in metrics
+
+
+def test_an_answer_of_several_choices_is_not_moved(cluster: Cluster) -> None:
+    two_instances(cluster)
+    head = cluster.head
+    assert head is not None
+    body = {**body_for("/v1/completions"), "stream": False, "n": 2}
+    del body["stream_options"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        later = pool.submit(httpx.post, f"{head.url}/v1/completions", json=body, timeout=30)
+        source = answering(cluster)
+        asked = migrate(cluster, source)
+        answer = later.result().json()
+    assert not asked["moves"] and len(asked["unmovable"]) == 1, asked
+    assert {c["index"] for c in answer["choices"]} == {0, 1}
+    assert answer["system_fingerprint"] == source
+
+
 def test_a_stream_moves_twice_in_a_row(cluster: Cluster) -> None:
     two_instances(cluster)
     head = cluster.head
@@ -328,7 +383,8 @@ def test_a_new_instance_takes_over_part_of_an_overloaded_ones_streams(cluster: C
     prompts = [f"story number {i} about the sea" for i in range(6)]
 
     def body(prompt: str) -> dict[str, Any]:
-        return {**body_for("/v1/completions", 200), "prompt": prompt}
+        # 8 s of words: time for the second instance to start on a loaded machine.
+        return {**body_for("/v1/completions", 320), "prompt": prompt}
 
     got: list[list[dict[str, Any]]] = [[] for _ in prompts]
 
@@ -355,7 +411,8 @@ def test_a_demo_model_stream_moves_between_transformers_instances_as_it_would_ha
     cluster: Cluster,
 ) -> None:
     """The transformers backend keeps prefixes (continuous batching's shared pages), so
-    the destination warms up first; the greedy text is the unmoved run's."""
+    the destination warms up first; the greedy text is the unmoved run's, streamed or
+    not."""
     cluster.start_head()
     cluster.start_worker()
     cluster.deploy(
@@ -383,3 +440,18 @@ def test_a_demo_model_stream_moves_between_transformers_instances_as_it_would_ha
     data = httpx.get(f"{head.url}/dashboard/data", headers=cluster.admin_headers(), timeout=5)
     [entry] = data.json()["migrations"]
     assert entry["outcome"] == "moved" and entry["rounds"] >= 1, entry
+
+    # Not streamed: cut at a token on the source, continued on the destination.
+    answer = {**body, "stream": False}
+    del answer["stream_options"]
+    unmoved = httpx.post(f"{head.url}{CHAT}", json=answer, timeout=120).json()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        later = pool.submit(httpx.post, f"{head.url}{CHAT}", json=answer, timeout=120)
+        source = answering(cluster)
+        time.sleep(1.5)  # some tokens into its 48
+        asked = migrate(cluster, source)
+        moved = later.result().json()
+    assert len(asked["moves"]) == 1, asked
+    assert moved["system_fingerprint"] != source
+    assert moved["choices"][0]["message"] == unmoved["choices"][0]["message"]
+    assert moved["usage"] == unmoved["usage"]
