@@ -62,7 +62,7 @@ async def go_on(
         pending.watch,
         to=to or None,
     )
-    gateway.metrics.migrations.labels(first.model, reason, "moved").inc()
+    gateway.moves.answer_moved(pending.task.id, first.model, pending.watch.instance, to, reason)
     log.info(
         "task %s (an answer) moved from %s to %s as task %s (%s) after %d character(s)",
         pending.task.id,

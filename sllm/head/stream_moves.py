@@ -43,6 +43,7 @@ class Gateway(Protocol):
 
     metrics: HeadMetrics
     bus: ResultBus
+    moves: StreamMoves
 
     async def submit(
         self,
@@ -222,6 +223,11 @@ class StreamMoves:
             time.monotonic() - move.asked,
         )
         return moved
+
+    def answer_moved(self, task_id: str, model: str, source: str, to: str, reason: str) -> None:
+        """A non-streamed answer went on elsewhere (``answer_moves``): counted and
+        listed as a stream's move is, without rounds or a gap."""
+        self._count(task_id, model, Move(to, reason, False, time.monotonic()), "moved", source)
 
     def _give_up(self, task_id: str, model: str, move: Move, outcome: str) -> None:
         if move.job is not None:

@@ -176,6 +176,9 @@ def test_an_answer_moves_mid_way_and_reads_as_one(cluster: Cluster, path: str) -
     assert moved["usage"] == unmoved["usage"]
     metrics = httpx.get(f"{head.url}/metrics", headers=cluster.admin_headers(), timeout=5).text
     assert 'sllm_migrations_total{model="m",outcome="moved",reason="operator"} 1.0' in metrics
+    data = httpx.get(f"{head.url}/dashboard/data", headers=cluster.admin_headers(), timeout=5)
+    [entry] = data.json()["migrations"]
+    assert (entry["from"], entry["to"], entry["outcome"]) == (source, destination, "moved")
 
 
 def test_an_answer_of_several_choices_is_not_moved(cluster: Cluster) -> None:
