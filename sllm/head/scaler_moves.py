@@ -88,9 +88,9 @@ class ScalerMoves:
         if shed is None or not self.asks.due(shed[0], now):
             return
         source = next(i for i in instances if i.id == shed[0])
-        await move_requests(
-            self.store, source, config, "rebalance", limit=shed[1], cut=self.workers.cut_answer
-        )
+        # Streams only: an answer moved to even out load costs a second prefill, and
+        # the client, who sees none of it before its end, gains little.
+        await move_requests(self.store, source, config, "rebalance", limit=shed[1])
 
 
 @dataclass(frozen=True)
