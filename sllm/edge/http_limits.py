@@ -18,6 +18,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from sllm.edge.turn_writes import TurnWritesProtocol
+
 log = logging.getLogger(__name__)
 
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -50,7 +52,7 @@ def error_bytes(status: int, message: str, code: str) -> bytes:
     return head + body
 
 
-class _LimitedProtocol(HttpToolsProtocol):
+class _LimitedProtocol(TurnWritesProtocol):
     limits: HttpLimits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

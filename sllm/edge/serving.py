@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 
 from sllm.config import HttpEdgeSettings, LogFormat
 from sllm.edge.http_limits import HttpLimits, limited_protocol
+from sllm.edge.turn_writes import TurnWritesProtocol
 
 T = TypeVar("T")
 
@@ -137,6 +138,8 @@ def serve(
         )
         options["http"] = limited_protocol(limits)
         options["timeout_keep_alive"] = edge.keep_alive_timeout
+    else:
+        options["http"] = TurnWritesProtocol
     config = uvicorn.Config(app, **options)
     sock = _shared_socket(host, port) if shared_port else config.bind_socket()
     if edge is None:
