@@ -29,7 +29,9 @@ from sllm.config import DeployConfig, HeadSettings
 from sllm.edge.messages import encode_raw
 from sllm.edge.serving import refuses_connections
 from sllm.head.deployed import DeployConfigs
+from sllm.head.empty_queues import EmptyQueues
 from sllm.head.failure_detector import FailureDetector
+from sllm.head.model_view import ModelView
 from sllm.head.routing import pick_instance
 from sllm.head.scaling import InstanceLoad
 from sllm.kv import RedisError
@@ -43,8 +45,6 @@ log = logging.getLogger(__name__)
 # The worker writes a line at least this often while a task runs; silence for
 # INVOKE_SILENCE seconds means the worker is gone or frozen.
 INVOKE_SILENCE = 5.0
-# How long a routing view of a model's instances is trusted between claims.
-VIEW_TTL = 0.05
 # An instance whose call just failed gets no new task from this head for this long: its
 # requeued tasks must not land on it again before its worker reports it (or is pruned).
 SUSPECT_SECONDS = 5.0
@@ -64,34 +64,9 @@ class Running:
     claim: Claim
     instance: InstanceRecord
     job: asyncio.Task[None]
-
-
-@dataclass
-class ModelView:
-    """What this head knows of a model's instances, shared by its claim loop and the
-    gateway's offers; fetched from Redis at most every VIEW_TTL, and kept counting this
-    head's own starts and ends in between."""
-
-    loads: list[InstanceLoad] = field(default_factory=list)
-    records: dict[str, InstanceRecord] = field(default_factory=dict)
-    fetched: float = 0.0  # monotonic; 0: refetch before the next pick
-    refresh: asyncio.Task[None] | None = None
-
-    def stale(self) -> bool:
-        return time.monotonic() - self.fetched > VIEW_TTL
-
-    def count(self, instance_id: str, delta: int, now: float | None = None) -> None:
-        self.loads = [
-            InstanceLoad(
-                v.id,
-                v.state,
-                max(0, v.outstanding + delta),
-                v.last_active if now is None else now,
-            )
-            if v.id == instance_id
-            else v
-            for v in self.loads
-        ]
+    # When its lease was stamped or last renewed (monotonic); None: it is not this
+    # head's any more.
+    renewed: float | None = field(default_factory=time.monotonic)
 
 
 class Dispatcher:
@@ -123,6 +98,7 @@ class Dispatcher:
         # Instance id -> such a task, retried there alone: it cannot take its neighbours
         # down twice, so a neighbour loses at most the one attempt it shared with it.
         self._exclusive: dict[str, str] = {}
+        self._empty = EmptyQueues()
         self._stopping = False
         self._deployed = DeployConfigs()
         # Requeues of offered tasks this head could not run (short: awaited at shutdown).
@@ -131,7 +107,8 @@ class Dispatcher:
     # -- supervision ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Keep one claim loop per active model."""
+        """Keep one claim loop per active model, and the leases of what runs here."""
+        renewals = asyncio.create_task(self._renewals(), name="lease-renewals")
         try:
             while True:
                 try:
@@ -140,6 +117,7 @@ class Dispatcher:
                     log.warning("dispatcher cannot read models: %s", exc)
                 await asyncio.sleep(1.0)
         finally:
+            renewals.cancel()
             await self._shutdown()
 
     async def _sync_models(self) -> None:
@@ -179,6 +157,8 @@ class Dispatcher:
     async def on_control(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         model = event.get("model")
+        if kind == "resync":
+            self._empty.forget()  # 'queued' events may have been lost
         if kind in ("instance", "resync"):
             # An event names its model; one from an older head, or lost ones, all.
             for name in [model] if kind == "instance" and model else list(self._views):
@@ -187,6 +167,7 @@ class Dispatcher:
                     view.fetched = 0.0
                     wake.set()
         elif kind == "queued":
+            self._empty.queued(str(model))
             wake = self._wakes.get(str(model))
             if wake is not None:
                 wake.set()
@@ -267,9 +248,15 @@ class Dispatcher:
                     await self._idle(wake, BUSY_RECHECK if busy else UNUSED_RECHECK)
                     view.fetched = 0.0
                     continue
-                task_id = await self.store.tasks.claim(model)
+                task_id = None
+                if model not in self._empty:
+                    before = self._empty.before_claim(model)
+                    task_id = await self.store.tasks.claim(model)
+                    if task_id is None:
+                        self._empty.found_empty(model, before)
                 if task_id is None:
-                    await self._idle(wake, EMPTY_RECHECK)
+                    if not await self._idle(wake, EMPTY_RECHECK):
+                        self._empty.forget(model)  # the safety net: look again
                     continue
                 eligible = self._eligible(view.loads)
                 if pick_instance([v for v in eligible if v.id == target.id], limit) is None:
@@ -307,13 +294,15 @@ class Dispatcher:
                 await asyncio.sleep(0.5)
 
     @staticmethod
-    async def _idle(wake: asyncio.Event, timeout: float) -> None:
+    async def _idle(wake: asyncio.Event, timeout: float) -> bool:
         """Wait for ``wake`` (not cleared here) or ``timeout``, spread by up to a
-        half so that the loops of many models do not look again together."""
+        half so that the loops of many models do not look again together; whether
+        woken."""
         try:
             await asyncio.wait_for(wake.wait(), timeout * random.uniform(0.5, 1.0))
         except TimeoutError:
-            pass
+            return False
+        return True
 
     def _start(self, claim: Claim, instance: InstanceRecord) -> None:
         job = asyncio.create_task(self._run(claim, instance), name=f"task:{claim.task_id}")
@@ -337,15 +326,15 @@ class Dispatcher:
         view = self._views.get(model)
         if view is not None:
             view.count(instance.id, -1)
-        # A slot came free: a loop waiting for room should look again now.
+        # A slot came free: a loop waiting for room should look again now, unless
+        # nothing waits for it.
         wake = self._wakes.get(model)
-        if wake is not None:
+        if wake is not None and model not in self._empty:
             wake.set()
 
     # -- running one claim ------------------------------------------------------------
 
     async def _run(self, claim: Claim, instance: InstanceRecord) -> None:
-        renewer = asyncio.create_task(self._renew(claim))
         try:
             if self._exclusive.get(instance.id) == claim.task_id:
                 await self._wait_alone(claim, instance)
@@ -355,8 +344,6 @@ class Dispatcher:
             # /invoke call close. A cancelled task's generation stops there and it is
             # released; any other attempt goes on, the worker holding its lease.
             raise
-        finally:
-            renewer.cancel()
         if outcome in ("retry", "lost", "silent", "crashed", "unreachable", "unsent"):
             self.metrics.retries.labels(instance.model).inc()
         if outcome in ("lost", "silent", "crashed", "unreachable", "unsent"):
@@ -456,23 +443,34 @@ class Dispatcher:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
 
-    async def _renew(self, claim: Claim) -> None:
+    async def _renewals(self) -> None:
+        """Renew each lease held here a third of a lease after it was stamped or last
+        renewed: one pass a tick for every claim, not a timer task per request."""
         interval = self.settings.lease_seconds / 3
         while True:
-            await asyncio.sleep(interval)
-            try:
-                held = await self.store.tasks.renew(
-                    claim.task_id,
-                    self.head_id,
-                    claim.attempt,
-                    time.time() + self.settings.lease_seconds,
-                    claim.claim,
-                )
-            except RedisError as exc:
-                log.warning("could not renew the lease of %s: %s", claim.task_id, exc)
-                continue
-            if not held:
-                return
+            await asyncio.sleep(min(1.0, interval / 2))
+            now = time.monotonic()
+            due = [
+                r
+                for r in self._running.values()
+                if r.renewed is not None and now - r.renewed >= interval
+            ]
+            await asyncio.gather(*(self._renew(r, now) for r in due))
+
+    async def _renew(self, running: Running, now: float) -> None:
+        claim = running.claim
+        try:
+            held = await self.store.tasks.renew(
+                claim.task_id,
+                self.head_id,
+                claim.attempt,
+                time.time() + self.settings.lease_seconds,
+                claim.claim,
+            )
+        except RedisError as exc:  # tried again at the next pass
+            log.warning("could not renew the lease of %s: %s", claim.task_id, exc)
+            return
+        running.renewed = now if held else None
 
     async def _requeue(self, claim: Claim, reason: str, *, unsent: bool = False) -> None:
         try:

@@ -160,7 +160,7 @@ class TaskStore:
                 k.instance_tasks(instance_id),
                 k.queue(model),
             ],
-            args=[task_id, owner, repr(now), lease_until, instance_id],
+            args=[task_id, owner, repr(now), lease_until, instance_id, k.control, model],
         )
         if status != "ok":
             return str(status), None

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 
 from sllm.config import DeployConfig, HeadSettings
-from sllm.head.dispatcher import Dispatcher, ModelView
+from sllm.head.dispatcher import Dispatcher, Running
+from sllm.head.model_view import ModelView
+from sllm.kv.bus import ResultBus
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
 from sllm.kv.store import Store
-from sllm.kv.tasks import NewTask
+from sllm.kv.tasks import NewTask, Offer
 
 MODEL = "m1"
 
@@ -129,3 +131,98 @@ async def test_a_claim_loop_does_not_overfill_an_instance_offers_filled(
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_a_slot_coming_free_costs_no_claim_while_the_queue_is_known_empty(
+    dispatcher: Dispatcher, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request on the offer path frees a slot when it ends: with nothing queued,
+    that must not cost a claim (a Redis round trip) each time. A task pushed onto the
+    queue afterwards is announced and claimed, also when the announcement reaches the
+    head before the answer of the claim that found the queue empty."""
+    dispatcher._configs[MODEL] = DeployConfig(
+        model=MODEL, auto_scaling_config={"max_concurrency": 8}
+    )
+    started: list[str] = []
+    monkeypatch.setattr(
+        dispatcher, "_start", lambda claim, _instance: started.append(claim.task_id)
+    )
+    bus = ResultBus(store.client, Keys("o"), "head-a")
+    bus.on_control(dispatcher.on_control)
+    await bus.start()
+    claim = store.tasks.claim
+    claims: list[str | None] = []
+
+    async def counted_claim(model: str) -> str | None:
+        found = await claim(model)
+        if len(claims) == 2:
+            # The look after "b": "c" is pushed after this claim found the queue empty,
+            # and its announcement is read before this answer is.
+            assert found is None
+            assert (await store.tasks.enqueue(task("c"), 60)).status == "ok"
+            await wait_for(lambda: dispatcher._empty.before_claim(MODEL) == 2)
+        claims.append(found)
+        return found
+
+    monkeypatch.setattr(store.tasks, "claim", counted_claim)
+    dispatcher._wakes[MODEL] = asyncio.Event()
+    instance = InstanceRecord(id="i1", model=MODEL, node_id="w1", url="http://127.0.0.1:9")
+    loop = asyncio.create_task(dispatcher._claim_loop(MODEL))
+    try:
+        await wait_for(lambda: claims == [None])
+        for _ in range(20):  # requests ending, one after another
+            dispatcher._finished("t", instance)
+            await asyncio.sleep(0.01)
+        assert claims == [None]
+        assert (await store.tasks.enqueue(task("b"), 60)).status == "ok"
+        await wait_for(lambda: started == ["b", "c"])
+        assert claims[:4] == [None, "b", None, "c"]
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await bus.stop()
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.02)
+
+
+async def test_leases_running_here_are_renewed_by_one_pass_until_lost(store: Store) -> None:
+    """Every claim running on this head has its lease renewed a third of a lease after
+    the last, by the dispatcher's one renewal pass; a claim that is no longer this head's
+    is left alone."""
+    config = DeployConfig(model=MODEL, auto_scaling_config={"max_concurrency": 4})
+    assert await store.registry.save_model(MODEL, config.model_dump(mode="json"), create=True)
+    inst = InstanceRecord(id="i1", model=MODEL, node_id="w1", url="http://127.0.0.1:9")
+    assert await store.registry.create_instance(inst)
+    assert await store.registry.set_instance_state("i1", "ready")
+    lease = 0.9
+    async with aiohttp.ClientSession() as http:
+        d = Dispatcher(store, HeadSettings(lease_seconds=lease), "head-a", http)
+        running = []
+        for name in ("a", "b"):
+            now = time.time()
+            offer = Offer("head-a", "i1", 4, now, now + lease)
+            enq = await store.tasks.enqueue(task(name), 60, offer)
+            assert enq.claim is not None
+            job = asyncio.create_task(asyncio.sleep(60))
+            running.append(Running(enq.claim, inst, job))
+            d._running[name] = running[-1]
+        renewals = asyncio.create_task(d._renewals())
+        try:
+            await asyncio.sleep(2 * lease)
+            for name in ("a", "b"):
+                deadline = await store.client.zscore(Keys("o").leases, name)
+                assert deadline is not None and deadline > time.time() + lease / 3
+            # "b" goes back to the queue (its lease lost): its renewal stops.
+            assert await store.tasks.requeue("b", 1, "test", time.time(), 60) == "requeued"
+            await asyncio.sleep(lease)
+            assert running[0].renewed is not None and running[1].renewed is None
+            assert await store.client.zscore(Keys("o").leases, "b") is None
+        finally:
+            renewals.cancel()
+            for r in running:
+                r.job.cancel()
