@@ -79,12 +79,16 @@ class TaskResults:
             remaining = self.deadline - time.time()
             if remaining <= 0:
                 raise DeadlineExceeded("the request did not finish before its deadline")
-            try:
-                # A timeout, not wait_for: that made a task for every message.
-                async with asyncio.timeout(min(remaining, self.poll_interval)):
-                    item = await self.queue.get()
-            except TimeoutError:
-                item = RESYNC
+            if not self.queue.empty():
+                # The rest of a batch of chunks, delivered together: no wait to time.
+                item = self.queue.get_nowait()
+            else:
+                try:
+                    # A timeout, not wait_for: that made a task for every message.
+                    async with asyncio.timeout(min(remaining, self.poll_interval)):
+                        item = await self.queue.get()
+                except TimeoutError:
+                    item = RESYNC
             if item == RESYNC or (isinstance(item, ResultMessage) and item.kind == "requeued"):
                 message = await self._stored_terminal()
                 if message is None:
