@@ -4,7 +4,8 @@
 -- KEYS[5] instance tasks set
 -- ARGV[1] task id, ARGV[2] attempt, ARGV[3] state ('done' or 'failed'),
 -- ARGV[4] terminal message (JSON), ARGV[5] now, ARGV[6] ttl (s), ARGV[7] the attempt's
--- claim (its stamp time; '' for any)
+-- claim (its stamp time; '' for any), ARGV[8] '0': not published (the worker hands the
+-- message to its client's head itself; absent: published)
 -- Returns 1, or 0 when this attempt is stale or already ended (nothing changes).
 local t = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'reply_to', 'claimed')
 if t[2] ~= ARGV[2] or (t[1] ~= 'running' and t[1] ~= 'cancelled') then
@@ -30,7 +31,7 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4], 'finished', ARGV[5])
 forget_request(KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-if t[3] then
+if t[3] and ARGV[8] ~= '0' then
   redis.call('PUBLISH', t[3], ARGV[4])
 end
 return 1

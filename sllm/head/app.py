@@ -74,7 +74,7 @@ def create_app(settings: HeadSettings) -> LeanApp:
         health = RedisHealth()
         detector = FailureDetector(patient, metrics)
         workers = WorkerManager(patient, settings, http, beats=fast, detector=detector)
-        dispatcher = Dispatcher(patient, settings, head_id, http, metrics, detector)
+        dispatcher = Dispatcher(patient, settings, head_id, http, metrics, detector, bus.hand)
         autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent, health)
         bus.on_control(dispatcher.on_control)
         bus.on_control(autoscaler.on_control)

@@ -19,8 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -32,6 +31,7 @@ from sllm.head.deployed import DeployConfigs
 from sllm.head.empty_queues import EmptyQueues
 from sllm.head.failure_detector import FailureDetector
 from sllm.head.model_view import ModelView
+from sllm.head.renewals import Running, renew_leases
 from sllm.head.routing import pick_instance
 from sllm.head.scaling import InstanceLoad
 from sllm.kv import RedisError
@@ -59,16 +59,6 @@ EMPTY_RECHECK = 30.0
 UNUSED_RECHECK = 300.0
 
 
-@dataclass
-class Running:
-    claim: Claim
-    instance: InstanceRecord
-    job: asyncio.Task[None]
-    # When its lease was stamped or last renewed (monotonic); None: it is not this
-    # head's any more.
-    renewed: float | None = field(default_factory=time.monotonic)
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -78,6 +68,7 @@ class Dispatcher:
         http: aiohttp.ClientSession,
         metrics: HeadMetrics | None = None,
         detector: FailureDetector | None = None,
+        answers: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -85,6 +76,8 @@ class Dispatcher:
         self.http = http
         self.metrics = metrics or HeadMetrics()
         self.detector = detector
+        # Where an answer a worker hands back goes: its client waits on this head.
+        self.answers = answers
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._configs: dict[str, DeployConfig] = {}
         self._views: dict[str, ModelView] = {}
@@ -108,7 +101,10 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Keep one claim loop per active model, and the leases of what runs here."""
-        renewals = asyncio.create_task(self._renewals(), name="lease-renewals")
+        renewals = asyncio.create_task(
+            renew_leases(self.store, self.settings, self.head_id, self._running),
+            name="lease-renewals",
+        )
         try:
             while True:
                 try:
@@ -423,6 +419,9 @@ class Dispatcher:
                     if line.strip():
                         last = json.loads(line)
                 outcome = str(last.get("outcome", ""))
+                answer = last.get("answer")
+                if outcome == "done" and answer and self.answers is not None:
+                    self.answers(str(answer))
                 if outcome in ("done", "failed"):
                     return outcome, ""
                 if outcome in ("retry", "crashed"):
@@ -442,35 +441,6 @@ class Dispatcher:
             return "silent", f"worker {instance.node_id} went silent: {exc!r}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
-
-    async def _renewals(self) -> None:
-        """Renew each lease held here a third of a lease after it was stamped or last
-        renewed: one pass a tick for every claim, not a timer task per request."""
-        interval = self.settings.lease_seconds / 3
-        while True:
-            await asyncio.sleep(min(1.0, interval / 2))
-            now = time.monotonic()
-            due = [
-                r
-                for r in self._running.values()
-                if r.renewed is not None and now - r.renewed >= interval
-            ]
-            await asyncio.gather(*(self._renew(r, now) for r in due))
-
-    async def _renew(self, running: Running, now: float) -> None:
-        claim = running.claim
-        try:
-            held = await self.store.tasks.renew(
-                claim.task_id,
-                self.head_id,
-                claim.attempt,
-                time.time() + self.settings.lease_seconds,
-                claim.claim,
-            )
-        except RedisError as exc:  # tried again at the next pass
-            log.warning("could not renew the lease of %s: %s", claim.task_id, exc)
-            return
-        running.renewed = now if held else None
 
     async def _requeue(self, claim: Claim, reason: str, *, unsent: bool = False) -> None:
         try:

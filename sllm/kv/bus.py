@@ -48,6 +48,19 @@ class ResultBus:
     def forget(self, task_id: str) -> None:
         self._listeners.pop(task_id, None)
 
+    def hand(self, data: str) -> None:
+        """A result message for this head's listeners, from its channel or handed over
+        directly (a worker's answer to this head's own dispatcher)."""
+        try:
+            message = ResultMessage.decode(data)
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropped a malformed result message: %.200s", data)
+            return
+        queue = self._listeners.get(message.task)
+        if queue is not None:
+            for one in message.split():
+                queue.put_nowait(one)
+
     def on_control(self, handler: ControlHandler) -> None:
         self._control.append(handler)
 
@@ -112,15 +125,7 @@ class ResultBus:
 
     async def _deliver(self, channel: str, data: str) -> None:
         if channel == self.channel:
-            try:
-                message = ResultMessage.decode(data)
-            except (ValueError, KeyError, TypeError):
-                log.warning("dropped a malformed result message: %.200s", data)
-                return
-            queue = self._listeners.get(message.task)
-            if queue is not None:
-                for one in message.split():
-                    queue.put_nowait(one)
+            self.hand(data)
             return
         try:
             event = json.loads(data)

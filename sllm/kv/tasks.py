@@ -199,9 +199,12 @@ class TaskStore:
         now: float,
         ttl: int,
         claim: str = "",
+        *,
+        publish: bool = True,
     ) -> bool:
-        """Store and publish the terminal message of this attempt (of this claim, when
-        given); False if it is stale."""
+        """Store and publish (unless not ``publish``: its reader takes it another way)
+        the terminal message of this attempt (of this claim, when given); False if it is
+        stale."""
         k = self._k
         return bool(
             await self._s.finish_task(
@@ -212,7 +215,7 @@ class TaskStore:
                     k.instance(instance_id),
                     k.instance_tasks(instance_id),
                 ],
-                args=[task_id, attempt, state, message, now, ttl, claim],
+                args=[task_id, attempt, state, message, now, ttl, claim, int(publish)],
             )
         )
 

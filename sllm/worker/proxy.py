@@ -5,7 +5,10 @@ them all. Chunks go to the task's reply channel as they come; the terminal outco
 stored and published in one step (finish_task.lua). The HTTP answer to the dispatcher
 is NDJSON: the outcome line alone when the attempt ends within ``ALIVE_INTERVAL``, else a
 stream with a line every ``ALIVE_INTERVAL`` seconds while the attempt runs (so a frozen
-worker is told from a slow one), then the outcome.
+worker is told from a slow one), then the outcome. A non-streamed answer whose client
+waits on the dispatching head itself is stored but not published: it goes back in the
+outcome line (``answer``), which that head reads anyway, and saves Redis a publish and
+the head a message; published after all when the dispatcher hung up first.
 
 A dispatcher that hangs up without having cancelled the task has died (or is stopping):
 the attempt then goes on here, the worker renewing its lease, and its output still reaches
@@ -20,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from fastapi import Request
@@ -41,6 +44,15 @@ log = logging.getLogger(__name__)
 
 ALIVE_INTERVAL = 1.0
 NDJSON = "application/x-ndjson"
+
+
+class Ended(NamedTuple):
+    """How an attempt ended; ``answer``: its terminal message, stored but left to the
+    dispatcher to deliver."""
+
+    outcome: str
+    error: str = ""
+    answer: str = ""
 
 
 class ReaderGone(Exception):
@@ -82,7 +94,7 @@ class Proxy:
         )
         self._background: set[asyncio.Task[None]] = set()
         # The backend calls in flight: each ends with its answer's stream, or here.
-        self._calls: set[asyncio.Future[tuple[str, str]]] = set()
+        self._calls: set[asyncio.Future[Ended]] = set()
 
     async def aclose(self) -> None:
         for call in self._calls:
@@ -96,7 +108,7 @@ class Proxy:
         port = self.instances.port(call.instance_id)
         if port is None:
             return Response(
-                _outcome("retry", f"instance {call.instance_id} is not on this worker"),
+                _outcome(Ended("retry", f"instance {call.instance_id} is not on this worker")),
                 media_type=NDJSON,
             )
         job = asyncio.ensure_future(self._forward(call, port))
@@ -113,26 +125,24 @@ class Proxy:
         finally:
             gone.cancel()
         if job.done():
-            return Response(_outcome(*job.result()), media_type=NDJSON)
+            return Response(_outcome(job.result()), media_type=NDJSON)
         if gone.done() and not gone.cancelled():
             self._detach(self._carry_on(call, job))  # as when the stream below is cut
             return Response(status_code=499)  # nobody reads it
         return StreamingResponse(self._run(call, job), media_type=NDJSON)
 
-    async def _run(
-        self, call: InvokeBody, job: asyncio.Future[tuple[str, str]]
-    ) -> AsyncIterator[bytes]:
+    async def _run(self, call: InvokeBody, job: asyncio.Future[Ended]) -> AsyncIterator[bytes]:
         try:
             while not job.done():
                 yield b'{"alive":true}\n'
                 await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
-            yield _outcome(*job.result())
+            yield _outcome(job.result())
         finally:
             if not job.done():
                 # The dispatcher hung up: its client is gone or its head died.
                 self._detach(self._carry_on(call, job))
 
-    async def _carry_on(self, call: InvokeBody, job: asyncio.Future[tuple[str, str]]) -> None:
+    async def _carry_on(self, call: InvokeBody, job: asyncio.Future[Ended]) -> None:
         """Hold the lease of an attempt whose dispatcher hung up, until the attempt ends.
         A cancelled task (its client left) or a claim that moved on is not renewed: its
         backend work stops, and a cancelled task is released."""
@@ -149,13 +159,17 @@ class Proxy:
                     log.info("task %s: its dispatcher is gone; the attempt goes on", call.task_id)
                 await asyncio.wait({job}, timeout=call.lease_seconds / 3)
             if job.done():
+                if not job.cancelled() and job.exception() is None and job.result().answer:
+                    # Nobody takes it from the call: its client's head (stopping, still
+                    # serving) hears it as any other.
+                    await self.store.tasks.publish(call.reply_to, job.result().answer)
                 return
         except RedisError as exc:  # the lease's expiry decides instead
             log.warning("could not hold the lease of %s: %s", call.task_id, exc)
         job.cancel()
         await self._release_if_cancelled(call)
 
-    async def _forward(self, call: InvokeBody, port: int) -> tuple[str, str]:
+    async def _forward(self, call: InvokeBody, port: int) -> Ended:
         url = f"http://127.0.0.1:{port}{call.endpoint}"
         headers = {
             "content-type": "application/json",
@@ -165,7 +179,7 @@ class Proxy:
         remaining = call.deadline - time.time()
         if remaining <= 0:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
-            return "failed", "deadline passed"
+            return Ended("failed", "deadline passed")
         timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=2.0)
         seq = 0
         read = 0  # chunks the client has read, as last noted (flow control)
@@ -174,13 +188,16 @@ class Proxy:
             async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
                 if resp.status != 200:
                     await self._fail_with_backend_error(call, resp.status, await resp.text())
-                    return "failed", f"backend answered {resp.status}"
+                    return Ended("failed", f"backend answered {resp.status}")
                 if not call.stream:
                     text = await resp.text()
                     message = encode_raw(call.task_id, call.attempt, 0, "done", text, call.claim)
                     self.instances.first_output(call.instance_id)
-                    await self._finish(call, "done", message)
-                    return "done", ""
+                    # Its client waits on the dispatching head: the answer goes back there.
+                    hand = call.reply_to == self.store.keys.results(call.owner)
+                    if await self._finish(call, "done", message, publish=not hand) and hand:
+                        return Ended("done", answer=message)
+                    return Ended("done")
                 async for batch in sse_batches(resp.content):
                     chunks, ended, error = stream_part(batch)
                     if prior:
@@ -195,25 +212,26 @@ class Proxy:
                             read = await self._await_reader(call, seq)
                     if error is not None:  # after the chunks that came before it
                         await self._fail_with_backend_error(call, 500, error)
-                        return "failed", "backend error mid-stream"
+                        return Ended("failed", "backend error mid-stream")
                     if ended:
                         break
             done = ResultMessage(call.task_id, call.attempt, seq, "done", claim=call.claim).encode()
             await self._finish(call, "done", done)
-            return "done", ""
+            return Ended("done")
         except ReaderGone as exc:
             await self._fail(call, str(exc), "slow_client")
-            return "failed", str(exc)
+            return Ended("failed", str(exc))
         except TimeoutError:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
-            return "failed", "deadline passed"
+            return Ended("failed", "deadline passed")
         except aiohttp.ClientError as exc:
             # The backend died or refused: another instance may serve it (the gateway
             # decides what to do with output it already relayed). "crashed", not "retry":
             # this request may be what killed it, so the head retries it alone.
-            return "crashed", f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
+            failed = f"backend of {call.instance_id} failed after {seq} chunk(s): {exc!r}"
+            return Ended("crashed", failed)
         except RedisError as exc:
-            return "retry", f"worker lost Redis: {exc}"
+            return Ended("retry", f"worker lost Redis: {exc}")
 
     async def cut(self, instance_id: str, task_id: str, moved: dict[str, str]) -> bool:
         """Ask the instance's backend to end the non-streamed answer of ``task_id`` at
@@ -282,8 +300,11 @@ class Proxy:
             prior = int((await resp.json())["count"])
         return json.dumps(restated(call.endpoint, body, prior)), prior
 
-    async def _finish(self, call: InvokeBody, state: str, message: str) -> None:
-        await self.store.tasks.finish(
+    async def _finish(
+        self, call: InvokeBody, state: str, message: str, *, publish: bool = True
+    ) -> bool:
+        """Store (and publish) this attempt's terminal message; False if it is stale."""
+        return await self.store.tasks.finish(
             call.task_id,
             call.model,
             call.instance_id,
@@ -293,6 +314,7 @@ class Proxy:
             time.time(),
             self.result_ttl,
             call.claim,
+            publish=publish,
         )
 
     async def _fail(self, call: InvokeBody, text: str, code: str) -> None:
@@ -361,6 +383,9 @@ async def sse_batches(body: aiohttp.StreamReader) -> AsyncIterator[list[str]]:
         yield [tail[5:].strip().decode()]
 
 
-def _outcome(outcome: str, error: str) -> bytes:
+def _outcome(ended: Ended) -> bytes:
     """The last NDJSON line of an attempt's answer."""
-    return json.dumps({"outcome": outcome, "error": error}).encode() + b"\n"
+    line: dict[str, str] = {"outcome": ended.outcome, "error": ended.error}
+    if ended.answer:
+        line["answer"] = ended.answer
+    return json.dumps(line).encode() + b"\n"

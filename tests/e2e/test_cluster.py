@@ -11,6 +11,7 @@ import httpx
 import openai
 import pydantic
 import pytest
+import redis
 
 from sllm.backends.dummy_engine import VOCAB
 from tests.e2e.conftest import Cluster, wait_until
@@ -407,3 +408,42 @@ def test_the_head_logs_a_line_per_request_and_the_worker_none(cluster: Cluster) 
     wait_until(lambda: '"GET /no-such-path HTTP/1.1" 404' in worker.log.read_text(), 10, "its line")
     assert "/invoke" not in worker.log.read_text()
     assert "GET /health" not in worker.log.read_text()
+
+
+def test_an_answer_goes_back_to_its_own_head_unpublished_and_stored(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """A non-streamed answer whose client waits on the dispatching head goes back in the
+    worker's /invoke answer: stored in Redis (a lost call still finds it) but not
+    published. A stream's chunks are still published."""
+    cluster.start_head()
+    cluster.start_worker()
+    cluster.deploy("m")
+    client = cluster.client()
+    ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    client.chat.completions.create(**ask)  # the instance is up
+    r = redis.Redis.from_url(redis_url)
+    results = r.pubsub(ignore_subscribe_messages=True)
+    results.psubscribe("sllm:results:*")
+    try:
+        wait_until(lambda: r.pubsub_numpat() >= 1, 5, "the subscription")
+        answers = [client.chat.completions.create(**ask) for _ in range(5)]
+        assert all(a.choices[0].message.content for a in answers)
+        published = []
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:  # None also stands for a subscription's reply
+            if (message := results.get_message(timeout=0.1)) is not None:
+                published.append(message)
+        assert published == []
+        done = [
+            key
+            for key in r.scan_iter("sllm:task:*")
+            if r.hget(key, "state") == b"done" and r.hget(key, "result")
+        ]
+        assert len(done) >= 6
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+        assert chunks
+        wait_until(lambda: results.get_message(timeout=0.1) is not None, 5, "a stream's chunk")
+    finally:
+        results.close()
+        r.close()

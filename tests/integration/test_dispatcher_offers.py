@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from sllm.config import DeployConfig, HeadSettings
-from sllm.head.dispatcher import Dispatcher, Running
+from sllm.head.dispatcher import Dispatcher
 from sllm.head.model_view import ModelView
+from sllm.head.renewals import Running, renew_leases
 from sllm.kv.bus import ResultBus
 from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord
@@ -211,7 +212,7 @@ async def test_leases_running_here_are_renewed_by_one_pass_until_lost(store: Sto
             job = asyncio.create_task(asyncio.sleep(60))
             running.append(Running(enq.claim, inst, job))
             d._running[name] = running[-1]
-        renewals = asyncio.create_task(d._renewals())
+        renewals = asyncio.create_task(renew_leases(store, d.settings, "head-a", d._running))
         try:
             await asyncio.sleep(2 * lease)
             for name in ("a", "b"):
