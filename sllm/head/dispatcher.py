@@ -132,6 +132,7 @@ class Dispatcher:
                 self._loops.pop(name).cancel()
                 self._configs.pop(name, None)
                 self._wakes.pop(name, None)
+                self._empty.drop(name)
                 view = self._views.pop(name, None)
                 if view is not None and view.refresh is not None:
                     view.refresh.cancel()

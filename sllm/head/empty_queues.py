@@ -36,5 +36,10 @@ class EmptyQueues:
         else:
             self._found.pop(model, None)
 
+    def drop(self, model: str) -> None:
+        """Nothing kept of a model no longer deployed."""
+        self._announced.pop(model, None)
+        self._found.pop(model, None)
+
     def __contains__(self, model: str) -> bool:
         return self._found.get(model, -1) == self._announced.get(model, 0)

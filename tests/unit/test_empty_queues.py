@@ -33,3 +33,12 @@ def test_forgotten_when_a_look_is_due_or_announcements_were_lost() -> None:
     assert "a" not in queues and "b" in queues
     queues.forget()
     assert "b" not in queues
+
+
+def test_nothing_is_kept_of_a_model_dropped() -> None:
+    queues = EmptyQueues()
+    queues.queued("m")
+    queues.found_empty("m", queues.before_claim("m"))
+    queues.drop("m")
+    assert "m" not in queues and queues.before_claim("m") == 0
+    assert not queues._announced and not queues._found
