@@ -15,7 +15,7 @@ from typing import Any
 
 from sllm.backends.registry import get_backend
 from sllm.config import DeployConfig, HeadSettings
-from sllm.head import start_failures
+from sllm.head import resting, start_failures
 from sllm.head.deployed import DeployConfigs
 from sllm.head.placement import (
     Placement,
@@ -126,6 +126,7 @@ class Autoscaler:
         self.unschedulable: dict[str, str] = {}
         self._leading = False
         self._configs = DeployConfigs()
+        self._resting = resting.RestingModels()
         self.moves = ScalerMoves(store, workers)
 
     def leading(self) -> bool:
@@ -159,9 +160,10 @@ class Autoscaler:
 
     async def tick(self, now: float) -> None:
         registry = self.store.registry
-        models = await registry.list_models()
-        names = [m.name for m in models]
-        by_model = await registry.all_instances(names)
+        version, models = await registry.read_models()
+        if self._resting.update(version, models, self._configs.of):
+            self._configs.keep(m.name for m in models)
+        by_model = await registry.all_instances([])  # the models with instances
         active = await self.store.tasks.queued_models()
         queued = {model: waiting for model, (waiting, _) in active.items()}
         heard, silent = self.workers.alive(
@@ -173,13 +175,16 @@ class Autoscaler:
         suspects = {w.node_id: w.suspect for w in heard if w.suspect}
         live_workers = [w for w in heard if not w.suspect]
         live_nodes = {w.node_id for w in live_workers}
-        self._configs.keep(names)
-        configs = {m.name: self._configs.of(m) for m in models}
+        in_play = resting.in_play(models, self._resting.part.watched, {*by_model, *queued})
+        configs = {m.name: self._configs.of(m) for m in in_play}
+        playing = set(configs)
+        for name in [n for n in self.unschedulable if n not in playing]:
+            self.unschedulable.pop(name)  # at rest: nothing waits to be placed
 
         given_up: dict[str, dict[str, str]] = {}
-        for model in models:
+        for model in in_play:
             if not model.start_failures and not by_model.get(model.name):
-                given_up[model.name] = {}  # nothing lost, nothing noted: most models
+                given_up[model.name] = {}  # nothing lost, nothing noted
                 continue
             kept = []
             failures = start_failures.parse(model.start_failures)
@@ -208,13 +213,14 @@ class Autoscaler:
         occupancy = Occupancy(all_instances, configs, queued)
         # Why each requirement is unservable, worked out once a pass: models share them.
         reasons: dict[Requirement, str] = {}
-        for model in models:
+        for model in in_play:
             await self._mark_servable(
                 model, configs[model.name], room, now, given_up[model.name], reasons
             )
-        for model in models:
+        await self._mark_resting(room, now, playing, reasons)
+        for model in in_play:
             min_instances = configs[model.name].auto_scaling_config.min_instances
-            waiting, instances = queued.get(model.name, 0), len(by_model[model.name])
+            waiting, instances = queued.get(model.name, 0), len(by_model.get(model.name, []))
             if at_rest(min_instances, waiting, instances, deleting=model.state == "deleting"):
                 self.unschedulable.pop(model.name, None)  # nothing waits to be placed
                 continue
@@ -222,7 +228,7 @@ class Autoscaler:
             room = await self._scale(
                 model,
                 configs[model.name],
-                by_model[model.name],
+                by_model.get(model.name, []),
                 queued,
                 now,
                 room,
@@ -244,6 +250,30 @@ class Autoscaler:
                 log.warning("%s is not placed on %s any more: %s", model.name, node, message)
         await self.store.registry.set_start_failures(model.name, noted)
 
+    async def _mark_resting(
+        self,
+        room: list[WorkerCapacity],
+        now: float,
+        playing: set[str],
+        reasons: dict[Requirement, str],
+    ) -> None:
+        """Mark the resting models servable or not, when their records or what the live
+        workers can serve changed since they last were."""
+        part = self._resting.part
+        for need in part.resting:
+            if need not in reasons:
+                reasons[need] = unservable(room, need) or ""
+        now_reasons = {need: reasons[need] for need in part.resting}
+        if not self._resting.to_mark(now_reasons):
+            return
+        for rested in part.resting.values():
+            for model in rested:
+                if model.name not in playing:
+                    await self._mark_servable(
+                        model, self._configs.of(model), room, now, {}, reasons
+                    )
+        self._resting.marked(now_reasons)
+
     async def _mark_servable(
         self,
         model: ModelRecord,
@@ -259,7 +289,7 @@ class Autoscaler:
         their deadline."""
         if model.state != "active":
             return
-        need = Requirement(backend=config.backend, gpus=config.num_gpus)
+        need = resting.servability(config)
         if need not in reasons:
             reasons[need] = unservable(room, need) or ""
         reason = reasons[need]

@@ -94,6 +94,8 @@ class Dispatcher:
         self._empty = EmptyQueues()
         self._stopping = False
         self._deployed = DeployConfigs()
+        # The models' version the claim loops were last synced with.
+        self._synced: str | None = None
         # Requeues of offered tasks this head could not run (short: awaited at shutdown).
         self._background: set[asyncio.Task[None]] = set()
 
@@ -117,7 +119,11 @@ class Dispatcher:
             await self._shutdown()
 
     async def _sync_models(self) -> None:
-        models = {m.name: m for m in await self.store.registry.list_models() if m.state == "active"}
+        version, records = await self.store.registry.read_models()
+        if version is not None and version == self._synced:
+            return  # the same models, and every claim loop still runs
+        self._synced = version
+        models = {m.name: m for m in records if m.state == "active"}
         self._deployed.keep(models)
         for name, record in models.items():
             self._configs[name] = self._deployed.of(record)
@@ -127,6 +133,7 @@ class Dispatcher:
                 self._loops[name] = asyncio.create_task(
                     self._claim_loop(name), name=f"claim:{name}"
                 )
+                self._loops[name].add_done_callback(self._loop_ended)
         for name in list(self._loops):
             if name not in models:
                 self._loops.pop(name).cancel()
@@ -136,6 +143,9 @@ class Dispatcher:
                 view = self._views.pop(name, None)
                 if view is not None and view.refresh is not None:
                     view.refresh.cancel()
+
+    def _loop_ended(self, _: asyncio.Task[None]) -> None:
+        self._synced = None  # the next sync starts it again if its model is still there
 
     async def _shutdown(self) -> None:
         self._stopping = True

@@ -52,21 +52,26 @@ class Registry:
     async def list_models(self) -> list[ModelRecord]:
         """Every model, as one round trip reads them while none changed (shared
         records: callers must not change them)."""
+        return (await self.read_models())[1]
+
+    async def read_models(self) -> tuple[str | None, list[ModelRecord]]:
+        """Every model (as list_models) and the version read with them: equal versions,
+        equal records. None where Redis keeps no version (an older sllm filled it)."""
         born, n = cast(
             "list[str | None]", await self._r.hmget(self._k.models_version, ["born", "n"])
         )
         # Read before the records: a change while they are read is read again next time.
-        version = f"{born}:{n}"
-        if self._models is not None and self._models[0] == version and born is not None:
-            return list(self._models[1])
+        version = None if born is None else f"{born}:{n}"
+        if version is not None and self._models is not None and self._models[0] == version:
+            return version, list(self._models[1])
         names = sorted(cast("set[str]", await self._r.smembers(self._k.models)))
         async with self._r.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self._k.model(name))
             hashes = await pipe.execute()
         records = [ModelRecord.from_hash(h) for h in hashes if h]
-        self._models = (version, records)
-        return list(records)
+        self._models = None if version is None else (version, records)
+        return version, list(records)
 
     async def set_unschedulable(self, name: str, reason: str) -> None:
         """Note why no worker can serve the model ("" clears it)."""

@@ -221,3 +221,31 @@ async def test_workers_are_read_again_only_when_their_record_changed(
     assert workers["w3"].cache == [{"source": "x"}]
     assert workers["w4"].suspect == "refused"
     assert "w5" not in workers and len(workers) == 9
+
+
+async def test_claim_loops_are_synced_again_when_a_model_changes_or_a_loop_ends(
+    store: Store, redis_url: str
+) -> None:
+    for i in range(3):
+        await store.registry.save_model(f"m{i}", {"model": f"m{i}"}, create=True)
+    head = Store.connect(redis_url, Keys("s"), patient=True)
+    async with aiohttp.ClientSession() as http:
+        dispatcher = Dispatcher(head, HeadSettings(), "head-a", http)
+        try:
+            await dispatcher._sync_models()
+            loops = dict(dispatcher._loops)
+            assert set(loops) == {"m0", "m1", "m2"}
+            await dispatcher._sync_models()
+            assert dispatcher._loops == loops  # the same models: the same loops
+            loops["m1"].cancel()  # a loop that ended, the models unchanged
+            await asyncio.sleep(0)
+            await dispatcher._sync_models()
+            assert dispatcher._loops["m1"] is not loops["m1"]
+            assert not dispatcher._loops["m1"].done()
+            await store.registry.save_model("m3", {"model": "m3"}, create=True)
+            assert await store.registry.mark_deleting("m0")
+            await dispatcher._sync_models()
+            assert set(dispatcher._loops) == {"m1", "m2", "m3"}
+        finally:
+            await dispatcher._shutdown()
+    await head.close()

@@ -10,18 +10,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
-from sllm.config import DeployConfig, HeadSettings
+from sllm.config import DeployConfig
 from sllm.head.autoscaler import Autoscaler
-from sllm.head.recent import Recent
 from sllm.head.worker_manager import HeartbeatBody, WorkerManager
-from sllm.kv.keys import Keys
 from sllm.kv.records import InstanceRecord, WorkerRecord
 from sllm.kv.store import Store
 from sllm.kv.tasks import NewTask
-from sllm.metrics import HeadMetrics
+from tests.integration.scalers import autoscaler
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,14 +47,8 @@ class Recording(WorkerManager):
 
 @pytest.fixture
 async def scaler(redis_url: str) -> AsyncIterator[Autoscaler]:
-    store = Store.connect(redis_url, Keys("room"), patient=False)
-    await store.client.flushall()
-    settings = HeadSettings(redis_url=redis_url)
-    async with aiohttp.ClientSession() as http:
-        workers = Recording(store, settings, http)
-        yield Autoscaler(store, settings, "h", workers, HeadMetrics(), Recent())
-        await workers.close()
-    await store.close()
+    async with autoscaler(redis_url, "room", Recording) as made:
+        yield made
 
 
 def gpu_model(name: str, source: str) -> dict[str, Any]:
