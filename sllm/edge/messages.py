@@ -43,14 +43,18 @@ class ResultMessage:
     def terminal(self) -> bool:
         return self.kind not in ("chunk", "chunks", "requeued")
 
-    def split(self) -> list[ResultMessage]:
-        """A ``chunks`` message as the chunks it carries; any other as itself."""
-        if self.kind != "chunks":
-            return [self]
-        return [
-            ResultMessage(self.task, self.attempt, self.seq + i, "chunk", data, self.claim)
-            for i, data in enumerate(self.data)
-        ]
+    @property
+    def chunks(self) -> list[Any]:
+        """The chunks a ``chunk`` or ``chunks`` message carries, in order (the first's
+        number is ``seq``); none for any other."""
+        if self.kind == "chunks":
+            return self.data  # type: ignore[no-any-return]
+        return [self.data] if self.kind == "chunk" else []
+
+    def from_seq(self, seq: int) -> ResultMessage:
+        """A chunks message less its chunks before ``seq`` (read already)."""
+        rest = self.chunks[seq - self.seq :]
+        return ResultMessage(self.task, self.attempt, seq, "chunks", rest, self.claim)
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -196,17 +196,21 @@ class Gateway:
                     yield event
                     continue
                 if chunks is not None:
-                    chunks.append(event)
-                yield format_sse_event(data_str=json.dumps(event))
+                    chunks.extend(event)
+                # The chunks that came together leave together: one event, one write.
+                yield b"".join(format_sse_event(data_str=json.dumps(c)) for c in event)
         if entry is not None and chunks is not None:
             await self.cache.put(entry, json.dumps(chunks))
         yield format_sse_event(data_str="[DONE]")
 
-    async def events(self, pending: Pending) -> AsyncGenerator[dict[str, Any] | SllmError, None]:
-        """The chunks of a streamed request, an error being the error itself (and the
-        last). When the instance dies after output began, the request goes on from what
-        was relayed on another instance (up to ``max_attempts`` resumes) and the client
-        sees one stream."""
+    async def events(
+        self, pending: Pending
+    ) -> AsyncGenerator[list[dict[str, Any]] | SllmError, None]:
+        """The chunks of a streamed request, those that came together as one list (one
+        step for the batch, not one per chunk), an error being the error itself (and
+        the last). When the instance dies after output began, the request goes on from
+        what was relayed on another instance (up to ``max_attempts`` resumes) and the
+        client sees one stream."""
         task = pending.task
         relay = Relay(chat=task.endpoint == "/v1/chat/completions")
         can_resume = resumable(task.endpoint, task.body)
@@ -220,15 +224,15 @@ class Gateway:
                 moved = None
                 try:
                     async for message in pending.results.messages():
-                        if message.kind == "chunk":
-                            chunk = relay.relay(message.data)
-                            if chunk is None:
-                                continue
+                        relayed = [c for c in map(relay.relay, message.chunks) if c is not None]
+                        if not relayed:
+                            continue
+                        for chunk in relayed:
                             pending.watch.chunk(chunk, itl)
-                            yield chunk
-                            moved = await self.moves.step(pending, relay, can_resume)
-                            if moved is not None:
-                                break  # the stream goes on as the moved task
+                        yield relayed
+                        moved = await self.moves.step(pending, relay, can_resume)
+                        if moved is not None:
+                            break  # the stream goes on as the moved task
                     if moved is not None:
                         pending = moved
                         continue

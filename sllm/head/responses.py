@@ -125,18 +125,19 @@ async def _chat_events(
 ) -> AsyncGenerator[bytes | SllmError, None]:
     """A chat stream as the Responses API's events; the response is stored at its end."""
     stream = ResponsesStream(skeleton(req, new_id("resp")))
-    async with aclosing(gateway.events(pending)) as chunks:
+    async with aclosing(gateway.events(pending)) as batches:
         first = True
-        async for chunk in chunks:
-            if isinstance(chunk, SllmError):
-                yield chunk
+        async for batch in batches:
+            if isinstance(batch, SllmError):
+                yield batch
                 return
             if first:
                 for event in stream.opening():
                     yield _sse(event)
                 first = False
-            for event in stream.chunk(chunk):
-                yield _sse(event)
+            for chunk in batch:
+                for event in stream.chunk(chunk):
+                    yield _sse(event)
     for event in stream.closing():
         yield _sse(event)
     await _store(gateway, req, stream.response, items)
@@ -147,19 +148,20 @@ async def _native_events(
 ) -> AsyncGenerator[bytes | SllmError, None]:
     """vLLM's events as they come; the response its last event carries is stored."""
     final: dict[str, Any] | None = None
-    async with aclosing(gateway.events(pending)) as events:
-        async for event in events:
-            if isinstance(event, SllmError):
-                yield event
+    async with aclosing(gateway.events(pending)) as batches:
+        async for batch in batches:
+            if isinstance(batch, SllmError):
+                yield batch
                 return
-            if event.get("type") in (
-                "response.completed",
-                "response.incomplete",
-                "response.failed",
-            ):
-                final = {**event["response"], "previous_response_id": req.previous_response_id}
-                event = {**event, "response": final}
-            yield _sse(event)
+            for event in batch:
+                if event.get("type") in (
+                    "response.completed",
+                    "response.incomplete",
+                    "response.failed",
+                ):
+                    final = {**event["response"], "previous_response_id": req.previous_response_id}
+                    event = {**event, "response": final}
+                yield _sse(event)
     if final is not None:
         await _store(gateway, req, final, items)
 

@@ -69,7 +69,8 @@ class TaskResults:
     _noted: tuple[int, int] = field(default=(0, 0), repr=False)
 
     async def messages(self) -> AsyncIterator[ResultMessage]:
-        """Chunks of the current attempt in order, then its terminal message.
+        """Chunks of the current attempt in order (a batch that came as one message as
+        one ``chunks`` message), then its terminal message.
 
         Raises the client-facing error for an error outcome, DeadlineExceeded when the
         deadline passes, and AttemptRestarted when a new attempt begins after chunks of an
@@ -80,7 +81,7 @@ class TaskResults:
             if remaining <= 0:
                 raise DeadlineExceeded("the request did not finish before its deadline")
             if not self.queue.empty():
-                # The rest of a batch of chunks, delivered together: no wait to time.
+                # Messages delivered together: no wait to time.
                 item = self.queue.get_nowait()
             else:
                 try:
@@ -118,16 +119,19 @@ class TaskResults:
                             "this stream's attempt was given out again after a Redis failover"
                         )
                     self.claim = message.claim
-            if message.kind == "chunk":
-                if message.seq < self.next_seq:
+            if message.kind in ("chunk", "chunks"):
+                count = len(message.chunks)
+                if message.seq + count <= self.next_seq:
                     continue  # a duplicate delivered after a resync
                 if message.seq > self.next_seq:
                     raise MessageLost("the result stream lost a message")
-                self.next_seq += 1
+                if message.seq < self.next_seq:  # partly read already
+                    message = message.from_seq(self.next_seq)
+                before, self.next_seq = self.next_seq, message.seq + len(message.chunks)
                 yield message
                 # Resumed: the consumer (the client, through the response's send) has
-                # taken this chunk and asks for the next.
-                if self.next_seq % ACK_EVERY == 0:
+                # taken these chunks and asks for more.
+                if self.next_seq // ACK_EVERY != before // ACK_EVERY:
                     self._ack()
                 continue
             if message.kind == "error":
@@ -150,7 +154,7 @@ class TaskResults:
         before that instance said anything; only the task hash knows. Read once per new
         attempt (terminal messages are stored only for the current attempt).
         """
-        if message.attempt <= self.attempt or message.kind != "chunk":
+        if message.attempt <= self.attempt or message.kind not in ("chunk", "chunks"):
             return False
         if message.attempt < self._current:
             return True

@@ -58,8 +58,8 @@ class ResultBus:
             return
         queue = self._listeners.get(message.task)
         if queue is not None:
-            for one in message.split():
-                queue.put_nowait(one)
+            # A batch of chunks stays one item: its reader and relay take it in one step.
+            queue.put_nowait(message)
 
     def on_control(self, handler: ControlHandler) -> None:
         self._control.append(handler)

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from sllm.edge.errors import DeadlineExceeded, FatalError, SllmError
-from sllm.edge.messages import ResultMessage
+from sllm.edge.messages import ACK_EVERY, ResultMessage
 from sllm.head.results import AttemptRestarted, MessageLost, TaskResults
 from sllm.kv.bus import RESYNC, Delivery
 from sllm.kv.tasks import TaskStore
@@ -134,3 +134,39 @@ async def test_a_stream_read_from_the_lost_claim_breaks_rather_than_mixing_two_r
         async for m in r.messages():
             got.append(m)
     assert [(m.seq, m.claim) for m in got] == [(0, old), (1, old)]
+
+
+def batch(seq: int, count: int, attempt: int = 1) -> ResultMessage:
+    return ResultMessage("t", attempt, seq, "chunks", [{"n": seq + i} for i in range(count)])
+
+
+async def test_a_batch_is_read_in_one_step_and_its_overlap_after_a_resync_dropped() -> None:
+    done = ResultMessage("t", 1, 7, "done")
+    r = reader([batch(0, 3), chunk(1, 3), batch(2, 3), batch(0, 2), batch(5, 2), done])
+    got = await drain(r)
+    assert [(m.seq, [c["n"] for c in m.chunks]) for m in got] == [
+        (0, [0, 1, 2]),
+        (3, [3]),
+        (4, [4]),  # the part of 2-4 not read yet
+        (5, [5, 6]),
+        (7, []),
+    ]
+
+
+async def test_a_gap_before_a_batch_is_detected() -> None:
+    with pytest.raises(MessageLost):
+        await drain(reader([batch(0, 3), batch(4, 2)]))
+
+
+async def test_how_far_the_client_read_is_noted_when_a_batch_passes_a_multiple() -> None:
+    noted: list[tuple[int, int]] = []
+
+    class Noting(StoredOutcome):
+        async def ack(self, task_id: str, attempt: int, seq: int) -> None:
+            noted.append((attempt, seq))
+
+    done = ResultMessage("t", 1, ACK_EVERY + 1, "done")
+    r = reader([batch(0, ACK_EVERY - 1), batch(ACK_EVERY - 1, 2), done], Noting())
+    await drain(r)
+    await asyncio.sleep(0)
+    assert noted == [(1, ACK_EVERY + 1)]  # once, when the batch past the multiple was taken

@@ -40,17 +40,17 @@ async def test_a_batch_holds_at_most_max_batch_chunks() -> None:
     assert [c for b in got for c in b] == [f'{{"n":{i}}}' for i in range(2 * MAX_BATCH + 2)]
 
 
-def test_a_batch_is_one_message_that_splits_into_numbered_chunks() -> None:
+def test_a_batch_is_one_message_of_numbered_chunks() -> None:
     raw = encode_chunks("t", 2, 5, ['{"a":1}', '{"a":2}', '{"a":3}'])
     message = ResultMessage.decode(raw)
     assert message.kind == "chunks" and not message.terminal
-    assert message.split() == [
-        ResultMessage("t", 2, 5, "chunk", {"a": 1}),
-        ResultMessage("t", 2, 6, "chunk", {"a": 2}),
-        ResultMessage("t", 2, 7, "chunk", {"a": 3}),
-    ]
+    assert (message.seq, message.chunks) == (5, [{"a": 1}, {"a": 2}, {"a": 3}])
+    # Less the chunks read already: the rest, numbered from the first left.
+    assert message.from_seq(7) == ResultMessage("t", 2, 7, "chunks", [{"a": 3}])
     # One chunk travels as before.
-    assert ResultMessage.decode(encode_chunks("t", 2, 5, ['{"a":1}'])).kind == "chunk"
+    one = ResultMessage.decode(encode_chunks("t", 2, 5, ['{"a":1}']))
+    assert (one.kind, one.chunks) == ("chunk", [{"a": 1}])
+    assert ResultMessage("t", 2, 6, "done", {"x": 1}).chunks == []
 
 
 def test_a_batch_is_read_up_to_the_end_of_its_stream() -> None:
