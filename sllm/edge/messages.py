@@ -16,6 +16,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from sllm.edge import fast_json
+
 # ``requeued``: the head that ran the attempt sent the task back to its queue (its
 # instance failed); the gateway looks at the task at once instead of after a quiet spell.
 Kind = Literal["chunk", "chunks", "done", "error", "requeued"]
@@ -61,7 +63,7 @@ class ResultMessage:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ResultMessage:
-        obj = json.loads(raw)
+        obj = fast_json.loads(raw)
         return cls(
             task=str(obj["task"]),
             attempt=int(obj["attempt"]),

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import format_sse_event
 
 from sllm.config import HeadSettings
-from sllm.edge import response_docs
+from sllm.edge import fast_json, response_docs
 from sllm.edge.errors import (
     ModelNotFound,
     RequestError,
@@ -198,7 +198,7 @@ class Gateway:
                 if chunks is not None:
                     chunks.extend(event)
                 # The chunks that came together leave together: one event, one write.
-                yield b"".join(format_sse_event(data_str=json.dumps(c)) for c in event)
+                yield b"".join(map(fast_json.sse, event))
         if entry is not None and chunks is not None:
             await self.cache.put(entry, json.dumps(chunks))
         yield format_sse_event(data_str="[DONE]")

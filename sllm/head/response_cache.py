@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from sllm.config import ResponseCacheConfig
+from sllm.edge import fast_json
 from sllm.head.cache_policy import cache_key
 from sllm.kv import RedisError
 from sllm.kv.records import ModelRecord
@@ -105,7 +106,7 @@ def replayed(cached: str, stream: bool, request: Request) -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in json.loads(cached):
-            yield format_sse_event(data_str=json.dumps(chunk))
+            yield fast_json.sse(chunk)  # as the stream it replays wrote it
         yield format_sse_event(data_str="[DONE]")
 
     return EventSourceResponse(events(), headers={**headers, "Cache-Control": "no-cache"})
