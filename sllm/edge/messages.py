@@ -32,6 +32,12 @@ FLOW_WINDOW = 1024
 ACK_EVERY = 128
 
 
+# The header by which a dispatcher asks ``/invoke`` for its stream's messages in the
+# answer (worker/direct_lines.py): an older worker ignores it and publishes, an older
+# dispatcher does not send it.
+DIRECT_HEADER = "x-sllm-direct"
+
+
 @dataclass(frozen=True)
 class ResultMessage:
     task: str

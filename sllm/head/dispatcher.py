@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from sllm.config import DeployConfig, HeadSettings
-from sllm.edge.messages import encode_raw
+from sllm.edge.messages import DIRECT_HEADER, encode_raw
 from sllm.edge.serving import refuses_connections
 from sllm.head.deployed import DeployConfigs
 from sllm.head.empty_queues import EmptyQueues
@@ -68,7 +68,7 @@ class Dispatcher:
         http: aiohttp.ClientSession,
         metrics: HeadMetrics | None = None,
         detector: FailureDetector | None = None,
-        answers: Callable[[str], None] | None = None,
+        answers: Callable[[str | bytes], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -418,20 +418,25 @@ class Dispatcher:
             "stall_seconds": self.settings.stream_stall_timeout,
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=INVOKE_SILENCE)
+        # A stream whose client waits here: its chunks come back in the answer.
+        mine = self.answers is not None and claim.reply_to == self.store.keys.results(self.head_id)
+        headers = {DIRECT_HEADER: "1"} if claim.stream and mine else None
         try:
             async with self.http.post(
-                f"{instance.url}/invoke", json=payload, timeout=timeout
+                f"{instance.url}/invoke", json=payload, headers=headers, timeout=timeout
             ) as resp:
                 if resp.status != 200:
                     text = (await resp.text())[:500]
                     return "lost", f"worker answered {resp.status}: {text}"
                 last: dict[str, Any] = {}
                 async for line in resp.content:
-                    if line.strip():
+                    if line.startswith(b'{"task"') and self.answers is not None:
+                        self.answers(line)  # a result message of the stream
+                    elif line.strip():
                         last = json.loads(line)
                 outcome = str(last.get("outcome", ""))
                 answer = last.get("answer")
-                if outcome == "done" and answer and self.answers is not None:
+                if outcome in ("done", "failed") and answer and self.answers is not None:
                     self.answers(str(answer))
                 if outcome in ("done", "failed"):
                     return outcome, ""

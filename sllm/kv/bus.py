@@ -48,7 +48,7 @@ class ResultBus:
     def forget(self, task_id: str) -> None:
         self._listeners.pop(task_id, None)
 
-    def hand(self, data: str) -> None:
+    def hand(self, data: str | bytes) -> None:
         """A result message for this head's listeners, from its channel or handed over
         directly (a worker's answer to this head's own dispatcher)."""
         try:

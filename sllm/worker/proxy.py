@@ -8,7 +8,9 @@ stream with a line every ``ALIVE_INTERVAL`` seconds while the attempt runs (so a
 worker is told from a slow one), then the outcome. A non-streamed answer whose client
 waits on the dispatching head itself is stored but not published: it goes back in the
 outcome line (``answer``), which that head reads anyway, and saves Redis a publish and
-the head a message; published after all when the dispatcher hung up first.
+the head a message; published after all when the dispatcher hung up first. A stream
+whose client waits there, when the dispatcher asks, goes back in the answer too: its
+chunks as lines as they come, its end in the outcome line (``direct_lines.py``).
 
 A dispatcher that hangs up without having cancelled the task has died (or is stopping):
 the attempt then goes on here, the worker renewing its lease, and its output still reaches
@@ -33,10 +35,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from sllm.backends.cuts import TASK_HEADER
 from sllm.backends.registry import get_backend
 from sllm.edge.errors import error_body
-from sllm.edge.messages import FLOW_WINDOW, ResultMessage, encode_chunks, encode_raw
+from sllm.edge.messages import (
+    DIRECT_HEADER,
+    FLOW_WINDOW,
+    ResultMessage,
+    encode_chunks,
+    encode_raw,
+)
 from sllm.edge.serving import hop_socket, hung_up
 from sllm.kv import RedisError
 from sllm.kv.store import Store
+from sllm.worker import direct_lines
 from sllm.worker.continuation import CONTINUE_FIELD, recounted, restated
 from sllm.worker.instance_manager import InstanceManager
 
@@ -111,9 +120,14 @@ class Proxy:
                 _outcome(Ended("retry", f"instance {call.instance_id} is not on this worker")),
                 media_type=NDJSON,
             )
-        job = asyncio.ensure_future(self._forward(call, port))
+        direct = None
+        if call.stream and request.headers.get(DIRECT_HEADER) and self._hands(call):
+            direct = direct_lines.DirectLines()
+        job = asyncio.ensure_future(self._forward(call, port, direct))
         self._calls.add(job)
         job.add_done_callback(self._calls.discard)
+        if direct is not None:  # its chunks go in the answer as they come
+            return StreamingResponse(self._run(call, job, direct), media_type=NDJSON)
         # Most attempts end within the first interval: the outcome line is then the whole
         # answer, sent with its length in two writes, where a chunked stream takes three
         # (on a VM each wakes the dispatcher's process) and a task group.
@@ -131,13 +145,24 @@ class Proxy:
             return Response(status_code=499)  # nobody reads it
         return StreamingResponse(self._run(call, job), media_type=NDJSON)
 
-    async def _run(self, call: InvokeBody, job: asyncio.Future[Ended]) -> AsyncIterator[bytes]:
+    async def _run(
+        self,
+        call: InvokeBody,
+        job: asyncio.Future[Ended],
+        direct: direct_lines.DirectLines | None = None,
+    ) -> AsyncIterator[bytes]:
         try:
-            while not job.done():
-                yield b'{"alive":true}\n'
-                await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
+            if direct is None:
+                while not job.done():
+                    yield direct_lines.ALIVE
+                    await asyncio.wait({job}, timeout=ALIVE_INTERVAL)
+            else:
+                async for lines in direct.batches(job, ALIVE_INTERVAL):
+                    yield lines
             yield _outcome(job.result())
         finally:
+            if direct is not None:
+                direct.open = False
             if not job.done():
                 # The dispatcher hung up: its client is gone or its head died.
                 self._detach(self._carry_on(call, job))
@@ -169,7 +194,14 @@ class Proxy:
         job.cancel()
         await self._release_if_cancelled(call)
 
-    async def _forward(self, call: InvokeBody, port: int) -> Ended:
+    def _hands(self, call: InvokeBody) -> bool:
+        """Whether the task's client waits on the dispatching head (every request of
+        the offer path): what it produces can go back in the answer."""
+        return call.reply_to == self.store.keys.results(call.owner)
+
+    async def _forward(
+        self, call: InvokeBody, port: int, direct: direct_lines.DirectLines | None = None
+    ) -> Ended:
         url = f"http://127.0.0.1:{port}{call.endpoint}"
         headers = {
             "content-type": "application/json",
@@ -194,7 +226,7 @@ class Proxy:
                     message = encode_raw(call.task_id, call.attempt, 0, "done", text, call.claim)
                     self.instances.first_output(call.instance_id)
                     # Its client waits on the dispatching head: the answer goes back there.
-                    hand = call.reply_to == self.store.keys.results(call.owner)
+                    hand = self._hands(call)
                     if await self._finish(call, "done", message, publish=not hand) and hand:
                         return Ended("done", answer=message)
                     return Ended("done")
@@ -204,20 +236,21 @@ class Proxy:
                         chunks = [recounted(data, prior) for data in chunks]
                     if chunks:
                         message = encode_chunks(call.task_id, call.attempt, seq, chunks, call.claim)
-                        await self.store.tasks.publish(call.reply_to, message)
+                        if direct is None or not direct.put(message):
+                            await self._publish_unsent(call, direct)
+                            await self.store.tasks.publish(call.reply_to, message)
                         if seq == 0:
                             self.instances.first_output(call.instance_id)
                         seq += len(chunks)
                         if seq - read >= FLOW_WINDOW:
                             read = await self._await_reader(call, seq)
                     if error is not None:  # after the chunks that came before it
-                        await self._fail_with_backend_error(call, 500, error)
-                        return Ended("failed", "backend error mid-stream")
+                        failed = self._backend_error(call, 500, error)
+                        return await self._end(call, direct, "failed", failed)
                     if ended:
                         break
             done = ResultMessage(call.task_id, call.attempt, seq, "done", claim=call.claim).encode()
-            await self._finish(call, "done", done)
-            return Ended("done")
+            return await self._end(call, direct, "done", done)
         except ReaderGone as exc:
             await self._fail(call, str(exc), "slow_client")
             return Ended("failed", str(exc))
@@ -323,7 +356,30 @@ class Proxy:
             call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", body, call.claim)
         )
 
+    async def _publish_unsent(
+        self, call: InvokeBody, direct: direct_lines.DirectLines | None
+    ) -> None:
+        """Publish what a stream's closed answer never sent, before what comes next."""
+        for unsent in direct.unsent() if direct is not None else []:
+            await self.store.tasks.publish(call.reply_to, unsent)
+
+    async def _end(
+        self, call: InvokeBody, direct: direct_lines.DirectLines | None, state: str, message: str
+    ) -> Ended:
+        """Store a stream's terminal message: it goes in the answer after the chunks
+        when they went there (published, it could overtake them), else published."""
+        handed = direct is not None and direct.open
+        if not handed:
+            await self._publish_unsent(call, direct)
+        stored = await self._finish(call, state, message, publish=not handed)
+        outcome, error = ("done", "") if state == "done" else ("failed", "backend error mid-stream")
+        return Ended(outcome, error, message if handed and stored else "")
+
     async def _fail_with_backend_error(self, call: InvokeBody, status: int, text: str) -> None:
+        await self._finish(call, "failed", self._backend_error(call, status, text))
+
+    def _backend_error(self, call: InvokeBody, status: int, text: str) -> str:
+        """The terminal message of a backend's error answer (as OpenAI's error object)."""
         try:
             parsed = json.loads(text)
             ok = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
@@ -332,9 +388,7 @@ class Proxy:
         if not ok:
             code = "invalid_request" if 400 <= status < 500 else "backend_error"
             text = json.dumps(error_body(f"backend answered {status}: {text[:500]}", code))
-        await self._finish(
-            call, "failed", encode_raw(call.task_id, call.attempt, -1, "error", text, call.claim)
-        )
+        return encode_raw(call.task_id, call.attempt, -1, "error", text, call.claim)
 
     async def _release_if_cancelled(self, call: InvokeBody) -> None:
         try:

@@ -415,7 +415,7 @@ def test_an_answer_goes_back_to_its_own_head_unpublished_and_stored(
 ) -> None:
     """A non-streamed answer whose client waits on the dispatching head goes back in the
     worker's /invoke answer: stored in Redis (a lost call still finds it) but not
-    published. A stream's chunks are still published."""
+    published; so do a stream's chunks and its end, in order."""
     cluster.start_head()
     cluster.start_worker()
     cluster.deploy("m")
@@ -429,21 +429,29 @@ def test_an_answer_goes_back_to_its_own_head_unpublished_and_stored(
         wait_until(lambda: r.pubsub_numpat() >= 1, 5, "the subscription")
         answers = [client.chat.completions.create(**ask) for _ in range(5)]
         assert all(a.choices[0].message.content for a in answers)
-        published = []
-        until = time.monotonic() + 0.5
-        while time.monotonic() < until:  # None also stands for a subscription's reply
-            if (message := results.get_message(timeout=0.1)) is not None:
-                published.append(message)
-        assert published == []
+        assert published(results) == []
         done = [
             key
             for key in r.scan_iter("sllm:task:*")
             if r.hget(key, "state") == b"done" and r.hget(key, "result")
         ]
         assert len(done) >= 6
-        chunks = list(client.chat.completions.create(**ask, stream=True))
-        assert chunks
-        wait_until(lambda: results.get_message(timeout=0.1) is not None, 5, "a stream's chunk")
+        for _ in range(3):
+            chunks = list(client.chat.completions.create(**ask, stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert chunks[-1].choices[0].finish_reason == "length"
+        assert published(results) == []
+        assert len([k for k in r.scan_iter("sllm:task:*") if r.hget(k, "state") == b"done"]) >= 9
     finally:
         results.close()
         r.close()
+
+
+def published(results: redis.client.PubSub) -> list[Any]:
+    """What ``results`` heard within half a second."""
+    heard = []
+    until = time.monotonic() + 0.5
+    while time.monotonic() < until:  # None also stands for a subscription's reply
+        if (message := results.get_message(timeout=0.1)) is not None:
+            heard.append(message)
+    return heard
