@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import LineTooLong
 
 from sllm.config import DeployConfig, HeadSettings
 from sllm.edge.messages import DIRECT_HEADER, encode_raw
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 # The worker writes a line at least this often while a task runs; silence for
 # INVOKE_SILENCE seconds means the worker is gone or frozen.
 INVOKE_SILENCE = 5.0
+# The longest /invoke line read: an answer goes back in one, and one Redis could not
+# store (its strings stop at 512 MiB) could not have been delivered any other way.
+MAX_LINE = 512 << 20
 # An instance whose call just failed gets no new task from this head for this long: its
 # requeued tasks must not land on it again before its worker reports it (or is pruned).
 SUSPECT_SECONDS = 5.0
@@ -429,7 +433,9 @@ class Dispatcher:
                     text = (await resp.text())[:500]
                     return "lost", f"worker answered {resp.status}: {text}"
                 last: dict[str, Any] = {}
-                async for line in resp.content:
+                # Not ``async for line``: aiohttp's lines stop at 512 KiB, and an answer
+                # (embeddings of many inputs) is one line of megabytes.
+                while line := await resp.content.readuntil(b"\n", max_size=MAX_LINE):
                     if line.startswith(b'{"task"') and self.answers is not None:
                         self.answers(line)  # a result message of the stream
                     elif line.strip():
@@ -455,7 +461,7 @@ class Dispatcher:
             return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
         except aiohttp.SocketTimeoutError as exc:
             return "silent", f"worker {instance.node_id} went silent: {exc!r}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, LineTooLong) as exc:
             return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
 
     async def _requeue(self, claim: Claim, reason: str, *, unsent: bool = False) -> None:

@@ -455,3 +455,18 @@ def published(results: redis.client.PubSub) -> list[Any]:
         if (message := results.get_message(timeout=0.1)) is not None:
             heard.append(message)
     return heard
+
+
+def test_an_answer_larger_than_a_line_buffer_goes_back_whole(cluster: Cluster) -> None:
+    """An answer of megabytes (embeddings of many long vectors) goes back in one /invoke
+    line, past aiohttp's line limit (512 KiB): the dispatcher reads it whole, where it
+    failed the call (and the client waited for the stored answer's poll)."""
+    cluster.start_head()
+    cluster.start_worker()
+    cluster.deploy("m", backend_config={"embedding_dim": 4096})
+    client = cluster.client()
+    inputs = [f"text {i}" for i in range(24)]
+    client.embeddings.create(model="m", input="warm")  # the instance is up
+    answer = client.embeddings.create(model="m", input=inputs, encoding_format="float")
+    assert [len(e.embedding) for e in answer.data] == [4096] * len(inputs)
+    assert "Traceback" not in cluster.logs()
