@@ -19,6 +19,7 @@ from sllm.edge.auth import KeyConfigError
 from sllm.edge.body_limit import BodyLimit
 from sllm.edge.errors import ServiceUnavailable
 from sllm.edge.guards import Guard, require_api_key
+from sllm.edge.hop_client import HopClient
 from sllm.edge.lean_routes import LeanApp
 from sllm.edge.serving import serve, setup_logging
 from sllm.head import dashboard, gateway, gauges, management, model_cards, responses
@@ -74,7 +75,9 @@ def create_app(settings: HeadSettings) -> LeanApp:
         health = RedisHealth()
         detector = FailureDetector(patient, metrics)
         workers = WorkerManager(patient, settings, http, beats=fast, detector=detector)
-        dispatcher = Dispatcher(patient, settings, head_id, http, metrics, detector, bus.hand)
+        # The request path's calls to workers (/invoke), lighter than aiohttp's.
+        hop = HopClient(idle_seconds=WORKER_IDLE, headers=token)
+        dispatcher = Dispatcher(patient, settings, head_id, hop, metrics, detector, bus.hand)
         autoscaler = Autoscaler(patient, settings, head_id, workers, metrics, recent, health)
         bus.on_control(dispatcher.on_control)
         bus.on_control(autoscaler.on_control)
@@ -122,6 +125,7 @@ def create_app(settings: HeadSettings) -> LeanApp:
                         ("the worker manager", workers.close),
                         ("the result bus", bus.stop),
                         ("the HTTP client", http.close),
+                        ("the dispatcher's HTTP client", hop.close),
                         ("the request path's Redis client", fast.close),
                         ("the loops' Redis client", patient.close),
                     ):

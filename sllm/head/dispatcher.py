@@ -15,19 +15,17 @@ killed it: its retry runs alone on its instance, so it cannot take neighbours do
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiohttp
-from aiohttp.http_exceptions import LineTooLong
-
 from sllm.config import DeployConfig, HeadSettings
-from sllm.edge.messages import DIRECT_HEADER, encode_raw
-from sllm.edge.serving import refuses_connections
+from sllm.edge import fast_json
+from sllm.edge.hop_client import HopClient
+from sllm.edge.messages import encode_raw
+from sllm.head import worker_call
 from sllm.head.deployed import DeployConfigs
 from sllm.head.empty_queues import EmptyQueues
 from sllm.head.failure_detector import FailureDetector
@@ -43,12 +41,6 @@ from sllm.metrics import HeadMetrics
 
 log = logging.getLogger(__name__)
 
-# The worker writes a line at least this often while a task runs; silence for
-# INVOKE_SILENCE seconds means the worker is gone or frozen.
-INVOKE_SILENCE = 5.0
-# The longest /invoke line read: an answer goes back in one, and one Redis could not
-# store (its strings stop at 512 MiB) could not have been delivered any other way.
-MAX_LINE = 512 << 20
 # An instance whose call just failed gets no new task from this head for this long: its
 # requeued tasks must not land on it again before its worker reports it (or is pruned).
 SUSPECT_SECONDS = 5.0
@@ -69,7 +61,7 @@ class Dispatcher:
         store: Store,
         settings: HeadSettings,
         head_id: str,
-        http: aiohttp.ClientSession,
+        hop: HopClient,
         metrics: HeadMetrics | None = None,
         detector: FailureDetector | None = None,
         answers: Callable[[str | bytes], None] | None = None,
@@ -77,7 +69,7 @@ class Dispatcher:
         self.store = store
         self.settings = settings
         self.head_id = head_id
-        self.http = http
+        self.hop = hop
         self.metrics = metrics or HeadMetrics()
         self.detector = detector
         # Where an answer a worker hands back goes: its client waits on this head.
@@ -421,48 +413,11 @@ class Dispatcher:
             "lease_seconds": self.settings.lease_seconds,
             "stall_seconds": self.settings.stream_stall_timeout,
         }
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=INVOKE_SILENCE)
         # A stream whose client waits here: its chunks come back in the answer.
         mine = self.answers is not None and claim.reply_to == self.store.keys.results(self.head_id)
-        headers = {DIRECT_HEADER: "1"} if claim.stream and mine else None
-        try:
-            async with self.http.post(
-                f"{instance.url}/invoke", json=payload, headers=headers, timeout=timeout
-            ) as resp:
-                if resp.status != 200:
-                    text = (await resp.text())[:500]
-                    return "lost", f"worker answered {resp.status}: {text}"
-                last: dict[str, Any] = {}
-                # Not ``async for line``: aiohttp's lines stop at 512 KiB, and an answer
-                # (embeddings of many inputs) is one line of megabytes.
-                while line := await resp.content.readuntil(b"\n", max_size=MAX_LINE):
-                    if line.startswith(b'{"task"') and self.answers is not None:
-                        self.answers(line)  # a result message of the stream
-                    elif line.strip():
-                        last = json.loads(line)
-                outcome = str(last.get("outcome", ""))
-                answer = last.get("answer")
-                if outcome in ("done", "failed") and answer and self.answers is not None:
-                    self.answers(str(answer))
-                if outcome in ("done", "failed"):
-                    return outcome, ""
-                if outcome in ("retry", "crashed"):
-                    return outcome, str(last.get("error", "the backend was unavailable"))
-                return "lost", "the worker closed the call without an outcome"
-        except aiohttp.ConnectionTimeoutError as exc:
-            return "unsent", f"worker {instance.node_id} did not answer a connection: {exc!r}"
-        except aiohttp.ClientConnectorError as exc:
-            return "unreachable", f"worker {instance.node_id} unreachable: {exc}"
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            if await refuses_connections(instance.url):
-                # Its process is gone (a kept-alive connection was reset): what it ran
-                # died with it, so the retry spends no attempt, as for a refused call.
-                return "unreachable", f"worker {instance.node_id} died under the call: {exc!r}"
-            return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
-        except aiohttp.SocketTimeoutError as exc:
-            return "silent", f"worker {instance.node_id} went silent: {exc!r}"
-        except (aiohttp.ClientError, TimeoutError, LineTooLong) as exc:
-            return "lost", f"lost the call to worker {instance.node_id}: {exc!r}"
+        return await worker_call.invoke(
+            self.hop, instance, fast_json.dumps(payload), claim.stream and mine, self.answers
+        )
 
     async def _requeue(self, claim: Claim, reason: str, *, unsent: bool = False) -> None:
         try:

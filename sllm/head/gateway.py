@@ -12,7 +12,7 @@ from contextlib import aclosing
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.sse import format_sse_event
 
 from sllm.config import HeadSettings
@@ -394,7 +394,7 @@ class Gateway:
             return Response(status_code=499)  # nobody reads it
         if entry is not None:
             await self.cache.put(entry, json.dumps(answer))
-        return JSONResponse(answer, headers=headers)
+        return Response(fast_json.dumps(answer), headers=headers, media_type="application/json")
 
     async def open_stream(
         self,

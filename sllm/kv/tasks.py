@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
 
 import redis.asyncio as redis
 
+from sllm.edge import fast_json
 from sllm.kv.keys import Keys
 from sllm.kv.records import TaskRecord
 from sllm.kv.scripts import Scripts
@@ -29,7 +29,7 @@ class NewTask:
 
     @cached_property
     def body_json(self) -> str:
-        return json.dumps(self.body, separators=(",", ":"))
+        return fast_json.dumps(self.body).decode()
 
     def fields(self) -> list[str]:
         pairs = {

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sllm.backends.cuts import TASK_HEADER
 from sllm.backends.registry import get_backend
 from sllm.edge.errors import error_body
+from sllm.edge.hop_client import HopClient, HopError
 from sllm.edge.messages import (
     DIRECT_HEADER,
     FLOW_WINDOW,
@@ -52,6 +53,9 @@ from sllm.worker.instance_manager import InstanceManager
 log = logging.getLogger(__name__)
 
 ALIVE_INTERVAL = 1.0
+# Seconds a kept-alive connection to a backend may idle (its server keeps it 75).
+BACKEND_IDLE = 60.0
+BACKEND_CONNECT = 2.0
 NDJSON = "application/x-ndjson"
 
 
@@ -98,8 +102,13 @@ class Proxy:
         self.store = store
         self.instances = instances
         self.result_ttl = int(result_ttl)
+        # A request's own call to its backend; the rarer ones (counting a resumed
+        # stream's tokens, cutting an answer short) go through aiohttp.
+        self.hop = HopClient(idle_seconds=BACKEND_IDLE, socket_factory=hop_socket)
         self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, socket_factory=hop_socket)
+            connector=aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=BACKEND_IDLE, socket_factory=hop_socket
+            )
         )
         self._background: set[asyncio.Task[None]] = set()
         # The backend calls in flight: each ends with its answer's stream, or here.
@@ -112,6 +121,7 @@ class Proxy:
             call.cancel()
         await asyncio.gather(*self._calls, *self._background, return_exceptions=True)
         await self.http.close()
+        await self.hop.close()
 
     async def invoke(self, call: InvokeBody, request: Request) -> Response:
         port = self.instances.port(call.instance_id)
@@ -202,7 +212,6 @@ class Proxy:
     async def _forward(
         self, call: InvokeBody, port: int, direct: direct_lines.DirectLines | None = None
     ) -> Ended:
-        url = f"http://127.0.0.1:{port}{call.endpoint}"
         headers = {
             "content-type": "application/json",
             "x-request-id": call.request_id,
@@ -212,12 +221,20 @@ class Proxy:
         if remaining <= 0:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
             return Ended("failed", "deadline passed")
-        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=2.0)
         seq = 0
         read = 0  # chunks the client has read, as last noted (flow control)
         try:
-            body, prior = await self._restated(call, port, timeout)
-            async with self.http.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            body, prior = await self._restated(call, port, remaining)
+            resp = await self.hop.post(
+                "127.0.0.1",
+                port,
+                call.endpoint,
+                body.encode(),
+                headers,
+                total=remaining,
+                connect_timeout=BACKEND_CONNECT,
+            )
+            async with resp:
                 if resp.status != 200:
                     await self._fail_with_backend_error(call, resp.status, await resp.text())
                     return Ended("failed", f"backend answered {resp.status}")
@@ -230,7 +247,7 @@ class Proxy:
                     if await self._finish(call, "done", message, publish=not hand) and hand:
                         return Ended("done", answer=message)
                     return Ended("done")
-                async for batch in sse_batches(resp.content):
+                async for batch in sse_batches(resp.iter_any()):
                     chunks, ended, error = stream_part(batch)
                     if prior:
                         chunks = [recounted(data, prior) for data in chunks]
@@ -257,7 +274,7 @@ class Proxy:
         except TimeoutError:
             await self._fail(call, "the request's deadline passed", "deadline_exceeded")
             return Ended("failed", "deadline passed")
-        except aiohttp.ClientError as exc:
+        except (HopError, aiohttp.ClientError) as exc:
             # The backend died or refused: another instance may serve it (the gateway
             # decides what to do with output it already relayed). "crashed", not "retry":
             # this request may be what killed it, so the head retries it alone.
@@ -307,9 +324,7 @@ class Proxy:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
 
-    async def _restated(
-        self, call: InvokeBody, port: int, timeout: aiohttp.ClientTimeout
-    ) -> tuple[str, int]:
+    async def _restated(self, call: InvokeBody, port: int, remaining: float) -> tuple[str, int]:
         """The body to send and the tokens already produced: a resumed stream restated
         for a backend that does not continue from ``sllm_continue_from`` itself (vLLM),
         its produced text counted by the backend's own tokenizer (``/tokenize``)."""
@@ -327,7 +342,9 @@ class Proxy:
             "add_special_tokens": False,
         }
         async with self.http.post(
-            f"http://127.0.0.1:{port}/tokenize", json=count, timeout=timeout
+            f"http://127.0.0.1:{port}/tokenize",
+            json=count,
+            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=BACKEND_CONNECT),
         ) as resp:
             resp.raise_for_status()
             prior = int((await resp.json())["count"])
@@ -422,12 +439,12 @@ def stream_part(batch: list[str]) -> tuple[list[str], bool, str | None]:
     return batch, False, None
 
 
-async def sse_batches(body: aiohttp.StreamReader) -> AsyncIterator[list[str]]:
+async def sse_batches(body: AsyncIterator[bytes]) -> AsyncIterator[list[str]]:
     """The payloads of an SSE body's ``data:`` lines, as many in each list as the
     backend's writes brought at once (up to MAX_BATCH): a slow stream gives one chunk
     a list, a fast one (or a worker behind) many."""
     tail = b""
-    async for received in body.iter_any():
+    async for received in body:
         lines = (tail + received).split(b"\n")
         tail = lines.pop()  # an unfinished line waits for the rest
         payloads = [line[5:].strip().decode() for line in lines if line.startswith(b"data:")]

@@ -10,10 +10,10 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from sllm.config import HeadSettings
+from sllm.edge.hop_client import HopClient
 from sllm.head.dispatcher import Dispatcher
 from sllm.kv.client import MAX_CONNECTIONS
 from sllm.kv.keys import Keys
@@ -175,7 +175,7 @@ async def test_claim_loops_of_many_models_share_a_bounded_number_of_connections(
         assert await store.registry.create_instance(record)
         assert await store.registry.set_instance_state(f"i{i}", "ready")
     head = Store.connect(redis_url, Keys("s"), patient=True)
-    async with aiohttp.ClientSession() as http:
+    async with HopClient(idle_seconds=4.0) as http:
         dispatcher = Dispatcher(head, HeadSettings(), "head-a", http)
         started: list[str] = []
         dispatcher._start = lambda claim, _instance: started.append(claim.task_id)  # type: ignore[method-assign]
@@ -229,7 +229,7 @@ async def test_claim_loops_are_synced_again_when_a_model_changes_or_a_loop_ends(
     for i in range(3):
         await store.registry.save_model(f"m{i}", {"model": f"m{i}"}, create=True)
     head = Store.connect(redis_url, Keys("s"), patient=True)
-    async with aiohttp.ClientSession() as http:
+    async with HopClient(idle_seconds=4.0) as http:
         dispatcher = Dispatcher(head, HeadSettings(), "head-a", http)
         try:
             await dispatcher._sync_models()

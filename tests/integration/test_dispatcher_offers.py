@@ -6,10 +6,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 import pytest
 
 from sllm.config import DeployConfig, HeadSettings
+from sllm.edge.hop_client import HopClient
 from sllm.head.dispatcher import Dispatcher
 from sllm.head.model_view import ModelView
 from sllm.head.renewals import Running, renew_leases
@@ -37,7 +37,7 @@ async def dispatcher(store: Store) -> AsyncIterator[Dispatcher]:
     inst = InstanceRecord(id="i1", model=MODEL, node_id="w1", url="http://127.0.0.1:9")
     assert await store.registry.create_instance(inst)
     assert await store.registry.set_instance_state("i1", "ready")
-    async with aiohttp.ClientSession() as http:
+    async with HopClient(idle_seconds=4.0) as http:
         d = Dispatcher(store, HeadSettings(lease_seconds=30), "head-a", http)
         # What _sync_models sets up for a deployed model, without its claim loop.
         d._configs[MODEL] = config
@@ -201,7 +201,7 @@ async def test_leases_running_here_are_renewed_by_one_pass_until_lost(store: Sto
     assert await store.registry.create_instance(inst)
     assert await store.registry.set_instance_state("i1", "ready")
     lease = 0.9
-    async with aiohttp.ClientSession() as http:
+    async with HopClient(idle_seconds=4.0) as http:
         d = Dispatcher(store, HeadSettings(lease_seconds=lease), "head-a", http)
         running = []
         for name in ("a", "b"):

@@ -4,7 +4,6 @@ they came together, in order, lines split across reads put back together."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, cast
 
 from sllm.edge.messages import ResultMessage, encode_chunks
 from sllm.worker.proxy import MAX_BATCH, sse_batches, stream_part
@@ -20,7 +19,7 @@ class Body:
 
 
 async def batches(*reads: bytes) -> list[list[str]]:
-    return [b async for b in sse_batches(cast(Any, Body(*reads)))]
+    return [b async for b in sse_batches(Body(*reads).iter_any())]
 
 
 async def test_chunks_that_arrive_together_come_out_together() -> None:
