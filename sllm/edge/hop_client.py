@@ -88,10 +88,6 @@ class _Connection(asyncio.Protocol):
         assert self.response is not None
         self.response.headers_done(self._parser.get_status_code())
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
         self.response.feed(body)
@@ -112,8 +108,7 @@ class HopResponse:
     releases the connection."""
 
     def __init__(self, conn: _Connection, deadline: float | None, silence: float | None):
-        self.status = 0
-        self.headers: dict[str, str] = {}
+        self.status = 0  # its headers are not kept: no caller reads them
         self._conn = conn
         self._deadline = deadline
         self._silence = silence

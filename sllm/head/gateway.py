@@ -392,9 +392,10 @@ class Gateway:
             answer = await self.answer(pending, request)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it
+        raw = fast_json.dumps(answer)
         if entry is not None:
-            await self.cache.put(entry, json.dumps(answer))
-        return Response(fast_json.dumps(answer), headers=headers, media_type="application/json")
+            await self.cache.put(entry, raw.decode())
+        return Response(raw, headers=headers, media_type="application/json")
 
     async def open_stream(
         self,

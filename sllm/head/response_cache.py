@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from sllm.config import ResponseCacheConfig
@@ -102,7 +102,7 @@ def replayed(cached: str, stream: bool, request: Request) -> Response:
         HEADER: "hit",
     }
     if not stream:
-        return JSONResponse(json.loads(cached), headers=headers)
+        return Response(cached, headers=headers, media_type="application/json")
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in json.loads(cached):
