@@ -15,6 +15,8 @@ Before vLLM's server runs, as ``__main__`` of this same process:
   interpreters (which import vLLM again: 12 s for each of the two on 2 cores). vLLM
   spawns them because a process whose OpenMP threads run cannot fork safely; nothing
   computes here (storing runs in a child, a warm process primes imports alone).
+* vLLM's server loads sllm's middleware (``vllm_cuts``): the head may cut its
+  non-streamed answers short to move them, as sllm's own servers do.
 
 ``prime`` is what a warm process of the vLLM pool runs: the imports, nothing computed.
 """
@@ -37,6 +39,7 @@ from pathlib import Path
 import psutil
 
 from sllm.backends import model_source
+from sllm.backends.vllm_cuts import MIDDLEWARE
 from sllm.backends.vllm_flags import cpu_kv_cache_bytes
 from sllm.store.catalog import save_command, save_in_child
 
@@ -298,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     _log_milestones(args.storage_path)
     _fork_engine_processes()
     vllm_args = _replace_model(vllm_args, prepared.model, prepared.stored)
+    # Non-streamed answers that the head may cut short to move them (``vllm_cuts``).
+    vllm_args = [*vllm_args, "--middleware", MIDDLEWARE]
     sys.argv = [VLLM_SERVER, *_cpu_kv_cache(vllm_args, prepared.model)]
     runpy.run_module(VLLM_SERVER, run_name="__main__", alter_sys=True)
 

@@ -240,6 +240,8 @@ class Proxy:
                     return Ended("failed", f"backend answered {resp.status}")
                 if not call.stream:
                     text = await resp.text()
+                    if prior:  # a moved answer's continuation on vLLM
+                        text = recounted(text, prior)
                     message = encode_raw(call.task_id, call.attempt, 0, "done", text, call.claim)
                     self.instances.first_output(call.instance_id)
                     # Its client waits on the dispatching head: the answer goes back there.

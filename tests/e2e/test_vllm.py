@@ -7,19 +7,24 @@ One cluster for the module: a vLLM start costs tens of seconds on 2 cores."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import psutil
 import pytest
+import redis
 
 from sllm.backends.model_source import PACKAGED, _package_dir
 from sllm.backends.vllm_backend import vllm_build
 from sllm.client.launcher import Child
+from sllm.kv.keys import Keys
 from tests.conftest import flush
 from tests.e2e.conftest import Cluster, wait_until
 
@@ -196,6 +201,67 @@ def test_scales_to_zero_and_back_from_a_warm_process(
     # runs vLLM), the second from the process kept since.
     starts = re.findall(r"starting (\S+)( from warm process)?", worker.log.read_text())
     assert [bool(warm) for _, warm in starts] == [False, True], starts
+
+
+def test_an_answer_cut_short_to_move_goes_on_as_one_answer_with_the_same_text(
+    vllm_cluster: Cluster, client: openai.OpenAI
+) -> None:
+    """A non-streamed answer on vLLM moves as sllm's own backends' do: its worker has
+    vLLM abort it at a token (``vllm_cuts``), the gateway continues its text and joins
+    the parts. The destination here is the instance itself (the module runs one): the
+    cut, the continuation vLLM is given and the join are what a move between two
+    instances does."""
+    asked: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+        "temperature": 0,
+        "max_tokens": 120,
+    }
+    whole = client.chat.completions.create(**asked)
+    expected = whole.choices[0].message.content or ""
+    assert whole.usage is not None and whole.usage.completion_tokens == 120
+    head = vllm_cluster.head
+    assert head is not None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        later = pool.submit(lambda: client.chat.completions.create(**asked))
+        worker, instance, task = wait_until(
+            lambda: _answer_under_way(vllm_cluster), 60, "the answer under way", interval=0.05
+        )
+        time.sleep(2.0)  # some tens of tokens into its 120
+        cut = {"instance_id": instance, "task_id": task, "to": instance, "reason": "operator"}
+        assert httpx.post(f"{worker}/cut_answer", json=cut, timeout=10).status_code == 200
+        moved = later.result()
+    [line] = re.findall(
+        r"moved from \S+ to \S+ as task \S+ \(operator\) after (\d+) char", head.log.read_text()
+    )
+    seam = int(line)
+    got = moved.choices[0].message.content or ""
+    assert 0 < seam < len(expected)
+    assert moved.choices[0].finish_reason == "length"
+    # One answer: the first part's text, then the continuation's, counted as a whole.
+    assert moved.usage is not None and moved.usage.completion_tokens == 120
+    assert moved.usage.prompt_tokens == whole.usage.prompt_tokens
+    # Greedy, it reads on as it would have past the seam (not to the end: see below).
+    agreed = next(
+        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+        min(len(got), len(expected)),
+    )
+    assert agreed >= min(seam + 40, len(expected)), (agreed, seam, got)
+
+
+def _answer_under_way(cluster: Cluster) -> tuple[str, str, str] | None:
+    """(worker url, instance, task) of the one request the cluster runs, once it does."""
+    store = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    try:
+        for worker in cluster.status()["workers"]:
+            for instance in worker["instances"]:
+                name = instance["instance_id"]
+                tasks = sorted(store.smembers(Keys().instance_tasks(name)))
+                if tasks:
+                    return worker["url"], name, str(tasks[0])
+        return None
+    finally:
+        store.close()
 
 
 def test_a_stream_whose_instance_dies_goes_on_elsewhere_with_the_same_text(
