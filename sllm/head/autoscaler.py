@@ -23,6 +23,7 @@ from sllm.head.placement import (
     Stored,
     WorkerCapacity,
     after_placing,
+    memory_short,
     place,
     unservable,
 )
@@ -415,7 +416,9 @@ class Autoscaler:
             startable = [w for w in room if w.node_id not in given_up]
             placements = place(startable, need, decision.start)
             making_room = None
-            if need.gpus:  # only GPUs are held: every CPU instance fits
+            # Room is made for GPUs, or for memory a model's weights lack where it
+            # would load fastest (a CPU instance holds no GPU, only memory).
+            if need.gpus or any(memory_short(w, need) for w in startable):
                 placements, making_room = await self.moves.make_room(
                     model.name, need, placements, startable, occupancy, now
                 )

@@ -103,6 +103,18 @@ def fits(worker: WorkerCapacity, need: Requirement) -> bool:
     )
 
 
+def memory_short(worker: WorkerCapacity, need: Requirement) -> bool:
+    """Whether ``worker`` has less memory free than ``need``'s weights take, their size
+    known (stored there, or reported by any worker) and not already in memory there."""
+    if need.source is None:
+        return False
+    stored = worker.cache.get(need.source)
+    if stored is not None and stored.tier == "memory":
+        return False
+    size = stored.bytes if stored is not None else need.weights_bytes
+    return size is not None and worker.free_memory < size
+
+
 def estimate_ready(
     worker: WorkerCapacity, need: Requirement, held_elsewhere: bool = False
 ) -> Estimate:

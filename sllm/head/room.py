@@ -1,7 +1,8 @@
-"""Making room: whether a new instance should start on a worker whose GPUs another
-model's instances hold, those instances' requests moved to their model's other
-instances (live migration) and the instances stopped, rather than where it fits
-now or, when it fits nowhere, not at all. Pure.
+"""Making room: whether a new instance should start on a worker whose GPUs (or memory)
+another model's instances hold, those instances' requests moved to their model's
+other instances (live migration) and the instances stopped, rather than where it
+fits now (short of memory there, or far from its model) or, when it fits nowhere,
+not at all. Pure.
 
 ServerlessLLM's locality-driven migration: the worker that holds a model in host
 memory loads it in a fraction of the time a disk or a peer takes, so freeing it can
@@ -15,7 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from sllm.head.placement import Estimate, Requirement, WorkerCapacity, estimate_ready, fits
+from sllm.head.placement import (
+    Estimate,
+    Requirement,
+    WorkerCapacity,
+    estimate_ready,
+    fits,
+    memory_short,
+)
 
 # Until an idle instance has stopped and the next pass sees its GPUs free: the stop
 # call and one autoscaler pass (``autoscale_interval``, 1 s by default).
@@ -42,6 +50,9 @@ class Occupant:
     # Already being emptied (``migrating``) or stopped (``draining``): its GPUs come
     # free without anything more asked.
     leaving: bool = False
+    # Host memory it gives back when it stops: a CPU instance's weights (0: a GPU
+    # instance's are on its GPUs, or their size is not known).
+    memory: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ def make_room(
     waiting = max(waiting, 1)
     best: tuple[float, RoomPlan] | None = None
     for worker in workers:
-        if need.backend not in worker.backends or fits(worker, need):
+        if need.backend not in worker.backends or _roomy(worker, need):
             continue  # a worker that fits is ``instead``'s to weigh
         here = [o for o in occupants if o.node_id == worker.node_id]
         held_elsewhere = need.source is not None and any(
@@ -108,8 +119,10 @@ def _plan_on(
     moved, busy = 0, False
     # What is leaving anyway first, then the emptiest of the rest.
     for o in sorted(here, key=lambda o: (not o.leaving, o.requests, o.instance_id)):
-        if fits(freed, need):
+        if _roomy(freed, need):
             break
+        if not _gives_what_lacks(o, freed, need):
+            continue
         if not o.leaving:
             if not o.movable:
                 break  # the emptiest left may not go: nor may any fuller one
@@ -117,10 +130,25 @@ def _plan_on(
             moved += o.requests
         busy = busy or o.requests > 0
         freed = replace(
-            freed, free_gpus=freed.free_gpus + o.gpus, instances=max(freed.instances - 1, 0)
+            freed,
+            free_gpus=freed.free_gpus + o.gpus,
+            free_memory=freed.free_memory + o.memory,
+            instances=max(freed.instances - 1, 0),
         )
-    if not fits(freed, need):
+    if not _roomy(freed, need):
         return None
     estimate = estimate_ready(freed, need, held_elsewhere)
     wait = STOP_SECONDS + (MOVE_SECONDS if busy else 0.0)
     return RoomPlan(worker.node_id, tuple(evict), wait + estimate.seconds, estimate, moved, None)
+
+
+def _roomy(worker: WorkerCapacity, need: Requirement) -> bool:
+    """Room enough: the instance fits, with the memory its weights take."""
+    return fits(worker, need) and not memory_short(worker, need)
+
+
+def _gives_what_lacks(o: Occupant, worker: WorkerCapacity, need: Requirement) -> bool:
+    """Whether stopping ``o`` gives back something the start lacks on ``worker``."""
+    return bool(o.gpus and worker.free_gpus < need.gpus) or bool(
+        o.memory and memory_short(worker, need)
+    )

@@ -63,7 +63,7 @@ class ScalerMoves:
         placed there by a later pass, once it fits. The plan, if one was made."""
         waiting = view.queued.get(model, 0)
         instead = placements[0].estimate.seconds if placements else None
-        plan = make_room(room, need, view.occupants(model), waiting, instead)
+        plan = make_room(room, need, view.occupants(model, room), waiting, instead)
         if plan is None:
             return placements, None
         if plan.evict:
@@ -102,19 +102,26 @@ class Occupancy:
     configs: dict[str, DeployConfig]
     queued: dict[str, int]
 
-    def occupants(self, model: str) -> list[Occupant]:
-        """The other models' instances that hold GPUs, and whether each may go."""
+    def occupants(self, model: str, room: list[WorkerCapacity]) -> list[Occupant]:
+        """The other models' instances, what each holds (GPUs; a CPU one, its weights'
+        memory as its worker reports their size) and whether each may go."""
+        caches = {w.node_id: w.cache for w in room}
         out = []
         for inst in self.instances:
             config = self.configs.get(inst.model)
-            if inst.model == model or config is None or config.num_gpus == 0:
+            if inst.model == model or config is None:
                 continue
+            source = config.backend_config.get("pretrained_model_name_or_path")
+            stored = caches.get(inst.node_id, {}).get(source) if isinstance(source, str) else None
+            memory = stored.bytes if stored is not None and not config.num_gpus else 0
             if inst.state in ("migrating", "draining"):
                 out.append(Occupant(inst.id, inst.node_id, inst.model, config.num_gpus,
-                                    inst.outstanding, movable=False, leaving=True))  # fmt: skip
+                                    inst.outstanding, movable=False, leaving=True,
+                                    memory=memory))  # fmt: skip
             elif inst.state == "ready":
                 out.append(Occupant(inst.id, inst.node_id, inst.model, config.num_gpus,
-                                    inst.outstanding, self._movable(inst, config)))  # fmt: skip
+                                    inst.outstanding, self._movable(inst, config),
+                                    memory=memory))  # fmt: skip
         return out
 
     def _movable(self, inst: InstanceRecord, config: DeployConfig) -> bool:

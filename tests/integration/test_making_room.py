@@ -137,3 +137,54 @@ async def test_a_busy_instance_is_emptied_by_migration_where_its_model_has_room(
     other = await store.registry.get_instance("other-2")
     assert other is not None and other.state == "ready"
     assert workers.started == [] and "big" not in scaler.unschedulable
+
+
+def cpu_model(name: str, source: str) -> dict[str, Any]:
+    return {
+        "model": name,
+        "backend": "transformers",
+        "backend_config": {"pretrained_model_name_or_path": source},
+        "auto_scaling_config": {"max_concurrency": 4},
+    }
+
+
+async def cpu_beat(
+    scaler: Autoscaler, node: str, free: int, cache: list[dict[str, Any]], instances: list[str]
+) -> None:
+    body = {
+        "node_id": node,
+        "url": "http://127.0.0.1:9",
+        "resources": {"memory_available": free},
+        "backends": ["transformers"],
+        "instances": [{"instance_id": i} for i in instances],
+        "cache": cache,
+    }
+    await scaler.workers.heartbeat(HeartbeatBody.model_validate(body))
+
+
+async def test_a_cpu_instance_gives_its_memory_to_a_model_stored_on_its_worker(
+    scaler: Autoscaler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On CPU workers memory is what an instance holds: "hot" has big on its disk but
+    4 GB free of the 8 its weights take, another model's idle instance holding 6 GB;
+    "cold" has the memory, not the model."""
+    store, workers = scaler.store, scaler.workers
+    assert isinstance(workers, Recording)
+    await deploy(store, cpu_model("other", "/models/other"), cpu_model("big", BIG))
+    await ready_instance(store, "other-1", "other", "hot", busy=0)
+    held = [
+        {"source": BIG, "tier": "disk", "bytes": 8 * GB},
+        {"source": "/models/other", "tier": "memory", "bytes": 6 * GB},
+    ]
+    await cpu_beat(scaler, "hot", 4 * GB, held, ["other-1"])
+    await cpu_beat(scaler, "cold", 64 * GB, [], [])
+    await wait_for_big(store)
+
+    with caplog.at_level(logging.INFO, "sllm.head.scaler_moves"):
+        await scaler.tick(time.time())
+    assert workers.stopped == ["other-1"] and workers.started == []
+    assert "making room for big on hot: stopping other-1" in caplog.text
+
+    await cpu_beat(scaler, "hot", 10 * GB, held, [])  # the worker beats once it stopped
+    await scaler.tick(time.time())
+    assert workers.started == [("hot", "big")]

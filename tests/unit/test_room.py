@@ -93,3 +93,43 @@ def test_room_already_being_made_is_waited_for_not_made_twice() -> None:
     plan = make_room(workers, NEED, occupants, 1, None)
     assert plan is not None and plan.evict == () and plan.node_id == "hot"
     assert "already leaving" in plan.summary("big")
+
+
+CPU_NEED = Requirement("transformers", source=SOURCE, weights_bytes=8 * GB, warm_pool=None)
+
+
+def cpu_worker(node: str, free_memory: int, tier: str | None) -> WorkerCapacity:
+    cache = {SOURCE: Stored(tier, 8 * GB)} if tier else {}  # type: ignore[arg-type]
+    return WorkerCapacity(node, ("transformers",), free_memory, 0, 1, 0, cache)
+
+
+def cpu_occupant(name: str, node: str, memory: int, requests: int = 0) -> Occupant:
+    return Occupant(name, node, "other", 0, requests, movable=True, memory=memory)
+
+
+def test_a_cpu_instance_gives_its_memory_to_a_model_stored_on_that_worker() -> None:
+    # "hot" has the model on its disk but 4 GB free of the 8 its weights take (another
+    # model's idle instance holds 6); "far" has the memory but must fetch the model.
+    hot, far = cpu_worker("hot", 4 * GB, "disk"), cpu_worker("far", 64 * GB, None)
+    plain = place([hot, far], CPU_NEED)[0].estimate.seconds
+    plan = make_room([hot, far], CPU_NEED, [cpu_occupant("idle", "hot", 6 * GB)], 1, plain)
+    assert plan is not None and (plan.node_id, plan.evict) == ("hot", ("idle",))
+    assert plan.estimate.tier == "disk" and plan.seconds < plain
+    # Too little memory would come free: nothing is stopped for nothing.
+    assert make_room([hot, far], CPU_NEED, [cpu_occupant("idle", "hot", 2 * GB)], 1, plain) is None
+    # The model already in memory there takes none more to load: no room to make.
+    warm = cpu_worker("hot", 4 * GB, "memory")
+    assert make_room([warm], CPU_NEED, [cpu_occupant("idle", "hot", 6 * GB)], 1, None) is None
+
+
+def test_only_what_a_start_lacks_is_given_back() -> None:
+    # Short of GPUs only: a CPU instance beside the GPU one stays; the GPU one goes.
+    workers = [gpu_worker("hot", 0, 2, "memory")]
+    occupants = [cpu_occupant("cpu", "hot", 6 * GB), occupant("gpu", "hot", requests=1)]
+    plan = make_room(workers, NEED, occupants, 1, None)
+    assert plan is not None and plan.evict == ("gpu",)
+    # Short of memory only: an instance that holds none of it (a GPU one) stays.
+    hot = cpu_worker("hot", 4 * GB, "disk")
+    occupants = [occupant("gpu", "hot"), cpu_occupant("cpu", "hot", 6 * GB, requests=1)]
+    plan = make_room([hot], CPU_NEED, occupants, 1, None)
+    assert plan is not None and plan.evict == ("cpu",) and plan.moved_requests == 1
