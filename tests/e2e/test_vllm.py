@@ -19,12 +19,11 @@ import httpx
 import openai
 import psutil
 import pytest
-import redis
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from sllm.backends.model_source import PACKAGED, _package_dir
 from sllm.backends.vllm_backend import vllm_build
 from sllm.client.launcher import Child
-from sllm.kv.keys import Keys
 from tests.conftest import flush
 from tests.e2e.conftest import Cluster, wait_until
 
@@ -203,45 +202,80 @@ def test_scales_to_zero_and_back_from_a_warm_process(
     assert [bool(warm) for _, warm in starts] == [False, True], starts
 
 
-def test_an_answer_cut_short_to_move_goes_on_as_one_answer_with_the_same_text(
-    vllm_cluster: Cluster, client: openai.OpenAI
+STORY: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Write a long story about a lighthouse keeper."}
+]
+
+
+@pytest.fixture(scope="module")
+def story(client: openai.OpenAI) -> ChatCompletion:
+    """The greedy answer to STORY, 160 tokens: what a moved or resumed one must read as."""
+    whole = client.chat.completions.create(
+        model=MODEL, messages=STORY, temperature=0, max_tokens=160
+    )
+    assert whole.usage is not None and whole.usage.completion_tokens == 160
+    return whole
+
+
+def test_a_stream_and_an_answer_move_between_two_vllm_instances(
+    vllm_cluster: Cluster, client: openai.OpenAI, story: ChatCompletion
 ) -> None:
-    """A non-streamed answer on vLLM moves as sllm's own backends' do: its worker has
-    vLLM abort it at a token (``vllm_cuts``), the gateway continues its text and joins
-    the parts. The destination here is the instance itself (the module runs one): the
-    cut, the continuation vLLM is given and the join are what a move between two
-    instances does."""
-    asked: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
-        "temperature": 0,
-        "max_tokens": 120,
-    }
-    whole = client.chat.completions.create(**asked)
-    expected = whole.choices[0].message.content or ""
-    assert whole.usage is not None and whole.usage.completion_tokens == 120
+    """Live migration on vLLM: a stream by the gateway's warm-up and cut-over, a
+    non-streamed answer by its worker having vLLM abort it at a token (``vllm_cuts``)
+    and the gateway joining the parts. Each reads as one, with the greedy text."""
     head = vllm_cluster.head
     assert head is not None
+    scaling = {**CONFIG["auto_scaling_config"], "min_instances": 2, "max_instances": 2}
+    update = {"model": MODEL, **CONFIG, "auto_scaling_config": scaling}
+    resp = httpx.post(f"{head.url}/update", json=update, timeout=10)
+    assert resp.status_code == 200, resp.text
+    vllm_cluster.wait_ready(MODEL, 2, timeout=300)
+
+    asked: dict[str, Any] = {
+        "model": MODEL,
+        "messages": STORY,
+        "temperature": 0,
+        "max_tokens": 120,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    expected = story.choices[0].message.content or ""
+    pieces: list[str] = []
+    moves: dict[str, Any] = {}
+    usage = None
+    for chunk in client.chat.completions.create(**asked):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if len(pieces) == 20 and not moves:
+            moves = _migrate(vllm_cluster, _serving(vllm_cluster))
+    assert len(moves["moves"]) == 1, moves
+    assert usage is not None and usage.completion_tokens == 120
+    _reads_on(got="".join(pieces), expected=expected, seam=len("".join(pieces[:20])))
+
+    answered = {k: v for k, v in asked.items() if k not in ("stream", "stream_options")}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        later = pool.submit(lambda: client.chat.completions.create(**asked))
-        worker, instance, task = wait_until(
-            lambda: _answer_under_way(vllm_cluster), 60, "the answer under way", interval=0.05
-        )
+        later = pool.submit(lambda: client.chat.completions.create(**answered))
+        source = wait_until(lambda: _serving(vllm_cluster), 60, "the answer", interval=0.05)
         time.sleep(2.0)  # some tens of tokens into its 120
-        cut = {"instance_id": instance, "task_id": task, "to": instance, "reason": "operator"}
-        assert httpx.post(f"{worker}/cut_answer", json=cut, timeout=10).status_code == 200
+        moves = _migrate(vllm_cluster, source)
         moved = later.result()
-    [line] = re.findall(
-        r"moved from \S+ to \S+ as task \S+ \(operator\) after (\d+) char", head.log.read_text()
-    )
-    seam = int(line)
-    got = moved.choices[0].message.content or ""
-    assert 0 < seam < len(expected)
-    assert moved.choices[0].finish_reason == "length"
-    # One answer: the first part's text, then the continuation's, counted as a whole.
+    assert len(moves["moves"]) == 1 and not moves["unmovable"], moves
+    found = re.findall(r"\(an answer\) moved from \S+ to \S+ as task \S+ \(operator\) after (\d+)",
+                       head.log.read_text())  # fmt: skip
+    assert moved.choices[0].finish_reason == "length" and "sllm_moved" not in str(moved)
     assert moved.usage is not None and moved.usage.completion_tokens == 120
-    assert moved.usage.prompt_tokens == whole.usage.prompt_tokens
-    # Greedy, it reads on as it would have past the seam (not to the end: see below).
+    assert story.usage is not None and moved.usage.prompt_tokens == story.usage.prompt_tokens
+    _reads_on(got=moved.choices[0].message.content or "", expected=expected, seam=int(found[-1]))
+
+
+def _reads_on(got: str, expected: str, seam: int) -> None:
+    """Nothing repeated or lost at the seam, and the greedy text goes on as it would
+    have past it. Not to the end: vLLM's CPU kernels are not batch-invariant, so the
+    destination's prefill of prompt and text differs in the last bits from the decode
+    steps that produced them, and a near-tie can flip a greedy pick tens of tokens later."""
+    assert 0 < seam < len(expected), (seam, expected)
     agreed = next(
         (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
         min(len(got), len(expected)),
@@ -249,37 +283,32 @@ def test_an_answer_cut_short_to_move_goes_on_as_one_answer_with_the_same_text(
     assert agreed >= min(seam + 40, len(expected)), (agreed, seam, got)
 
 
-def _answer_under_way(cluster: Cluster) -> tuple[str, str, str] | None:
-    """(worker url, instance, task) of the one request the cluster runs, once it does."""
-    store = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
-    try:
-        for worker in cluster.status()["workers"]:
-            for instance in worker["instances"]:
-                name = instance["instance_id"]
-                tasks = sorted(store.smembers(Keys().instance_tasks(name)))
-                if tasks:
-                    return worker["url"], name, str(tasks[0])
-        return None
-    finally:
-        store.close()
+def _serving(cluster: Cluster) -> str | None:
+    """The instance of the model that runs a request, if one does."""
+    found = cluster.model_status(MODEL) or {}
+    return next((i["instance_id"] for i in found.get("instances", []) if i["outstanding"]), None)
+
+
+def _migrate(cluster: Cluster, instance_id: str | None) -> dict[str, Any]:
+    assert cluster.head is not None and instance_id is not None
+    resp = httpx.post(f"{cluster.head.url}/instances/{instance_id}/migrate", timeout=30)
+    assert resp.status_code == 200, resp.text
+    answer: dict[str, Any] = resp.json()
+    return answer
 
 
 def test_a_stream_whose_instance_dies_goes_on_elsewhere_with_the_same_text(
-    vllm_cluster: Cluster, client: openai.OpenAI
+    vllm_cluster: Cluster, client: openai.OpenAI, story: ChatCompletion
 ) -> None:
-    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    """The other instance (two run since the test before) resumes the stream at once."""
     asked: dict[str, Any] = {
         "model": MODEL,
-        "messages": story,
+        "messages": STORY,
         "temperature": 0,
         "max_tokens": 160,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    whole = list(client.chat.completions.create(**asked))
-    expected = "".join(c.choices[0].delta.content or "" for c in whole if c.choices)
-    assert whole[-1].usage is not None and whole[-1].usage.completion_tokens == 160
-
     pieces: list[str] = []
     killed = ""
     usage = None
@@ -292,27 +321,20 @@ def test_a_stream_whose_instance_dies_goes_on_elsewhere_with_the_same_text(
             killed = "".join(pieces)
             _kill_serving_instance(vllm_cluster)
     assert killed
-    got = "".join(pieces)
-    # Nothing repeated or lost at the seam, and the greedy text goes on as it would
-    # have. Not to the end: vLLM's CPU kernels are not batch-invariant, so the
-    # replacement's prefill of prompt and text differs in the last bits from the
-    # decode steps that produced them, and a near-tie can flip a greedy pick tens of
-    # tokens later (156 to 330 characters after the seam in runs here, since the
-    # replacement has no cached pages from an earlier run of the same request: the
-    # gateway resumes at once, not after a retry of the whole request there).
-    agreed = next(
-        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
-        min(len(got), len(expected)),
+    # The other instance has no cached pages from an earlier run of the same request:
+    # the gateway resumes at once, not after a retry of the whole request there.
+    _reads_on(
+        got="".join(pieces), expected=story.choices[0].message.content or "", seam=len(killed)
     )
-    assert agreed >= len(killed) + 40, (agreed, len(killed), got)
     assert usage is not None and usage.completion_tokens == 160
 
 
 def _kill_serving_instance(cluster: Cluster) -> None:
     """SIGKILL the process group of the vLLM instance that serves: the one listening on
     its port (its engine processes are in its group)."""
+    serving = _serving(cluster)
     [worker] = cluster.status()["workers"]
-    [instance] = worker["instances"]
+    [instance] = [i for i in worker["instances"] if i["instance_id"] == serving]
     [server] = [
         c.pid
         for c in psutil.net_connections("tcp")
