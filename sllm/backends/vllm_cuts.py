@@ -36,7 +36,13 @@ CUT_PATH = "/sllm/cut"
 ENGINE_IDS = {"/v1/chat/completions": "chatcmpl-{}", "/v1/completions": "cmpl-{}-0"}
 # A request body kept for the cut's decision at most; a larger one is not cut.
 MAX_KEPT = 8 << 20
-_SCHEMA_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice")
+_SCHEMA_FIELDS = (
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
 
 
 @dataclass
@@ -68,10 +74,14 @@ def movable(path: str, body: dict[str, Any]) -> bool:
         and (logprobs is None or logprobs is False)  # a completion's 0 asks for them
         and body.get("prompt_logprobs") is None
         and not body.get("echo")
-        and (response_format is None or response_format.get("type", "text") == "text")
+        and (response_format is None or _plain_text(response_format))
         and all(body.get(name) is None for name in _SCHEMA_FIELDS)
         and (path != "/v1/completions" or isinstance(body.get("prompt"), str))
     )
+
+
+def _plain_text(response_format: object) -> bool:
+    return isinstance(response_format, dict) and response_format.get("type", "text") == "text"
 
 
 def marked_cut(answer: bytes, moved: dict[str, str]) -> bytes | None:

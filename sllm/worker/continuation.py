@@ -4,7 +4,7 @@ text already produced. Pure.
 
 Chat: the text produced so far becomes the last assistant message, continued
 (``continue_final_message``, no new generation prompt); completions: the prompt plus
-the text. The token limit leaves out what was produced, and the usage the backend
+the text. The token limits leave out what was produced, and the usage the backend
 reports is put back as the client's first attempt would have counted it: the produced
 tokens are completion tokens, not prompt tokens.
 """
@@ -29,6 +29,8 @@ def restated(endpoint: str, body: dict[str, Any], prior_tokens: int) -> dict[str
         if isinstance(out.get(limit), int):
             # At least one: a limit of 0 means "no output" to some servers, "none" to none.
             out[limit] = max(1, out[limit] - prior_tokens)
+    if isinstance(out.get("min_tokens"), int):  # vLLM's: what was produced counts too
+        out["min_tokens"] = max(0, out["min_tokens"] - prior_tokens)
     if endpoint == "/v1/chat/completions":
         out["messages"] = [*out["messages"], {"role": "assistant", "content": produced}]
         out["continue_final_message"] = True

@@ -27,6 +27,9 @@ def test_a_completion_goes_on_from_prompt_plus_text_within_its_limit() -> None:
     out = restated("/v1/completions", body, prior_tokens=5)
     assert out["prompt"] == "Once upon" and out["max_completion_tokens"] == 1
     assert "continue_final_message" not in out
+    # A floor counts what was produced too (as sllm's own servers count it).
+    assert restated("/v1/completions", {**body, "min_tokens": 8}, 5)["min_tokens"] == 3
+    assert restated("/v1/completions", {**body, "min_tokens": 2}, 5)["min_tokens"] == 0
     # No limit: none is made up.
     assert "max_tokens" not in restated("/v1/completions", {**body, "prompt": "x"}, 1)
 

@@ -33,6 +33,7 @@ MOVED = {"to": "i-2", "reason": "operator"}
         (CHAT, {"logprobs": True}, False),
         (CHAT, {"response_format": {"type": "json_object"}}, False),
         (CHAT, {"structured_outputs": {"regex": "a+"}}, False),
+        (CHAT, {"response_format": "text"}, False),  # not what vLLM takes: left alone
         ("/v1/completions", {"prompt": "Once"}, True),
         ("/v1/completions", {"prompt": "Once", "logprobs": 0}, False),
         ("/v1/completions", {"prompt": "Once", "echo": True}, False),
