@@ -51,7 +51,8 @@ class Running:
 
     path: str
     request_id: str
-    body: bytearray = field(default_factory=bytearray)
+    # The request's body as it arrives; None once it grew past MAX_KEPT (not cut).
+    body: bytearray | None = field(default_factory=bytearray)
     received: bool = False
     # Where it goes on, once a cut was asked (as the head said).
     moved: dict[str, str] | None = None
@@ -128,10 +129,11 @@ class VllmCuts:
         async def kept() -> Message:
             message = await receive()
             if message["type"] == "http.request" and not run.received:
-                run.body += message.get("body", b"")
                 run.received = not message.get("more_body", False)
-                if len(run.body) > MAX_KEPT:
-                    run.body, run.received = bytearray(), False  # not cut: too large to keep
+                if run.body is not None:
+                    run.body += message.get("body", b"")
+                    if len(run.body) > MAX_KEPT:
+                        run.body = None  # too large to keep: not cut
             return message
 
         return kept
@@ -194,6 +196,8 @@ class VllmCuts:
 
 
 def _movable(run: Running) -> bool:
+    if run.body is None:
+        return False
     try:
         body = json.loads(run.body)
     except ValueError:

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from sllm.backends import vllm_cuts
 from sllm.backends.vllm_cuts import ENGINE_IDS, VllmCuts, marked_cut, movable
 
 pytestmark = pytest.mark.timeout(30)
@@ -142,6 +143,30 @@ async def test_what_cannot_be_cut_is_refused_and_runs_on(http: httpx.AsyncClient
     assert answer.json()["choices"][0]["finish_reason"] == "length"
     bad = await http.post("/sllm/cut", content=b"{not json")
     assert bad.status_code == 422
+
+
+async def test_a_body_too_large_to_keep_is_dropped_and_not_cut(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vllm_cuts, "MAX_KEPT", 64)
+    cut, answer = await ask_and_cut(http, {"seconds": 0.3, "padding": "x" * 100})
+    assert cut.status_code == 404
+    assert answer.json()["choices"][0]["finish_reason"] == "length"
+    # Arriving in parts: nothing is kept past the bound, not even the parts after it.
+    parts = [b"a" * 50, b"b" * 50, b"c" * 10]
+    messages = [
+        {"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
+        for i, p in enumerate(parts)
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    run = vllm_cuts.Running(CHAT, "r1")
+    kept = VllmCuts(lambda *_: asyncio.sleep(0))._kept(run, receive)
+    for _ in parts:
+        await kept()
+    assert run.received and run.body is None
 
 
 async def test_an_answer_that_ends_before_its_cut_goes_out_whole() -> None:
