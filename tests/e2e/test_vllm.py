@@ -12,13 +12,14 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import openai
 import psutil
 import pytest
+from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from sllm.backends.model_source import PACKAGED, _package_dir
@@ -231,25 +232,13 @@ def test_a_stream_and_an_answer_move_between_two_vllm_instances(
     assert resp.status_code == 200, resp.text
     vllm_cluster.wait_ready(MODEL, 2, timeout=300)
 
-    asked: dict[str, Any] = {
-        "model": MODEL,
-        "messages": STORY,
-        "temperature": 0,
-        "max_tokens": 120,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    expected = story.choices[0].message.content or ""
-    pieces: list[str] = []
     moves: dict[str, Any] = {}
-    usage = None
-    for chunk in client.chat.completions.create(**asked):
-        if chunk.choices:
-            pieces.append(chunk.choices[0].delta.content or "")
-        if chunk.usage is not None:
-            usage = chunk.usage
-        if len(pieces) == 20 and not moves:
-            moves = _migrate(vllm_cluster, _serving(vllm_cluster))
+
+    def move() -> None:
+        moves.update(_migrate(vllm_cluster, _serving(vllm_cluster)))
+
+    pieces, usage = _story_streamed(client, 120, after=20, then=move)
+    expected = story.choices[0].message.content or ""
     assert len(moves["moves"]) == 1, moves
     assert usage is not None and usage.completion_tokens == 120
     # The seam: the chunks relayed from the source (one SDK chunk each).
@@ -257,7 +246,12 @@ def test_a_stream_and_an_answer_move_between_two_vllm_instances(
                            head.log.read_text())  # fmt: skip
     _reads_on(got="".join(pieces), expected=expected, seam=len("".join(pieces[: int(relayed)])))
 
-    answered = {k: v for k, v in asked.items() if k not in ("stream", "stream_options")}
+    answered: dict[str, Any] = {
+        "model": MODEL,
+        "messages": STORY,
+        "temperature": 0,
+        "max_tokens": 120,
+    }
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         later = pool.submit(lambda: client.chat.completions.create(**answered))
         source = wait_until(lambda: _serving(vllm_cluster), 60, "the answer", interval=0.05)
@@ -265,12 +259,37 @@ def test_a_stream_and_an_answer_move_between_two_vllm_instances(
         moves = _migrate(vllm_cluster, source)
         moved = later.result()
     assert len(moves["moves"]) == 1 and not moves["unmovable"], moves
-    found = re.findall(r"\(an answer\) moved from \S+ to \S+ as task \S+ \(operator\) after (\d+)",
+    found = re.findall(r"\(an answer\) moved from .+? to \S+ as task \S+ \(operator\) after (\d+)",
                        head.log.read_text())  # fmt: skip
     assert moved.choices[0].finish_reason == "length" and "sllm_moved" not in str(moved)
     assert moved.usage is not None and moved.usage.completion_tokens == 120
     assert story.usage is not None and moved.usage.prompt_tokens == story.usage.prompt_tokens
     _reads_on(got=moved.choices[0].message.content or "", expected=expected, seam=int(found[-1]))
+
+
+def _story_streamed(
+    client: openai.OpenAI, tokens: int, after: int, then: Callable[[], None]
+) -> tuple[list[str], CompletionUsage | None]:
+    """STORY streamed greedily: its pieces and usage; ``then`` runs once ``after``
+    pieces came."""
+    pieces: list[str] = []
+    usage = None
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=STORY,
+        temperature=0,
+        max_tokens=tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            if len(pieces) == after:
+                then()
+        if chunk.usage is not None:
+            usage = chunk.usage
+    return pieces, usage
 
 
 def _reads_on(got: str, expected: str, seam: int) -> None:
@@ -304,35 +323,21 @@ def test_a_stream_whose_instance_dies_goes_on_elsewhere_with_the_same_text(
     vllm_cluster: Cluster, client: openai.OpenAI, story: ChatCompletion
 ) -> None:
     """The other instance (two run since the test before) resumes the stream at once."""
-    asked: dict[str, Any] = {
-        "model": MODEL,
-        "messages": STORY,
-        "temperature": 0,
-        "max_tokens": 160,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    pieces: list[str] = []
-    killed = ""
-    usage = None
-    for chunk in client.chat.completions.create(**asked):
-        if chunk.choices:
-            pieces.append(chunk.choices[0].delta.content or "")
-        if chunk.usage is not None:
-            usage = chunk.usage
-        if len(pieces) == 30 and not killed:
-            killed = "".join(pieces)
-            _kill_serving_instance(vllm_cluster)
+    killed: list[str] = []
+
+    def kill() -> None:
+        killed.append(_kill_serving_instance(vllm_cluster))
+
+    pieces, usage = _story_streamed(client, 160, after=30, then=kill)
     assert killed
+    seam = len("".join(pieces[:30]))
     # The other instance has no cached pages from an earlier run of the same request:
     # the gateway resumes at once, not after a retry of the whole request there.
-    _reads_on(
-        got="".join(pieces), expected=story.choices[0].message.content or "", seam=len(killed)
-    )
+    _reads_on(got="".join(pieces), expected=story.choices[0].message.content or "", seam=seam)
     assert usage is not None and usage.completion_tokens == 160
 
 
-def _kill_serving_instance(cluster: Cluster) -> None:
+def _kill_serving_instance(cluster: Cluster) -> str:
     """SIGKILL the process group of the vLLM instance that serves: the one listening on
     its port (its engine processes are in its group)."""
     serving = _serving(cluster)
@@ -344,3 +349,4 @@ def _kill_serving_instance(cluster: Cluster) -> None:
         if c.status == psutil.CONN_LISTEN and c.laddr.port == instance["port"] and c.pid
     ]
     os.killpg(os.getpgid(server), signal.SIGKILL)
+    return str(serving)
